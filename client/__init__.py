@@ -1,0 +1,1 @@
+"""The sender's and receiver's side of airgap: the CLI, send, fetch and the transports."""

@@ -1,0 +1,1 @@
+"""The appliance side of airgap (``airgap serve``): the FTP drop box."""
