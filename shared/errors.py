@@ -22,7 +22,8 @@
     │   ├── UnsafeArchiveError       the tar would write outside the output or a device
     │   └── ReplayError              a bundle id that was already imported
     ├── TransferError                exit 4: the drop box or media failed us
-    └── EngineError                  exit 5: the Docker engine failed or is unreachable
+    ├── EngineError                  exit 5: the Docker engine failed or is unreachable
+    └── Interrupted                  exit 130: the user pressed Ctrl-C
 
 Every error carries a one-line ``message``, an optional ``hint`` and its ``exit_code``. Foreign
 exceptions are translated at the module boundary with ``raise ... from exc``. Messages say which
@@ -137,3 +138,7 @@ class TransferError(AirgapError):
 
 class EngineError(AirgapError):
     exit_code = ExitCode.ENGINE
+
+
+class Interrupted(AirgapError):
+    exit_code = ExitCode.INTERRUPTED

@@ -1,0 +1,277 @@
+"""The ``airgap`` command line: parse options, call one function, map errors to exit codes.
+
+The only module that knows about argv, the terminal and exit codes. Secrets never come from
+argv: passphrases come from the environment (``AIRGAP_PASSPHRASE``, ``AIRGAP_SIGN_PASSPHRASE``)
+or a prompt on the terminal. Payload and machine output (``--json``) go to stdout, everything
+for humans to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec
+
+import typer
+
+from airgap.client import fetch as fetching
+from airgap.client import keyfiles
+from airgap.client.ledger import Ledger
+from airgap.client.send import send_files
+from airgap.client.transport import DirectoryTransport
+from airgap.shared import age
+from airgap.shared.bundle import EncodeOptions
+from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
+from airgap.shared.keys import KeySet
+from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
+from airgap.shared.version import __version__
+
+P = ParamSpec("P")
+
+app = typer.Typer(
+    name="airgap",
+    help="Move container images and files across an air gap: signed, encrypted, resumable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def guarded(command: Callable[P, None]) -> Callable[P, None]:
+    """Let an interrupt inside a command reach :func:`main` as our error, not typer's Abort."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted("interrupted") from exc
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"airgap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """airgap: FTP-based air-gap transfer of container images and files."""
+
+
+def _secret(env: str, prompt: str, *, confirm: bool = False) -> Callable[[], bytes]:
+    """A deferred secret: from the environment, else the terminal; never from argv."""
+
+    def ask() -> bytes:
+        value = os.environ.get(env)
+        if value is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"{prompt} needed", hint=f"set {env} or run on a terminal")
+            value = getpass.getpass(f"{prompt}: ")
+            if confirm and getpass.getpass(f"{prompt} (again): ") != value:
+                raise UsageError("the two passphrases differ")
+        if not value:
+            raise UsageError(f"{prompt} is empty")
+        return value.encode()
+
+    return ask
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "airgap"
+
+
+def _emit(summary: dict[str, Any]) -> None:
+    json.dump(summary, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+@app.command()
+@guarded
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the four key files.")],
+    force: Annotated[bool, typer.Option(help="Replace existing keys (they are lost).")] = False,
+    protect: Annotated[
+        bool, typer.Option(help="Encrypt signing.key with a passphrase (AIRGAP_SIGN_PASSPHRASE).")
+    ] = False,
+) -> None:
+    """Make an age identity (decrypts) and a minisign key (signs) for this side."""
+    keys = KeySet.generate()
+    passphrase = _secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase", confirm=True)
+    files = keys.files(created=datetime.now(UTC), passphrase=passphrase() if protect else None)
+    keyfiles.write_key_files(out, files, force=force)
+    say(f"wrote {', '.join(f.name for f in files)} to {out}")
+    say("give recipient.txt to senders (they encrypt to it);")
+    say("give signing.pub to receivers (they trust it):")
+    print(f"recipient: {keys.identity.recipient.encode()}")
+    print(f"signing key id: {keys.signing.public_key.key_id_hex}")
+
+
+@app.command()
+@guarded
+def send(
+    to: Annotated[Path, typer.Option("--to", help="Directory (removable media) to write into.")],
+    file: Annotated[list[Path], typer.Option("--file", help="A file to send (repeatable).")],
+    recipient: Annotated[
+        list[str] | None, typer.Option("--recipient", "-r", help="An age1... recipient.")
+    ] = None,
+    recipients_file: Annotated[
+        list[Path] | None, typer.Option("--recipients-file", "-R", help="age recipients file.")
+    ] = None,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", envvar="AIRGAP_SIGN_KEY", help="signing.key")
+    ] = None,
+    no_encrypt: Annotated[
+        bool, typer.Option("--no-encrypt", help="Sign only (for guards that scan content).")
+    ] = False,
+    passphrase: Annotated[
+        bool, typer.Option("--passphrase", help="Encrypt to a passphrase (AIRGAP_PASSPHRASE).")
+    ] = False,
+    level: Annotated[int, typer.Option(help="zstd level.", min=1, max=19)] = DEFAULT_ZSTD_LEVEL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Write files into a signed, encrypted bundle."""
+    if sign_key is None:
+        raise UsageError("no signing key", hint="pass --sign-key signing.key (airgap keygen)")
+    key = keyfiles.load_signing_key(
+        sign_key, _secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase")
+    )
+    recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+    options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
+    manifest = send_files(file, DirectoryTransport(to), options=options, key=key)
+    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes in {to}")
+    if as_json:
+        _emit({"id": manifest.id, "payload_bytes": manifest.payload.size,
+               "plaintext_bytes": manifest.plaintext_size})
+
+
+def _recipients(
+    values: Sequence[str], files: Sequence[Path], no_encrypt: bool, passphrase: bool
+) -> list[age.Recipient]:
+    chosen = sum([bool(values or files), no_encrypt, passphrase])
+    if chosen != 1:
+        raise UsageError(
+            "choose exactly one of --recipient/--recipients-file, --passphrase, --no-encrypt",
+            hint="airgap encrypts to the receiver's recipient.txt: --recipients-file recipient.txt",
+        )
+    if no_encrypt:
+        return []
+    if passphrase:
+        secret = _secret("AIRGAP_PASSPHRASE", "bundle passphrase", confirm=True)()
+        return [age.ScryptRecipient(secret)]
+    return list(keyfiles.load_recipients(values, files))
+
+
+TrustOption = Annotated[
+    list[Path] | None,
+    typer.Option("--trust", envvar="AIRGAP_TRUST", help="A trusted sender's signing.pub."),
+]
+IdentityOption = Annotated[
+    list[Path] | None,
+    typer.Option("--identity", "-i", envvar="AIRGAP_IDENTITY", help="age identity file."),
+]
+FromOption = Annotated[Path, typer.Option("--from", help="Directory holding bundles.")]
+
+
+def _identities(paths: Sequence[Path]) -> list[age.Identity]:
+    found: list[age.Identity] = list(keyfiles.load_identities(paths))
+    if "AIRGAP_PASSPHRASE" in os.environ:
+        found.append(age.ScryptIdentity(_secret("AIRGAP_PASSPHRASE", "bundle passphrase")()))
+    return found
+
+
+def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> None:
+    failed = [o for o in outcomes if o.error is not None]
+    for o in outcomes:
+        if o.error is None:
+            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {p}" for p in o.files))
+        else:
+            say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}")
+    if not outcomes:
+        say("nothing to do: no new published bundles")
+    if as_json:
+        _emit({"bundles": [
+            {"id": o.bundle_id, "ok": o.error is None,
+             "error": None if o.error is None else o.error.message,
+             "files": [str(p) for p in o.files]} for o in outcomes]})
+    if failed:
+        first = failed[0].error
+        assert first is not None
+        raise typer.Exit(int(first.exit_code))
+
+
+@app.command()
+@guarded
+def fetch(
+    source: FromOption,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where files are unpacked.")],
+    ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all new).")] = None,
+    identity: IdentityOption = None,
+    trust: TrustOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Verify and unpack every new bundle from a directory."""
+    trusted = keyfiles.load_trusted(trust or [])
+    ledger = Ledger((state_dir or _default_state_dir()) / "imported.jsonl")
+    outcomes = fetching.fetch_files(
+        DirectoryTransport(source), output_dir, identities=_identities(identity or []),
+        trusted=trusted, ledger=ledger, only=ids or [],
+    )
+    _report(outcomes, "fetched", as_json)
+
+
+@app.command()
+@guarded
+def verify(
+    source: FromOption,
+    ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all).")] = None,
+    identity: IdentityOption = None,
+    trust: TrustOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Check bundles without unpacking (with --identity, decrypt and check the plaintext too)."""
+    trusted = keyfiles.load_trusted(trust or [])
+    outcomes = fetching.verify_bundles(
+        DirectoryTransport(source), identities=_identities(identity or []),
+        trusted=trusted, only=ids or [],
+    )
+    _report(outcomes, "verified", as_json)
+
+
+def _fail(exc: AirgapError) -> NoReturn:
+    say(f"airgap: error: {exc.message}")
+    if exc.hint:
+        say(f"airgap: hint: {exc.hint}")
+    sys.exit(int(exc.exit_code))
+
+
+def main() -> NoReturn:
+    """Entry point: the one place where errors become messages and exit codes."""
+    try:
+        app()  # standalone: typer itself answers --help and bad usage (exit 2)
+    except AirgapError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted"))
+    sys.exit(int(ExitCode.OK))

@@ -1,0 +1,156 @@
+"""``airgap fetch`` and ``airgap verify`` for files bundles: check everything, then unpack.
+
+For each published bundle not in the ledger: read signature and manifest (both size-capped),
+verify the signature against the trusted keys, then the payload's size, then each segment's hash
+as it streams, then decrypt, decompress and check the plaintext; files reach the output
+directory only after all of that. One bad bundle does not stop the others: each outcome is
+reported, and the caller decides the exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap.client.extract import extract_files
+from airgap.client.ledger import Ledger
+from airgap.client.transport import MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Transport, published_ids
+from airgap.shared import age, minisign
+from airgap.shared.bundle import decode, open_manifest, verified_segments
+from airgap.shared.errors import (
+    AirgapError,
+    ManifestError,
+    PayloadSizeError,
+    ReplayError,
+    SignatureError,
+    UsageError,
+)
+from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
+
+MAX_SIGNATURE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Outcome:
+    bundle_id: str
+    manifest: Manifest | None = None
+    files: tuple[Path, ...] = ()
+    error: AirgapError | None = None
+
+
+def read_small(transport: Transport, name: str, limit: int, missing: type[AirgapError]) -> bytes:
+    size = transport.size(name)
+    if size is None:
+        raise missing(f"{name} is missing")
+    if size > limit:
+        raise missing(f"{name} is larger than airgap ever writes one")
+    with transport.reader(name) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise missing(f"{name} is larger than airgap ever writes one")
+    return data
+
+
+def open_bundle(
+    transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]
+) -> tuple[Manifest, bytes]:
+    signature = read_small(
+        transport, bundle_id + SIGNATURE_SUFFIX, MAX_SIGNATURE_BYTES, SignatureError
+    )
+    data = read_small(transport, bundle_id + MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, ManifestError)
+    manifest = open_manifest(data, signature, trusted)
+    if manifest.id != bundle_id:
+        raise ManifestError(f"manifest: names bundle {manifest.id}, not {bundle_id}")
+    return manifest, data
+
+
+def plaintext_of(
+    transport: Transport, manifest: Manifest, identities: Sequence[age.Identity]
+) -> Iterator[bytes]:
+    name = manifest.payload.name
+    size = transport.size(name)
+    if size != manifest.payload.size:
+        found = "missing" if size is None else f"{size} bytes"
+        raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
+    with transport.reader(name) as handle:
+        yield from decode(verified_segments(handle.read, manifest.payload), manifest, identities)
+
+
+def payload_only(transport: Transport, manifest: Manifest) -> None:
+    """Size and every segment hash, without a key to decrypt."""
+    name = manifest.payload.name
+    size = transport.size(name)
+    if size != manifest.payload.size:
+        found = "missing" if size is None else f"{size} bytes"
+        raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
+    with transport.reader(name) as handle:
+        for _ in verified_segments(handle.read, manifest.payload):
+            pass
+
+
+def fetch_files(
+    transport: Transport,
+    out_dir: Path,
+    *,
+    identities: Sequence[age.Identity],
+    trusted: Sequence[minisign.PublicKey],
+    ledger: Ledger,
+    only: Sequence[str] = (),
+) -> list[Outcome]:
+    done = ledger.ids()
+    outcomes = []
+    for bundle_id in _selected(transport, only):
+        if bundle_id in done:
+            if only:
+                outcomes.append(Outcome(bundle_id, error=ReplayError(
+                    f"bundle {bundle_id} was imported here before; refusing it again")))
+            continue
+        try:
+            manifest, data = open_bundle(transport, bundle_id, trusted)
+            files = extract_files(plaintext_of(transport, manifest, identities), manifest, out_dir)
+            ledger.record(
+                bundle_id,
+                manifest_sha256=hashlib.sha256(data).hexdigest(),
+                where=transport.describe(),
+            )
+            outcomes.append(Outcome(bundle_id, manifest, tuple(files)))
+        except AirgapError as exc:
+            outcomes.append(Outcome(bundle_id, error=exc))
+    return outcomes
+
+
+def verify_bundles(
+    transport: Transport,
+    *,
+    identities: Sequence[age.Identity],
+    trusted: Sequence[minisign.PublicKey],
+    only: Sequence[str] = (),
+) -> list[Outcome]:
+    outcomes = []
+    for bundle_id in _selected(transport, only):
+        try:
+            manifest, _ = open_bundle(transport, bundle_id, trusted)
+            if identities or manifest.encryption.scheme == "none":
+                for _ in plaintext_of(transport, manifest, identities):
+                    pass
+            else:
+                payload_only(transport, manifest)
+            outcomes.append(Outcome(bundle_id, manifest))
+        except AirgapError as exc:
+            outcomes.append(Outcome(bundle_id, error=exc))
+    return outcomes
+
+
+def _selected(transport: Transport, only: Sequence[str]) -> list[str]:
+    published = published_ids(transport.list())
+    if not only:
+        return published
+    missing = [i for i in only if i not in published]
+    if missing:
+        raise UsageError(
+            f"no published bundle {', '.join(missing)} in {transport.describe()}",
+            hint="airgap verify --from DIR checks and lists every published bundle",
+        )
+    return list(only)

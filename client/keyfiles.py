@@ -1,0 +1,93 @@
+"""Key files on disk: reading identities, recipients and minisign keys; writing a new key set.
+
+Secret files are created 0600 with O_EXCL and renamed into place only when complete, so a key
+is never readable by others, not even for an instant, and never half-written. Nothing here
+prints or logs key material.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from airgap.shared import age, minisign
+from airgap.shared.errors import KeyFileError, StorageError, UsageError
+from airgap.shared.keys import KeyFile
+
+MAX_KEY_FILE = 1024 * 1024
+
+
+def read_key_text(path: Path, what: str) -> str:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_KEY_FILE + 1)
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"{what} {path} does not exist") from exc
+    except OSError as exc:
+        raise KeyFileError(f"{what} {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{what} {path} is too large to be a key file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{what} {path} is not UTF-8 text") from exc
+
+
+def load_identities(paths: Sequence[Path]) -> list[age.X25519Identity]:
+    found: list[age.X25519Identity] = []
+    for path in paths:
+        found += age.parse_identities(read_key_text(path, "identity file"))
+    return found
+
+
+def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X25519Recipient]:
+    found = [age.X25519Recipient.parse(v) for v in values]
+    for path in files:
+        found += age.parse_recipients(read_key_text(path, "recipients file"))
+    return found
+
+
+def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.SecretKey:
+    return minisign.SecretKey.parse(read_key_text(path, "signing key"), passphrase=passphrase)
+
+
+def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
+    if not paths:
+        raise UsageError(
+            "no trusted signer key given",
+            hint="pass --trust signing.pub (the sender's public key); "
+            "airgap never accepts bundles from just anyone",
+        )
+    return [minisign.PublicKey.parse(read_key_text(p, "trusted key")) for p in paths]
+
+
+def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -> None:
+    """Write every file or none: existing keys are refused before anything is written."""
+    existing = [f.name for f in files if (directory / f.name).exists()]
+    if existing and not force:
+        raise StorageError(
+            f"{directory} already holds {', '.join(existing)}",
+            hint="use --force to replace them (the old keys are lost), or another --out",
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for key_file in files:
+            _write_atomically(directory / key_file.name, key_file.text.encode(), key_file.mode)
+    except OSError as exc:
+        raise StorageError(f"writing keys to {directory}: {exc.strerror or exc}") from exc
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed it; never widened a secret
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)

@@ -1,0 +1,61 @@
+"""The receiver's ledger: which bundles were imported here, so re-runs skip them and an old
+bundle shown again is never imported twice.
+
+One JSON object a line, appended and fsynced after each import; a torn last line (a crash while
+writing it) is ignored, so the worst case is one bundle offered again, never a lost record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from airgap.shared.errors import StorageError
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def ids(self) -> set[str]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
+        found = set()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                found.add(record["id"])
+        return found
+
+    def record(self, bundle_id: str, *, manifest_sha256: str, where: str) -> None:
+        line = json.dumps(
+            {
+                "id": bundle_id,
+                "manifest_sha256": manifest_sha256,
+                "where": where,
+                "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            sort_keys=True,
+        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                # After a torn write, start on a fresh line so this record stays readable.
+                end = os.lseek(fd, 0, os.SEEK_END)
+                torn = end > 0 and os.pread(fd, 1, end - 1) != b"\n"
+                os.write(fd, (("\n" if torn else "") + line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,89 @@
+"""``airgap send --file``: plain files into a signed (and usually encrypted) bundle on a transport.
+
+The payload goes up as ``ID.….part`` and is renamed when complete; the manifest follows, and the
+signature last, because its arrival is what publishes the bundle. A failed send removes its
+partial payload, so nothing half-written is ever offered to a receiver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, SIGNATURE_SUFFIX, Transport
+from airgap.shared import minisign
+from airgap.shared.archive import Member, check_name, tar_stream
+from airgap.shared.bundle import EncodeOptions, encode, sign_manifest
+from airgap.shared.errors import StorageError, UsageError
+from airgap.shared.ids import new_bundle_id
+from airgap.shared.manifest import FileEntry, Manifest, payload_name
+
+READ_CHUNK = 1024 * 1024
+
+
+def file_members(paths: Sequence[Path]) -> list[Member]:
+    """Regular files only, each under its own base name, checked before anything is sent."""
+    if not paths:
+        raise UsageError("nothing to send", hint="name at least one --file PATH")
+    members, names = [], set()
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"{path} is not a regular file", hint="tar a directory first")
+        check_name(path.name)
+        if path.name in names:
+            raise UsageError(f"two files are named {path.name!r}; names must differ")
+        names.add(path.name)
+        members.append(
+            Member(path.name, info.st_size, int(info.st_mtime), _read(path), info.st_mode)
+        )
+    return members
+
+
+def _read(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                yield chunk
+    except OSError as exc:
+        raise StorageError(f"reading {path}: {exc.strerror or exc}") from exc
+
+
+def send_files(
+    paths: Sequence[Path],
+    transport: Transport,
+    *,
+    options: EncodeOptions,
+    key: minisign.SecretKey,
+) -> Manifest:
+    members = file_members(paths)
+    entries: list[FileEntry] = []
+    bundle_id = new_bundle_id()
+    encoder, payload = encode(tar_stream(members, entries), options)
+    partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
+    try:
+        with transport.writer(partial) as out:
+            for chunk in payload:
+                out.write(chunk)
+        manifest = encoder.manifest(bundle_id, signer=key.public_key, files=entries)
+        transport.rename(partial, manifest.payload.name)
+        data, signature = sign_manifest(manifest, key)
+        put_small(transport, bundle_id + MANIFEST_SUFFIX, data)
+        put_small(transport, bundle_id + SIGNATURE_SUFFIX, signature.encode())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            transport.delete(partial)
+        raise
+    return manifest
+
+
+def put_small(transport: Transport, name: str, data: bytes) -> None:
+    partial = name + PARTIAL_SUFFIX
+    with transport.writer(partial) as out:
+        out.write(data)
+    transport.rename(partial, name)

@@ -1,0 +1,142 @@
+"""Where bundles travel: the few operations send and fetch need, and the directory transport.
+
+A transport is a flat area of named files: list, size, read from an offset, write from an offset,
+rename and delete. Send and fetch never know which transport they have; the FTP drop box and a
+directory on removable media are two implementations. A bundle is *published* once its
+``.minisig`` exists: writers put it last, readers ignore anything without one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from airgap.shared.errors import StorageError, TransferError
+
+MANIFEST_SUFFIX = ".manifest.json"
+SIGNATURE_SUFFIX = ".manifest.json.minisig"
+PARTIAL_SUFFIX = ".part"
+
+
+class Transport(Protocol):
+    def describe(self) -> str: ...
+
+    def list(self) -> list[str]: ...
+
+    def size(self, name: str) -> int | None: ...
+
+    def reader(self, name: str, *, offset: int = 0) -> BinaryIO: ...
+
+    def writer(self, name: str, *, offset: int = 0) -> BinaryIO: ...
+
+    def rename(self, src: str, dst: str) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+
+def published_ids(names: list[str]) -> list[str]:
+    """Bundle ids whose signature has arrived, oldest first (ids sort by time)."""
+    return sorted(n[: -len(SIGNATURE_SUFFIX)] for n in names if n.endswith(SIGNATURE_SUFFIX))
+
+
+class DirectoryTransport:
+    """A directory, such as removable media. Names are plain file names inside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, name: str) -> Path:
+        if not name or "/" in name or "\0" in name or name in (".", ".."):
+            raise TransferError(f"{name!r} is not a plain file name")
+        return self.root / name
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError(f"{what}: no space left on {self.root}") from exc
+            raise TransferError(f"{what}: {exc.strerror or exc}") from exc
+
+    def list(self) -> list[str]:
+        with self._errors(f"listing {self.root}"):
+            return sorted(e.name for e in os.scandir(self.root) if e.is_file(follow_symlinks=False))
+
+    def size(self, name: str) -> int | None:
+        try:
+            return self._path(name).lstat().st_size
+        except FileNotFoundError:
+            return None
+
+    def reader(self, name: str, *, offset: int = 0) -> BinaryIO:
+        with self._errors(f"reading {name}"):
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
+            handle = os.fdopen(fd, "rb")
+            handle.seek(offset)
+            return handle
+
+    def writer(self, name: str, *, offset: int = 0) -> BinaryIO:
+        """Write from ``offset``: 0 creates the file anew; a resume cuts the file there."""
+        with self._errors(f"writing {name}"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+            fd = os.open(self._path(name), flags | (os.O_TRUNC if offset == 0 else 0), 0o644)
+            os.ftruncate(fd, offset)
+            handle = os.fdopen(fd, "wb")
+            handle.seek(offset)
+            return _SyncOnClose(handle)  # type: ignore[return-value]
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._errors(f"renaming {src}"):
+            os.replace(self._path(src), self._path(dst))
+            _fsync_dir(self.root)
+
+    def delete(self, name: str) -> None:
+        with self._errors(f"deleting {name}"):
+            self._path(name).unlink(missing_ok=True)
+
+
+class _SyncOnClose:
+    """A file that reaches the disk before close returns: media get pulled right after."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError("no space left on the destination") from exc
+            raise TransferError(f"write failed: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise StorageError(f"write failed: {exc.strerror or exc}") from exc
+        finally:
+            self._handle.close()
+
+    def __enter__(self) -> _SyncOnClose:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,195 @@
+"""A bundle end to end: plaintext chunks in, payload bytes and a signed manifest out, and back.
+
+Encoding composes the stages in one place: plaintext sha256 -> zstd -> age -> payload sha256 and
+segment hashes. Decoding checks in a fixed order and releases nothing early: signature by a
+trusted key (and a trusted comment naming this very bundle), the manifest, then each payload
+segment against its signed hash before a byte of it is decrypted, then age, zstd, and finally
+the plaintext size and sha256. This module sees bytes and callables only: the transports, the
+disk and Docker belong to the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from airgap.shared import age, minisign
+from airgap.shared.errors import (
+    PayloadHashError,
+    PayloadSizeError,
+    PlaintextHashError,
+    SegmentHashError,
+    SignatureError,
+)
+from airgap.shared.manifest import (
+    DEFAULT_SEGMENT,
+    Encryption,
+    FileEntry,
+    ImageEntry,
+    Manifest,
+    Payload,
+    payload_name,
+)
+from airgap.shared.stages import (
+    DEFAULT_ZSTD_LEVEL,
+    Chain,
+    Limit,
+    Segments,
+    Sha256,
+    Stage,
+    ZstdCompress,
+    ZstdDecompress,
+    rechunk,
+    run,
+)
+from airgap.shared.version import __version__
+
+#: Pieces no larger than this go through the stages, so no stage ever holds much.
+PIECE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    recipients: Sequence[age.Recipient]  # empty: sign-only bundle, no encryption
+    level: int = DEFAULT_ZSTD_LEVEL
+    threads: int = 0
+    segment_size: int = DEFAULT_SEGMENT
+
+
+class Encoder:
+    """plaintext -> payload, as a stage; after :meth:`finish` it knows every hash."""
+
+    def __init__(self, options: EncodeOptions) -> None:
+        self.options = options
+        self.plaintext = Sha256()
+        self.payload = Sha256()
+        self.segments = Segments(options.segment_size)
+        stages: list[Stage] = [self.plaintext, ZstdCompress(level=options.level, threads=options.threads)]
+        if options.recipients:
+            stages.append(age.AgeEncryptor(options.recipients))
+        stages += [self.payload, self.segments]
+        self._chain = Chain(stages)
+
+    def update(self, data: bytes) -> bytes:
+        return self._chain.update(data)
+
+    def finish(self) -> bytes:
+        return self._chain.finish()
+
+    def manifest(
+        self,
+        bundle_id: str,
+        *,
+        signer: minisign.PublicKey,
+        files: Sequence[FileEntry] = (),
+        images: Sequence[ImageEntry] = (),
+        created: float | None = None,
+    ) -> Manifest:
+        recipients = self.options.recipients
+        encryption = Encryption(
+            "age-v1",
+            tuple(r.encode() for r in recipients if isinstance(r, age.X25519Recipient)),
+            passphrase=any(isinstance(r, age.ScryptRecipient) for r in recipients),
+        ) if recipients else Encryption("none")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        return Manifest(
+            id=bundle_id,
+            created=stamp,
+            tool=f"airgap-ftp/{__version__}",
+            signer=signer.key_id_hex,
+            plaintext_size=self.plaintext.size,
+            plaintext_sha256=self.plaintext.hexdigest(),
+            compression_level=self.options.level,
+            encryption=encryption,
+            payload=Payload(
+                name=payload_name(bundle_id, encrypted=bool(recipients)),
+                size=self.payload.size,
+                sha256=self.payload.hexdigest(),
+                segment_size=self.options.segment_size,
+                segments=tuple(self.segments.digests),
+            ),
+            files=tuple(files),
+            images=tuple(images),
+        )
+
+
+def encode(chunks: Iterable[bytes], options: EncodeOptions) -> tuple[Encoder, Iterator[bytes]]:
+    """Return the encoder (for its hashes once drained) and the payload chunks it yields."""
+    encoder = Encoder(options)
+    return encoder, run(rechunk(chunks, PIECE), encoder)
+
+
+def sign_manifest(manifest: Manifest, key: minisign.SecretKey) -> tuple[bytes, str]:
+    """The manifest's bytes and the text of its ``.minisig``."""
+    data = manifest.to_bytes()
+    signature = minisign.sign(
+        key,
+        data,
+        trusted_comment=manifest.trusted_comment(),
+        untrusted_comment=f"airgap bundle {manifest.id} signed by {key.public_key.key_id_hex}",
+    )
+    return data, signature
+
+
+def open_manifest(
+    data: bytes, signature: bytes, trusted: Sequence[minisign.PublicKey]
+) -> Manifest:
+    """Verify the signature first; only a manifest a trusted key signed is parsed at all."""
+    sig = minisign.verify(trusted, data, signature)
+    manifest = Manifest.parse(data)
+    if sig.trusted_comment != manifest.trusted_comment():
+        raise SignatureError("signature: trusted comment does not name this bundle")
+    if manifest.signer != sig.key_id_hex:
+        raise SignatureError("signature: manifest names another signer than the signature")
+    return manifest
+
+
+def verified_segments(read: Callable[[int], bytes], payload: Payload) -> Iterator[bytes]:
+    """Read the payload a segment at a time; yield each only after its hash matched."""
+    whole = hashlib.sha256()
+    for index, expected in enumerate(payload.segments):
+        want = min(payload.segment_size, payload.size - index * payload.segment_size)
+        segment = _read_exactly(read, want)
+        if len(segment) != want:
+            raise PayloadSizeError("payload: shorter than the manifest says")
+        if hashlib.sha256(segment).hexdigest() != expected:
+            raise SegmentHashError(
+                f"payload: segment {index} does not match its signed sha256", segment=index
+            )
+        whole.update(segment)
+        yield segment
+    if read(1):
+        raise PayloadSizeError("payload: longer than the manifest says")
+    if whole.hexdigest() != payload.sha256:
+        raise PayloadHashError("payload: sha256 does not match the manifest")
+
+
+def decode(
+    segments: Iterable[bytes], manifest: Manifest, identities: Sequence[age.Identity]
+) -> Iterator[bytes]:
+    """Yield plaintext chunks; raise after the last one unless size and sha256 match."""
+    plaintext = Sha256()
+    stages: list[Stage] = []
+    if manifest.encryption.scheme != "none":
+        stages.append(age.AgeDecryptor(identities))
+    stages += [
+        ZstdDecompress(),
+        Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"),
+        plaintext,
+    ]
+    yield from run(rechunk(segments, PIECE), Chain(stages))
+    if plaintext.size != manifest.plaintext_size or plaintext.hexdigest() != manifest.plaintext_sha256:
+        raise PlaintextHashError("plaintext: sha256 does not match the manifest")
+
+
+def _read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
+    parts, left = [], size
+    while left:
+        part = read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)

@@ -1,0 +1,179 @@
+"""Streaming stages: small units with one interface, composed by :class:`Chain`.
+
+A stage takes bytes with ``update(data) -> bytes`` and drains what it still holds with
+``finish() -> bytes``. Hashing stages pass data through untouched and keep a digest; the
+compression and encryption stages transform it. A stage owns only its own buffer: it never opens
+files or sockets, so every stage is testable with bytes alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+import zstandard
+
+from airgap.shared.errors import CompressionError
+
+DEFAULT_ZSTD_LEVEL = 3
+
+
+class Stage(Protocol):
+    def update(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class Chain:
+    """Stages run in order: the output of one is the input of the next."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self._stages = tuple(stages)
+
+    def update(self, data: bytes) -> bytes:
+        for stage in self._stages:
+            if not data:
+                return b""
+            data = stage.update(data)
+        return data
+
+    def finish(self) -> bytes:
+        out = b""
+        for stage in self._stages:
+            out = stage.update(out) if out else b""
+            out += stage.finish()
+        return out
+
+
+class Sha256:
+    """Counts and hashes what passes through."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes) -> bytes:
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class Segments:
+    """Hashes what passes through in fixed-size segments (the last one may be shorter)."""
+
+    def __init__(self, segment_size: int) -> None:
+        if segment_size <= 0:
+            raise ValueError("segment size must be positive")
+        self.segment_size = segment_size
+        self.digests: list[str] = []
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> bytes:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.segment_size - self._filled)
+            self._hash.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.segment_size:
+                self._close_segment()
+        return data
+
+    def finish(self) -> bytes:
+        if self._filled:
+            self._close_segment()
+        return b""
+
+    def _close_segment(self) -> None:
+        self.digests.append(self._hash.hexdigest())
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+
+class ZstdCompress:
+    """One zstd frame; ``threads`` > 0 compresses on worker threads while we go on."""
+
+    def __init__(self, *, level: int = DEFAULT_ZSTD_LEVEL, threads: int = 0) -> None:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=threads, write_checksum=True
+        )
+        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+
+    def update(self, data: bytes) -> bytes:
+        out: bytes = self._obj.compress(data)
+        return out
+
+    def finish(self) -> bytes:
+        out: bytes = self._obj.flush()
+        return out
+
+
+class ZstdDecompress:
+    """Exactly one zstd frame: truncation and trailing data are errors."""
+
+    def __init__(self) -> None:
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._done = False
+
+    def update(self, data: bytes) -> bytes:
+        if self._done:
+            raise CompressionError("zstd: data after the end of the compressed stream")
+        try:
+            out: bytes = self._obj.decompress(data)
+        except zstandard.ZstdError as exc:
+            raise CompressionError(f"zstd: corrupt compressed stream ({exc})") from exc
+        if self._obj.eof:
+            self._done = True
+            if self._obj.unused_data:
+                raise CompressionError("zstd: data after the end of the compressed stream")
+        return out
+
+    def finish(self) -> bytes:
+        if not self._done:
+            raise CompressionError("zstd: compressed stream is truncated")
+        return b""
+
+
+class Limit:
+    """Refuses more than ``limit`` bytes: a stream may not grow past what was declared."""
+
+    def __init__(self, limit: int, error: type[Exception], what: str) -> None:
+        self._left = limit
+        self._error = error
+        self._what = what
+
+    def update(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left < 0:
+            raise self._error(f"{self._what} is longer than the manifest says")
+        return data
+
+    def finish(self) -> bytes:
+        return b""
+
+
+def run(chunks: Iterable[bytes], stage: Stage) -> Iterator[bytes]:
+    """Push ``chunks`` through ``stage`` and yield the non-empty outputs, drained at the end."""
+    for chunk in chunks:
+        out = stage.update(chunk)
+        if out:
+            yield out
+    out = stage.finish()
+    if out:
+        yield out
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Slices large pieces to at most ``size`` bytes, so no stage sees an outsized input."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])

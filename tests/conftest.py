@@ -1,0 +1,68 @@
+"""Shared fixtures: key sets, the airgap CLI as a subprocess, and the Docker engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from airgap.client.keyfiles import write_key_files
+from airgap.shared.keys import KeySet
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT.parent / "shared" / "testvectors" / "age"
+
+
+@pytest.fixture(scope="session")
+def keyset() -> KeySet:
+    return KeySet.generate()
+
+
+@pytest.fixture
+def keydir(tmp_path: Path, keyset: KeySet) -> Path:
+    directory = tmp_path / "keys"
+    write_key_files(directory, keyset.files(created=datetime.now(UTC)), force=False)
+    return directory
+
+
+def run_airgap(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, as a user runs it (no terminal: stdin is closed)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "airgap.client", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    """A client of the running engine; a failure under AIRGAP_REQUIRE_DOCKER=1, else a skip."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine means "no engine here"
+        if os.environ.get("AIRGAP_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"AIRGAP_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    yield client
+    client.close()

@@ -1,0 +1,95 @@
+"""The manifest: one canonical byte form, and nothing else accepted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airgap.shared.errors import ManifestError
+from airgap.shared.ids import is_bundle_id, new_bundle_id
+from airgap.shared.manifest import (
+    Encryption,
+    FileEntry,
+    ImageEntry,
+    Manifest,
+    Payload,
+    payload_name,
+)
+
+BID = new_bundle_id()
+
+
+def _manifest(**changes: object) -> Manifest:
+    base: dict[str, object] = dict(
+        id=BID,
+        created="2026-11-27T12:00:00Z",
+        tool="airgap-ftp/0.1.0",
+        signer="0123456789ABCDEF",
+        plaintext_size=3,
+        plaintext_sha256="a" * 64,
+        compression_level=3,
+        encryption=Encryption("age-v1", ("age1xyz",), passphrase=False),
+        payload=Payload(payload_name(BID, encrypted=True), 70_000, "b" * 64, 65536, ("c" * 64,) * 2),
+        files=(FileEntry("x.bin", 3, "d" * 64),),
+    )
+    base.update(changes)
+    return Manifest(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_is_byte_identical() -> None:
+    m = _manifest()
+    assert Manifest.parse(m.to_bytes()) == m
+    img = _manifest(files=(), images=(ImageEntry("sha256:" + "e" * 64, ("a:1",), ()),))
+    assert Manifest.parse(img.to_bytes()) == img
+    plain = _manifest(
+        encryption=Encryption("none"),
+        payload=Payload(payload_name(BID, encrypted=False), 5, "b" * 64, 65536, ("c" * 64,)),
+    )
+    assert Manifest.parse(plain.to_bytes()) == plain
+
+
+def _edit(mutate: object) -> bytes:
+    obj = json.loads(_manifest().to_bytes())
+    mutate(obj)  # type: ignore[operator]
+    return (json.dumps(obj, sort_keys=True, indent=2) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda o: o.update(format="airgap-bundle/2"), "format"),
+        (lambda o: o.update(extra=1), "exactly the keys"),
+        (lambda o: o["payload"].update(name="other.tar.zst.age"), "payload name"),
+        (lambda o: o["payload"]["segments"].pop(), "do not cover"),
+        (lambda o: o["payload"].update(segment_size=1), "segment size"),
+        (lambda o: o["plaintext"].update(size=-1), "non-negative"),
+        (lambda o: o["plaintext"].update(size=True), "non-negative"),
+        (lambda o: o.update(id="not-an-id"), "id"),
+        (lambda o: o["content"].update(type="secrets"), "content type"),
+        (lambda o: o["content"]["files"].append(dict(o["content"]["files"][0])), "twice"),
+    ],
+)
+def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        Manifest.parse(_edit(mutate))
+
+
+def test_non_canonical_forms_are_refused() -> None:
+    data = _manifest().to_bytes()
+    with pytest.raises(ManifestError, match="canonical"):
+        Manifest.parse(data.replace(b"\n", b"\r\n"))
+    with pytest.raises(ManifestError, match="canonical"):
+        Manifest.parse(json.dumps(json.loads(data)).encode())
+    with pytest.raises(ManifestError, match="duplicate"):
+        Manifest.parse(b'{"id": 1, "id": 2}')
+    with pytest.raises(ManifestError, match="integer"):
+        Manifest.parse(b'{"size": 1.5}')
+    with pytest.raises(ManifestError, match="UTF-8 JSON"):
+        Manifest.parse(b"\xff")
+
+
+def test_ids_sort_by_time_and_match_their_pattern() -> None:
+    early, late = new_bundle_id(now=1_000_000), new_bundle_id(now=2_000_000)
+    assert early < late and is_bundle_id(early) and is_bundle_id(late)
+    assert not is_bundle_id(early.lower()) and not is_bundle_id(early + "0")

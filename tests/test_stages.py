@@ -1,0 +1,72 @@
+"""The streaming stages with bytes alone, and zstd against the real zstd CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airgap.shared.errors import CompressionError, PlaintextHashError
+from airgap.shared.stages import Chain, Limit, Segments, Sha256, ZstdCompress, ZstdDecompress, run
+
+
+def _splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300_000), st.lists(st.integers(min_value=0), max_size=6))
+def test_zstd_round_trip_any_split(data: bytes, cuts: list[int]) -> None:
+    compressed = b"".join(run(_splits(data, cuts), ZstdCompress(level=1)))
+    assert b"".join(run([compressed], ZstdDecompress())) == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 1 << 20])
+def test_segments_cover_the_stream(size: int) -> None:
+    data = os.urandom(size)
+    segments = Segments(65536)
+    assert b"".join(run(_splits(data, [7, 65536, 99999]), segments)) == data
+    expected = [hashlib.sha256(data[i : i + 65536]).hexdigest() for i in range(0, size, 65536)]
+    assert segments.digests == expected
+
+
+def test_chain_drains_every_stage_in_order() -> None:
+    plain, packed = Sha256(), Sha256()
+    chain = Chain([plain, ZstdCompress(level=1), packed])
+    out = b"".join(run([b"a" * 100_000, b"b" * 100_000], chain))
+    assert plain.size == 200_000 and packed.size == len(out)
+    assert packed.hexdigest() == hashlib.sha256(out).hexdigest()
+
+
+def test_zstd_truncation_and_trailing_data_are_refused() -> None:
+    compressed = b"".join(run([os.urandom(5000)], ZstdCompress(level=1)))
+    with pytest.raises(CompressionError, match="truncated"):
+        b"".join(run([compressed[:-1]], ZstdDecompress()))
+    with pytest.raises(CompressionError, match="after the end"):
+        b"".join(run([compressed + b"x"], ZstdDecompress()))
+    with pytest.raises(CompressionError):
+        b"".join(run([b"not zstd at all"], ZstdDecompress()))
+
+
+def test_limit_refuses_growth() -> None:
+    limit = Limit(10, PlaintextHashError, "plaintext")
+    assert limit.update(b"x" * 10) == b"x" * 10
+    with pytest.raises(PlaintextHashError, match="longer"):
+        limit.update(b"x")
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd CLI not installed")
+@pytest.mark.parametrize("threads", [0, 2])
+def test_real_zstd_reads_our_stream_and_we_read_its(threads: int) -> None:
+    data = b"".join(os.urandom(64) * 300 for _ in range(200))
+    ours = b"".join(run([data], ZstdCompress(level=3, threads=threads)))
+    back = subprocess.run(["zstd", "-d", "-c"], input=ours, capture_output=True, check=True)
+    assert back.stdout == data
+    theirs = subprocess.run(["zstd", "-c", "-3"], input=data, capture_output=True, check=True)
+    assert b"".join(run([theirs.stdout], ZstdDecompress())) == data
