@@ -37,7 +37,7 @@ class Run:
 
 def timed(cmd: list[str] | str, *, env: dict[str, str] | None = None) -> Run:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), env=env)  # noqa: S602 (fixed strings)
+    proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
@@ -54,7 +54,9 @@ def corpus(size: int = GIB) -> Path:
     present = [s for s in SOURCES if Path("/", s).exists()]
     with path.open("wb") as out:
         tar = subprocess.Popen(
-            ["tar", "-C", "/", "-cf", "-", *present], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            ["tar", "-C", "/", "-cf", "-", *present],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert tar.stdout is not None
         left = size
@@ -78,24 +80,48 @@ def fresh(name: str) -> Path:
 def keys() -> Path:
     directory = WORK / "keys"
     if not (directory / "identity.txt").exists():
-        subprocess.run([*AIRGAP, "keygen", "--out", str(directory), "--force"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*AIRGAP, "keygen", "--out", str(directory), "--force"], check=True, capture_output=True
+        )
     return directory
 
 
-def airgap_round_trip(files: list[Path], key_dir: Path, level: int | None = None) -> tuple[Run, Run, int]:
+def airgap_round_trip(
+    files: list[Path], key_dir: Path, level: int | None = None
+) -> tuple[Run, Run, int]:
     drop, out, state = fresh("drop"), fresh("out"), fresh("state")
-    send = [*AIRGAP, "send", "--to", str(drop), "-R", str(key_dir / "recipient.txt"),
-            "--sign-key", str(key_dir / "signing.key")]
+    send = [
+        *AIRGAP,
+        "send",
+        "--to",
+        str(drop),
+        "-R",
+        str(key_dir / "recipient.txt"),
+        "--sign-key",
+        str(key_dir / "signing.key"),
+    ]
     if level is not None:
         send += ["--level", str(level)]
     for f in files:
         send += ["--file", str(f)]
     enc = timed(send)
     payload = sum(p.stat().st_size for p in drop.glob("*.tar.zst.age"))
-    dec = timed([*AIRGAP, "fetch", "--from", str(drop), "-i", str(key_dir / "identity.txt"),
-                 "--trust", str(key_dir / "signing.pub"), "--output-dir", str(out),
-                 "--state-dir", str(state)])
+    dec = timed(
+        [
+            *AIRGAP,
+            "fetch",
+            "--from",
+            str(drop),
+            "-i",
+            str(key_dir / "identity.txt"),
+            "--trust",
+            str(key_dir / "signing.pub"),
+            "--output-dir",
+            str(out),
+            "--state-dir",
+            str(state),
+        ]
+    )
     shutil.rmtree(out)
     return enc, dec, payload
 
@@ -104,7 +130,9 @@ def shell_round_trip(path: Path, key_dir: Path) -> tuple[Run, Run, int]:
     recipient = (key_dir / "recipient.txt").read_text().strip()
     enc_file, dec_file = WORK / "shell.tar.zst.age", WORK / "shell.tar"
     enc = timed(f"zstd -q -1 -T0 -c '{path}' | age -r {recipient} > '{enc_file}'")
-    dec = timed(f"age -d -i '{key_dir / 'identity.txt'}' '{enc_file}' | zstd -q -d -c > '{dec_file}'")
+    dec = timed(
+        f"age -d -i '{key_dir / 'identity.txt'}' '{enc_file}' | zstd -q -d -c > '{dec_file}'"
+    )
     size = enc_file.stat().st_size
     enc_file.unlink()
     dec_file.unlink()
@@ -113,8 +141,10 @@ def shell_round_trip(path: Path, key_dir: Path) -> tuple[Run, Run, int]:
 
 def row(name: str, ours: float, theirs: float, unit: str, target: str, ok: bool) -> None:
     ratio = ours / theirs if theirs else float("inf")
-    print(f"{name:<34} {ours:>9.1f} {unit:<5} vs {theirs:>9.1f} {unit:<5} "
-          f"= {ratio:5.2f}x   target {target:<18} {'PASS' if ok else 'FAIL'}")
+    print(
+        f"{name:<34} {ours:>9.1f} {unit:<5} vs {theirs:>9.1f} {unit:<5} "
+        f"= {ratio:5.2f}x   target {target:<18} {'PASS' if ok else 'FAIL'}"
+    )
 
 
 def main() -> None:
@@ -131,11 +161,19 @@ def main() -> None:
     print("throughput (MB/s of plaintext), airgap vs `zstd -1 -T0 | age -r` / `age -d | zstd -d`:")
     ours_enc, shell_enc = mb / a_enc.seconds, mb / s_enc.seconds
     ours_dec, shell_dec = mb / a_dec.seconds, mb / s_dec.seconds
-    row("encode (airgap send)", ours_enc, shell_enc, "MB/s", ">=0.8x, >=300 MB/s",
-        ours_enc >= 0.8 * shell_enc and ours_enc >= 300)
+    row(
+        "encode (airgap send)",
+        ours_enc,
+        shell_enc,
+        "MB/s",
+        ">=0.8x, >=300 MB/s",
+        ours_enc >= 0.8 * shell_enc and ours_enc >= 300,
+    )
     row("decode (airgap fetch)", ours_dec, shell_dec, "MB/s", ">=0.8x", ours_dec >= 0.8 * shell_dec)
-    print(f"{'payload size / plaintext':<34} {a_size / size:>9.3f}       vs {s_size / size:>9.3f} "
-          "(shell, zstd -1)")
+    print(
+        f"{'payload size / plaintext':<34} {a_size / size:>9.3f}       vs {s_size / size:>9.3f} "
+        "(shell, zstd -1)"
+    )
     print("\nzstd levels considered for the default (airgap send, same corpus):")
     for level in (1, 2, 3):
         enc, _, payload = airgap_round_trip([data], key_dir, level)
@@ -144,9 +182,11 @@ def main() -> None:
     if not second.exists():
         os.link(data, second)
     big_enc, big_dec, _ = airgap_round_trip([data, second], key_dir)
-    print(f"\npeak RSS with a {2 * size / GIB:.0f} GiB payload: send {big_enc.max_rss_mb:.0f} MB, "
-          f"fetch {big_dec.max_rss_mb:.0f} MB (target < 150 MB: "
-          f"{'PASS' if max(big_enc.max_rss_mb, big_dec.max_rss_mb) < 150 else 'FAIL'})")
+    print(
+        f"\npeak RSS with a {2 * size / GIB:.0f} GiB payload: send {big_enc.max_rss_mb:.0f} MB, "
+        f"fetch {big_dec.max_rss_mb:.0f} MB (target < 150 MB: "
+        f"{'PASS' if max(big_enc.max_rss_mb, big_dec.max_rss_mb) < 150 else 'FAIL'})"
+    )
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

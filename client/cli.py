@@ -159,8 +159,13 @@ def send(
     manifest = send_files(file, DirectoryTransport(to), options=options, key=key)
     say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes in {to}")
     if as_json:
-        _emit({"id": manifest.id, "payload_bytes": manifest.payload.size,
-               "plaintext_bytes": manifest.plaintext_size})
+        _emit(
+            {
+                "id": manifest.id,
+                "payload_bytes": manifest.payload.size,
+                "plaintext_bytes": manifest.plaintext_size,
+            }
+        )
 
 
 def _recipients(
@@ -199,7 +204,6 @@ def _identities(paths: Sequence[Path]) -> list[age.Identity]:
 
 
 def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> None:
-    failed = [o for o in outcomes if o.error is not None]
     for o in outcomes:
         if o.error is None:
             say(f"{verb} {o.bundle_id}" + "".join(f"\n  {p}" for p in o.files))
@@ -208,14 +212,22 @@ def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> N
     if not outcomes:
         say("nothing to do: no new published bundles")
     if as_json:
-        _emit({"bundles": [
-            {"id": o.bundle_id, "ok": o.error is None,
-             "error": None if o.error is None else o.error.message,
-             "files": [str(p) for p in o.files]} for o in outcomes]})
-    if failed:
-        first = failed[0].error
-        assert first is not None
-        raise typer.Exit(int(first.exit_code))
+        _emit(
+            {
+                "bundles": [
+                    {
+                        "id": o.bundle_id,
+                        "ok": o.error is None,
+                        "error": None if o.error is None else o.error.message,
+                        "files": [str(p) for p in o.files],
+                    }
+                    for o in outcomes
+                ]
+            }
+        )
+    codes = [o.error.exit_code for o in outcomes if o.error is not None]
+    if codes:
+        raise typer.Exit(int(codes[0]))
 
 
 @app.command()
@@ -235,8 +247,12 @@ def fetch(
     trusted = keyfiles.load_trusted(trust or [])
     ledger = Ledger((state_dir or _default_state_dir()) / "imported.jsonl")
     outcomes = fetching.fetch_files(
-        DirectoryTransport(source), output_dir, identities=_identities(identity or []),
-        trusted=trusted, ledger=ledger, only=ids or [],
+        DirectoryTransport(source),
+        output_dir,
+        identities=_identities(identity or []),
+        trusted=trusted,
+        ledger=ledger,
+        only=ids or [],
     )
     _report(outcomes, "fetched", as_json)
 
@@ -253,8 +269,10 @@ def verify(
     """Check bundles without unpacking (with --identity, decrypt and check the plaintext too)."""
     trusted = keyfiles.load_trusted(trust or [])
     outcomes = fetching.verify_bundles(
-        DirectoryTransport(source), identities=_identities(identity or []),
-        trusted=trusted, only=ids or [],
+        DirectoryTransport(source),
+        identities=_identities(identity or []),
+        trusted=trusted,
+        only=ids or [],
     )
     _report(outcomes, "verified", as_json)
 

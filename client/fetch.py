@@ -104,8 +104,14 @@ def fetch_files(
     for bundle_id in _selected(transport, only):
         if bundle_id in done:
             if only:
-                outcomes.append(Outcome(bundle_id, error=ReplayError(
-                    f"bundle {bundle_id} was imported here before; refusing it again")))
+                outcomes.append(
+                    Outcome(
+                        bundle_id,
+                        error=ReplayError(
+                            f"bundle {bundle_id} was imported here before; refusing it again"
+                        ),
+                    )
+                )
             continue
         try:
             manifest, data = open_bundle(transport, bundle_id, trusted)

@@ -96,7 +96,7 @@ class DirectoryTransport:
 
     def rename(self, src: str, dst: str) -> None:
         with self._errors(f"renaming {src}"):
-            os.replace(self._path(src), self._path(dst))
+            self._path(src).replace(self._path(dst))
             _fsync_dir(self.root)
 
     def delete(self, name: str) -> None:

@@ -32,6 +32,7 @@ from airgap.shared.manifest import (
     Payload,
     payload_name,
 )
+from airgap.shared.pipeline import threaded
 from airgap.shared.stages import (
     DEFAULT_ZSTD_LEVEL,
     Chain,
@@ -42,7 +43,6 @@ from airgap.shared.stages import (
     ZstdCompress,
     ZstdDecompress,
     rechunk,
-    run,
 )
 from airgap.shared.version import __version__
 
@@ -66,11 +66,14 @@ class Encoder:
         self.plaintext = Sha256()
         self.payload = Sha256()
         self.segments = Segments(options.segment_size)
-        stages: list[Stage] = [self.plaintext, ZstdCompress(level=options.level, threads=options.threads)]
+        self.stages: list[Stage] = [
+            self.plaintext,
+            ZstdCompress(level=options.level, threads=options.threads),
+        ]
         if options.recipients:
-            stages.append(age.AgeEncryptor(options.recipients))
-        stages += [self.payload, self.segments]
-        self._chain = Chain(stages)
+            self.stages.append(age.AgeEncryptor(options.recipients))
+        self.stages += [self.payload, self.segments]
+        self._chain = Chain(self.stages)
 
     def update(self, data: bytes) -> bytes:
         return self._chain.update(data)
@@ -88,11 +91,15 @@ class Encoder:
         created: float | None = None,
     ) -> Manifest:
         recipients = self.options.recipients
-        encryption = Encryption(
-            "age-v1",
-            tuple(r.encode() for r in recipients if isinstance(r, age.X25519Recipient)),
-            passphrase=any(isinstance(r, age.ScryptRecipient) for r in recipients),
-        ) if recipients else Encryption("none")
+        encryption = (
+            Encryption(
+                "age-v1",
+                tuple(r.encode() for r in recipients if isinstance(r, age.X25519Recipient)),
+                passphrase=any(isinstance(r, age.ScryptRecipient) for r in recipients),
+            )
+            if recipients
+            else Encryption("none")
+        )
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
         return Manifest(
             id=bundle_id,
@@ -116,9 +123,12 @@ class Encoder:
 
 
 def encode(chunks: Iterable[bytes], options: EncodeOptions) -> tuple[Encoder, Iterator[bytes]]:
-    """Return the encoder (for its hashes once drained) and the payload chunks it yields."""
+    """Return the encoder (for its hashes once drained) and the payload chunks it yields.
+
+    Each stage runs on its own thread (see :mod:`airgap.shared.pipeline`).
+    """
     encoder = Encoder(options)
-    return encoder, run(rechunk(chunks, PIECE), encoder)
+    return encoder, threaded(rechunk(chunks, PIECE), encoder.stages)
 
 
 def sign_manifest(manifest: Manifest, key: minisign.SecretKey) -> tuple[bytes, str]:
@@ -133,9 +143,7 @@ def sign_manifest(manifest: Manifest, key: minisign.SecretKey) -> tuple[bytes, s
     return data, signature
 
 
-def open_manifest(
-    data: bytes, signature: bytes, trusted: Sequence[minisign.PublicKey]
-) -> Manifest:
+def open_manifest(data: bytes, signature: bytes, trusted: Sequence[minisign.PublicKey]) -> Manifest:
     """Verify the signature first; only a manifest a trusted key signed is parsed at all."""
     sig = minisign.verify(trusted, data, signature)
     manifest = Manifest.parse(data)
@@ -176,11 +184,13 @@ def decode(
         stages.append(age.AgeDecryptor(identities))
     stages += [
         ZstdDecompress(),
-        Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"),
-        plaintext,
+        Chain([Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"), plaintext]),
     ]
-    yield from run(rechunk(segments, PIECE), Chain(stages))
-    if plaintext.size != manifest.plaintext_size or plaintext.hexdigest() != manifest.plaintext_sha256:
+    yield from threaded(rechunk(segments, PIECE), stages)
+    if (
+        plaintext.size != manifest.plaintext_size
+        or plaintext.hexdigest() != manifest.plaintext_sha256
+    ):
         raise PlaintextHashError("plaintext: sha256 does not match the manifest")
 
 

@@ -30,7 +30,9 @@ def _manifest(**changes: object) -> Manifest:
         plaintext_sha256="a" * 64,
         compression_level=3,
         encryption=Encryption("age-v1", ("age1xyz",), passphrase=False),
-        payload=Payload(payload_name(BID, encrypted=True), 70_000, "b" * 64, 65536, ("c" * 64,) * 2),
+        payload=Payload(
+            payload_name(BID, encrypted=True), 70_000, "b" * 64, 65536, ("c" * 64,) * 2
+        ),
         files=(FileEntry("x.bin", 3, "d" * 64),),
     )
     base.update(changes)

@@ -1,0 +1,69 @@
+"""Smoke test against the real engine CI starts: docker save -> bundle -> docker load."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from airgap.shared import age, minisign
+from airgap.shared.bundle import (
+    EncodeOptions,
+    decode,
+    encode,
+    open_manifest,
+    sign_manifest,
+    verified_segments,
+)
+from airgap.shared.ids import new_bundle_id
+from airgap.shared.manifest import ImageEntry
+
+pytestmark = pytest.mark.docker
+BUSYBOX = Path("/bin/busybox")
+TAG = "airgap-smoke:1"
+
+
+@pytest.fixture
+def tiny_image(docker_client: Any) -> Any:
+    if not BUSYBOX.exists():
+        pytest.fail("busybox-static is not installed (/bin/busybox); .ci/run installs it")
+    with tempfile.TemporaryDirectory() as context:
+        shutil.copy(BUSYBOX, Path(context) / "busybox")
+        (Path(context) / "Dockerfile").write_text(
+            'FROM scratch\nCOPY busybox /bin/busybox\nCMD ["/bin/busybox", "echo", "hi"]\n'
+        )
+        image, _ = docker_client.images.build(path=context, tag=TAG, rm=True)
+    yield image
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        docker_client.images.remove(TAG, force=True)
+
+
+def test_save_encode_decode_load_gives_the_same_image(docker_client: Any, tiny_image: Any) -> None:
+    identity, signer = age.X25519Identity.generate(), minisign.SecretKey.generate()
+    encoder, payload_chunks = encode(
+        tiny_image.save(named=True), EncodeOptions([identity.recipient], level=1)
+    )
+    payload = b"".join(payload_chunks)
+    image_entry = ImageEntry(tiny_image.id, (TAG,), tuple(tiny_image.attrs["RootFS"]["Layers"]))
+    manifest = encoder.manifest(new_bundle_id(), signer=signer.public_key, images=[image_entry])
+    data, signature = sign_manifest(manifest, signer)
+
+    docker_client.images.remove(TAG, force=True)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(TAG)
+
+    opened = open_manifest(data, signature.encode(), [signer.public_key])
+    plaintext = decode(
+        verified_segments(io.BytesIO(payload).read, opened.payload), opened, [identity]
+    )
+    loaded = docker_client.images.load(b"".join(plaintext))
+    assert [image.id for image in loaded] == [tiny_image.id]
+    assert docker_client.images.get(TAG).id == opened.images[0].id
+    output = docker_client.containers.run(TAG, remove=True, network_mode="host")
+    assert output.strip() == b"hi"

@@ -1,0 +1,241 @@
+"""Fetch through a real directory: every flip, truncation and extension is refused and
+writes nothing; hostile archives are refused; exit codes are the documented ones."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airgap.client.fetch import fetch_files
+from airgap.client.ledger import Ledger
+from airgap.client.send import send_files
+from airgap.client.transport import DirectoryTransport
+from airgap.shared import age, minisign
+from airgap.shared.bundle import EncodeOptions, Encoder, sign_manifest
+from airgap.shared.errors import (
+    AirgapError,
+    PayloadSizeError,
+    SegmentHashError,
+    SignatureError,
+    UnsafeArchiveError,
+    UntrustedSignerError,
+    VerificationError,
+)
+from airgap.shared.ids import new_bundle_id
+from airgap.shared.manifest import MIN_SEGMENT, FileEntry
+from tests.conftest import run_airgap
+
+IDENTITY = age.X25519Identity.generate()
+SIGNER = minisign.SecretKey.generate()
+OPTIONS = EncodeOptions([IDENTITY.recipient], level=1, segment_size=MIN_SEGMENT)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bundle of three payload segments (incompressible content), made by send_files."""
+    work = tmp_path_factory.mktemp("bundle")
+    source = work / "source.bin"
+    source.write_bytes(os.urandom(2 * MIN_SEGMENT + 1000))
+    send_files([source], DirectoryTransport(work / "drop"), options=OPTIONS, key=SIGNER)
+    return work / "drop"
+
+
+def _fetch(drop: Path, out: Path, state: Path) -> AirgapError | None:
+    outcomes = fetch_files(
+        DirectoryTransport(drop),
+        out,
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(state / "ledger.jsonl"),
+    )
+    assert len(outcomes) == 1
+    return outcomes[0].error
+
+
+def _tampered(bundle_dir: Path, suffix: str, change: str, position: int) -> Path:
+    work = Path(tempfile.mkdtemp())
+    drop = work / "drop"
+    shutil.copytree(bundle_dir, drop)
+    target = next(p for p in drop.iterdir() if p.name.endswith(suffix))
+    data = bytearray(target.read_bytes())
+    position %= len(data)
+    if change == "flip":
+        data[position] ^= 0x01
+    elif change == "truncate":
+        del data[position:]
+    else:
+        data += b"\n" if position % 2 else b"\0" * (position % 7 + 1)
+    target.write_bytes(bytes(data))
+    return work
+
+
+def _check_refused(work: Path, expected: tuple[type[Exception], ...]) -> None:
+    try:
+        error = _fetch(work / "drop", work / "out", work / "state")
+        assert isinstance(error, expected), repr(error)
+        assert not (work / "out").exists() or list((work / "out").iterdir()) == []
+        assert Ledger(work / "state" / "ledger.jsonl").ids() == set()
+    finally:
+        shutil.rmtree(work)
+
+
+def test_untouched_bundle_is_fetched(bundle_dir: Path, tmp_path: Path) -> None:
+    assert _fetch(bundle_dir, tmp_path / "out", tmp_path / "state") is None
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
+    # fetched once: a second run does nothing, and writes nothing
+    assert (
+        fetch_files(
+            DirectoryTransport(bundle_dir),
+            tmp_path / "out",
+            identities=[IDENTITY],
+            trusted=[SIGNER.public_key],
+            ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+        )
+        == []
+    )
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.integers(min_value=0), st.sampled_from(["flip", "truncate", "extend"]))
+def test_payload_tampering_is_refused(bundle_dir: Path, position: int, change: str) -> None:
+    work = _tampered(bundle_dir, ".tar.zst.age", change, position)
+    expected = (SegmentHashError,) if change == "flip" else (PayloadSizeError,)
+    _check_refused(work, expected)
+
+
+@pytest.mark.parametrize("change", ["flip", "truncate", "extend"])
+def test_every_manifest_byte_is_covered(bundle_dir: Path, change: str) -> None:
+    size = next(bundle_dir.glob("*.manifest.json")).stat().st_size
+    positions = range(size) if change == "flip" else range(0, size, 97)
+    for position in positions:
+        work = _tampered(bundle_dir, ".manifest.json", change, position)
+        _check_refused(work, (SignatureError,))
+
+
+@pytest.mark.parametrize("change", ["flip", "truncate", "extend"])
+def test_every_signature_byte_outside_the_untrusted_comment_is_covered(
+    bundle_dir: Path, change: str
+) -> None:
+    signature = next(bundle_dir.glob("*.minisig")).read_bytes()
+    # minisign's untrusted comment text is, by design, not signed: flipping it changes nothing.
+    comment_end = signature.index(b"\n")
+    prefix = len(b"untrusted comment: ")
+    for position in range(len(signature)):
+        if change == "flip" and prefix <= position < comment_end:
+            continue
+        if change == "truncate" and position == len(signature) - 1:
+            continue  # dropping only the final newline leaves the same signature
+        work = _tampered(bundle_dir, ".minisig", change, position)
+        _check_refused(work, (SignatureError, UntrustedSignerError))
+
+
+def _hostile_bundle(drop: Path, members: list[tarfile.TarInfo], listed: list[FileEntry]) -> None:
+    """A correctly signed bundle whose tar is hostile: the signer is trusted, the tar is not."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info in members:
+            tar.addfile(info, io.BytesIO(b"A" * info.size) if info.isreg() else None)
+    encoder = Encoder(OPTIONS)
+    payload = encoder.update(raw.getvalue()) + encoder.finish()
+    bundle_id = new_bundle_id()
+    manifest = encoder.manifest(bundle_id, signer=SIGNER.public_key, files=listed)
+    drop.mkdir(parents=True, exist_ok=True)
+    (drop / manifest.payload.name).write_bytes(payload)
+    data, signature = sign_manifest(manifest, SIGNER)
+    (drop / f"{bundle_id}.manifest.json").write_bytes(data)
+    (drop / f"{bundle_id}.manifest.json.minisig").write_text(signature)
+
+
+def _member(
+    name: str, kind: bytes = tarfile.REGTYPE, size: int = 3, link: str = ""
+) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size if kind == tarfile.REGTYPE else 0, link
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([_member("../evil")], "plain relative path"),
+        ([_member("/etc/evil")], "plain relative path"),
+        ([_member("a/../../evil")], "plain relative path"),
+        ([_member("link", tarfile.SYMTYPE, link="/etc/passwd")], "link"),
+        ([_member("link", tarfile.SYMTYPE, link="../../outside")], "link"),
+        ([_member("hard", tarfile.LNKTYPE, link="/etc/passwd")], "link"),
+        ([_member("dev", tarfile.CHRTYPE)], "not a regular file"),
+        ([_member("fifo", tarfile.FIFOTYPE)], "not a regular file"),
+        ([_member("unlisted")], "not listed"),
+        ([_member("x"), _member("x")], "twice"),
+    ],
+)
+def test_hostile_archives_are_refused(
+    tmp_path: Path, members: list[tarfile.TarInfo], message: str
+) -> None:
+    aaa = hashlib.sha256(b"AAA").hexdigest()
+    listed = [FileEntry(m.name, 3, aaa) for m in members if m.name != "unlisted"]
+    unique = list({e.name: e for e in listed}.values())
+    _hostile_bundle(tmp_path / "drop", members, unique)
+    error = _fetch(tmp_path / "drop", tmp_path / "out" / "inner", tmp_path / "state")
+    assert isinstance(error, UnsafeArchiveError) and message in error.message
+    assert list((tmp_path / "out" / "inner").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drop", "out"]  # no "evil" anywhere
+
+
+def test_existing_files_are_never_replaced(bundle_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "source.bin").write_text("mine")
+    error = _fetch(bundle_dir, out, tmp_path / "state")
+    assert error is not None and "already has source.bin" in error.message
+    assert (out / "source.bin").read_text() == "mine"
+
+
+def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:
+    (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    common = [
+        "--from",
+        drop,
+        "-i",
+        tmp_path / "id.txt",
+        "--output-dir",
+        tmp_path / "out",
+        "--state-dir",
+        tmp_path / "state",
+    ]
+    untrusted = run_airgap(["fetch", *common, "--trust", keydir / "signing.pub"])
+    assert untrusted.returncode == 3 and "not trusted" in untrusted.stderr
+    no_trust = run_airgap(["fetch", *common])
+    assert no_trust.returncode == 2 and "airgap: hint:" in no_trust.stderr
+    payload = next(drop.glob("*.age"))
+    data = bytearray(payload.read_bytes())
+    data[-1] ^= 0x80  # in the last segment
+    payload.write_bytes(bytes(data))
+    tampered = run_airgap(["fetch", *common, "--trust", tmp_path / "trusted.pub"])
+    assert tampered.returncode == 3
+    assert "segment 2 does not match its signed sha256" in tampered.stderr
+    assert "Traceback" not in tampered.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    missing = run_airgap(["fetch", *common, "--trust", tmp_path / "trusted.pub", "01NOPE"])
+    assert missing.returncode == 2
+    usage = run_airgap(["send", "--bogus"])
+    assert usage.returncode == 2
+
+
+def test_verification_errors_are_exit_code_3() -> None:
+    assert all(cls.exit_code == 3 for cls in (SegmentHashError, SignatureError, UnsafeArchiveError))
+    assert issubclass(UntrustedSignerError, VerificationError)
