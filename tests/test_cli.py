@@ -1,0 +1,235 @@
+"""The airgap CLI as users run it: keygen files that age and minisign accept, send and fetch
+round trips in every encryption mode, and no secret in any output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_airgap
+
+needs_age = pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age")
+needs_minisign = pytest.mark.skipif(shutil.which("minisign") is None, reason="needs minisign")
+
+
+def test_version_and_help() -> None:
+    version = run_airgap(["--version"])
+    assert version.returncode == 0 and version.stdout.startswith("airgap 0.")
+    helped = run_airgap(["--help"])
+    assert helped.returncode == 0
+    for command in ("keygen", "send", "fetch", "verify"):
+        assert command in helped.stdout
+
+
+def test_keygen_writes_secret_files_0600_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    made = run_airgap(["keygen", "--out", out])
+    assert made.returncode == 0, made.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {
+        "identity.txt": 0o600,
+        "signing.key": 0o600,
+        "recipient.txt": 0o644,
+        "signing.pub": 0o644,
+    }
+    secret = (out / "identity.txt").read_text()
+    assert "AGE-SECRET-KEY-1" in secret
+    key_line = next(line for line in secret.splitlines() if line.startswith("AGE-SECRET"))
+    assert key_line not in made.stdout + made.stderr
+    assert (out / "recipient.txt").read_text().strip() in made.stdout
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = run_airgap(["keygen", "--out", out])
+    assert again.returncode == 1 and "--force" in again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    forced = run_airgap(["keygen", "--out", out, "--force"])
+    assert forced.returncode == 0
+    assert (out / "identity.txt").read_bytes() != before["identity.txt"]
+
+
+@needs_age
+def test_keygen_identity_works_with_age(tmp_path: Path) -> None:
+    run_airgap(["keygen", "--out", tmp_path / "k"])
+    derived = subprocess.run(
+        ["age-keygen", "-y", str(tmp_path / "k" / "identity.txt")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert derived.stdout == (tmp_path / "k" / "recipient.txt").read_text()
+
+
+@needs_minisign
+def test_keygen_signing_key_works_with_minisign(tmp_path: Path) -> None:
+    run_airgap(["keygen", "--out", tmp_path / "k"])
+    message = tmp_path / "message"
+    message.write_text("hello")
+    subprocess.run(
+        ["minisign", "-S", "-s", str(tmp_path / "k" / "signing.key"), "-m", str(message)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["minisign", "-V", "-p", str(tmp_path / "k" / "signing.pub"), "-m", str(message)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def _send(
+    keydir: Path, drop: Path, files: list[Path], *extra: str, env: dict[str, str] | None = None
+) -> str:
+    args = ["send", "--to", drop, "--sign-key", keydir / "signing.key", "--json", *extra]
+    for f in files:
+        args += ["--file", f]
+    sent = run_airgap(args, env=env)
+    assert sent.returncode == 0, sent.stderr
+    return str(json.loads(sent.stdout)["id"])
+
+
+def _fetch(
+    keydir: Path, drop: Path, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_airgap(
+        [
+            "fetch",
+            "--from",
+            drop,
+            "--trust",
+            keydir / "signing.pub",
+            "--output-dir",
+            out,
+            "--state-dir",
+            out.parent / "state",
+            *extra,
+        ],
+        env=env,
+    )
+
+
+@pytest.mark.parametrize("mode", ["recipient", "no-encrypt", "passphrase"])
+def test_send_fetch_round_trip(tmp_path: Path, keydir: Path, mode: str) -> None:
+    files = [tmp_path / "a.bin", tmp_path / "b.txt", tmp_path / "empty"]
+    files[0].write_bytes(bytes(range(256)) * 4097)
+    files[1].write_text("notes\n")
+    files[2].write_bytes(b"")
+    env = {"AIRGAP_PASSPHRASE": "correct horse battery staple"}
+    extra = {
+        "recipient": ["-R", str(keydir / "recipient.txt")],
+        "no-encrypt": ["--no-encrypt"],
+        "passphrase": ["--passphrase"],
+    }[mode]
+    bundle_id = _send(keydir, tmp_path / "drop", files, *extra, env=env)
+    suffix = ".tar.zst" if mode == "no-encrypt" else ".tar.zst.age"
+    assert (tmp_path / "drop" / f"{bundle_id}{suffix}").exists()
+    fetch_extra = ["-i", str(keydir / "identity.txt")] if mode == "recipient" else []
+    fetched = _fetch(keydir, tmp_path / "drop", tmp_path / "out", *fetch_extra, env=env)
+    assert fetched.returncode == 0, fetched.stderr
+    for f in files:
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes()
+    assert env["AIRGAP_PASSPHRASE"] not in fetched.stdout + fetched.stderr
+
+
+def test_wrong_key_or_passphrase_is_exit_3_and_writes_nothing(tmp_path: Path, keydir: Path) -> None:
+    (tmp_path / "f").write_text("secret")
+    _send(
+        keydir,
+        tmp_path / "drop",
+        [tmp_path / "f"],
+        "--passphrase",
+        env={"AIRGAP_PASSPHRASE": "right-pass-7"},
+    )
+    wrong = _fetch(
+        keydir, tmp_path / "drop", tmp_path / "out", env={"AIRGAP_PASSPHRASE": "wrong-pass-9"}
+    )
+    assert wrong.returncode == 3, wrong.stderr
+    assert "right-pass-7" not in wrong.stderr and "wrong-pass-9" not in wrong.stderr
+    other = run_airgap(["keygen", "--out", tmp_path / "other"])
+    assert other.returncode == 0
+    (tmp_path / "g").write_text("secret")
+    drop2 = tmp_path / "drop2"
+    _send(keydir, drop2, [tmp_path / "g"], "-R", str(keydir / "recipient.txt"))
+    no_match = _fetch(
+        keydir, drop2, tmp_path / "out", "-i", str(tmp_path / "other" / "identity.txt")
+    )
+    assert no_match.returncode == 3
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_send_refuses_bad_input_clearly(tmp_path: Path, keydir: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    base = ["send", "--to", tmp_path / "drop", "--file", tmp_path / "f"]
+    no_key = run_airgap([*base, "-R", keydir / "recipient.txt"])
+    assert no_key.returncode == 2 and "signing key" in no_key.stderr
+    both = run_airgap(
+        [
+            *base,
+            "--sign-key",
+            keydir / "signing.key",
+            "--no-encrypt",
+            "-R",
+            keydir / "recipient.txt",
+        ]
+    )
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    missing = run_airgap(
+        [
+            "send",
+            "--to",
+            tmp_path / "drop",
+            "--file",
+            tmp_path / "nope",
+            "--sign-key",
+            keydir / "signing.key",
+            "--no-encrypt",
+        ]
+    )
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    directory = run_airgap(
+        [
+            "send",
+            "--to",
+            tmp_path / "drop",
+            "--file",
+            tmp_path,
+            "--sign-key",
+            keydir / "signing.key",
+            "--no-encrypt",
+        ]
+    )
+    assert directory.returncode == 2 and "not a regular file" in directory.stderr
+    bad_recipient = run_airgap([*base, "--sign-key", keydir / "signing.key", "-r", "age1nope"])
+    assert bad_recipient.returncode == 1 and "Traceback" not in bad_recipient.stderr
+    no_passphrase = run_airgap([*base, "--sign-key", keydir / "signing.key", "--passphrase"])
+    assert no_passphrase.returncode == 2 and "AIRGAP_PASSPHRASE" in no_passphrase.stderr
+    assert not (tmp_path / "drop").exists() or not list((tmp_path / "drop").iterdir())
+
+
+def test_protected_signing_key(tmp_path: Path) -> None:
+    env = {"AIRGAP_SIGN_PASSPHRASE": "sign-pass"}
+    made = run_airgap(["keygen", "--out", tmp_path / "k", "--protect"], env=env)
+    assert made.returncode == 0, made.stderr
+    assert "encrypted" in (tmp_path / "k" / "signing.key").read_text().splitlines()[0]
+    (tmp_path / "f").write_text("x")
+    args = [
+        "send",
+        "--to",
+        tmp_path / "drop",
+        "--file",
+        tmp_path / "f",
+        "--no-encrypt",
+        "--sign-key",
+        tmp_path / "k" / "signing.key",
+    ]
+    assert run_airgap(args, env=env).returncode == 0
+    refused = run_airgap(args, env={"AIRGAP_SIGN_PASSPHRASE": "nope"})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
