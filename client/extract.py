@@ -2,56 +2,28 @@
 
 Members are written into a hidden staging directory inside the output directory while the
 plaintext streams in; only once the whole plaintext has matched its signed sha256 are they moved
-into place, each without replacing an existing file. On any failure the staging directory is
-removed, so the output directory is left exactly as it was.
+into place, each without replacing an existing file. That one hash binds every member's bytes,
+so members are not hashed again here (the manifest's per-file sha256 is for people and
+tools). On any failure the staging directory is removed, so the output directory is left
+exactly as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
 from airgap.shared.archive import check_member
-from airgap.shared.errors import PlaintextHashError, StorageError, UnsafeArchiveError
+from airgap.shared.errors import StorageError, UnsafeArchiveError
 from airgap.shared.manifest import FileEntry, Manifest
+from airgap.shared.tarread import read_tar
 
 STAGING_PREFIX = ".airgap-staging-"
 COPY_CHUNK = 1024 * 1024
-
-
-class ChunkReader(io.RawIOBase):
-    """A readable file over an iterator of chunks (tarfile pulls, the pipeline yields)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buffer:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._buffer = memoryview(chunk)
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return size
-
-    def drain(self) -> None:
-        """Pull the rest of the stream, so the checks at its end run."""
-        self._buffer = memoryview(b"")
-        for _ in self._chunks:
-            pass
 
 
 def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path) -> list[Path]:
@@ -69,50 +41,44 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
     except OSError as exc:
         raise StorageError(f"{out_dir}: {exc.strerror or exc}") from exc
     try:
-        reader = ChunkReader(plaintext)
-        _unpack(reader, expected, staging)
-        reader.drain()
+        _unpack(plaintext, expected, staging)
         return _publish(staging, sorted(expected), out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _unpack(reader: ChunkReader, entries: dict[str, FileEntry], staging: Path) -> None:
+def _unpack(plaintext: Iterator[bytes], entries: dict[str, FileEntry], staging: Path) -> None:
+    """Write every member into ``staging``; return only after the whole stream checked out."""
     seen: set[str] = set()
+    handle: BinaryIO | None = None
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            for info in tar:
-                entry = check_member(info, entries)
-                if entry.name in seen:
-                    raise UnsafeArchiveError(f"archive: {entry.name!r} appears twice")
-                seen.add(entry.name)
-                source = tar.extractfile(info)
-                if source is None:
-                    raise UnsafeArchiveError(f"archive: {entry.name!r} has no data")
-                digest = _write_member(source, staging / entry.name)
-                if digest != entry.sha256:
-                    raise PlaintextHashError(
-                        f"plaintext: {entry.name!r} does not match its sha256 in the manifest"
-                    )
-    except (tarfile.TarError, EOFError) as exc:
-        raise UnsafeArchiveError(f"archive: not a well-formed tar ({exc})") from exc
+        for item in read_tar(plaintext):
+            if isinstance(item, memoryview):
+                if handle is None:
+                    raise UnsafeArchiveError("archive: data outside a member")
+                handle.write(item)
+                continue
+            if handle is not None:
+                handle.close()
+            entry = check_member(item, entries)
+            if entry.name in seen:
+                raise UnsafeArchiveError(f"archive: {entry.name!r} appears twice")
+            seen.add(entry.name)
+            handle = _create(staging / entry.name)
+    except OSError as exc:
+        raise StorageError(f"unpacking: {exc.strerror or exc}") from exc
+    finally:
+        if handle is not None:
+            handle.close()
     missing = set(entries) - seen
     if missing:
         raise UnsafeArchiveError(f"archive: lacks {', '.join(sorted(missing))}")
 
 
-def _write_member(source: IO[bytes], target: Path) -> str:
-    digest = hashlib.sha256()
+def _create(target: Path) -> BinaryIO:
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            while chunk := source.read(COPY_CHUNK):
-                digest.update(chunk)
-                handle.write(chunk)
-    except OSError as exc:
-        raise StorageError(f"writing {target.name}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "wb")
 
 
 def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:

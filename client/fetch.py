@@ -75,7 +75,8 @@ def plaintext_of(
         found = "missing" if size is None else f"{size} bytes"
         raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
     with transport.reader(name) as handle:
-        yield from decode(verified_segments(handle.read, manifest.payload), manifest, identities)
+        segments = verified_segments(handle.readinto, manifest.payload)
+        yield from decode(segments, manifest, identities)
 
 
 def payload_only(transport: Transport, manifest: Manifest) -> None:
@@ -86,7 +87,7 @@ def payload_only(transport: Transport, manifest: Manifest) -> None:
         found = "missing" if size is None else f"{size} bytes"
         raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
     with transport.reader(name) as handle:
-        for _ in verified_segments(handle.read, manifest.payload):
+        for _ in verified_segments(handle.readinto, manifest.payload):
             pass
 
 

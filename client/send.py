@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, SIGNATURE_SUFFIX, Transport
@@ -18,7 +18,7 @@ from airgap.shared.archive import Member, check_name, tar_stream
 from airgap.shared.bundle import EncodeOptions, encode, sign_manifest
 from airgap.shared.errors import StorageError, UsageError
 from airgap.shared.ids import new_bundle_id
-from airgap.shared.manifest import FileEntry, Manifest, payload_name
+from airgap.shared.manifest import FileEntry, ImageEntry, Manifest, payload_name
 
 READ_CHUNK = 1024 * 1024
 
@@ -63,14 +63,30 @@ def send_files(
 ) -> Manifest:
     members = file_members(paths)
     entries: list[FileEntry] = []
+    return send_stream(
+        tar_stream(members, entries), transport, options=options, key=key, files=entries
+    )
+
+
+def send_stream(
+    plaintext: Iterable[bytes],
+    transport: Transport,
+    *,
+    options: EncodeOptions,
+    key: minisign.SecretKey,
+    files: Sequence[FileEntry] = (),
+    images: Sequence[ImageEntry] = (),
+) -> Manifest:
+    """One bundle of ``plaintext``. ``files`` and ``images`` are read only after the stream
+    is drained, so a producer may fill them in as it goes."""
     bundle_id = new_bundle_id()
-    encoder, payload = encode(tar_stream(members, entries), options)
+    encoder, payload = encode(plaintext, options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
     try:
         with transport.writer(partial) as out:
             for chunk in payload:
                 out.write(chunk)
-        manifest = encoder.manifest(bundle_id, signer=key.public_key, files=entries)
+        manifest = encoder.manifest(bundle_id, signer=key.public_key, files=files, images=images)
         transport.rename(partial, manifest.payload.name)
         data, signature = sign_manifest(manifest, key)
         put_small(transport, bundle_id + MANIFEST_SUFFIX, data)

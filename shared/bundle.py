@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from airgap.shared import age, minisign
 from airgap.shared.errors import (
-    PayloadHashError,
     PayloadSizeError,
     PlaintextHashError,
     SegmentHashError,
@@ -66,13 +65,13 @@ class Encoder:
         self.plaintext = Sha256()
         self.payload = Sha256()
         self.segments = Segments(options.segment_size)
+        # Three groups, one thread each when threaded: the ciphertext is small (a third of the
+        # plaintext or less), so encrypting and hashing it share one thread.
+        sealing: list[Stage] = [age.AgeEncryptor(options.recipients)] if options.recipients else []
         self.stages: list[Stage] = [
-            self.plaintext,
-            ZstdCompress(level=options.level, threads=options.threads),
+            Chain([self.plaintext, ZstdCompress(level=options.level, threads=options.threads)]),
+            Chain([*sealing, self.payload, self.segments]),
         ]
-        if options.recipients:
-            self.stages.append(age.AgeEncryptor(options.recipients))
-        self.stages += [self.payload, self.segments]
         self._chain = Chain(self.stages)
 
     def update(self, data: bytes) -> bytes:
@@ -154,24 +153,30 @@ def open_manifest(data: bytes, signature: bytes, trusted: Sequence[minisign.Publ
     return manifest
 
 
-def verified_segments(read: Callable[[int], bytes], payload: Payload) -> Iterator[bytes]:
-    """Read the payload a segment at a time; yield each only after its hash matched."""
-    whole = hashlib.sha256()
+def verified_segments(
+    readinto: Callable[[memoryview], int | None], payload: Payload
+) -> Iterator[bytes]:
+    """Read the payload a segment at a time; yield a segment, in pieces, only after its hash
+    matched. One segment buffer is reused, so memory stays at one segment whatever the size.
+
+    The signed segment hashes cover every byte of the payload exactly once (the manifest checks
+    that they cover its size), so the whole-payload sha256, kept for ``sha256sum -c`` by hand,
+    is not computed again here.
+    """
+    buffer = memoryview(bytearray(min(payload.segment_size, max(payload.size, 1))))
     for index, expected in enumerate(payload.segments):
         want = min(payload.segment_size, payload.size - index * payload.segment_size)
-        segment = _read_exactly(read, want)
-        if len(segment) != want:
+        segment = buffer[:want]
+        if _fill(readinto, segment) != want:
             raise PayloadSizeError("payload: shorter than the manifest says")
         if hashlib.sha256(segment).hexdigest() != expected:
             raise SegmentHashError(
                 f"payload: segment {index} does not match its signed sha256", segment=index
             )
-        whole.update(segment)
-        yield segment
-    if read(1):
+        for start in range(0, want, PIECE):
+            yield bytes(segment[start : start + PIECE])
+    if _fill(readinto, buffer[:1]):
         raise PayloadSizeError("payload: longer than the manifest says")
-    if whole.hexdigest() != payload.sha256:
-        raise PayloadHashError("payload: sha256 does not match the manifest")
 
 
 def decode(
@@ -186,7 +191,9 @@ def decode(
         ZstdDecompress(),
         Chain([Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"), plaintext]),
     ]
-    yield from threaded(rechunk(segments, PIECE), stages)
+    # Room for a whole verified segment, so the next one is read and hashed meanwhile.
+    room = manifest.payload.segment_size + PIECE
+    yield from threaded(rechunk(segments, PIECE), stages, source_capacity=room)
     if (
         plaintext.size != manifest.plaintext_size
         or plaintext.hexdigest() != manifest.plaintext_sha256
@@ -194,12 +201,11 @@ def decode(
         raise PlaintextHashError("plaintext: sha256 does not match the manifest")
 
 
-def _read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
-    parts, left = [], size
-    while left:
-        part = read(left)
-        if not part:
+def _fill(readinto: Callable[[memoryview], int | None], target: memoryview) -> int:
+    filled = 0
+    while filled < len(target):
+        got = readinto(target[filled:])
+        if not got:
             break
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
+        filled += got
+    return filled

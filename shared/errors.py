@@ -12,7 +12,6 @@
     │   ├── ManifestError            manifest malformed, not canonical, or inconsistent
     │   ├── PayloadSizeError         payload longer or shorter than the manifest says
     │   ├── SegmentHashError         a payload segment's sha256 differs from the manifest
-    │   ├── PayloadHashError         the whole payload's sha256 differs
     │   ├── AgeHeaderError           age header malformed or unsupported
     │   ├── HeaderMacError           age header MAC does not verify
     │   ├── NoIdentityMatchError     none of our identities opens the file key
@@ -94,10 +93,6 @@ class SegmentHashError(VerificationError):
     def __init__(self, message: str, *, segment: int, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.segment = segment
-
-
-class PayloadHashError(VerificationError):
-    pass
 
 
 class AgeHeaderError(VerificationError):

@@ -16,7 +16,7 @@ import zstandard
 
 from airgap.shared.errors import CompressionError
 
-DEFAULT_ZSTD_LEVEL = 3
+DEFAULT_ZSTD_LEVEL = 1
 
 
 class Stage(Protocol):
@@ -120,7 +120,7 @@ class ZstdDecompress:
     """Exactly one zstd frame: truncation and trailing data are errors."""
 
     def __init__(self) -> None:
-        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._obj = zstandard.ZstdDecompressor().decompressobj(write_size=1 << 20)
         self._done = False
 
     def update(self, data: bytes) -> bytes:
@@ -174,6 +174,9 @@ def run(chunks: Iterable[bytes], stage: Stage) -> Iterator[bytes]:
 def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     """Slices large pieces to at most ``size`` bytes, so no stage sees an outsized input."""
     for chunk in chunks:
+        if len(chunk) <= size:
+            yield chunk
+            continue
         view = memoryview(chunk)
         for start in range(0, len(view), size):
             yield bytes(view[start : start + size])

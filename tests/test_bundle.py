@@ -52,7 +52,7 @@ def _bundle(
 
 
 def _decode(manifest: Manifest, payload: bytes, identities: list[age.Identity]) -> bytes:
-    segments = verified_segments(io.BytesIO(payload).read, manifest.payload)
+    segments = verified_segments(io.BytesIO(payload).readinto, manifest.payload)
     return b"".join(decode(segments, manifest, identities))
 
 
@@ -81,9 +81,8 @@ def test_segments_are_checked_before_decryption() -> None:
     bad[2 * SEG + 5] ^= 1
     released = []
     with pytest.raises(SegmentHashError, match="segment 2") as caught:
-        for piece in decode(
-            verified_segments(io.BytesIO(bytes(bad)).read, manifest.payload), manifest, [IDENTITY]
-        ):
+        segments = verified_segments(io.BytesIO(bytes(bad)).readinto, manifest.payload)
+        for piece in decode(segments, manifest, [IDENTITY]):
             released.append(piece)
     assert caught.value.segment == 2
     # nothing of the bad segment was decrypted: at most the first two segments' plaintext

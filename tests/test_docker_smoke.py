@@ -60,7 +60,7 @@ def test_save_encode_decode_load_gives_the_same_image(docker_client: Any, tiny_i
 
     opened = open_manifest(data, signature.encode(), [signer.public_key])
     plaintext = decode(
-        verified_segments(io.BytesIO(payload).read, opened.payload), opened, [identity]
+        verified_segments(io.BytesIO(payload).readinto, opened.payload), opened, [identity]
     )
     loaded = docker_client.images.load(b"".join(plaintext))
     assert [image.id for image in loaded] == [tiny_image.id]
