@@ -9,6 +9,7 @@ directory on removable media are two implementations. A bundle is *published* on
 from __future__ import annotations
 
 import errno
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ class Transport(Protocol):
 
     def size(self, name: str) -> int | None: ...
 
-    def reader(self, name: str, *, offset: int = 0) -> BinaryIO: ...
+    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase: ...
 
     def writer(self, name: str, *, offset: int = 0) -> BinaryIO: ...
 
@@ -76,10 +77,10 @@ class DirectoryTransport:
         except FileNotFoundError:
             return None
 
-    def reader(self, name: str, *, offset: int = 0) -> BinaryIO:
+    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
         with self._errors(f"reading {name}"):
             fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
-            handle = os.fdopen(fd, "rb")
+            handle: io.BufferedIOBase = os.fdopen(fd, "rb")
             handle.seek(offset)
             return handle
 
