@@ -38,6 +38,8 @@ class Transport(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 def published_ids(names: list[str]) -> list[str]:
     """Bundle ids whose signature has arrived, oldest first (ids sort by time)."""
@@ -103,6 +105,9 @@ class DirectoryTransport:
     def delete(self, name: str) -> None:
         with self._errors(f"deleting {name}"):
             self._path(name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Nothing to release: each operation opens and closes what it needs."""
 
 
 class _SyncOnClose:

@@ -1,0 +1,313 @@
+"""The FTP(S) drop box as a transport: the one module of the client that talks to ftplib.
+
+``FtpTransport`` implements the transport operations over one control connection to a working
+directory (the URL's path): NLST, SIZE, RETR from an offset, STOR from an offset (REST + STOR,
+or APPE where a server refuses REST before STOR), RNFR/RNTO and DELE, plus the HASH extension
+where the server offers it. With ``ftps://`` it speaks explicit TLS (AUTH TLS, PROT P), and a
+pinned SHA-256 certificate fingerprint is checked before the password is sent. Passive mode
+only, and the data address is always the control connection's host, whatever PASV says.
+
+It never retries: deciding what to do after a failure is the caller's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+import hashlib
+import hmac
+import io
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from airgap.shared.errors import StorageError, TransferError, UsageError
+
+DEFAULT_TIMEOUT = 60.0
+#: What ftplib raises when the connection, not the server, fails us.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, EOFError)
+
+
+@dataclass(frozen=True)
+class FtpTarget:
+    scheme: str  # "ftp" or "ftps"
+    host: str
+    port: int
+    user: str
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> FtpTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ftp", "ftps") or not parts.hostname:
+            raise UsageError(f"{url!r} is not an ftp:// or ftps:// URL")
+        if parts.password is not None:
+            raise UsageError(
+                "a password in the URL would show in the process list and shell history",
+                hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt",
+            )
+        return cls(
+            parts.scheme,
+            parts.hostname,
+            parts.port or 21,
+            unquote(parts.username or "anonymous"),
+            unquote(parts.path) or "/",
+        )
+
+    def describe(self) -> str:
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}{self.path}"
+
+
+class _PinnedTLS(ftplib.FTP_TLS):
+    """FTP_TLS that reuses the control connection's TLS session on data connections (vsftpd
+    and others require it) and never trusts the address in a PASV reply."""
+
+    def ntransfercmd(
+        self, cmd: str, rest: int | str | None = None
+    ) -> tuple[socket.socket, int | None]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:  # type: ignore[attr-defined]
+            session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
+
+
+def fingerprint(der: bytes) -> str:
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+class FtpTransport:
+    def __init__(
+        self,
+        target: FtpTarget,
+        password: str,
+        *,
+        pin: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if target.scheme == "ftps" and pin is None:
+            raise UsageError(
+                "ftps:// needs the appliance's certificate fingerprint",
+                hint="pass --tls-fingerprint sha256:... as airgap serve printed it",
+            )
+        self.target = target
+        self._password = password
+        self._pin = pin.lower() if pin else None
+        self._timeout = timeout
+        self._ftp: ftplib.FTP | None = None
+        self._features: set[str] | None = None
+
+    def describe(self) -> str:
+        return self.target.describe()
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _connect(self) -> ftplib.FTP:
+        if self._ftp is not None:
+            return self._ftp
+        ftp = self._client()
+        try:
+            with self._errors("connecting"):
+                ftp.connect(self.target.host, self.target.port)
+                if isinstance(ftp, ftplib.FTP_TLS):
+                    ftp.auth()
+                    self._check_pin(ftp)
+                    ftp.login(self.target.user, self._password)
+                    ftp.prot_p()
+                else:
+                    ftp.login(self.target.user, self._password)
+                ftp.cwd(self.target.path)
+        except BaseException:
+            ftp.close()
+            raise
+        self._ftp = ftp
+        return ftp
+
+    def _client(self) -> ftplib.FTP:
+        if self.target.scheme == "ftp":
+            return ftplib.FTP(timeout=self._timeout)
+        context = ssl.create_default_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # The appliance's certificate is self-signed: trust comes from the pin, checked
+        # in _check_pin before the password is sent.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return _PinnedTLS(context=context, timeout=self._timeout)
+
+    def _check_pin(self, ftp: ftplib.FTP_TLS) -> None:
+        sock = ftp.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if not der or not hmac.compare_digest(fingerprint(der), self._pin or ""):
+            raise TransferError(
+                f"{self.target.host}: TLS certificate does not match the pinned fingerprint",
+                hint="check --tls-fingerprint against what airgap serve printed",
+            )
+
+    def close(self) -> None:
+        if self._ftp is not None:
+            try:
+                self._ftp.quit()
+            except NETWORK_ERRORS:
+                self._ftp.close()
+            self._ftp = None
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except ftplib.error_perm as exc:
+            text = str(exc)
+            if text.startswith("530"):
+                raise TransferError(f"{self.describe()}: login refused ({text})") from exc
+            if text.startswith("552"):
+                raise StorageError(f"{what}: the drop box is full or over quota ({text})") from exc
+            raise TransferError(f"{what}: refused by the server ({text})") from exc
+        except NETWORK_ERRORS as exc:
+            self._drop()
+            raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc
+
+    def _drop(self) -> None:
+        if self._ftp is not None:
+            self._ftp.close()
+            self._ftp = None
+
+    # -- transport operations ------------------------------------------------------------
+
+    def list(self) -> list[str]:
+        ftp = self._connect()
+        with self._errors("listing"):
+            try:
+                names = ftp.nlst()
+            except ftplib.error_perm as exc:
+                if str(exc).startswith("550"):  # an empty directory, for some servers
+                    return []
+                raise
+        return sorted(n.rsplit("/", 1)[-1] for n in names)
+
+    def size(self, name: str) -> int | None:
+        ftp = self._connect()
+        with self._errors(f"size of {name}"):
+            ftp.voidcmd("TYPE I")  # SIZE is only meaningful in binary mode
+            try:
+                return ftp.size(name)
+            except ftplib.error_perm as exc:
+                if str(exc).startswith("550"):  # no such file
+                    return None
+                raise
+
+    def features(self) -> set[str]:
+        if self._features is None:
+            ftp = self._connect()
+            with self._errors("FEAT"):
+                try:
+                    lines = ftp.sendcmd("FEAT").splitlines()[1:-1]
+                except ftplib.error_perm:
+                    lines = []
+            self._features = {line.strip().split(" ")[0].upper() for line in lines}
+        return self._features
+
+    def hash(self, name: str) -> str | None:
+        """The server's SHA-256 of ``name`` (draft-bryan-ftpext-hash), or None if not offered."""
+        if "HASH" not in self.features():
+            return None
+        ftp = self._connect()
+        with self._errors(f"HASH {name}"):
+            ftp.sendcmd("OPTS HASH SHA-256")
+            reply = ftp.sendcmd(f"HASH {name}")
+        fields = reply.split()
+        if len(fields) < 4 or fields[1] != "SHA-256":
+            raise TransferError(f"HASH {name}: unexpected reply {reply[:80]!r}")
+        return fields[3].lower()
+
+    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+        ftp = self._connect()
+        with self._errors(f"downloading {name}"):
+            ftp.voidcmd("TYPE I")  # a listing switched to ASCII
+            conn = ftp.transfercmd(f"RETR {name}", rest=offset or None)
+        return io.BufferedReader(_DataReader(self, conn, name), buffer_size=1 << 20)
+
+    def writer(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+        """Upload from ``offset``: REST + STOR (the server keeps the first ``offset`` bytes), or
+        APPE when the server refuses REST before STOR and holds exactly ``offset`` bytes."""
+        ftp = self._connect()
+        with self._errors(f"uploading {name}"):
+            ftp.voidcmd("TYPE I")
+            if offset == 0:
+                conn = ftp.transfercmd(f"STOR {name}")
+            else:
+                try:
+                    conn = ftp.transfercmd(f"STOR {name}", rest=offset)
+                except ftplib.error_perm:
+                    if ftp.size(name) != offset:
+                        raise
+                    conn = ftp.transfercmd(f"APPE {name}")
+        return io.BufferedWriter(_DataWriter(self, conn, name), buffer_size=1 << 20)
+
+    def rename(self, src: str, dst: str) -> None:
+        ftp = self._connect()
+        with self._errors(f"renaming {src}"):
+            ftp.rename(src, dst)
+
+    def delete(self, name: str) -> None:
+        ftp = self._connect()
+        with self._errors(f"deleting {name}"):
+            ftp.delete(name)
+
+    def _finish(self, name: str, what: str) -> None:
+        ftp = self._connect()
+        with self._errors(f"{what} {name}"):
+            ftp.voidresp()
+
+
+class _DataReader(io.RawIOBase):
+    def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
+        self._owner, self._conn, self._name = owner, conn, name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._conn.recv_into(buffer)
+        except OSError as exc:
+            self._owner._drop()
+            raise TransferError(f"downloading {self._name}: {exc}") from exc
+
+    def close(self) -> None:
+        if not self.closed:
+            _close_data(self._conn)
+            super().close()
+            self._owner._finish(self._name, "downloading")
+
+
+class _DataWriter(io.RawIOBase):
+    def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
+        self._owner, self._conn, self._name = owner, conn, name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            self._conn.sendall(data)
+        except OSError as exc:
+            self._owner._drop()
+            raise TransferError(f"uploading {self._name}: {exc}") from exc
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            _close_data(self._conn)
+            super().close()
+            self._owner._finish(self._name, "uploading")
+
+
+def _close_data(conn: socket.socket) -> None:
+    if isinstance(conn, ssl.SSLSocket):
+        with contextlib.suppress(OSError, ValueError):  # a clean TLS close, or servers
+            conn = conn.unwrap()  # take the upload for truncated
+    conn.close()
