@@ -89,10 +89,12 @@ def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(staging / name, target)  # fails rather than replace a file that appeared
             placed.append(target)
-    except OSError as exc:
+    except BaseException as exc:  # an interrupt too: all or nothing
         for path in placed:
             path.unlink(missing_ok=True)
-        raise StorageError(f"placing files in {out_dir}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise StorageError(f"placing files in {out_dir}: {exc.strerror or exc}") from exc
+        raise
     return placed
 
 

@@ -10,7 +10,8 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,27 +67,26 @@ def open_bundle(
     return manifest, data
 
 
-def plaintext_of(
-    transport: Transport, manifest: Manifest, identities: Sequence[age.Identity]
-) -> Iterator[bytes]:
-    name = manifest.payload.name
-    size = transport.size(name)
+def _check_size(transport: Transport, manifest: Manifest) -> None:
+    size = transport.size(manifest.payload.name)
     if size != manifest.payload.size:
         found = "missing" if size is None else f"{size} bytes"
         raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
-    with transport.reader(name) as handle:
+
+
+def plaintext_of(
+    transport: Transport, manifest: Manifest, identities: Sequence[age.Identity]
+) -> Generator[bytes, None, None]:
+    _check_size(transport, manifest)
+    with transport.reader(manifest.payload.name) as handle:
         segments = verified_segments(handle.readinto, manifest.payload)
         yield from decode(segments, manifest, identities)
 
 
 def payload_only(transport: Transport, manifest: Manifest) -> None:
     """Size and every segment hash, without a key to decrypt."""
-    name = manifest.payload.name
-    size = transport.size(name)
-    if size != manifest.payload.size:
-        found = "missing" if size is None else f"{size} bytes"
-        raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
-    with transport.reader(name) as handle:
+    _check_size(transport, manifest)
+    with transport.reader(manifest.payload.name) as handle:
         for _ in verified_segments(handle.readinto, manifest.payload):
             pass
 
@@ -99,6 +99,18 @@ def fetch_files(
     trusted: Sequence[minisign.PublicKey],
     ledger: Ledger,
     only: Sequence[str] = (),
+) -> list[Outcome]:
+    with ledger.locked():
+        return _fetch_new(transport, out_dir, identities, trusted, ledger, only)
+
+
+def _fetch_new(
+    transport: Transport,
+    out_dir: Path,
+    identities: Sequence[age.Identity],
+    trusted: Sequence[minisign.PublicKey],
+    ledger: Ledger,
+    only: Sequence[str],
 ) -> list[Outcome]:
     done = ledger.ids()
     outcomes = []
@@ -116,7 +128,9 @@ def fetch_files(
             continue
         try:
             manifest, data = open_bundle(transport, bundle_id, trusted)
-            files = extract_files(plaintext_of(transport, manifest, identities), manifest, out_dir)
+            # closing(): a refused bundle stops its pipeline threads at once
+            with closing(plaintext_of(transport, manifest, identities)) as plaintext:
+                files = extract_files(plaintext, manifest, out_dir)
             ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
@@ -124,7 +138,7 @@ def fetch_files(
             )
             outcomes.append(Outcome(bundle_id, manifest, tuple(files)))
         except AirgapError as exc:
-            outcomes.append(Outcome(bundle_id, error=exc))
+            outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
     return outcomes
 
 
@@ -140,13 +154,14 @@ def verify_bundles(
         try:
             manifest, _ = open_bundle(transport, bundle_id, trusted)
             if identities or manifest.encryption.scheme == "none":
-                for _ in plaintext_of(transport, manifest, identities):
-                    pass
+                with closing(plaintext_of(transport, manifest, identities)) as plaintext:
+                    for _ in plaintext:
+                        pass
             else:
                 payload_only(transport, manifest)
             outcomes.append(Outcome(bundle_id, manifest))
         except AirgapError as exc:
-            outcomes.append(Outcome(bundle_id, error=exc))
+            outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
     return outcomes
 
 

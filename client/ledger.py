@@ -7,9 +7,12 @@ writing it) is ignored, so the worst case is one bundle offered again, never a l
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from airgap.shared.errors import StorageError
@@ -18,6 +21,27 @@ from airgap.shared.errors import StorageError
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the ledger for one run: two fetches at once would import a bundle twice."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+        except OSError as exc:
+            raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise StorageError(
+                    f"another airgap fetch is using {self.path}", hint="wait for it to finish"
+                ) from exc
+            yield
+        finally:
+            os.close(fd)
 
     def ids(self) -> set[str]:
         try:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from airgap.shared.errors import StorageError, TransferError
+from airgap.shared.ids import is_bundle_id
+from airgap.shared.manifest import is_plain_name
 
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
@@ -42,8 +45,10 @@ class Transport(Protocol):
 
 
 def published_ids(names: list[str]) -> list[str]:
-    """Bundle ids whose signature has arrived, oldest first (ids sort by time)."""
-    return sorted(n[: -len(SIGNATURE_SUFFIX)] for n in names if n.endswith(SIGNATURE_SUFFIX))
+    """Bundle ids whose signature has arrived, oldest first (ids sort by time). Names that
+    are not bundle ids are ignored: they are never echoed to a terminal."""
+    ids = (n[: -len(SIGNATURE_SUFFIX)] for n in names if n.endswith(SIGNATURE_SUFFIX))
+    return sorted(i for i in ids if is_bundle_id(i))
 
 
 class DirectoryTransport:
@@ -56,7 +61,7 @@ class DirectoryTransport:
         return str(self.root)
 
     def _path(self, name: str) -> Path:
-        if not name or "/" in name or "\0" in name or name in (".", ".."):
+        if not is_plain_name(name):
             raise TransferError(f"{name!r} is not a plain file name")
         return self.root / name
 
@@ -74,17 +79,29 @@ class DirectoryTransport:
             return sorted(e.name for e in os.scandir(self.root) if e.is_file(follow_symlinks=False))
 
     def size(self, name: str) -> int | None:
+        """The size of a regular file; None for anything else (missing, link, FIFO, device)."""
         try:
-            return self._path(name).lstat().st_size
+            info = self._path(name).lstat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise TransferError(f"{name}: {exc.strerror or exc}") from exc
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
         with self._errors(f"reading {name}"):
-            fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW)
-            handle: io.BufferedIOBase = os.fdopen(fd, "rb")
-            handle.seek(offset)
-            return handle
+            # O_NONBLOCK: opening a FIFO planted on the media must not hang us.
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise TransferError(f"{name} is not a regular file")
+                os.set_blocking(fd, True)
+                raw = _MediaFile(fd, name)
+            except BaseException:
+                os.close(fd)
+                raise
+            raw.seek(offset)
+            return io.BufferedReader(raw, buffer_size=1 << 20)
 
     def writer(self, name: str, *, offset: int = 0) -> BinaryIO:
         """Write from ``offset``: 0 creates the file anew; a resume cuts the file there."""
@@ -108,6 +125,20 @@ class DirectoryTransport:
 
     def close(self) -> None:
         """Nothing to release: each operation opens and closes what it needs."""
+
+
+class _MediaFile(io.FileIO):
+    """A file on the media whose read errors are transfer errors, not tracebacks."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        super().__init__(fd, "rb", closefd=True)
+        self._label = name
+
+    def readinto(self, buffer: Any) -> int | None:
+        try:
+            return super().readinto(buffer)
+        except OSError as exc:
+            raise TransferError(f"reading {self._label}: {exc.strerror or exc}") from exc
 
 
 class _SyncOnClose:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from airgap.shared.errors import StorageError, UnsafeArchiveError
-from airgap.shared.manifest import FileEntry
+from airgap.shared.manifest import FileEntry, is_plain_name
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -57,15 +57,10 @@ def tar_stream(members: Iterable[Member], entries: list[FileEntry]) -> Iterator[
 
 
 def check_name(name: str) -> None:
-    """A member name must be a plain relative path inside the output directory."""
-    parts = name.split("/")
-    if (
-        not name
-        or name.startswith("/")
-        or any(part in ("", ".", "..") for part in parts)
-        or any(ch in name for ch in "\0\\\r\n")
-    ):
-        raise UnsafeArchiveError(f"archive: member name {name!r} is not a plain relative path")
+    """A member name must be a plain file name: files bundles carry base names only, so no
+    directory in the output (not even a symlink someone put there) is ever walked into."""
+    if not is_plain_name(name):
+        raise UnsafeArchiveError(f"archive: member name {name!r} is not a plain file name")
 
 
 def check_member(info: tarfile.TarInfo, expected: Mapping[str, FileEntry]) -> FileEntry:

@@ -31,7 +31,7 @@ from airgap.shared.manifest import (
     Payload,
     payload_name,
 )
-from airgap.shared.pipeline import threaded
+from airgap.shared.pipeline import Step, threaded
 from airgap.shared.stages import (
     DEFAULT_ZSTD_LEVEL,
     Chain,
@@ -40,8 +40,8 @@ from airgap.shared.stages import (
     Sha256,
     Stage,
     ZstdCompress,
-    ZstdDecompress,
     rechunk,
+    zstd_decompress,
 )
 from airgap.shared.version import __version__
 
@@ -145,6 +145,8 @@ def sign_manifest(manifest: Manifest, key: minisign.SecretKey) -> tuple[bytes, s
 def open_manifest(data: bytes, signature: bytes, trusted: Sequence[minisign.PublicKey]) -> Manifest:
     """Verify the signature first; only a manifest a trusted key signed is parsed at all."""
     sig = minisign.verify(trusted, data, signature)
+    if sig.algorithm != minisign.SIG_ALG_PREHASHED:
+        raise SignatureError("signature: not a prehashed (ED) minisign signature")
     manifest = Manifest.parse(data)
     if sig.trusted_comment != manifest.trusted_comment():
         raise SignatureError("signature: trusted comment does not name this bundle")
@@ -184,16 +186,16 @@ def decode(
 ) -> Iterator[bytes]:
     """Yield plaintext chunks; raise after the last one unless size and sha256 match."""
     plaintext = Sha256()
-    stages: list[Stage] = []
+    steps: list[Step] = []
     if manifest.encryption.scheme != "none":
-        stages.append(age.AgeDecryptor(identities))
-    stages += [
-        ZstdDecompress(),
+        steps.append(age.AgeDecryptor(identities))
+    steps += [
+        zstd_decompress,
         Chain([Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"), plaintext]),
     ]
     # Room for a whole verified segment, so the next one is read and hashed meanwhile.
     room = manifest.payload.segment_size + PIECE
-    yield from threaded(rechunk(segments, PIECE), stages, source_capacity=room)
+    yield from threaded(rechunk(segments, PIECE), steps, source_capacity=room)
     if (
         plaintext.size != manifest.plaintext_size
         or plaintext.hexdigest() != manifest.plaintext_sha256

@@ -7,7 +7,7 @@ right modes is the client's job: this module never touches files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from airgap.shared import age, minisign
@@ -19,8 +19,8 @@ PUBLIC_MODE = 0o644
 @dataclass(frozen=True)
 class KeyFile:
     name: str
-    text: str
-    mode: int
+    text: str = field(repr=False)  # may be a secret key
+    mode: int = PUBLIC_MODE
 
 
 @dataclass(frozen=True)

@@ -127,9 +127,18 @@ class Manifest:
         if len(data) > MAX_MANIFEST_BYTES:
             raise ManifestError("manifest: larger than any manifest airgap writes")
         obj = _load(data)
-        if _dump(obj) != data:
+        try:
+            canonical = _dump(obj) == data
+        except (ValueError, UnicodeError) as exc:  # lone surrogates, giant integers
+            raise ManifestError("manifest: not in canonical form") from exc
+        if not canonical:
             raise ManifestError("manifest: not in canonical form")
         return _from_obj(obj)
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name with no directory part, nothing a path could be built from."""
+    return name not in ("", ".", "..") and not any(ch in name for ch in "/\0\\\r\n")
 
 
 def payload_name(bundle_id: str, *, encrypted: bool) -> str:
@@ -161,7 +170,7 @@ def _load(data: bytes) -> Any:
             parse_float=refuse,
             parse_constant=refuse,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeError, huge ints
         raise ManifestError("manifest: not valid UTF-8 JSON") from exc
 
 
@@ -266,6 +275,8 @@ def _content(value: Any) -> tuple[tuple[FileEntry, ...], tuple[ImageEntry, ...]]
 
 def _file(value: Any) -> FileEntry:
     f = _obj(value, {"name", "size", "sha256"}, "a file entry")
+    if not isinstance(f["name"], str) or not is_plain_name(f["name"]):
+        raise ManifestError("manifest: a file name is not a plain file name")
     return FileEntry(
         name=_str(f["name"], "file name"),
         size=_int(f["size"], "file size"),

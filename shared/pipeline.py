@@ -2,26 +2,45 @@
 
 hashlib, zstd and file I/O release the GIL on large buffers, so a chain of stages whose work
 is mostly hashing and compressing runs on every core this way, while memory stays bounded by
-a few MiB per link. Exceptions keep their type and reach the consumer; closing the
-consumer's iterator early stops every thread. The stages themselves never know they are threaded.
+a few MiB per link. A step is either a :class:`Stage` (``update``/``finish``) or a transform,
+an iterator-to-iterator function, for work whose output must be pulled in bounded pieces
+(decompression). Exceptions keep their type and reach the consumer; closing the consumer's
+iterator early, or an error anywhere, stops every thread before :func:`threaded` returns.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import cast
 
 from airgap.shared.stages import Stage
 
+Transform = Callable[[Iterator[bytes]], Iterator[bytes]]
+Step = Stage | Transform
+
 _END = object()
 _STOP = object()
+#: How long a waiting thread sleeps before it looks at the stop flag on its own; stopping
+#: also wakes every waiter at once, so this is only a safety net.
+_RECHECK = 1.0
 
 
 class _Failed:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+class _Stopped(Exception):
+    """Raised inside a transform's input when the pipeline stops."""
+
+
+class _Upstream(Exception):
+    """Carries an upstream failure through a transform, untouched."""
+
+    def __init__(self, failed: _Failed) -> None:
+        self.failed = failed
 
 
 class _Link:
@@ -39,10 +58,8 @@ class _Link:
     def put(self, item: object) -> bool:
         size = len(item) if isinstance(item, bytes) else 0
         with self._changed:
-            while self._items and self._held + size > self._capacity:
-                if self._stop.is_set():
-                    return False
-                self._changed.wait(0.1)
+            while self._items and self._held + size > self._capacity and not self._stop.is_set():
+                self._changed.wait(_RECHECK)
             if self._stop.is_set():
                 return False
             self._items.append(item)
@@ -53,14 +70,18 @@ class _Link:
     def get(self) -> object:
         """The next item, or ``_STOP`` once the pipeline is stopping."""
         with self._changed:
-            while not self._items:
-                if self._stop.is_set():
-                    return _STOP
-                self._changed.wait(0.1)
+            while not self._items and not self._stop.is_set():
+                self._changed.wait(_RECHECK)
+            if self._stop.is_set():
+                return _STOP
             item = self._items.popleft()
             self._held -= len(item) if isinstance(item, bytes) else 0
             self._changed.notify_all()
             return item
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
 
 def _feed(source: Iterable[bytes], out: _Link) -> None:
@@ -73,60 +94,73 @@ def _feed(source: Iterable[bytes], out: _Link) -> None:
         out.put(_Failed(exc))
 
 
-def _work(stage: Stage, inbox: _Link, out: _Link) -> None:
+def _inputs(inbox: _Link) -> Iterator[bytes]:
+    while True:
+        item = inbox.get()
+        if item is _END:
+            return
+        if item is _STOP:
+            raise _Stopped
+        if isinstance(item, _Failed):
+            raise _Upstream(item)
+        yield cast(bytes, item)
+
+
+def _work(step: Step, inbox: _Link, out: _Link) -> None:
     try:
-        while True:
-            item = inbox.get()
-            if item is _STOP:
+        if isinstance(step, Stage):
+            for data in _inputs(inbox):
+                if (piece := step.update(data)) and not out.put(piece):
+                    return
+            outputs: Iterable[bytes] = [step.finish()]
+        else:
+            outputs = step(_inputs(inbox))
+        for piece in outputs:
+            if piece and not out.put(piece):
                 return
-            if item is _END:
-                tail = stage.finish()
-                if not tail or out.put(tail):
-                    out.put(_END)
-                return
-            if isinstance(item, _Failed):
-                out.put(item)
-                return
-            data = stage.update(cast(bytes, item))
-            if data and not out.put(data):
-                return
+        out.put(_END)
+    except _Stopped:
+        return
+    except _Upstream as upstream:
+        out.put(upstream.failed)
     except BaseException as exc:
         out.put(_Failed(exc))
 
 
 def threaded(
     source: Iterable[bytes],
-    stages: Sequence[Stage],
+    steps: Sequence[Step],
     *,
     capacity: int = 4 << 20,
     source_capacity: int | None = None,
 ) -> Iterator[bytes]:
-    """Yield what comes out of the last stage; the source is iterated on its own thread too.
+    """Yield what comes out of the last step; the source is iterated on its own thread too.
 
     Each link between two threads holds at most ``capacity`` bytes (or one larger piece); the
     first holds ``source_capacity`` if given, for a source that releases data in large bursts
-    (a verified segment) and should go on to the next burst while the stages work.
+    (a verified segment) and should go on to the next burst while the steps work.
     """
     stop = threading.Event()
-    links = [_Link(capacity, stop) for _ in range(len(stages) + 1)]
+    links = [_Link(capacity, stop) for _ in range(len(steps) + 1)]
     if source_capacity is not None:
         links[0] = _Link(source_capacity, stop)
     threads = [threading.Thread(target=_feed, args=(source, links[0]), daemon=True)]
     threads += [
-        threading.Thread(target=_work, args=(stage, links[i], links[i + 1]), daemon=True)
-        for i, stage in enumerate(stages)
+        threading.Thread(target=_work, args=(step, links[i], links[i + 1]), daemon=True)
+        for i, step in enumerate(steps)
     ]
     for thread in threads:
         thread.start()
+    failed: BaseException | None = None
     try:
-        while True:
-            item = links[-1].get()
-            if item is _END or item is _STOP:
-                break
-            if isinstance(item, _Failed):
-                raise item.exc
-            yield cast(bytes, item)
+        yield from _inputs(links[-1])
+    except _Upstream as upstream:
+        failed = upstream.failed.exc  # raised below, once every thread has stopped
     finally:
         stop.set()
+        for link in links:
+            link.wake()
         for thread in threads:
             thread.join()
+    if failed is not None:
+        raise failed

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import IO, Protocol, cast, runtime_checkable
 
 import zstandard
 
-from airgap.shared.errors import CompressionError
+from airgap.shared.errors import AirgapError, CompressionError
 
 DEFAULT_ZSTD_LEVEL = 1
 
 
+@runtime_checkable
 class Stage(Protocol):
     def update(self, data: bytes) -> bytes: ...
 
@@ -116,36 +117,39 @@ class ZstdCompress:
         return out
 
 
-class ZstdDecompress:
-    """Exactly one zstd frame: truncation and trailing data are errors."""
+def zstd_decompress(chunks: Iterator[bytes], *, piece: int = 1 << 20) -> Iterator[bytes]:
+    """Exactly one zstd frame, pulled ``piece`` bytes at a time: however well the input
+    compresses (a GiB of zeros fits in a few KiB), no output piece is larger than ``piece``.
+    Trailing data is an error; truncation shows as a short output, which the caller's size
+    check catches."""
+    source = cast("IO[bytes]", _ChunkFile(chunks))  # all the reader calls is read(n)
+    reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece)
+    try:
+        while data := reader.read(piece):
+            yield data
+    except zstandard.ZstdError as exc:
+        raise CompressionError(f"zstd: corrupt compressed stream ({exc})") from exc
 
-    def __init__(self) -> None:
-        self._obj = zstandard.ZstdDecompressor().decompressobj(write_size=1 << 20)
-        self._done = False
 
-    def update(self, data: bytes) -> bytes:
-        if self._done:
-            raise CompressionError("zstd: data after the end of the compressed stream")
-        try:
-            out: bytes = self._obj.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise CompressionError(f"zstd: corrupt compressed stream ({exc})") from exc
-        if self._obj.eof:
-            self._done = True
-            if self._obj.unused_data:
-                raise CompressionError("zstd: data after the end of the compressed stream")
-        return out
+class _ChunkFile:
+    """The ``read(n)`` a zstd stream reader pulls from, over an iterator of chunks."""
 
-    def finish(self) -> bytes:
-        if not self._done:
-            raise CompressionError("zstd: compressed stream is truncated")
-        return b""
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._rest = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._rest:
+            self._rest = memoryview(next(self._chunks, b""))
+        take = len(self._rest) if size < 0 else min(size, len(self._rest))
+        data, self._rest = self._rest[:take], self._rest[take:]
+        return bytes(data)
 
 
 class Limit:
     """Refuses more than ``limit`` bytes: a stream may not grow past what was declared."""
 
-    def __init__(self, limit: int, error: type[Exception], what: str) -> None:
+    def __init__(self, limit: int, error: type[AirgapError], what: str) -> None:
         self._left = limit
         self._error = error
         self._what = what

@@ -10,6 +10,7 @@ It judges structure only: whether a member may be written is :func:`check_member
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from airgap.shared.errors import UnsafeArchiveError
 
 BLOCK = tarfile.BLOCKSIZE
+_SIZE = re.compile(r"[0-9]{1,20}")
 MAX_PAX = 64 * 1024
 #: pax keys we apply, and the harmless ones tar writers add that we ignore.
 PAX_APPLIED = {"path", "size"}
@@ -110,6 +112,8 @@ def _pax(data: bytes) -> dict[str, str]:
     while pos < len(data):
         space = data.find(b" ", pos)
         try:
+            if not _SIZE.fullmatch(data[pos:space].decode("ascii")):
+                raise ValueError("pax record length")
             length = int(data[pos:space])
             record = data[space + 1 : pos + length]
             key, _, value = record[:-1].decode("utf-8").partition("=")
@@ -128,6 +132,6 @@ def _apply(info: tarfile.TarInfo, overrides: dict[str, str]) -> None:
     if "path" in overrides:
         info.name = overrides["path"]
     if "size" in overrides:
-        if not overrides["size"].isdigit():
+        if not _SIZE.fullmatch(overrides["size"]):
             raise UnsafeArchiveError("archive: malformed pax size")
         info.size = int(overrides["size"])

@@ -9,26 +9,28 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airgap.client.fetch import fetch_files
+from airgap.client.fetch import fetch_files, open_bundle, plaintext_of
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
-from airgap.client.transport import DirectoryTransport
+from airgap.client.transport import DirectoryTransport, published_ids
 from airgap.shared import age, minisign
 from airgap.shared.bundle import EncodeOptions, Encoder, sign_manifest
 from airgap.shared.errors import (
     AirgapError,
+    ManifestError,
     PayloadSizeError,
     SegmentHashError,
     SignatureError,
     UnsafeArchiveError,
     UntrustedSignerError,
-    VerificationError,
 )
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import MIN_SEGMENT, FileEntry
@@ -168,9 +170,10 @@ def _member(
 @pytest.mark.parametrize(
     ("members", "message"),
     [
-        ([_member("../evil")], "plain relative path"),
-        ([_member("/etc/evil")], "plain relative path"),
-        ([_member("a/../../evil")], "plain relative path"),
+        ([_member("../evil")], "plain file name"),
+        ([_member("/etc/evil")], "plain file name"),
+        ([_member("a/../../evil")], "plain file name"),
+        ([_member("sub/x")], "plain file name"),
         ([_member("link", tarfile.SYMTYPE, link="/etc/passwd")], "link"),
         ([_member("link", tarfile.SYMTYPE, link="../../outside")], "link"),
         ([_member("hard", tarfile.LNKTYPE, link="/etc/passwd")], "link"),
@@ -184,13 +187,23 @@ def test_hostile_archives_are_refused(
     tmp_path: Path, members: list[tarfile.TarInfo], message: str
 ) -> None:
     aaa = hashlib.sha256(b"AAA").hexdigest()
-    listed = [FileEntry(m.name, 3, aaa) for m in members if m.name != "unlisted"]
+    # The manifest lists only plain names (it refuses others itself, see below).
+    listed = [
+        FileEntry(m.name, 3, aaa) for m in members if m.name != "unlisted" and "/" not in m.name
+    ]
     unique = list({e.name: e for e in listed}.values())
     _hostile_bundle(tmp_path / "drop", members, unique)
     error = _fetch(tmp_path / "drop", tmp_path / "out" / "inner", tmp_path / "state")
     assert isinstance(error, UnsafeArchiveError) and message in error.message
     assert list((tmp_path / "out" / "inner").iterdir()) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["drop", "out"]  # no "evil" anywhere
+    assert not [p for p in tmp_path.rglob("*") if p.name in ("evil", "x") and "drop" not in p.parts]
+    assert not Path("/etc/evil").exists()
+
+
+def test_manifest_file_names_must_be_plain(tmp_path: Path) -> None:
+    _hostile_bundle(tmp_path / "drop", [_member("x")], [FileEntry("../x", 3, "0" * 64)])
+    error = _fetch(tmp_path / "drop", tmp_path / "out", tmp_path / "state")
+    assert isinstance(error, ManifestError) and "plain file name" in error.message
 
 
 def test_existing_files_are_never_replaced(bundle_dir: Path, tmp_path: Path) -> None:
@@ -236,6 +249,40 @@ def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:
     assert usage.returncode == 2
 
 
-def test_verification_errors_are_exit_code_3() -> None:
-    assert all(cls.exit_code == 3 for cls in (SegmentHashError, SignatureError, UnsafeArchiveError))
-    assert issubclass(UntrustedSignerError, VerificationError)
+def test_a_fifo_on_the_media_does_not_hang(bundle_dir: Path, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    manifest = next(drop.glob("*.manifest.json"))
+    manifest.unlink()
+    os.mkfifo(manifest)
+    error = _fetch(drop, tmp_path / "out", tmp_path / "state")
+    assert isinstance(error, ManifestError) and "missing" in error.message
+
+
+def test_refused_bundles_leave_no_thread_behind(bundle_dir: Path, tmp_path: Path) -> None:
+    before = threading.active_count()
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    payload = next(drop.glob("*.age"))
+    data = bytearray(payload.read_bytes())
+    data[MIN_SEGMENT + 10] ^= 1  # segment 1: segment 0 is already streaming when it fails
+    payload.write_bytes(bytes(data))
+    error = _fetch(drop, tmp_path / "out", tmp_path / "state")
+    assert isinstance(error, SegmentHashError)
+    assert threading.active_count() == before
+
+
+def test_a_highly_compressible_payload_decodes_in_bounded_pieces(tmp_path: Path) -> None:
+    zeros = tmp_path / "zeros.img"
+    with zeros.open("wb") as handle:
+        handle.truncate(256 << 20)  # 256 MiB that compress to a few KiB
+    send_files([zeros], DirectoryTransport(tmp_path / "drop"), options=OPTIONS, key=SIGNER)
+    transport = DirectoryTransport(tmp_path / "drop")
+    (bundle_id,) = published_ids(transport.list())
+    manifest, _ = open_bundle(transport, bundle_id, [SIGNER.public_key])
+    assert manifest.payload.size < 1 << 20
+    largest = 0
+    with closing(plaintext_of(transport, manifest, [IDENTITY])) as plaintext:
+        for piece in plaintext:
+            largest = max(largest, len(piece))
+    assert largest <= 1 << 20

@@ -1,0 +1,89 @@
+"""The streaming tar reader: what tar and tarfile write reads back; anything odd is refused."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airgap.shared.archive import Member, tar_stream
+from airgap.shared.errors import UnsafeArchiveError
+from airgap.shared.manifest import FileEntry
+from airgap.shared.tarread import read_tar
+
+
+def _read(data: bytes, piece: int = 1000) -> list[tuple[str, bytes]]:
+    members: list[tuple[str, bytes]] = []
+    chunks = (data[i : i + piece] for i in range(0, len(data), piece))
+    for item in read_tar(chunks):
+        if isinstance(item, tarfile.TarInfo):
+            members.append((item.name, b""))
+        else:
+            name, body = members[-1]
+            members[-1] = (name, body + bytes(item))
+    return members
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=4), st.integers(min_value=1, max_value=5000))
+def test_reads_back_what_tar_stream_writes(bodies: list[bytes], piece: int) -> None:
+    members = [Member(f"f{i}", len(b), 0, [b]) for i, b in enumerate(bodies)]
+    entries: list[FileEntry] = []
+    data = b"".join(tar_stream(members, entries))
+    assert _read(data, piece) == [(f"f{i}", b) for i, b in enumerate(bodies)]
+
+
+def _tarfile(*infos: tuple[tarfile.TarInfo, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for info, body in infos:
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def test_pax_long_names_are_applied() -> None:
+    name = "n" * 200 + "\u00e9"
+    assert _read(_tarfile((tarfile.TarInfo(name), b"abc"))) == [(name, b"abc")]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_tarfile((tarfile.TarInfo("x" * 200), b"a"), fmt=tarfile.GNU_FORMAT), "GNU long name"),
+        (b"\0" * 1024 + b"junk" + b"\0" * 508, "after the end"),
+        (_tarfile((tarfile.TarInfo("x"), b"a"))[:700], "ends"),
+        (_tarfile((tarfile.TarInfo("x"), b"a"))[:1024], "end-of-archive"),
+        (b"x" * 512 + b"\0" * 1024, "malformed header"),
+    ],
+)
+def test_odd_archives_are_refused(data: bytes, message: str) -> None:
+    with pytest.raises(UnsafeArchiveError, match=message):
+        _read(data)
+
+
+def test_global_pax_and_bad_pax_sizes_are_refused() -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"a": "b"}):
+        pass
+    with pytest.raises(UnsafeArchiveError, match="global pax"):
+        _read(out.getvalue())
+    info = tarfile.TarInfo("x")
+    info.pax_headers = {"size": "\u00b2"}  # a digit to str.isdigit, not to int()
+    with pytest.raises(UnsafeArchiveError, match="pax"):
+        _read(_tarfile((info, b"a")))
+    info = tarfile.TarInfo("x")
+    info.pax_headers = {"GNU.sparse.map": "0,1"}
+    with pytest.raises(UnsafeArchiveError, match="not supported"):
+        _read(_tarfile((info, b"a")))
+
+
+def test_a_flipped_header_byte_is_caught_by_the_checksum() -> None:
+    data = bytearray(_tarfile((tarfile.TarInfo("x"), os.urandom(10))))
+    data[0] ^= 1  # the name; the header checksum no longer matches
+    with pytest.raises(UnsafeArchiveError, match="malformed header"):
+        _read(bytes(data))
