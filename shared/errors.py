@@ -22,6 +22,7 @@
     │   └── ReplayError              a bundle id that was already imported
     ├── TransferError                exit 4: the drop box or media failed us
     ├── EngineError                  exit 5: the Docker engine failed or is unreachable
+    ├── ServerError                  exit 1: the appliance cannot start or serve (bind, root)
     └── Interrupted                  exit 130: the user pressed Ctrl-C
 
 Every error carries a one-line ``message``, an optional ``hint`` and its ``exit_code``. Foreign
@@ -133,6 +134,10 @@ class TransferError(AirgapError):
 
 class EngineError(AirgapError):
     exit_code = ExitCode.ENGINE
+
+
+class ServerError(AirgapError):
+    pass
 
 
 class Interrupted(AirgapError):

@@ -1,0 +1,157 @@
+"""Who may do what where: the access rules of the drop box, free of any FTP library.
+
+Paths are given as parts relative to the server root (``("pub", "incoming", "alice", "x")``),
+already normalised and proven to stay inside the root by the caller. The rules:
+
+- a **sender** lives in ``pub/incoming/NAME``: it creates files there, resumes them (REST+STOR,
+  APPE), asks SIZE/MDTM/HASH of them, renames ``X.part`` to ``X`` and deletes its ``.part``
+  files. It never downloads, never makes directories and never sees another area. Files that a
+  bundle check accepted or refused are moved out of its area, so no completed file is ever
+  within its reach.
+- a **receiver** lives in ``pub/outgoing`` (published bundles only): it lists, downloads and
+  deletes there, and nothing else.
+- **anonymous** (only if enabled) starts at the root and may enter ``pub`` and
+  ``pub/incoming``. ``upload``: create new files in ``pub/incoming``, no listing, no reading, no
+  resume. ``read-write`` (the book's ch9_ftpd): also list, read and resume plain files there.
+
+Overwriting is a storage question, not a policy one: see :mod:`airgap.server.storage`. This
+module never touches the disk.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from airgap.server.config import AnonymousMode
+from airgap.server.users import Role
+
+PARTIAL_SUFFIX = ".part"
+MAX_NAME_BYTES = 255
+Parts = tuple[str, ...]
+
+INCOMING: Parts = ("pub", "incoming")
+OUTGOING: Parts = ("pub", "outgoing")
+
+
+class Op(enum.Enum):
+    CWD = "enter"
+    LIST = "list"
+    STAT = "inspect"
+    READ = "download"
+    CREATE = "upload"
+    RESUME = "resume"
+    RENAME_FROM = "rename"
+    RENAME_TO = "rename to"
+    DELETE = "delete"
+    MKDIR = "make directories"
+    RMDIR = "remove directories"
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role | None  # None: anonymous
+    anonymous: AnonymousMode = AnonymousMode.OFF
+
+    @property
+    def home(self) -> Parts:
+        if self.role is Role.SENDER:
+            return (*INCOMING, self.name)
+        if self.role is Role.RECEIVER:
+            return OUTGOING
+        return ()
+
+    @property
+    def label(self) -> str:
+        return self.role.value if self.role else "anonymous"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+
+
+ALLOW = Decision(True)
+
+
+def refuse(principal: Principal, op: Op) -> Decision:
+    return Decision(False, f"a {principal.label} may not {op.value} here")
+
+
+def valid_name(name: str) -> bool:
+    """A plain file name we are willing to store: no hidden, control or path characters."""
+    return (
+        bool(name)
+        and not name.startswith(".")
+        and "/" not in name
+        and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES
+        and all(ord(c) >= 32 and ord(c) != 127 for c in name)
+    )
+
+
+def decide(principal: Principal, op: Op, rel: Parts, *, is_dir: bool = False) -> Decision:
+    if principal.role is Role.SENDER:
+        allowed = _sender(op, rel, principal.home, is_dir=is_dir)
+    elif principal.role is Role.RECEIVER:
+        allowed = _receiver(op, rel, principal.home, is_dir=is_dir)
+    else:
+        allowed = _anonymous(op, rel, principal.anonymous, is_dir=is_dir)
+    return ALLOW if allowed else refuse(principal, op)
+
+
+def _in(rel: Parts, directory: Parts) -> bool:
+    """``rel`` is a plain, valid file name directly inside ``directory``."""
+    return len(rel) == len(directory) + 1 and rel[:-1] == directory and valid_name(rel[-1])
+
+
+def _sender(op: Op, rel: Parts, home: Parts, *, is_dir: bool) -> bool:
+    if op in (Op.CWD, Op.LIST) and rel == home:
+        return True
+    if not _in(rel, home) or is_dir:
+        return False
+    if op in (Op.LIST, Op.STAT, Op.CREATE, Op.RESUME, Op.RENAME_TO):
+        return True
+    return op in (Op.RENAME_FROM, Op.DELETE) and rel[-1].endswith(PARTIAL_SUFFIX)
+
+
+def _receiver(op: Op, rel: Parts, home: Parts, *, is_dir: bool) -> bool:
+    if op in (Op.CWD, Op.LIST) and rel == home:
+        return True
+    return _in(rel, home) and not is_dir and op in (Op.LIST, Op.STAT, Op.READ, Op.DELETE)
+
+
+def _anonymous(op: Op, rel: Parts, mode: AnonymousMode, *, is_dir: bool) -> bool:
+    if mode is AnonymousMode.OFF:
+        return False
+    if op is Op.CWD:
+        return rel in ((), ("pub",), INCOMING)
+    if op is Op.CREATE:
+        return _in(rel, INCOMING) and not is_dir
+    if mode is not AnonymousMode.READ_WRITE:
+        return False
+    if op is Op.LIST and rel in ((), ("pub",), INCOMING):
+        return True
+    return _in(rel, INCOMING) and not is_dir and op in (Op.LIST, Op.STAT, Op.READ, Op.RESUME)
+
+
+def visible(principal: Principal, directory: Parts, name: str, *, is_dir: bool) -> bool:
+    """Whether a listing of ``directory`` shows ``name``; links are never shown at all."""
+    if not valid_name(name):
+        return False
+    if principal.role is None and principal.anonymous is AnonymousMode.READ_WRITE:
+        if directory == ():
+            return name == "pub" and is_dir
+        if directory == ("pub",):
+            return name == "incoming" and is_dir
+    return not is_dir and decide(principal, Op.LIST, (*directory, name)).allowed
+
+
+def rename_allowed(src: Parts, dst: Parts) -> bool:
+    """Only ``X.part`` to ``X`` in the same directory: finishing an upload, nothing more."""
+    return (
+        src[:-1] == dst[:-1]
+        and src[-1].endswith(PARTIAL_SUFFIX)
+        and dst[-1] == src[-1][: -len(PARTIAL_SUFFIX)]
+    )

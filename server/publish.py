@@ -1,0 +1,195 @@
+"""Publishing: a bundle in an incoming area reaches ``pub/outgoing`` only once it is whole.
+
+Whole means: the signature and the manifest have arrived, the manifest parses (and, with trusted
+signers configured, a trusted key signed it, naming this very bundle and payload), and the
+payload has exactly the manifest's size and sha256. Until the payload reaches that size the
+bundle is *pending* (the upload may be resumed); anything else wrong sends all its files to
+``quarantine/ID-STAMP/`` with ``reason.txt``, never to receivers.
+
+:meth:`Publisher.check` reads and hashes whole payloads: it runs on a worker thread, never on the
+FTP IO loop. While it works it holds the bundle's files in :class:`BusyFiles`, so no upload can
+change them between the hash and the move. The signature moves last, so a reader of
+``pub/outgoing`` never sees a signature without its payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap.server.audit import AuditLog
+from airgap.server.layout import Layout
+from airgap.server.limits import BusyFiles
+from airgap.shared import minisign
+from airgap.shared.bundle import open_manifest
+from airgap.shared.errors import VerificationError
+from airgap.shared.ids import is_bundle_id
+from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
+
+MANIFEST_SUFFIX = ".manifest.json"
+SIGNATURE_SUFFIX = ".manifest.json.minisig"
+MAX_SIGNATURE_BYTES = 16 * 1024
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    bundle_id: str
+    status: str  # "published", "pending", "quarantined"
+    reason: str = ""
+
+
+def bundle_id_of(name: str) -> str | None:
+    """The bundle a file name belongs to (``ID.anything``), if it names one."""
+    head = name.split(".", 1)[0]
+    return head if is_bundle_id(head) else None
+
+
+class _Quarantine(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Publisher:
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        trusted: Sequence[minisign.PublicKey],
+        busy: BusyFiles,
+        audit: AuditLog,
+    ) -> None:
+        self.layout = layout
+        self.trusted = tuple(trusted)
+        self.busy = busy
+        self.audit = audit
+
+    def areas(self) -> list[Path]:
+        """``pub/incoming`` (anonymous uploads) and every sender's area under it."""
+        found = [self.layout.incoming]
+        for entry in os.scandir(self.layout.incoming):
+            if entry.is_dir(follow_symlinks=False):
+                found.append(Path(entry.path))
+        return found
+
+    def scan(self) -> list[Outcome]:
+        """Check every bundle whose signature is present (after a restart, say)."""
+        outcomes = []
+        for area in self.areas():
+            for entry in sorted(os.scandir(area), key=lambda e: e.name):
+                if entry.name.endswith(SIGNATURE_SUFFIX) and (bid := bundle_id_of(entry.name)):
+                    outcomes.append(self.check(area, bid))
+        return outcomes
+
+    def check(self, area: Path, bundle_id: str) -> Outcome:
+        manifest_path = area / (bundle_id + MANIFEST_SUFFIX)
+        signature_path = area / (bundle_id + SIGNATURE_SUFFIX)
+        if not signature_path.exists() or not manifest_path.exists():
+            return Outcome(bundle_id, "pending", "manifest or signature not there yet")
+        claimed = [manifest_path, signature_path]
+        if not self.busy.claim(claimed):
+            return Outcome(bundle_id, "pending", "being written")
+        try:
+            return self._check_claimed(area, bundle_id, manifest_path, signature_path)
+        finally:
+            self.busy.release(claimed)
+
+    def _check_claimed(
+        self, area: Path, bundle_id: str, manifest_path: Path, signature_path: Path
+    ) -> Outcome:
+        files = [manifest_path, signature_path]
+        try:
+            manifest = self._manifest(bundle_id, manifest_path, signature_path)
+            payload = area / manifest.payload.name
+            files.insert(0, payload)
+            outcome = self._payload(bundle_id, payload, manifest)
+            if outcome is not None:
+                return outcome
+            self._publish(bundle_id, files)
+        except _Quarantine as exc:
+            self._quarantine(bundle_id, area, files, exc.reason)
+            return Outcome(bundle_id, "quarantined", exc.reason)
+        return Outcome(bundle_id, "published")
+
+    def _manifest(self, bundle_id: str, manifest_path: Path, signature_path: Path) -> Manifest:
+        data = _read_small(manifest_path, MAX_MANIFEST_BYTES)
+        signature = _read_small(signature_path, MAX_SIGNATURE_BYTES)
+        try:
+            if self.trusted:
+                manifest = open_manifest(data, signature, self.trusted)
+            else:
+                manifest = Manifest.parse(data)
+        except VerificationError as exc:
+            raise _Quarantine(exc.message) from exc
+        if manifest.id != bundle_id:
+            raise _Quarantine("manifest: id does not match the file names")
+        return manifest
+
+    def _payload(self, bundle_id: str, payload: Path, manifest: Manifest) -> Outcome | None:
+        """None if the payload is whole and right; an outcome to report otherwise."""
+        if not self.busy.claim([payload]):
+            return Outcome(bundle_id, "pending", "payload being written")
+        try:
+            try:
+                before = os.lstat(payload)
+            except FileNotFoundError:
+                return Outcome(bundle_id, "pending", "payload not there yet")
+            if before.st_size < manifest.payload.size:
+                return Outcome(bundle_id, "pending", "payload shorter than the manifest says")
+            if before.st_size > manifest.payload.size:
+                raise _Quarantine("payload: longer than the manifest says")
+            if _sha256(payload) != manifest.payload.sha256:
+                raise _Quarantine("payload: sha256 does not match the manifest")
+            return None
+        finally:
+            self.busy.release([payload])
+
+    def _publish(self, bundle_id: str, files: list[Path]) -> None:
+        outgoing = self.layout.outgoing
+        if any((outgoing / f.name).exists() for f in files):
+            raise _Quarantine("a bundle with this id was published before")
+        for path in files:  # payload, manifest, signature: the signature last
+            path.rename(outgoing / path.name)
+        _fsync_dir(outgoing)
+        self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
+
+    def _quarantine(self, bundle_id: str, area: Path, files: list[Path], reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.layout.quarantine / f"{bundle_id}-{stamp}-{os.urandom(3).hex()}"
+        target.mkdir(mode=0o700)
+        for path in files:
+            if path.exists():
+                path.rename(target / path.name)
+        (target / "reason.txt").write_text(f"{reason}\n", encoding="utf-8")
+        self.audit.record("quarantine", bundle=bundle_id, area=area.name, reason=reason)
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise _Quarantine(f"{path.name}: larger than any airgap writes")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

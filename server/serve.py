@@ -1,0 +1,151 @@
+"""``airgap serve``: prepare the root on first start, then run the drop box until a signal.
+
+On first start it creates the layout, a self-signed certificate and one ``sender`` and one
+``receiver`` account with random passwords, written to ``state/credentials.txt`` (0600) and
+printed once on stderr. It then prints ``airgap: serving ftp://HOST:PORT/ root=...`` with the
+real bound port (``--listen HOST:0`` picks one), and serves until SIGTERM or SIGINT; partial
+uploads stay on disk, resumable. Bundles left in incoming areas are checked again at start.
+Passwords are printed only on the first start and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+from airgap.server import ftp
+from airgap.server.audit import AuditLog
+from airgap.server.config import AnonymousMode, ServeConfig, TlsMode
+from airgap.server.hashing import HashCache
+from airgap.server.layout import Layout, resolved
+from airgap.server.limits import BusyFiles, LoginGuard
+from airgap.server.publish import Publisher
+from airgap.server.tlscert import ensure_certificate, fingerprints
+from airgap.server.users import Role, UserDB, generate_password
+from airgap.shared import minisign
+from airgap.shared.errors import KeyFileError, ServerError
+
+logger = logging.getLogger("airgap.server")
+FIRST_USERS = (("sender", Role.SENDER), ("receiver", Role.RECEIVER))
+
+
+def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
+    """Create what is missing under the root; print what a new operator must know, once."""
+    layout = resolved(config.root)
+    layout.create()
+    addresses = [config.host] + ([config.masquerade_address] if config.masquerade_address else [])
+    ensure_certificate(layout.tls_cert, layout.tls_key, addresses=addresses)
+    if not layout.users_file.exists():
+        _first_users(layout, say)
+    return layout
+
+
+def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
+    users = UserDB(layout.users_file)
+    lines = []
+    for name, role in FIRST_USERS:
+        password = generate_password()
+        users.add(name, role, password)
+        lines.append(f"{name} {role.value} {password}")
+    fd = os.open(layout.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# user role password (generated on first start; change with airgap user)\n")
+        out.write("\n".join(lines) + "\n")
+    say(f"airgap: created accounts (also in {layout.credentials_file}, mode 0600):")
+    for line in lines:
+        say(f"airgap:   {line}")
+
+
+def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
+    keys = []
+    for path in paths:
+        try:
+            keys.append(minisign.PublicKey.parse(path.read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise KeyFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return keys
+
+
+def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
+    _logging()
+    layout = prepare(config, say)
+    trusted = load_trusted(config.trusted_signers)
+    if config.anonymous is AnonymousMode.READ_WRITE:
+        say("airgap: WARNING: --anonymous read-write: ANYONE can upload, list and download")
+        say("airgap: WARNING: in pub/incoming without a password. For the book's walk-through")
+        say("airgap: WARNING: only; never on a network you do not fully control.")
+    if config.tls is TlsMode.OFF:
+        say("airgap: warning: --tls off: passwords and data cross the network in clear")
+    ioloop = ftp.new_ioloop()
+    audit = AuditLog(layout.audit_file)
+    busy = BusyFiles()
+    pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="airgap-worker")
+    services = ftp.Services(
+        config=config,
+        layout=layout,
+        users=UserDB(layout.users_file),
+        guard=LoginGuard(max_failures=config.max_login_failures, ban_seconds=config.ban_seconds),
+        busy=busy,
+        publisher=Publisher(layout, trusted=trusted, busy=busy, audit=audit),
+        hashes=HashCache(),
+        audit=audit,
+        pool=pool,
+        mailbox=ftp.Mailbox(ioloop),
+    )
+    try:
+        server = ftp.make_server(services, ioloop)
+    except OSError as exc:
+        raise ServerError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+        ) from exc
+    host, port = server.socket.getsockname()[:2]
+    prints = fingerprints(layout.tls_cert)
+    if config.tls is not TlsMode.OFF:
+        say(f"airgap: tls {config.tls.value}; certificate {prints.certificate}")
+        say(f"airgap: public key pin (curl --pinnedpubkey) {prints.public_key}")
+    pool.submit(services.publisher.scan)
+    audit.record(
+        "start", host=host, port=port, tls=config.tls.value, anonymous=config.anonymous.value
+    )
+    say(f"airgap: serving ftp://{_url_host(host)}:{port}/ root={layout.root}")
+    _run(server, ioloop)
+    pool.shutdown(wait=True, cancel_futures=True)
+    audit.record("stop")
+    audit.close()
+    say("airgap: stopped")
+
+
+def _run(server: object, ioloop: object) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(timeout=1.0, blocking=True, handle_exit=True)  # type: ignore[attr-defined]
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        # Closing every channel closes open upload files: partials stay on disk, resumable.
+        server.close_all()  # type: ignore[attr-defined]
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("airgap: %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # pyftpdlib logs every command at INFO/DEBUG; its PASS lines are masked, but keep it terse.
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)

@@ -1,0 +1,254 @@
+"""Bundles through the drop box, and the Debian clients lftp and curl against a real server."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from airgap.client.send import send_files
+from airgap.client.transport import DirectoryTransport
+from airgap.shared.bundle import EncodeOptions
+from airgap.shared.keys import KeySet
+from tests.server.conftest import Server, retr, stor
+
+LFTP = shutil.which("lftp")
+CURL = shutil.which("curl")
+
+
+def make_bundle(tmp_path: Path, keys: KeySet) -> tuple[str, dict[str, bytes]]:
+    source = tmp_path / "source.txt"
+    source.write_bytes(b"payload " * 5000)
+    out = tmp_path / "bundle"
+    manifest = send_files(
+        [source], DirectoryTransport(out), options=EncodeOptions([]), key=keys.signing
+    )
+    return manifest.id, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def upload_bundle(server: Server, files: dict[str, bytes], *, payload: bytes | None = None) -> None:
+    client = server.ftp("sender")
+    ordered = sorted(files, key=lambda n: (n.endswith(".minisig"), n.endswith(".json")))
+    for name in ordered:  # payload, manifest, then the signature: what publishes
+        data = payload if payload is not None and name.endswith(".zst") else files[name]
+        stor(client, name + ".part", data)
+        client.rename(name + ".part", name)
+    client.quit()
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_good_bundle_is_published_and_downloaded(serve, tmp_path, keyset, keydir):
+    server = serve("--tls", "off", "--trusted-signer", str(keydir / "signing.pub"))
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    outgoing = server.root / "pub/outgoing"
+    assert wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists())
+    receiver = server.ftp("receiver")
+    assert sorted(receiver.nlst()) == sorted(files)
+    for name, data in files.items():
+        assert retr(receiver, name) == data
+    payload = next(n for n in files if n.endswith(".zst"))
+    assert retr(receiver, payload, rest=100) == files[payload][100:]
+    assert not any((server.root / "pub/incoming/sender").iterdir())
+    receiver.delete(payload)
+    assert '"event": "publish"' in server.audit()
+
+
+def test_wrong_payload_hash_goes_to_quarantine(serve, tmp_path, keyset):
+    server = serve("--tls", "off")
+    _, files = make_bundle(tmp_path, keyset)
+    payload = next(v for n, v in files.items() if n.endswith(".zst"))
+    upload_bundle(server, files, payload=bytes([payload[0] ^ 1]) + payload[1:])
+    quarantine = server.root / "quarantine"
+    assert wait_for(lambda: any(quarantine.iterdir()))
+    (held,) = quarantine.iterdir()
+    assert "sha256" in (held / "reason.txt").read_text()
+    assert not any((server.root / "pub/outgoing").iterdir())
+    assert server.ftp("receiver").nlst() == []
+
+
+def test_untrusted_signature_goes_to_quarantine(serve, tmp_path, keyset):
+    other = tmp_path / "other.pub"
+    other.write_text(KeySet.generate().signing.public_key.encode())
+    server = serve("--tls", "off", "--trusted-signer", str(other))
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    quarantine = server.root / "quarantine"
+    assert wait_for(lambda: any(quarantine.iterdir()))
+    (held,) = quarantine.iterdir()
+    assert held.name.startswith(bundle_id)
+    assert (
+        "signature" in (held / "reason.txt").read_text()
+        or "trust" in (held / "reason.txt").read_text()
+    )
+    assert not any((server.root / "pub/outgoing").iterdir())
+
+
+def test_upload_cut_midway_is_never_published_and_resumes(serve, tmp_path, keyset):
+    server = serve("--tls", "off")
+    _, files = make_bundle(tmp_path, keyset)
+    payload_name = next(n for n in files if n.endswith(".zst"))
+    payload = files[payload_name]
+    client = server.ftp("sender")
+    for name in files:  # manifest and signature first: only the payload's size is missing
+        if name != payload_name:
+            stor(client, name, files[name])
+    client.voidcmd("TYPE I")
+    conn = client.transfercmd(f"STOR {payload_name}")
+    conn.sendall(payload[: len(payload) // 2])
+    conn.close()  # the socket closes cleanly: pyftpdlib would call that complete
+    client.voidresp()
+    time.sleep(1.0)
+    assert not any((server.root / "pub/outgoing").iterdir())
+    assert not any((server.root / "quarantine").iterdir())
+    have = client.size(payload_name)
+    assert have == len(payload) // 2
+    stor(client, payload_name, payload[have:], rest=have)
+    assert wait_for(lambda: (server.root / "pub/outgoing" / payload_name).exists())
+    assert (server.root / "pub/outgoing" / payload_name).read_bytes() == payload
+
+
+def test_quota_gives_552_and_the_partial_stays(serve):
+    server = serve("--tls", "off", "--quota-bytes", "100000")
+    client = server.ftp("sender")
+    with pytest.raises(ftplib.error_perm, match="552"):
+        stor(client, "big.bin", b"x" * 300000)
+    kept = (server.root / "pub/incoming/sender/big.bin").stat().st_size
+    assert 0 < kept <= 100000
+    assert client.voidcmd("NOOP").startswith("200")
+    with pytest.raises(ftplib.error_perm, match="552"):
+        stor(client, "more.bin", b"y" * 100000)
+    (server.root / "pub/incoming/sender/more.bin").unlink()
+    stor(client, "big.bin", b"x" * (100000 - kept), rest=kept)  # resumable once there is room
+    assert (server.root / "pub/incoming/sender/big.bin").stat().st_size == 100000
+
+
+@pytest.mark.skipif(LFTP is None, reason="lftp is not installed")
+def test_lftp_book_walkthrough_in_read_write_mode(serve, tmp_path):
+    server = serve("--tls", "off", "--anonymous", "read-write")
+    assert "WARNING" in server.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "registry.2.tar").write_bytes(b"image bytes " * 1000)
+    host = f"-p {server.port} 127.0.0.1"
+    run = lambda script: subprocess.run(  # noqa: E731
+        ["lftp", "-e", f"set ftp:ssl-allow no; {script}", *host.split()],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    put = run("cd pub/incoming; put registry.2.tar; exit")
+    assert put.returncode == 0, put.stderr
+    listing = run("cd pub/incoming; ls; exit")
+    assert "registry.2.tar" in listing.stdout
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    got = subprocess.run(
+        [
+            "lftp",
+            "-e",
+            "set ftp:ssl-allow no; cd pub/incoming; get registry.2.tar; exit",
+            *host.split(),
+        ],
+        cwd=fetched,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0, got.stderr
+    assert (fetched / "registry.2.tar").read_bytes() == (work / "registry.2.tar").read_bytes()
+
+
+@pytest.mark.skipif(LFTP is None, reason="lftp is not installed")
+def test_lftp_reput_resumes_a_sender_upload(serve, tmp_path):
+    server = serve("--tls", "off")
+    data = bytes(range(256)) * 4000
+    (tmp_path / "big.bin").write_bytes(data)
+    (server.root / "pub/incoming/sender").mkdir(exist_ok=True)
+    (server.root / "pub/incoming/sender/big.bin").write_bytes(data[:300000])
+    script = "set ftp:ssl-allow no; reput big.bin; exit"
+    result = subprocess.run(
+        [
+            "lftp",
+            "-u",
+            f"sender,{server.password('sender')}",
+            "-p",
+            str(server.port),
+            "-e",
+            script,
+            "127.0.0.1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (server.root / "pub/incoming/sender/big.bin").read_bytes() == data
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+def test_curl_appe_resume_over_required_tls_with_the_pinned_key(serve, tmp_path):
+    server = serve("--tls", "required")
+    pin = next(line.split()[-1] for line in server.lines if "pinnedpubkey" in line)
+    data = b"curl resume " * 20000
+    (tmp_path / "c.bin").write_bytes(data)
+    (server.root / "pub/incoming/sender").mkdir(exist_ok=True)
+    (server.root / "pub/incoming/sender/c.bin").write_bytes(data[:50000])
+    cacert = server.root / "state/tls/cert.pem"
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--ssl-reqd",
+            "--cacert",
+            str(cacert),
+            "--pinnedpubkey",
+            pin,
+            "-T",
+            "c.bin",
+            "-C",
+            "-",
+            "--netrc-file",
+            str(_netrc(tmp_path, server)),
+            f"ftp://127.0.0.1:{server.port}/",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    got = (server.root / "pub/incoming/sender/c.bin").read_bytes()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    plain = ftplib.FTP()
+    server.clients.append(plain)
+    plain.connect("127.0.0.1", server.port, timeout=20)
+    with pytest.raises(ftplib.error_perm, match="550"):  # USER before AUTH TLS
+        plain.login("sender", server.password("sender"))
+
+
+def _netrc(tmp_path: Path, server: Server) -> Path:
+    # The password goes in a 0600 file, never in curl's argv.
+    path = tmp_path / "netrc"
+    path.write_text(f"machine 127.0.0.1 login sender password {server.password('sender')}\n")
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,216 @@
+"""Roles against a real server with Python's ftplib: what each may do and must be refused."""
+
+from __future__ import annotations
+
+import ftplib
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server.conftest import retr, stor
+
+
+def test_first_start_makes_accounts_certificate_and_private_files(serve):
+    server = serve("--tls", "off")
+    state = server.root / "state"
+    for secret in ("credentials.txt", "users.json", "tls/key.pem"):
+        assert stat.S_IMODE((state / secret).stat().st_mode) == 0o600
+    assert server.password("sender") not in (state / "users.json").read_text()
+    assert "certificate sha256:" not in server.stderr  # tls off: no certificate line
+    assert server.password("sender") not in server.audit()
+
+
+def test_sender_uploads_but_cannot_read_overwrite_delete_or_escape(serve):
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    stor(client, "data.bin", b"x" * 1000)
+    assert client.nlst() == ["data.bin"]
+    for command in ("RETR data.bin", "DELE data.bin", "MKD sub", "SITE CHMOD 777 data.bin"):
+        with pytest.raises(ftplib.error_perm):
+            client.sendcmd(command) if not command.startswith("RETR") else retr(client, "data.bin")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        stor(client, "data.bin", b"y")  # never overwritten
+    with pytest.raises(ftplib.error_perm):
+        client.sendcmd("RNFR data.bin")  # completed names are never renamed
+    client.cwd("..")  # stays in its own area
+    assert client.pwd() == "/"
+    assert client.nlst() == ["data.bin"]
+    with pytest.raises(ftplib.error_perm):
+        client.cwd("/pub")
+    assert (server.root / "pub/incoming/sender/data.bin").read_bytes() == b"x" * 1000
+
+
+def test_sender_renames_its_partial_only_to_the_final_name(serve):
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    stor(client, "f.bin.part", b"abc")
+    with pytest.raises(ftplib.error_perm):
+        client.rename("f.bin.part", "other.bin")
+    client.rename("f.bin.part", "f.bin")
+    stor(client, "g.part", b"1")
+    client.delete("g.part")  # an unfinished upload may be abandoned
+    assert client.nlst() == ["f.bin"]
+
+
+def test_receiver_cannot_upload_and_sees_only_outgoing(serve):
+    server = serve("--tls", "off")
+    sender = server.ftp("sender")
+    stor(sender, "secret.bin", b"s")
+    receiver = server.ftp("receiver")
+    assert receiver.nlst() == []
+    with pytest.raises(ftplib.error_perm, match="550"):
+        stor(receiver, "x.bin", b"x")
+    with pytest.raises(ftplib.error_perm):
+        receiver.cwd("/pub/incoming/sender")
+    with pytest.raises(ftplib.error_perm):
+        retr(receiver, "../incoming/sender/secret.bin")
+    assert not (server.root / "pub/outgoing/x.bin").exists()
+
+
+def test_anonymous_is_off_by_default(serve):
+    server = serve("--tls", "off")
+    with pytest.raises(ftplib.error_perm, match="530"):
+        server.ftp("anonymous", "me@example.org")
+
+
+def test_anonymous_upload_writes_once_and_never_lists(serve):
+    server = serve("--tls", "off", "--anonymous", "upload")
+    client = server.ftp("anonymous", "x@y")
+    client.cwd("pub/incoming")
+    stor(client, "drop.bin", b"1234")
+    with pytest.raises(ftplib.error_perm):
+        stor(client, "drop.bin", b"5")
+    with pytest.raises(ftplib.error_perm):
+        client.nlst()
+    with pytest.raises(ftplib.error_perm):
+        retr(client, "drop.bin")
+    assert (server.root / "pub/incoming/drop.bin").read_bytes() == b"1234"
+
+
+def test_wrong_passwords_lead_to_a_ban(serve):
+    server = serve("--tls", "off", "--max-login-failures", "3", "--ban-seconds", "60")
+    for attempt in range(3):
+        client = server.ftp()
+        with pytest.raises(ftplib.error_temp if attempt == 2 else ftplib.error_perm):
+            client.login("sender", "wrong password")
+        client.close()
+    with pytest.raises(ftplib.error_temp, match="421"):  # refused at once, password or not
+        server.ftp("sender")
+    assert '"event": "ban"' in server.audit()
+    assert "wrong password" not in server.audit() + server.stderr
+
+
+def test_user_commands_change_who_logs_in(serve, tmp_path):
+    from tests.conftest import run_airgap
+
+    server = serve("--tls", "off")
+    root = str(server.root)
+    added = run_airgap(["user", "add", "alice", "--role", "sender", "--root", root])
+    assert added.returncode == 0, added.stderr
+    password = added.stdout.split("password: ")[1].strip()
+    server.ftp("alice", password).quit()
+    listed = run_airgap(["user", "list", "--root", root])
+    assert "alice\tsender" in listed.stdout
+    assert run_airgap(["user", "remove", "alice", "--root", root]).returncode == 0
+    with pytest.raises(ftplib.error_perm):
+        server.ftp("alice", password)
+
+
+def test_hostile_lines_and_paths_are_refused_and_the_server_keeps_serving(serve):
+    server = serve("--tls", "off")
+    outside = server.root.parent / "outside.txt"
+    outside.write_text("top secret")
+    area = server.root / "pub/incoming/sender"
+    client = server.ftp("sender")
+    (area / "link.txt").symlink_to(outside)
+    with pytest.raises(ftplib.error_perm):
+        client.size("link.txt")
+    with pytest.raises(ftplib.error_perm):
+        stor(client, "link.txt", b"overwrite?", rest=3)
+    assert "link.txt" not in client.nlst()
+    for path in ("../../../../etc/passwd", "/etc/passwd"):
+        with pytest.raises(ftplib.error_perm):
+            client.size(path)
+    with pytest.raises(ftplib.error_perm, match="501"):
+        client.sendcmd("SIZE a\0b")
+    with pytest.raises(ftplib.error_perm, match="500"):
+        client.sendcmd("SIZE " + "a" * 3000)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    raw.recv(1024)
+    raw.sendall(b"USER sender\rPASS x\r\n")  # a bare CR inside a line
+    assert raw.recv(1024).startswith(b"501")
+    raw.close()
+    assert outside.read_text() == "top secret"
+    assert client.voidcmd("NOOP").startswith("200")
+
+
+def test_port_to_another_address_or_a_privileged_port_is_refused(serve):
+    server = serve("--tls", "off")
+    client = server.ftp("receiver")
+    with pytest.raises(ftplib.error_perm, match="501"):
+        client.sendcmd("PORT 10,0,0,1,200,10")
+    with pytest.raises(ftplib.error_perm, match="501"):
+        client.sendcmd("PORT 127,0,0,1,0,80")
+
+
+def test_rest_below_at_past_negative_and_garbage(serve):
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    stor(client, "r.bin", b"0123456789")
+    stor(client, "r.bin", b"AB", rest=4)  # below: cut at 4, no old tail kept
+    assert (server.root / "pub/incoming/sender/r.bin").read_bytes() == b"0123AB"
+    stor(client, "r.bin", b"CD", rest=6)  # at the size: an append
+    assert (server.root / "pub/incoming/sender/r.bin").read_bytes() == b"0123ABCD"
+    with pytest.raises(ftplib.error_perm, match="554"):
+        stor(client, "r.bin", b"x", rest=100)
+    for bad in ("-1", "abc", "1e3"):
+        with pytest.raises(ftplib.error_perm, match="501"):
+            client.sendcmd(f"REST {bad}")
+    assert (server.root / "pub/incoming/sender/r.bin").read_bytes() == b"0123ABCD"
+
+
+def test_two_writers_on_one_name(serve):
+    server = serve("--tls", "off")
+    first, second = server.ftp("sender"), server.ftp("sender")
+    first.voidcmd("TYPE I")
+    conn = first.transfercmd("STOR same.bin")
+    conn.sendall(b"a" * 1000)
+    time.sleep(0.3)
+    with pytest.raises(ftplib.error_temp, match="450"):
+        stor(second, "same.bin", b"b", rest=0) if False else second.storbinary(
+            "APPE same.bin", __import__("io").BytesIO(b"b")
+        )
+    conn.close()
+    first.voidresp()
+    assert (server.root / "pub/incoming/sender/same.bin").read_bytes() == b"a" * 1000
+
+
+def test_hash_with_range_on_readable_files_only(serve):
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    stor(client, "h.bin", b"hello world")
+    import hashlib
+
+    whole = client.sendcmd("HASH h.bin").split()
+    assert whole[:3] == ["213", "SHA-256", "0-10"]
+    assert whole[3] == hashlib.sha256(b"hello world").hexdigest()
+    client.sendcmd("RANG 0 4")
+    part = client.sendcmd("HASH h.bin").split()
+    assert part[3] == hashlib.sha256(b"hello").hexdigest()
+    assert client.sendcmd("OPTS HASH SHA-256").startswith("200")
+    with pytest.raises(ftplib.error_perm, match="504"):
+        client.sendcmd("OPTS HASH MD5")
+    receiver = server.ftp("receiver")
+    with pytest.raises(ftplib.error_perm):
+        receiver.sendcmd("HASH ../incoming/sender/h.bin")
+
+
+def test_sigterm_stops_cleanly(serve):
+    server = serve("--tls", "off")
+    server.ftp("sender").quit()
+    assert server.stop() == 0
+    assert '"event": "stop"' in server.audit()
+    assert Path(server.root / "pub/incoming/sender").is_dir()
