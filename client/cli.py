@@ -22,6 +22,8 @@ import typer
 
 from airgap.client import fetch as fetching
 from airgap.client import keyfiles
+from airgap.client.engine import Engine
+from airgap.client.images import send_images
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport
@@ -130,7 +132,12 @@ def keygen(
 @guarded
 def send(
     to: Annotated[Path, typer.Option("--to", help="Directory (removable media) to write into.")],
-    file: Annotated[list[Path], typer.Option("--file", help="A file to send (repeatable).")],
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Images to send (one bundle), e.g. app:1.0.")
+    ] = None,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", help="A file to send (repeatable).")
+    ] = None,
     recipient: Annotated[
         list[str] | None, typer.Option("--recipient", "-r", help="An age1... recipient.")
     ] = None,
@@ -149,7 +156,12 @@ def send(
     level: Annotated[int, typer.Option(help="zstd level.", min=1, max=19)] = DEFAULT_ZSTD_LEVEL,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Write files into a signed, encrypted bundle."""
+    """Write images (docker save) or files into a signed, encrypted bundle."""
+    if bool(images) == bool(file):
+        raise UsageError(
+            "name images or --file paths, not both and not neither",
+            hint="airgap send app:1.0 --to DIR, or airgap send --file PATH --to DIR",
+        )
     if sign_key is None:
         raise UsageError("no signing key", hint="pass --sign-key signing.key (airgap keygen)")
     key = keyfiles.load_signing_key(
@@ -157,7 +169,16 @@ def send(
     )
     recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
     options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
-    manifest = send_files(file, DirectoryTransport(to), options=options, key=key)
+    if images:
+        engine = Engine.from_env()
+        try:
+            manifest = send_images(
+                images, DirectoryTransport(to), engine=engine, options=options, key=key
+            )
+        finally:
+            engine.close()
+    else:
+        manifest = send_files(file or [], DirectoryTransport(to), options=options, key=key)
     say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes in {to}")
     if as_json:
         _emit(
@@ -207,9 +228,11 @@ def _identities(paths: Sequence[Path]) -> list[age.Identity]:
 def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> None:
     for o in outcomes:
         if o.error is None:
-            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {p}" for p in o.files))
+            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {p}" for p in o.imported))
         else:
             say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}")
+            if o.error.hint:
+                say(f"airgap: hint: {o.error.hint}")
     if not outcomes:
         say("nothing to do: no new published bundles")
     if as_json:
@@ -220,7 +243,7 @@ def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> N
                         "id": o.bundle_id,
                         "ok": o.error is None,
                         "error": None if o.error is None else o.error.message,
-                        "files": [str(p) for p in o.files],
+                        "imported": list(o.imported),
                     }
                     for o in outcomes
                 ]
@@ -235,8 +258,10 @@ def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> N
 @guarded
 def fetch(
     source: FromOption,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Where files are unpacked.")],
     ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all new).")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where files bundles are unpacked.")
+    ] = None,
     identity: IdentityOption = None,
     trust: TrustOption = None,
     state_dir: Annotated[
@@ -244,12 +269,13 @@ def fetch(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Verify and unpack every new bundle from a directory."""
+    """Verify every new bundle from a directory, then load its images or unpack its files."""
     trusted = keyfiles.load_trusted(trust or [])
     ledger = Ledger((state_dir or _default_state_dir()) / "imported.jsonl")
-    outcomes = fetching.fetch_files(
+    engine = functools.cache(Engine.from_env)
+    outcomes = fetching.fetch_bundles(
         DirectoryTransport(source),
-        output_dir,
+        fetching.Destination(output_dir, engine),
         identities=_identities(identity or []),
         trusted=trusted,
         ledger=ledger,

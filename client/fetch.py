@@ -10,10 +10,11 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airgap.client.extract import extract_files
 from airgap.client.ledger import Ledger
@@ -30,6 +31,9 @@ from airgap.shared.errors import (
 )
 from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
 
+if TYPE_CHECKING:
+    from airgap.client.engine import Engine
+
 MAX_SIGNATURE_BYTES = 4096
 
 
@@ -37,8 +41,27 @@ MAX_SIGNATURE_BYTES = 4096
 class Outcome:
     bundle_id: str
     manifest: Manifest | None = None
-    files: tuple[Path, ...] = ()
+    imported: tuple[str, ...] = ()  # the files written, or the image refs loaded
     error: AirgapError | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where verified content goes: files into a directory, images into an engine."""
+
+    out_dir: Path | None = None
+    engine: Callable[[], Engine] | None = None  # called only for an image bundle
+
+    def receive(self, plaintext: Iterator[bytes], manifest: Manifest) -> tuple[str, ...]:
+        if manifest.images:
+            if self.engine is None:
+                raise UsageError("this bundle holds images: it needs a Docker engine")
+            from airgap.client.images import load_images
+
+            return tuple(load_images(plaintext, manifest, self.engine()))
+        if self.out_dir is None:
+            raise UsageError("this bundle holds files", hint="pass --output-dir DIR")
+        return tuple(str(p) for p in extract_files(plaintext, manifest, self.out_dir))
 
 
 def read_small(transport: Transport, name: str, limit: int, missing: type[AirgapError]) -> bytes:
@@ -91,22 +114,23 @@ def payload_only(transport: Transport, manifest: Manifest) -> None:
             pass
 
 
-def fetch_files(
+def fetch_bundles(
     transport: Transport,
-    out_dir: Path,
+    into: Destination,
     *,
     identities: Sequence[age.Identity],
     trusted: Sequence[minisign.PublicKey],
     ledger: Ledger,
     only: Sequence[str] = (),
 ) -> list[Outcome]:
+    """Verify and import every published bundle not in the ledger (or those in ``only``)."""
     with ledger.locked():
-        return _fetch_new(transport, out_dir, identities, trusted, ledger, only)
+        return _fetch_new(transport, into, identities, trusted, ledger, only)
 
 
 def _fetch_new(
     transport: Transport,
-    out_dir: Path,
+    into: Destination,
     identities: Sequence[age.Identity],
     trusted: Sequence[minisign.PublicKey],
     ledger: Ledger,
@@ -130,13 +154,13 @@ def _fetch_new(
             manifest, data = open_bundle(transport, bundle_id, trusted)
             # closing(): a refused bundle stops its pipeline threads at once
             with closing(plaintext_of(transport, manifest, identities)) as plaintext:
-                files = extract_files(plaintext, manifest, out_dir)
+                imported = into.receive(plaintext, manifest)
             ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
                 where=transport.describe(),
             )
-            outcomes.append(Outcome(bundle_id, manifest, tuple(files)))
+            outcomes.append(Outcome(bundle_id, manifest, imported))
         except AirgapError as exc:
             outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
     return outcomes

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +54,30 @@ def run_airgap(
         timeout=timeout,
         check=False,
     )
+
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def build_image(client: Any, tag: str, *, extra: str = "") -> Any:
+    """A tiny image FROM scratch with Debian's static busybox; ``extra`` adds Dockerfile lines."""
+    if not BUSYBOX.exists():
+        pytest.fail("busybox-static is not installed (/bin/busybox); .ci/run installs it")
+    with tempfile.TemporaryDirectory() as context:
+        shutil.copy(BUSYBOX, Path(context) / "busybox")
+        (Path(context) / "Dockerfile").write_text(
+            'FROM scratch\nCOPY busybox /bin/busybox\nCMD ["/bin/busybox", "echo", "hi"]\n' + extra
+        )
+        image, _ = client.images.build(path=context, tag=tag, rm=True)
+    return image
+
+
+@pytest.fixture
+def tiny_image(docker_client: Any) -> Iterator[Any]:
+    image = build_image(docker_client, "airgap-smoke:1")
+    yield image
+    with contextlib.suppress(Exception):
+        docker_client.images.remove("airgap-smoke:1", force=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -25,23 +21,7 @@ from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import ImageEntry
 
 pytestmark = pytest.mark.docker
-BUSYBOX = Path("/bin/busybox")
 TAG = "airgap-smoke:1"
-
-
-@pytest.fixture
-def tiny_image(docker_client: Any) -> Any:
-    if not BUSYBOX.exists():
-        pytest.fail("busybox-static is not installed (/bin/busybox); .ci/run installs it")
-    with tempfile.TemporaryDirectory() as context:
-        shutil.copy(BUSYBOX, Path(context) / "busybox")
-        (Path(context) / "Dockerfile").write_text(
-            'FROM scratch\nCOPY busybox /bin/busybox\nCMD ["/bin/busybox", "echo", "hi"]\n'
-        )
-        image, _ = docker_client.images.build(path=context, tag=TAG, rm=True)
-    yield image
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        docker_client.images.remove(TAG, force=True)
 
 
 def test_save_encode_decode_load_gives_the_same_image(docker_client: Any, tiny_image: Any) -> None:

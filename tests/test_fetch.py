@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airgap.client.fetch import fetch_files, open_bundle, plaintext_of
+from airgap.client.fetch import Destination, fetch_bundles, open_bundle, plaintext_of
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport, published_ids
@@ -52,9 +52,9 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fetch(drop: Path, out: Path, state: Path) -> AirgapError | None:
-    outcomes = fetch_files(
+    outcomes = fetch_bundles(
         DirectoryTransport(drop),
-        out,
+        Destination(out),
         identities=[IDENTITY],
         trusted=[SIGNER.public_key],
         ledger=Ledger(state / "ledger.jsonl"),
@@ -95,9 +95,9 @@ def test_untouched_bundle_is_fetched(bundle_dir: Path, tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
     # fetched once: a second run does nothing, and writes nothing
     assert (
-        fetch_files(
+        fetch_bundles(
             DirectoryTransport(bundle_dir),
-            tmp_path / "out",
+            Destination(tmp_path / "out"),
             identities=[IDENTITY],
             trusted=[SIGNER.public_key],
             ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap.client.fetch import fetch_files
+from airgap.client.fetch import Destination, fetch_bundles
 from airgap.client.ftp import FtpTarget, FtpTransport
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
@@ -104,9 +104,9 @@ def test_bundle_through_vsftpd(server: vsftpd.Vsftpd, tmp_path: Path) -> None:
     options = EncodeOptions([identity.recipient], segment_size=64 * 1024)
     sender, receiver = _transport(server), _transport(server)
     sent = send_files([source], sender, options=options, key=signer)
-    outcomes = fetch_files(
+    outcomes = fetch_bundles(
         receiver,
-        tmp_path / "out",
+        Destination(tmp_path / "out"),
         identities=[identity],
         trusted=[signer.public_key],
         ledger=Ledger(tmp_path / "ledger.jsonl"),
