@@ -25,12 +25,16 @@ from airgap.client import keyfiles
 from airgap.client.engine import Engine
 from airgap.client.images import send_images
 from airgap.client.ledger import Ledger
-from airgap.client.send import send_files
-from airgap.client.transport import DirectoryTransport
+from airgap.client.places import Place, forget_spool, open_place, send_spool
+from airgap.client.send import Resuming, resume_send, send_files
+from airgap.client.spool import SpooledTransport
+from airgap.client.transport import MANIFEST_SUFFIX
 from airgap.shared import age
 from airgap.shared.bundle import EncodeOptions
-from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
+from airgap.shared.errors import AirgapError, ExitCode, Interrupted, TransferError, UsageError
+from airgap.shared.ids import new_bundle_id
 from airgap.shared.keys import KeySet
+from airgap.shared.manifest import Manifest
 from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 from airgap.shared.version import __version__
 
@@ -131,7 +135,6 @@ def keygen(
 @app.command()
 @guarded
 def send(
-    to: Annotated[Path, typer.Option("--to", help="Directory (removable media) to write into.")],
     images: Annotated[
         list[str] | None, typer.Argument(help="Images to send (one bundle), e.g. app:1.0.")
     ] = None,
@@ -154,9 +157,21 @@ def send(
         bool, typer.Option("--passphrase", help="Encrypt to a passphrase (AIRGAP_PASSPHRASE).")
     ] = False,
     level: Annotated[int, typer.Option(help="zstd level.", min=1, max=19)] = DEFAULT_ZSTD_LEVEL,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Directory (removable media) to write into.")
+    ] = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Finish an interrupted send of bundle ID.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Write images (docker save) or files into a signed, encrypted bundle."""
+    place = Place(to, server, fingerprint)
+    if resume is not None:
+        _resume(place, resume, as_json)
+        return
     if bool(images) == bool(file):
         raise UsageError(
             "name images or --file paths, not both and not neither",
@@ -169,25 +184,59 @@ def send(
     )
     recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
     options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
-    if images:
-        engine = Engine.from_env()
-        try:
-            manifest = send_images(
-                images, DirectoryTransport(to), engine=engine, options=options, key=key
+    bundle_id = new_bundle_id()
+    spool = send_spool(bundle_id) if server else None
+    transport = open_place(place, "--to", spool=spool)
+    resuming = Resuming(bundle_id, spool) if spool else None
+    try:
+        if images:
+            engine = Engine.from_env()
+            try:
+                manifest = send_images(
+                    images, transport, engine=engine, options=options, key=key, resuming=resuming
+                )
+            finally:
+                engine.close()
+        else:
+            manifest = send_files(
+                file or [], transport, options=options, key=key, resuming=resuming
             )
-        finally:
-            engine.close()
-    else:
-        manifest = send_files(file or [], DirectoryTransport(to), options=options, key=key)
-    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes in {to}")
+    except TransferError as exc:
+        if spool and (spool / f"{bundle_id}{MANIFEST_SUFFIX}").exists():
+            exc.hint = f"finish it later with: airgap send --resume {bundle_id} --server URL"
+        raise
+    finally:
+        transport.close()
+    if spool:
+        forget_spool(spool)
+    _sent(manifest, transport.describe(), as_json)
+
+
+def _sent(manifest: Manifest, where: str, as_json: bool) -> None:
+    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {where}")
     if as_json:
         _emit(
             {
                 "id": manifest.id,
                 "payload_bytes": manifest.payload.size,
                 "plaintext_bytes": manifest.plaintext_size,
+                "images": [ref for image in manifest.images for ref in image.refs],
             }
         )
+
+
+def _resume(place: Place, bundle_id: str, as_json: bool) -> None:
+    if place.server is None:
+        raise UsageError("--resume finishes a send to a drop box", hint="add --server URL")
+    transport = open_place(place, "--to", spool=send_spool(bundle_id))
+    if not isinstance(transport, SpooledTransport):
+        raise UsageError("--resume needs --server")
+    try:
+        manifest = resume_send(bundle_id, transport)
+    finally:
+        transport.close()
+    forget_spool(send_spool(bundle_id))
+    _sent(manifest, transport.describe(), as_json)
 
 
 def _recipients(
@@ -207,6 +256,20 @@ def _recipients(
     return list(keyfiles.load_recipients(values, files))
 
 
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server", envvar="AIRGAP_SERVER", help="Drop box: ftp:// or ftps://USER@HOST:PORT/."
+    ),
+]
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-fingerprint",
+        envvar="AIRGAP_TLS_FINGERPRINT",
+        help="sha256:... of the appliance's certificate (ftps://).",
+    ),
+]
 TrustOption = Annotated[
     list[Path] | None,
     typer.Option("--trust", envvar="AIRGAP_TRUST", help="A trusted sender's signing.pub."),
@@ -215,7 +278,9 @@ IdentityOption = Annotated[
     list[Path] | None,
     typer.Option("--identity", "-i", envvar="AIRGAP_IDENTITY", help="age identity file."),
 ]
-FromOption = Annotated[Path, typer.Option("--from", help="Directory holding bundles.")]
+FromOption = Annotated[
+    Path | None, typer.Option("--from", help="Directory holding bundles (removable media).")
+]
 
 
 def _identities(paths: Sequence[Path]) -> list[age.Identity]:
@@ -257,7 +322,6 @@ def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> N
 @app.command()
 @guarded
 def fetch(
-    source: FromOption,
     ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all new).")] = None,
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help="Where files bundles are unpacked.")
@@ -267,40 +331,56 @@ def fetch(
     state_dir: Annotated[
         Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
     ] = None,
+    source: FromOption = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    consume: Annotated[
+        bool, typer.Option("--consume", help="Delete each bundle from the source once imported.")
+    ] = False,
+    keep: Annotated[
+        Path | None, typer.Option("--keep", help="Keep a copy of each verified bundle here.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Verify every new bundle from a directory, then load its images or unpack its files."""
+    """Verify every new bundle, then load its images into Docker or unpack its files."""
     trusted = keyfiles.load_trusted(trust or [])
     ledger = Ledger((state_dir or _default_state_dir()) / "imported.jsonl")
     engine = functools.cache(Engine.from_env)
-    outcomes = fetching.fetch_bundles(
-        DirectoryTransport(source),
-        fetching.Destination(output_dir, engine),
-        identities=_identities(identity or []),
-        trusted=trusted,
-        ledger=ledger,
-        only=ids or [],
-    )
+    transport = open_place(Place(source, server, fingerprint), "--from")
+    try:
+        outcomes = fetching.fetch_bundles(
+            transport,
+            fetching.Destination(output_dir, engine, consume=consume, keep=keep),
+            identities=_identities(identity or []),
+            trusted=trusted,
+            ledger=ledger,
+            only=ids or [],
+        )
+    finally:
+        transport.close()
     _report(outcomes, "fetched", as_json)
 
 
 @app.command()
 @guarded
 def verify(
-    source: FromOption,
     ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all).")] = None,
     identity: IdentityOption = None,
     trust: TrustOption = None,
+    source: FromOption = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Check bundles without unpacking (with --identity, decrypt and check the plaintext too)."""
+    """Check bundles without importing (with --identity, decrypt and check the plaintext too)."""
     trusted = keyfiles.load_trusted(trust or [])
-    outcomes = fetching.verify_bundles(
-        DirectoryTransport(source),
-        identities=_identities(identity or []),
-        trusted=trusted,
-        only=ids or [],
-    )
+    transport = open_place(Place(source, server, fingerprint), "--from")
+    try:
+        outcomes = fetching.verify_bundles(
+            transport, identities=_identities(identity or []), trusted=trusted, only=ids or []
+        )
+    finally:
+        transport.close()
     _report(outcomes, "verified", as_json)
 
 

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 
 from airgap.client.extract import extract_files
 from airgap.client.ledger import Ledger
-from airgap.client.transport import MANIFEST_SUFFIX, SIGNATURE_SUFFIX, Transport, published_ids
+from airgap.client.spool import SpooledTransport
+from airgap.client.transport import (
+    MANIFEST_SUFFIX,
+    PARTIAL_SUFFIX,
+    SIGNATURE_SUFFIX,
+    DirectoryTransport,
+    Transport,
+    published_ids,
+)
 from airgap.shared import age, minisign
 from airgap.shared.bundle import decode, open_manifest, verified_segments
 from airgap.shared.errors import (
@@ -51,6 +59,8 @@ class Destination:
 
     out_dir: Path | None = None
     engine: Callable[[], Engine] | None = None  # called only for an image bundle
+    consume: bool = False  # delete the bundle from the source once imported
+    keep: Path | None = None  # keep a copy of each verified bundle here
 
     def receive(self, plaintext: Iterator[bytes], manifest: Manifest) -> tuple[str, ...]:
         if manifest.images:
@@ -155,15 +165,42 @@ def _fetch_new(
             # closing(): a refused bundle stops its pipeline threads at once
             with closing(plaintext_of(transport, manifest, identities)) as plaintext:
                 imported = into.receive(plaintext, manifest)
+            if into.keep is not None:
+                _keep(transport, manifest, into.keep)
             ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
                 where=transport.describe(),
             )
             outcomes.append(Outcome(bundle_id, manifest, imported))
+            if into.consume:
+                _consume(transport, manifest)
+            if isinstance(transport, SpooledTransport):
+                transport.forget(manifest.payload.name)
         except AirgapError as exc:
             outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
     return outcomes
+
+
+def bundle_names(manifest: Manifest) -> list[str]:
+    """The signature first: without it the others are no longer a published bundle."""
+    bundle_id = manifest.id
+    return [bundle_id + SIGNATURE_SUFFIX, bundle_id + MANIFEST_SUFFIX, manifest.payload.name]
+
+
+def _consume(transport: Transport, manifest: Manifest) -> None:
+    for name in bundle_names(manifest):
+        transport.delete(name)
+
+
+def _keep(transport: Transport, manifest: Manifest, directory: Path) -> None:
+    """Copy the verified bundle, payload last, each renamed into place when complete."""
+    target = DirectoryTransport(directory)
+    for name in reversed(bundle_names(manifest)):
+        with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+        target.rename(name + PARTIAL_SUFFIX, name)
 
 
 def verify_bundles(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from airgap.shared.errors import StorageError, TransferError, UsageError
+from airgap.shared.errors import LoginError, StorageError, TransferError, UsageError
 
 DEFAULT_TIMEOUT = 60.0
 #: What ftplib raises when the connection, not the server, fails us.
@@ -162,7 +162,7 @@ class FtpTransport:
         except ftplib.error_perm as exc:
             text = str(exc)
             if text.startswith("530"):
-                raise TransferError(f"{self.describe()}: login refused ({text})") from exc
+                raise LoginError(f"{self.describe()}: login refused ({text})") from exc
             if text.startswith("552"):
                 raise StorageError(f"{what}: the drop box is full or over quota ({text})") from exc
             raise TransferError(f"{what}: refused by the server ({text})") from exc

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import stat
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from airgap.client.spool import SpooledTransport
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, SIGNATURE_SUFFIX, Transport
 from airgap.shared import minisign
 from airgap.shared.archive import Member, check_name, tar_stream
@@ -60,12 +62,51 @@ def send_files(
     *,
     options: EncodeOptions,
     key: minisign.SecretKey,
+    resuming: Resuming | None = None,
 ) -> Manifest:
     members = file_members(paths)
     entries: list[FileEntry] = []
+    plaintext = tar_stream(members, entries)
     return send_stream(
-        tar_stream(members, entries), transport, options=options, key=key, files=entries
+        plaintext, transport, options=options, key=key, files=entries, resuming=resuming
     )
+
+
+@dataclass(frozen=True)
+class Resuming:
+    """A remote send that keeps, in its spool, what ``airgap send --resume`` needs."""
+
+    bundle_id: str
+    spool: Path
+
+    def keep(self, manifest: Manifest, data: bytes, signature: str) -> None:
+        try:
+            (self.spool / (manifest.id + MANIFEST_SUFFIX)).write_bytes(data)
+            (self.spool / (manifest.id + SIGNATURE_SUFFIX)).write_text(signature)
+        except OSError as exc:
+            raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
+
+
+def resume_send(bundle_id: str, transport: SpooledTransport) -> Manifest:
+    """Finish an interrupted send from its spool: the payload from the server's size of its
+    partial file, then the manifest, and the signature last."""
+    spool = transport.spool
+    data_path = spool / (bundle_id + MANIFEST_SUFFIX)
+    if not data_path.exists():
+        raise StorageError(
+            f"bundle {bundle_id} was interrupted before it was encoded: nothing to resume",
+            hint="send the images or files again (a new bundle)",
+        )
+    manifest = Manifest.parse(data_path.read_bytes())
+    payload = spool / manifest.payload.name
+    if not payload.exists():
+        payload = spool / (manifest.payload.name + PARTIAL_SUFFIX)
+    if not payload.exists() or payload.stat().st_size != manifest.payload.size:
+        raise StorageError(f"the spool of bundle {bundle_id} lacks its payload")
+    transport.upload_file(manifest.payload.name, payload)
+    transport.upload_file(bundle_id + MANIFEST_SUFFIX, data_path)
+    transport.upload_file(bundle_id + SIGNATURE_SUFFIX, spool / (bundle_id + SIGNATURE_SUFFIX))
+    return manifest
 
 
 def send_stream(
@@ -76,24 +117,32 @@ def send_stream(
     key: minisign.SecretKey,
     files: Sequence[FileEntry] = (),
     images: Sequence[ImageEntry] = (),
+    resuming: Resuming | None = None,
 ) -> Manifest:
     """One bundle of ``plaintext``. ``files`` and ``images`` are read only after the stream
-    is drained, so a producer may fill them in as it goes."""
-    bundle_id = new_bundle_id()
+    is drained, so a producer may fill them in as it goes. A failed send removes its partial
+    payload, unless ``resuming``: then the manifest and signature are kept in the spool as soon
+    as the payload is encoded (before its upload has finished), and the partial stays."""
+    bundle_id = resuming.bundle_id if resuming else new_bundle_id()
     encoder, payload = encode(plaintext, options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
     try:
         with transport.writer(partial) as out:
             for chunk in payload:
                 out.write(chunk)
-        manifest = encoder.manifest(bundle_id, signer=key.public_key, files=files, images=images)
+            manifest = encoder.manifest(
+                bundle_id, signer=key.public_key, files=files, images=images
+            )
+            data, signature = sign_manifest(manifest, key)
+            if resuming is not None:
+                resuming.keep(manifest, data, signature)
         transport.rename(partial, manifest.payload.name)
-        data, signature = sign_manifest(manifest, key)
         put_small(transport, bundle_id + MANIFEST_SUFFIX, data)
         put_small(transport, bundle_id + SIGNATURE_SUFFIX, signature.encode())
     except BaseException:
-        with contextlib.suppress(Exception):
-            transport.delete(partial)
+        if resuming is None:
+            with contextlib.suppress(Exception):
+                transport.delete(partial)
         raise
     return manifest
 

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from airgap.shared.errors import StorageError, TransferError
@@ -26,6 +27,24 @@ SIGNATURE_SUFFIX = ".manifest.json.minisig"
 PARTIAL_SUFFIX = ".part"
 
 
+class Writable(Protocol):
+    """What a transport's writer is: write, then close (or leave its ``with`` block)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Writable: ...
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+        /,
+    ) -> None: ...
+
+
 class Transport(Protocol):
     def describe(self) -> str: ...
 
@@ -35,7 +54,7 @@ class Transport(Protocol):
 
     def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase: ...
 
-    def writer(self, name: str, *, offset: int = 0) -> BinaryIO: ...
+    def writer(self, name: str, *, offset: int = 0) -> Writable: ...
 
     def rename(self, src: str, dst: str) -> None: ...
 
@@ -103,7 +122,7 @@ class DirectoryTransport:
             raw.seek(offset)
             return io.BufferedReader(raw, buffer_size=1 << 20)
 
-    def writer(self, name: str, *, offset: int = 0) -> BinaryIO:
+    def writer(self, name: str, *, offset: int = 0) -> Writable:
         """Write from ``offset``: 0 creates the file anew; a resume cuts the file there."""
         with self._errors(f"writing {name}"):
             self.root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +131,7 @@ class DirectoryTransport:
             os.ftruncate(fd, offset)
             handle = os.fdopen(fd, "wb")
             handle.seek(offset)
-            return _SyncOnClose(handle)  # type: ignore[return-value]
+            return _SyncOnClose(handle)
 
     def rename(self, src: str, dst: str) -> None:
         with self._errors(f"renaming {src}"):

@@ -21,6 +21,7 @@
     │   ├── UnsafeArchiveError       the tar would write outside the output or a device
     │   └── ReplayError              a bundle id that was already imported
     ├── TransferError                exit 4: the drop box or media failed us
+    │   └── LoginError               the drop box refused the account or password
     ├── EngineError                  exit 5: the Docker engine failed or is unreachable
     ├── ServerError                  exit 1: the appliance cannot start or serve (bind, root)
     └── Interrupted                  exit 130: the user pressed Ctrl-C
@@ -130,6 +131,10 @@ class ReplayError(VerificationError):
 
 class TransferError(AirgapError):
     exit_code = ExitCode.TRANSFER
+
+
+class LoginError(TransferError):
+    """Wrong account or password: retrying would only earn a ban."""
 
 
 class EngineError(AirgapError):

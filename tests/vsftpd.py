@@ -96,7 +96,7 @@ def _certificate(directory: Path) -> tuple[Path, str]:
 
 
 @contextmanager
-def running(work: Path, *, tls: bool = False) -> Iterator[Vsftpd]:
+def running(work: Path, *, tls: bool = False, max_rate: int = 0) -> Iterator[Vsftpd]:
     # The FTP user must reach its home: pytest's own temp folders are private to root.
     home = Path(tempfile.mkdtemp(prefix="airgap-vsftpd-"))
     home.chmod(0o755)
@@ -122,6 +122,8 @@ def running(work: Path, *, tls: bool = False) -> Iterator[Vsftpd]:
         "pam_service_name=vsftpd",
         "secure_chroot_dir=/var/run/vsftpd/empty",
         f"vsftpd_log_file={work / 'vsftpd.log'}",
+        "log_ftp_protocol=YES",
+        f"local_max_rate={max_rate}",
         "xferlog_enable=YES",
         "connect_from_port_20=NO",
     ]

@@ -1,0 +1,67 @@
+"""Where bundles go and come from: a directory, or an FTP(S) drop box with a local spool.
+
+The CLI describes a place with ``--to``/``--from DIR`` or ``--server URL`` (and the pinned
+certificate); this module turns that into a transport. Remote transports are always spooled
+(see :mod:`airgap.client.spool`), so every transfer to or from a drop box is resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap.client.credentials import password_for
+from airgap.client.ftp import FtpTarget, FtpTransport
+from airgap.client.spool import Backoff, SpooledTransport, cache_dir
+from airgap.client.transport import DirectoryTransport, Transport
+from airgap.shared.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Place:
+    directory: Path | None = None
+    server: str | None = None
+    fingerprint: str | None = None
+
+    def check(self, flag: str) -> None:
+        if (self.directory is None) == (self.server is None):
+            raise UsageError(
+                f"give exactly one of {flag} DIR and --server URL",
+                hint=f"{flag} /media/usb for removable media, --server ftps://user@host:2121/ "
+                "for a drop box",
+            )
+
+    def key(self) -> str:
+        """A stable name for this place, for its spool folder."""
+        where = self.server or str(self.directory)
+        return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def open_place(place: Place, flag: str, *, spool: Path | None = None) -> Transport:
+    """The transport for ``place``; a drop box is spooled in ``spool`` (default: per place)."""
+    place.check(flag)
+    if place.directory is not None:
+        return DirectoryTransport(place.directory)
+    target = FtpTarget.parse(place.server or "")
+    remote = FtpTransport(target, password_for(target), pin=place.fingerprint)
+    folder = spool or cache_dir() / "fetch" / place.key()
+    return SpooledTransport(remote, folder, backoff=Backoff(attempts=_attempts()))
+
+
+def _attempts() -> int:
+    """AIRGAP_RETRIES: how many times a failed transfer is tried in all (default 6)."""
+    text = os.environ.get("AIRGAP_RETRIES", "6")
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 100:
+        raise UsageError(f"AIRGAP_RETRIES={text!r} is not a number from 1 to 100")
+    return int(text)
+
+
+def send_spool(bundle_id: str) -> Path:
+    return cache_dir() / "send" / bundle_id
+
+
+def forget_spool(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

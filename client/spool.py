@@ -1,0 +1,315 @@
+"""Resumable transfers through a local spool: the remote side may fail, the spool remembers.
+
+:class:`SpooledTransport` wraps a remote transport. Its writer stores every byte in a spool
+file first while a thread uploads the file as it grows; after a network failure the upload
+continues, after a backoff, from the server's size of the partial file, so a first attempt costs
+about one pass of the encoder, not encode plus upload. Where the server offers HASH, the
+uploaded bytes are checked against the spool before the writer returns. Its reader downloads
+large files into a spool and, after a failure, resumes from what the spool holds, so nothing
+verified is downloaded twice; the caller's checks run over every byte, spooled or not.
+
+Spools live in the user's cache directory, 0700. The caller deletes a spool once its bundle is
+safely sent or imported; a failed send leaves it for ``airgap send --resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airgap.client.transport import PARTIAL_SUFFIX, Transport
+from airgap.shared.errors import LoginError, StorageError, TransferError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Backoff:
+    attempts: int = 6
+    first: float = 1.0
+    factor: float = 2.0
+    ceiling: float = 30.0
+
+    def delays(self) -> list[float]:
+        return [min(self.ceiling, self.first * self.factor**i) for i in range(self.attempts - 1)]
+
+
+def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
+    """Run ``action``; after a transfer failure wait and try again, up to the backoff's end.
+    A refused login is not retried: guessing again would only earn a ban."""
+    for delay in [*backoff.delays(), None]:
+        try:
+            return action()
+        except LoginError:
+            raise
+        except TransferError as exc:
+            if delay is None:
+                raise TransferError(
+                    f"{what}: gave up after {backoff.attempts} attempts ({exc.message})",
+                    hint="run the same command again later: it resumes where it stopped",
+                ) from exc
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "airgap"
+
+
+def private_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+class SpooledTransport:
+    """The remote transport, with spooled, resumable, retried payload transfers."""
+
+    def __init__(
+        self, remote: Transport, spool: Path, *, backoff: Backoff = Backoff(), big: int = CHUNK
+    ) -> None:
+        self.remote = remote
+        self.spool = private_dir(spool)
+        self.backoff = backoff
+        self._big = big  # smaller files are not worth a spool
+
+    def describe(self) -> str:
+        return self.remote.describe()
+
+    def list(self) -> list[str]:
+        return list(retrying("listing", self.backoff, self.remote.list))
+
+    def size(self, name: str) -> int | None:
+        result: int | None = retrying(
+            f"size of {name}", self.backoff, lambda: self.remote.size(name)
+        )
+        return result
+
+    def rename(self, src: str, dst: str) -> None:
+        retrying(f"renaming {src}", self.backoff, lambda: self.remote.rename(src, dst))
+        if (self.spool / src).exists():
+            (self.spool / src).replace(self.spool / dst)
+
+    def delete(self, name: str) -> None:
+        retrying(f"deleting {name}", self.backoff, lambda: self.remote.delete(name))
+
+    def close(self) -> None:
+        self.remote.close()
+
+    def forget(self, name: str) -> None:
+        """Drop the spooled copy of ``name`` (its bundle is imported or kept elsewhere)."""
+        (self.spool / name).unlink(missing_ok=True)
+
+    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+        size = self.size(name)
+        if size is None or size < self._big:
+            handle: io.BufferedIOBase = retrying(
+                f"downloading {name}", self.backoff, lambda: self.remote.reader(name, offset=offset)
+            )
+            return handle
+        raw = _SpooledDownload(self, name, size, self.spool / name)
+        raw.seek(offset)
+        return io.BufferedReader(raw, buffer_size=CHUNK)
+
+    def writer(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+        if offset:
+            raise TransferError("a spooled upload always starts a file from its beginning")
+        return io.BufferedWriter(_SpooledUpload(self, name, self.spool / name), buffer_size=CHUNK)
+
+    def upload_file(self, name: str, local: Path) -> None:
+        """Make the remote ``name`` hold exactly ``local``'s bytes: resume ``name.part`` from
+        the server's size, then rename it."""
+        uploader = _Uploader(self, name + PARTIAL_SUFFIX, local, final=name)
+        uploader.finished.set()
+        uploader.run()
+        uploader.raise_failure()
+
+
+class _SpooledDownload(io.RawIOBase):
+    def __init__(self, owner: SpooledTransport, name: str, size: int, path: Path) -> None:
+        self._owner, self._name, self._size = owner, name, size
+        try:
+            self._file = path.open("a+b")
+        except OSError as exc:
+            raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
+        if os.fstat(self._file.fileno()).st_size > size:  # a stale spool of another file
+            self._file.truncate(0)
+        self._pos = 0
+        self._remote: io.BufferedIOBase | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < 0:
+            raise OSError("spooled downloads seek from the start only")
+        self._pos = pos
+        self._drop_remote()
+        return pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos >= self._size:
+            return 0
+        spooled = os.fstat(self._file.fileno()).st_size
+        if self._pos < spooled:
+            got = os.preadv(
+                self._file.fileno(), [memoryview(buffer)[: spooled - self._pos]], self._pos
+            )
+        else:
+            got = retrying(
+                f"downloading {self._name}", self._owner.backoff, lambda: self._fetch(buffer)
+            )
+        self._pos += got
+        return got
+
+    def _fetch(self, buffer: Any) -> int:
+        try:
+            if self._remote is None:
+                self._remote = self._owner.remote.reader(self._name, offset=self._pos)
+            view = memoryview(buffer)[: self._size - self._pos]
+            got = self._remote.readinto(view)
+            if not got:
+                raise TransferError(f"downloading {self._name}: the server sent less than SIZE")
+        except TransferError:
+            self._drop_remote()
+            raise
+        try:
+            os.pwrite(self._file.fileno(), view[:got], self._pos)
+        except OSError as exc:
+            raise StorageError(f"spool: {exc.strerror or exc}") from exc
+        return got
+
+    def _drop_remote(self) -> None:
+        if self._remote is not None:
+            with contextlib.suppress(TransferError):  # broken: the next read reconnects
+                self._remote.close()
+            self._remote = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self._drop_remote()
+            self._file.close()
+        super().close()
+
+
+class _SpooledUpload(io.RawIOBase):
+    """Writes land in the spool; an uploader thread follows the file to the server."""
+
+    def __init__(self, owner: SpooledTransport, name: str, path: Path) -> None:
+        try:
+            self._file = path.open("wb")
+        except OSError as exc:
+            raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
+        self._uploader = _Uploader(owner, name, path)
+        self._thread = threading.Thread(target=self._uploader.run, daemon=True)
+        self._thread.start()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._uploader.raise_failure()
+        try:
+            written = self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            raise StorageError(f"spool: {exc.strerror or exc}") from exc
+        self._uploader.wake()
+        return written
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._file.close()
+        self._uploader.finished.set()
+        self._uploader.wake()
+        self._thread.join()
+        super().close()
+        self._uploader.raise_failure()
+
+
+class _Uploader:
+    """Uploads a (possibly growing) local file to ``partial``, resuming what the server holds;
+    with ``final``, renames it to ``final`` once whole (unless ``final`` is already there)."""
+
+    def __init__(
+        self, owner: SpooledTransport, partial: str, local: Path, final: str | None = None
+    ) -> None:
+        self.owner, self.partial, self.local, self.final = owner, partial, local, final
+        self.name = final or partial
+        self.finished = threading.Event()  # set when the local file has all its bytes
+        self._grown = threading.Condition()
+        self._failure: BaseException | None = None
+
+    def wake(self) -> None:
+        with self._grown:
+            self._grown.notify_all()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def run(self) -> None:
+        try:
+            retrying(f"uploading {self.name}", self.owner.backoff, self._attempt)
+        except BaseException as exc:  # handed to the writing thread
+            self._failure = exc
+
+    def _attempt(self) -> None:
+        remote = self.owner.remote
+        total = self.local.stat().st_size if self.finished.is_set() else None
+        if self.final and total is not None and remote.size(self.final) == total:
+            return  # already there, from an earlier run
+        offset = remote.size(self.partial)
+        if offset is not None and (offset == 0 or (total is not None and offset > total)):
+            remote.delete(self.partial)  # nothing to keep: start anew (STOR never overwrites)
+            offset = None
+        offset = offset or 0
+        digest = self._hash_prefix(offset)
+        with self.local.open("rb") as source, remote.writer(self.partial, offset=offset) as out:
+            source.seek(offset)
+            while True:
+                chunk = source.read(CHUNK)
+                if chunk:
+                    digest.update(chunk)
+                    out.write(chunk)
+                elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
+                    break
+                else:
+                    with self._grown:
+                        self._grown.wait(0.2)
+        self._check_hash(digest.hexdigest())
+        if self.final:
+            remote.rename(self.partial, self.final)
+
+    def _hash_prefix(self, offset: int) -> Any:
+        digest = hashlib.sha256()
+        with self.local.open("rb") as source:
+            left = offset
+            while left and (chunk := source.read(min(CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+        return digest
+
+    def _check_hash(self, expected: str) -> None:
+        hasher = getattr(self.owner.remote, "hash", None)
+        if hasher is None:
+            return
+        got = hasher(self.partial)
+        if got is not None and got != expected:
+            self.owner.remote.delete(self.partial)
+            raise TransferError(f"uploading {self.name}: the server's HASH differs from ours")

@@ -1,0 +1,203 @@
+"""Send and fetch through real drop boxes: images over FTPS to our appliance, files to a stock
+vsftpd, and a send killed with SIGKILL mid-upload that resumes where the server stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from tests import vsftpd
+from tests.conftest import build_image, run_airgap
+from tests.server.conftest import Server, start_server
+
+needs_vsftpd = pytest.mark.skipif(vsftpd.available() is not None, reason=str(vsftpd.available()))
+
+
+@pytest.fixture
+def appliance(tmp_path: Path, keydir: Path) -> Iterator[Server]:
+    server = start_server(
+        tmp_path / "root", "--tls", "required", "--trusted-signer", str(keydir / "signing.pub")
+    )
+    yield server
+    server.stop()
+
+
+def _fingerprint(server: Server) -> str:
+    match = re.search(r"certificate (sha256:[0-9a-f]{64})", server.stderr)
+    assert match, server.stderr
+    return match.group(1)
+
+
+def _env(tmp_path: Path, password: str, **extra: str) -> dict[str, str]:
+    return {"AIRGAP_PASSWORD": password, "XDG_CACHE_HOME": str(tmp_path / "cache"), **extra}
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.docker
+def test_image_over_ftps_through_the_appliance(
+    docker_client: Any, appliance: Server, keydir: Path, tmp_path: Path
+) -> None:
+    image = build_image(docker_client, "airgap-remote:1", extra='LABEL remote="1"\n')
+    url = f"ftps://{{}}@127.0.0.1:{appliance.port}/"
+    pin = ["--tls-fingerprint", _fingerprint(appliance)]
+    try:
+        sent = run_airgap(
+            [
+                "send",
+                "airgap-remote:1",
+                "--server",
+                url.format("sender"),
+                *pin,
+                "-R",
+                keydir / "recipient.txt",
+                "--sign-key",
+                keydir / "signing.key",
+                "--json",
+            ],
+            env=_env(tmp_path, appliance.password("sender")),
+        )
+        assert sent.returncode == 0, sent.stderr
+        bundle_id = json.loads(sent.stdout)["id"]
+        assert not (tmp_path / "cache" / "airgap" / "send" / bundle_id).exists()
+        outgoing = appliance.root / "pub" / "outgoing"
+        _wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists(), "publish")
+        docker_client.images.remove("airgap-remote:1", force=True)
+        fetched = run_airgap(
+            [
+                "fetch",
+                "--server",
+                url.format("receiver"),
+                *pin,
+                "-i",
+                keydir / "identity.txt",
+                "--trust",
+                keydir / "signing.pub",
+                "--state-dir",
+                tmp_path / "state",
+                "--consume",
+            ],
+            env=_env(tmp_path, appliance.password("receiver")),
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert docker_client.images.get("airgap-remote:1").id == image.id
+        assert list(outgoing.iterdir()) == []  # consumed
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove("airgap-remote:1", force=True)
+
+
+def test_wrong_pin_wrong_password_and_server_down(
+    appliance: Server, keydir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_text("x")
+    base = ["send", "--file", tmp_path / "f", "--no-encrypt", "--sign-key", keydir / "signing.key"]
+    url = f"ftps://sender@127.0.0.1:{appliance.port}/"
+    pinned = ["--server", url, "--tls-fingerprint", _fingerprint(appliance)]
+    wrong_pin = run_airgap(
+        [*base, "--server", url, "--tls-fingerprint", "sha256:" + "0" * 64],
+        env=_env(tmp_path, appliance.password("sender"), AIRGAP_RETRIES="1"),
+    )
+    assert wrong_pin.returncode == 4 and "pinned fingerprint" in wrong_pin.stderr
+    started = time.monotonic()
+    wrong_password = run_airgap([*base, *pinned], env=_env(tmp_path, "not-the-password"))
+    assert wrong_password.returncode == 4 and "login refused" in wrong_password.stderr
+    assert time.monotonic() - started < 20  # a refused login is not retried
+    down = run_airgap(
+        [*base, "--server", f"ftp://sender@127.0.0.1:{vsftpd.free_port()}/"],
+        env=_env(tmp_path, "x", AIRGAP_RETRIES="2"),
+    )
+    assert down.returncode == 4 and "gave up after 2 attempts" in down.stderr
+    assert "Traceback" not in down.stderr + wrong_password.stderr + wrong_pin.stderr
+
+
+@needs_vsftpd
+def test_send_killed_mid_upload_resumes_where_the_server_stopped(
+    keydir: Path, tmp_path: Path
+) -> None:
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(24 << 20))  # incompressible: the payload is ~24 MiB
+    with vsftpd.running(tmp_path / "ftp", max_rate=4 << 20) as ftp:  # 4 MiB/s: ~6 s upload
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        env = {**os.environ, **_env(tmp_path, ftp.password)}
+        env = {k: v for k, v in env.items() if k != "AIRGAP_REQUIRE_DOCKER"}
+        send = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "airgap.client",
+                "send",
+                "--file",
+                str(payload),
+                "--server",
+                url,
+                "-R",
+                str(keydir / "recipient.txt"),
+                "--sign-key",
+                str(keydir / "signing.key"),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        spools = tmp_path / "cache" / "airgap" / "send"
+
+        def partial_size() -> int:
+            parts = list(ftp.home.glob("*.part"))
+            return parts[0].stat().st_size if parts else 0
+
+        _wait_for(lambda: partial_size() > 6 << 20, "the upload to be well under way")
+        send.send_signal(signal.SIGKILL)
+        send.communicate(timeout=30)
+        (spool,) = spools.iterdir()
+        bundle_id = spool.name
+        cut = partial_size()
+        assert 0 < cut < payload.stat().st_size
+        assert not list(ftp.home.glob("*.minisig"))  # not published
+
+        resumed = run_airgap(
+            ["send", "--resume", bundle_id, "--server", url], env=_env(tmp_path, ftp.password)
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert not spool.exists()
+        log = (tmp_path / "ftp" / "vsftpd.log").read_text()
+        rests = [int(n) for n in re.findall(r'"REST (\d+)"', log)]
+        assert rests and rests[-1] >= cut  # resumed from what the server held, not from 0
+
+        fetched = run_airgap(
+            [
+                "fetch",
+                "--server",
+                url,
+                "-i",
+                keydir / "identity.txt",
+                "--trust",
+                keydir / "signing.pub",
+                "--output-dir",
+                tmp_path / "out",
+                "--state-dir",
+                tmp_path / "state",
+            ],
+            env=_env(tmp_path, ftp.password),
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "out" / "big.bin").read_bytes() == payload.read_bytes()
