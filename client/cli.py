@@ -293,7 +293,7 @@ def _identities(paths: Sequence[Path]) -> list[age.Identity]:
 def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> None:
     for o in outcomes:
         if o.error is None:
-            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {p}" for p in o.imported))
+            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {_printable(p)}" for p in o.imported))
         else:
             say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}")
             if o.error.hint:
@@ -382,6 +382,59 @@ def verify(
     finally:
         transport.close()
     _report(outcomes, "verified", as_json)
+
+
+@app.command(name="ls")
+@guarded
+def list_command(
+    trust: TrustOption = None,
+    source: FromOption = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """List published bundles: size, content, signer and state (checked with --trust)."""
+    trusted = [] if not trust else keyfiles.load_trusted(trust)
+    imported = Ledger((state_dir or _default_state_dir()) / "imported.jsonl").ids()
+    transport = open_place(Place(source, server, fingerprint), "--from")
+    try:
+        listing = fetching.list_bundles(transport, trusted=trusted, imported=imported)
+    finally:
+        transport.close()
+    rows = [_row(item) for item in listing]
+    if as_json:
+        _emit({"bundles": rows})
+        return
+    for row in rows:
+        print(
+            f"{row['id']}  {row['state']:<10}  {row['payload_bytes'] or '-':>12}  "
+            f"{row['signer'] or '-':<16}  " + _printable(" ".join(row["content"]) or row["detail"])
+        )
+    if not rows:
+        say("no published bundles")
+
+
+def _printable(text: str) -> str:
+    """Text from a bundle, safe for a terminal: no escape sequences reach it."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _row(item: fetching.Listing) -> dict[str, Any]:
+    manifest = item.manifest
+    content: list[str] = []
+    if manifest is not None:
+        content = [r for i in manifest.images for r in i.refs] or [f.name for f in manifest.files]
+    return {
+        "id": item.bundle_id,
+        "state": item.state,
+        "payload_bytes": manifest.payload.size if manifest else None,
+        "signer": manifest.signer if manifest else None,
+        "content": content,
+        "detail": item.detail,
+    }
 
 
 RootOption = Annotated[

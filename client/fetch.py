@@ -237,3 +237,33 @@ def _selected(transport: Transport, only: Sequence[str]) -> list[str]:
             hint="airgap verify --from DIR checks and lists every published bundle",
         )
     return list(only)
+
+
+@dataclass(frozen=True)
+class Listing:
+    bundle_id: str
+    state: str  # "verified", "untrusted", "invalid", "imported"
+    manifest: Manifest | None = None
+    detail: str = ""
+
+
+def list_bundles(
+    transport: Transport, *, trusted: Sequence[minisign.PublicKey], imported: set[str]
+) -> list[Listing]:
+    """Every published bundle with what its manifest says; signatures are checked when keys
+    are given (without them, nothing read from the manifest is vouched for)."""
+    found = []
+    for bundle_id in published_ids(transport.list()):
+        try:
+            if trusted:
+                manifest, _ = open_bundle(transport, bundle_id, trusted)
+                state = "imported" if bundle_id in imported else "verified"
+            else:
+                data = read_small(
+                    transport, bundle_id + MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, ManifestError
+                )
+                manifest, state = Manifest.parse(data), "unverified"
+            found.append(Listing(bundle_id, state, manifest))
+        except AirgapError as exc:
+            found.append(Listing(bundle_id, "invalid", detail=exc.message))
+    return found

@@ -233,3 +233,31 @@ def test_protected_signing_key(tmp_path: Path) -> None:
     assert run_airgap(args, env=env).returncode == 0
     refused = run_airgap(args, env={"AIRGAP_SIGN_PASSPHRASE": "nope"})
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
+
+
+def test_ls_shows_bundles_their_state_and_never_raw_escapes(tmp_path: Path, keydir: Path) -> None:
+    odd = tmp_path / "a\x1b[2Jb.txt"
+    odd.write_text("x")
+    _send(keydir, tmp_path / "drop", [odd], "--no-encrypt")
+    bundle_id = _send(keydir, tmp_path / "drop", [tmp_path / "a\x1b[2Jb.txt"], "--no-encrypt")
+    listed = run_airgap(["ls", "--from", tmp_path / "drop"])
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "a?[2Jb.txt" in listed.stdout
+    assert listed.stdout.count("unverified") == 2
+    signature = tmp_path / "drop" / f"{bundle_id}.manifest.json.minisig"
+    signature.write_text(signature.read_text().replace("trusted comment: ", "trusted comment: x"))
+    checked = run_airgap(
+        [
+            "ls",
+            "--from",
+            tmp_path / "drop",
+            "--trust",
+            keydir / "signing.pub",
+            "--json",
+            "--state-dir",
+            tmp_path / "state",
+        ]
+    )
+    rows = {row["id"]: row for row in json.loads(checked.stdout)["bundles"]}
+    assert rows[bundle_id]["state"] == "invalid"
+    assert [r["state"] for i, r in rows.items() if i != bundle_id] == ["verified"]
