@@ -26,6 +26,7 @@ from airgap.client.engine import Engine
 from airgap.client.images import send_images
 from airgap.client.ledger import Ledger
 from airgap.client.places import Place, forget_spool, open_place, send_spool
+from airgap.client.progress import counted
 from airgap.client.send import Resuming, resume_send, send_files
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import MANIFEST_SUFFIX
@@ -165,6 +166,7 @@ def send(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Finish an interrupted send of bundle ID.")
     ] = None,
+    quiet: QuietOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Write images (docker save) or files into a signed, encrypted bundle."""
@@ -188,18 +190,25 @@ def send(
     spool = send_spool(bundle_id) if server else None
     transport = open_place(place, "--to", spool=spool)
     resuming = Resuming(bundle_id, spool) if spool else None
+    watch = functools.partial(counted, what="sending", total=None, quiet=quiet)
     try:
         if images:
             engine = Engine.from_env()
             try:
                 manifest = send_images(
-                    images, transport, engine=engine, options=options, key=key, resuming=resuming
+                    images,
+                    transport,
+                    engine=engine,
+                    options=options,
+                    key=key,
+                    resuming=resuming,
+                    watch=watch,
                 )
             finally:
                 engine.close()
         else:
             manifest = send_files(
-                file or [], transport, options=options, key=key, resuming=resuming
+                file or [], transport, options=options, key=key, resuming=resuming, watch=watch
             )
     except TransferError as exc:
         if spool and (spool / f"{bundle_id}{MANIFEST_SUFFIX}").exists():
@@ -269,6 +278,9 @@ FingerprintOption = Annotated[
         envvar="AIRGAP_TLS_FINGERPRINT",
         help="sha256:... of the appliance's certificate (ftps://).",
     ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar (none either off a terminal).")
 ]
 TrustOption = Annotated[
     list[Path] | None,
@@ -340,6 +352,7 @@ def fetch(
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Keep a copy of each verified bundle here.")
     ] = None,
+    quiet: QuietOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Verify every new bundle, then load its images into Docker or unpack its files."""
@@ -350,7 +363,15 @@ def fetch(
     try:
         outcomes = fetching.fetch_bundles(
             transport,
-            fetching.Destination(output_dir, engine, consume=consume, keep=keep),
+            fetching.Destination(
+                output_dir,
+                engine,
+                consume=consume,
+                keep=keep,
+                watch=lambda chunks, total: counted(
+                    chunks, what="fetching", total=total, quiet=quiet
+                ),
+            ),
             identities=_identities(identity or []),
             trusted=trusted,
             ledger=ledger,

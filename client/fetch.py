@@ -10,7 +10,7 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +61,15 @@ class Destination:
     engine: Callable[[], Engine] | None = None  # called only for an image bundle
     consume: bool = False  # delete the bundle from the source once imported
     keep: Path | None = None  # keep a copy of each verified bundle here
+    watch: Callable[[Iterable[bytes], int], Iterable[bytes]] | None = None  # progress
+
+    def _watched(self, plaintext: Iterator[bytes], manifest: Manifest) -> Iterator[bytes]:
+        if self.watch is None:
+            return plaintext
+        return iter(self.watch(plaintext, manifest.plaintext_size))
 
     def receive(self, plaintext: Iterator[bytes], manifest: Manifest) -> tuple[str, ...]:
+        plaintext = self._watched(plaintext, manifest)
         if manifest.images:
             if self.engine is None:
                 raise UsageError("this bundle holds images: it needs a Docker engine")

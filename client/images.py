@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from airgap.client.engine import Engine
-from airgap.client.send import Resuming, send_stream
+from airgap.client.send import Resuming, Watch, send_stream
 from airgap.client.transport import Transport
 from airgap.shared import minisign
 from airgap.shared.bundle import EncodeOptions
@@ -28,10 +28,17 @@ def send_images(
     options: EncodeOptions,
     key: minisign.SecretKey,
     resuming: Resuming | None = None,
+    watch: Watch | None = None,
 ) -> Manifest:
     entries = engine.describe(refs)
     return send_stream(
-        engine.save(refs), transport, options=options, key=key, images=entries, resuming=resuming
+        engine.save(refs),
+        transport,
+        options=options,
+        key=key,
+        images=entries,
+        resuming=resuming,
+        watch=watch,
     )
 
 

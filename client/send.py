@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import FileEntry, ImageEntry, Manifest, payload_name
 
 READ_CHUNK = 1024 * 1024
+#: Sees the plaintext go by (a progress bar), changing nothing.
+Watch = Callable[[Iterable[bytes]], Iterable[bytes]]
 
 
 def file_members(paths: Sequence[Path]) -> list[Member]:
@@ -63,12 +65,19 @@ def send_files(
     options: EncodeOptions,
     key: minisign.SecretKey,
     resuming: Resuming | None = None,
+    watch: Watch | None = None,
 ) -> Manifest:
     members = file_members(paths)
     entries: list[FileEntry] = []
     plaintext = tar_stream(members, entries)
     return send_stream(
-        plaintext, transport, options=options, key=key, files=entries, resuming=resuming
+        plaintext,
+        transport,
+        options=options,
+        key=key,
+        files=entries,
+        resuming=resuming,
+        watch=watch,
     )
 
 
@@ -118,13 +127,16 @@ def send_stream(
     files: Sequence[FileEntry] = (),
     images: Sequence[ImageEntry] = (),
     resuming: Resuming | None = None,
+    watch: Watch | None = None,
 ) -> Manifest:
-    """One bundle of ``plaintext``. ``files`` and ``images`` are read only after the stream
-    is drained, so a producer may fill them in as it goes. A failed send removes its partial
-    payload, unless ``resuming``: then the manifest and signature are kept in the spool as soon
-    as the payload is encoded (before its upload has finished), and the partial stays."""
+    """One bundle of ``plaintext`` (``watch`` sees it go by, for a progress bar).
+
+    ``files`` and ``images`` are read only after the stream is drained, so a producer may fill
+    them in as it goes. A failed send removes its partial payload, unless ``resuming``: then
+    the manifest and signature are kept in the spool as soon as the payload is encoded (before
+    its upload has finished), and the partial stays."""
     bundle_id = resuming.bundle_id if resuming else new_bundle_id()
-    encoder, payload = encode(plaintext, options)
+    encoder, payload = encode(watch(plaintext) if watch else plaintext, options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
     try:
         with transport.writer(partial) as out:
