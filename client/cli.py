@@ -20,8 +20,8 @@ from typing import Annotated, Any, NoReturn, ParamSpec
 
 import typer
 
+from airgap.client import config, keyfiles
 from airgap.client import fetch as fetching
-from airgap.client import keyfiles
 from airgap.client.engine import Engine
 from airgap.client.images import send_images
 from airgap.client.ledger import Ledger
@@ -34,7 +34,7 @@ from airgap.shared import age
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import AirgapError, ExitCode, Interrupted, TransferError, UsageError
 from airgap.shared.ids import new_bundle_id
-from airgap.shared.keys import KeySet
+from airgap.shared.keys import KeyFile, KeySet
 from airgap.shared.manifest import Manifest
 from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 from airgap.shared.version import __version__
@@ -135,6 +135,42 @@ def keygen(
 
 @app.command()
 @guarded
+def init(
+    role: Annotated[str, typer.Option("--role", help="sender or receiver.")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where (default ~/.config/airgap).")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="This side's drop box URL (user@host).")
+    ] = None,
+    fingerprint: FingerprintOption = None,
+    force: Annotated[bool, typer.Option(help="Replace existing keys and config.")] = False,
+) -> None:
+    """Set this side up once: keys, a config file, and what to carry to the other side."""
+    if role not in ("sender", "receiver"):
+        raise UsageError("--role is sender or receiver")
+    directory = directory or config.default_path().parent
+    text = config.initial_text(role=role, server=server, fingerprint=fingerprint)
+    keys = KeySet.generate()
+    files = keys.files(created=datetime.now(UTC))
+    keyfiles.write_key_files(directory / "keys", files, force=force)
+    extra = [
+        KeyFile("config.toml", text, 0o644),
+        KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
+    ]
+    keyfiles.write_key_files(directory, extra, force=force)
+    (directory / "trusted").mkdir(exist_ok=True)
+    say(f"wrote keys and config.toml to {directory}")
+    if role == "sender":
+        say(f"carry {directory}/keys/signing.pub to each receiver (into its trusted/);")
+        say(f"put each receiver's recipient line into {directory}/recipients.txt")
+    else:
+        say(f"carry {directory}/keys/recipient.txt to each sender (into its recipients.txt);")
+        say(f"put each sender's signing.pub into {directory}/trusted/")
+
+
+@app.command()
+@guarded
 def send(
     images: Annotated[
         list[str] | None, typer.Argument(help="Images to send (one bundle), e.g. app:1.0.")
@@ -157,7 +193,9 @@ def send(
     passphrase: Annotated[
         bool, typer.Option("--passphrase", help="Encrypt to a passphrase (AIRGAP_PASSPHRASE).")
     ] = False,
-    level: Annotated[int, typer.Option(help="zstd level.", min=1, max=19)] = DEFAULT_ZSTD_LEVEL,
+    level: Annotated[
+        int | None, typer.Option(help="zstd level (default 1).", min=1, max=19)
+    ] = None,
     to: Annotated[
         Path | None, typer.Option("--to", help="Directory (removable media) to write into.")
     ] = None,
@@ -170,7 +208,8 @@ def send(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Write images (docker save) or files into a signed, encrypted bundle."""
-    place = Place(to, server, fingerprint)
+    cfg = config.load().send
+    place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
     if resume is not None:
         _resume(place, resume, as_json)
         return
@@ -179,15 +218,21 @@ def send(
             "name images or --file paths, not both and not neither",
             hint="airgap send app:1.0 --to DIR, or airgap send --file PATH --to DIR",
         )
+    sign_key = sign_key or cfg.sign_key
     if sign_key is None:
-        raise UsageError("no signing key", hint="pass --sign-key signing.key (airgap keygen)")
+        raise UsageError(
+            "no signing key", hint="pass --sign-key signing.key, or run airgap init once"
+        )
+    if not (recipient or recipients_file or no_encrypt or passphrase):
+        recipient, recipients_file = list(cfg.recipient), list(cfg.recipients_file)
     key = keyfiles.load_signing_key(
         sign_key, _secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase")
     )
     recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+    level = level or cfg.level or DEFAULT_ZSTD_LEVEL
     options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
     bundle_id = new_bundle_id()
-    spool = send_spool(bundle_id) if server else None
+    spool = send_spool(bundle_id) if place.server else None
     transport = open_place(place, "--to", spool=spool)
     resuming = Resuming(bundle_id, spool) if spool else None
     watch = functools.partial(counted, what="sending", total=None, quiet=quiet)
@@ -219,6 +264,27 @@ def send(
     if spool:
         forget_spool(spool)
     _sent(manifest, transport.describe(), as_json)
+
+
+def _place(
+    directory: Path | None,
+    server: str | None,
+    fingerprint: str | None,
+    configured: str | None,
+    configured_pin: str | None,
+) -> Place:
+    """Flags first; the configured drop box only when neither a directory nor a server is given."""
+    if directory is None and server is None and configured:
+        return Place(None, configured, fingerprint or configured_pin)
+    return Place(directory, server, fingerprint)
+
+
+def _trusted(paths: Sequence[Path]) -> list[Path]:
+    """Trusted keys; a directory stands for every .pub file in it."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.glob("*.pub")) if path.is_dir() else [path]
+    return found
 
 
 def _sent(manifest: Manifest, where: str, as_json: bool) -> None:
@@ -356,10 +422,14 @@ def fetch(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Verify every new bundle, then load its images into Docker or unpack its files."""
-    trusted = keyfiles.load_trusted(trust or [])
+    cfg = config.load().fetch
+    trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
     ledger = Ledger((state_dir or _default_state_dir()) / "imported.jsonl")
     engine = functools.cache(Engine.from_env)
-    transport = open_place(Place(source, server, fingerprint), "--from")
+    output_dir = output_dir or cfg.output_dir
+    identity = identity or list(cfg.identity)
+    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    transport = open_place(place, "--from")
     try:
         outcomes = fetching.fetch_bundles(
             transport,
@@ -394,8 +464,10 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Check bundles without importing (with --identity, decrypt and check the plaintext too)."""
-    trusted = keyfiles.load_trusted(trust or [])
-    transport = open_place(Place(source, server, fingerprint), "--from")
+    cfg = config.load().fetch
+    trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
+    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    transport = open_place(place, "--from")
     try:
         outcomes = fetching.verify_bundles(
             transport, identities=_identities(identity or []), trusted=trusted, only=ids or []
@@ -418,9 +490,12 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """List published bundles: size, content, signer and state (checked with --trust)."""
-    trusted = [] if not trust else keyfiles.load_trusted(trust)
+    cfg = config.load().fetch
+    trust_files = _trusted(trust or cfg.trust)
+    trusted = keyfiles.load_trusted(trust_files) if trust_files else []
     imported = Ledger((state_dir or _default_state_dir()) / "imported.jsonl").ids()
-    transport = open_place(Place(source, server, fingerprint), "--from")
+    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    transport = open_place(place, "--from")
     try:
         listing = fetching.list_bundles(transport, trusted=trusted, imported=imported)
     finally:

@@ -1,0 +1,174 @@
+"""The client's configuration file: what plain ``airgap send app:1.0`` and ``airgap fetch`` use.
+
+``$AIRGAP_CONFIG``, else ``$XDG_CONFIG_HOME/airgap/config.toml`` (``~/.config/airgap``).
+Flags and environment variables win over it. Unknown keys are errors, not silently ignored
+typos. It never holds a password or a secret key, only paths to key files::
+
+    [send]
+    server = "ftps://sender@dropbox.example:2121/"
+    tls_fingerprint = "sha256:…"
+    recipients_file = ["recipients.txt"]     # relative paths: beside this file
+    sign_key = "keys/signing.key"
+
+    [fetch]
+    server = "ftps://receiver@dropbox.example:2121/"
+    tls_fingerprint = "sha256:…"
+    identity = ["keys/identity.txt"]
+    trust = ["trusted/sender.pub"]
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airgap.shared.errors import UsageError
+
+SEND_KEYS = {"server", "tls_fingerprint", "recipients_file", "recipient", "sign_key", "level"}
+FETCH_KEYS = {"server", "tls_fingerprint", "identity", "trust", "output_dir"}
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    server: str | None = None
+    tls_fingerprint: str | None = None
+    recipients_file: tuple[Path, ...] = ()
+    recipient: tuple[str, ...] = ()
+    sign_key: Path | None = None
+    level: int | None = None
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    server: str | None = None
+    tls_fingerprint: str | None = None
+    identity: tuple[Path, ...] = ()
+    trust: tuple[Path, ...] = ()
+    output_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path | None = None
+    send: SendSettings = field(default_factory=SendSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+
+
+def default_path() -> Path:
+    if os.environ.get("AIRGAP_CONFIG"):
+        return Path(os.environ["AIRGAP_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "airgap" / "config.toml"
+
+
+def load(path: Path | None = None) -> Settings:
+    """The settings in ``path`` (default: :func:`default_path`); none if it does not exist."""
+    path = path or default_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"config {path}: {exc}") from exc
+    _only(data, {"send", "fetch"}, path, "")
+    send, fetch = _table(data, "send", path), _table(data, "fetch", path)
+    _only(send, SEND_KEYS, path, "[send] ")
+    _only(fetch, FETCH_KEYS, path, "[fetch] ")
+    here = path.parent
+    return Settings(
+        path=path,
+        send=SendSettings(
+            server=_str(send, "server", path),
+            tls_fingerprint=_str(send, "tls_fingerprint", path),
+            recipients_file=_paths(send, "recipients_file", here, path),
+            recipient=tuple(_strs(send, "recipient", path)),
+            sign_key=_path(send, "sign_key", here, path),
+            level=_int(send, "level", path),
+        ),
+        fetch=FetchSettings(
+            server=_str(fetch, "server", path),
+            tls_fingerprint=_str(fetch, "tls_fingerprint", path),
+            identity=_paths(fetch, "identity", here, path),
+            trust=_paths(fetch, "trust", here, path),
+            output_dir=_path(fetch, "output_dir", here, path),
+        ),
+    )
+
+
+def _only(table: dict[str, Any], keys: set[str], path: Path, where: str) -> None:
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise UsageError(f"config {path}: {where}unknown key {unknown[0]!r}")
+
+
+def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"config {path}: [{name}] must be a table")
+    return value
+
+
+def _str(table: dict[str, Any], key: str, path: Path) -> str | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"config {path}: {key} must be a string")
+    return value
+
+
+def _strs(table: dict[str, Any], key: str, path: Path) -> list[str]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"config {path}: {key} must be a string or a list of strings")
+    return value
+
+
+def _int(table: dict[str, Any], key: str, path: Path) -> int | None:
+    value = table.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise UsageError(f"config {path}: {key} must be a whole number")
+    return value
+
+
+def _path(table: dict[str, Any], key: str, here: Path, path: Path) -> Path | None:
+    value = _str(table, key, path)
+    return None if value is None else here / Path(value).expanduser()
+
+
+def _paths(table: dict[str, Any], key: str, here: Path, path: Path) -> tuple[Path, ...]:
+    return tuple(here / Path(v).expanduser() for v in _strs(table, key, path))
+
+
+def initial_text(*, role: str, server: str | None, fingerprint: str | None) -> str:
+    """The config file ``airgap init`` writes for a sender or a receiver."""
+    section = "send" if role == "sender" else "fetch"
+    lines = [
+        "# airgap client settings; flags and AIRGAP_* variables win over them.",
+        "# Paths are relative to this file.",
+        "",
+        "[send]",
+        'sign_key = "keys/signing.key"',
+        'recipients_file = ["recipients.txt"]  # the receivers\' recipient.txt lines',
+        "",
+        "[fetch]",
+        'identity = ["keys/identity.txt"]',
+        'trust = ["trusted"]  # every .pub file in it: the senders\' signing.pub',
+        "",
+    ]
+    if server:
+        at = lines.index(f"[{section}]") + 1
+        extra = [f"server = {_toml(server)}"]
+        if fingerprint:
+            extra.append(f"tls_fingerprint = {_toml(fingerprint)}")
+        lines[at:at] = extra
+    return "\n".join(lines)
+
+
+def _toml(text: str) -> str:
+    if any(ch in text for ch in '"\\\n\r') or not text.isprintable():
+        raise UsageError(f"{text!r} cannot go into the config file as it is")
+    return f'"{text}"'

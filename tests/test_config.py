@@ -1,0 +1,96 @@
+"""airgap init and the config file: after set-up and a key exchange, plain commands work."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from airgap.client import config
+from airgap.shared.errors import UsageError
+from tests.conftest import run_airgap
+from tests.server.conftest import start_server
+
+
+def _init(home: Path, role: str, *extra: str) -> dict[str, str]:
+    env = {
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_STATE_HOME": str(home / "state"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+    }
+    made = run_airgap(["init", "--role", role, *extra], env=env)
+    assert made.returncode == 0, made.stderr
+    return env
+
+
+def _exchange(sender: Path, receiver: Path) -> None:
+    s, r = sender / "config" / "airgap", receiver / "config" / "airgap"
+    shutil.copy(s / "keys" / "signing.pub", r / "trusted" / "sender.pub")
+    with (s / "recipients.txt").open("a") as out:
+        out.write((r / "keys" / "recipient.txt").read_text())
+
+
+def test_init_then_plain_send_and_fetch(tmp_path: Path) -> None:
+    sender = _init(tmp_path / "s", "sender")
+    receiver = _init(tmp_path / "r", "receiver")
+    keys = tmp_path / "s" / "config" / "airgap" / "keys"
+    assert stat.S_IMODE((keys / "signing.key").stat().st_mode) == 0o600
+    again = run_airgap(["init", "--role", "sender"], env=sender)
+    assert again.returncode == 1 and "--force" in again.stderr
+    _exchange(tmp_path / "s", tmp_path / "r")
+    (tmp_path / "notes.txt").write_text("configured")
+    sent = run_airgap(
+        ["send", "--file", tmp_path / "notes.txt", "--to", tmp_path / "usb"], env=sender
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert list((tmp_path / "usb").glob("*.tar.zst.age"))  # encrypted to the receiver
+    fetched = run_airgap(
+        ["fetch", "--from", tmp_path / "usb", "--output-dir", tmp_path / "in"], env=receiver
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "in" / "notes.txt").read_text() == "configured"
+
+
+def test_configured_drop_box(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "root", "--tls", "off")
+    try:
+        url = f"ftp://sender@127.0.0.1:{server.port}/"
+        sender = _init(tmp_path / "s", "sender", "--server", url)
+        receiver = _init(tmp_path / "r", "receiver", "--server", url.replace("sender", "receiver"))
+        _exchange(tmp_path / "s", tmp_path / "r")
+        (tmp_path / "f.txt").write_text("via the drop box")
+        sent = run_airgap(
+            ["send", "--file", tmp_path / "f.txt"],
+            env={**sender, "AIRGAP_PASSWORD": server.password("sender")},
+        )
+        assert sent.returncode == 0, sent.stderr
+        outgoing = server.root / "pub" / "outgoing"
+        for _ in range(200):
+            if list(outgoing.glob("*.minisig")):
+                break
+            time.sleep(0.05)
+        fetched = run_airgap(
+            ["fetch", "--output-dir", tmp_path / "in"],
+            env={**receiver, "AIRGAP_PASSWORD": server.password("receiver")},
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "in" / "f.txt").read_text() == "via the drop box"
+    finally:
+        server.stop()
+
+
+def test_config_errors_are_usage_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "config.toml"
+    bad.write_text("[send]\nsign_kee = 'typo'\n")
+    with pytest.raises(UsageError, match="unknown key 'sign_kee'"):
+        config.load(bad)
+    bad.write_text("[fetch]\ntrust = 3\n")
+    with pytest.raises(UsageError, match="trust must be"):
+        config.load(bad)
+    bad.write_text("not toml [")
+    with pytest.raises(UsageError):
+        config.load(bad)
+    assert config.load(tmp_path / "absent.toml") == config.Settings()
