@@ -1,6 +1,6 @@
 """Unpacking a verified files bundle into an output directory, all or nothing.
 
-Members are written into a hidden staging directory inside the output directory while the
+Members are written into a hidden staging directory beside the output directory while the
 plaintext streams in; only once the whole plaintext has matched its signed sha256 are they moved
 into place, each without replacing an existing file. That one hash binds every member's bytes,
 so members are not hashed again here (the manifest's per-file sha256 is for people and
@@ -10,6 +10,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -30,14 +31,13 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
     expected = {f.name: f for f in manifest.files}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(out_dir)
         clashes = [n for n in expected if os.path.lexists(out_dir / n)]
         if clashes:
             raise StorageError(
                 f"{out_dir} already has {', '.join(sorted(clashes))}",
                 hint="move those files away or choose another --output-dir",
             )
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+        staging = _staging(out_dir)
     except OSError as exc:
         raise StorageError(f"{out_dir}: {exc.strerror or exc}") from exc
     try:
@@ -81,13 +81,27 @@ def _create(target: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
+def _staging(out_dir: Path) -> Path:
+    """A private folder beside the output directory (so nothing unverified is ever inside
+    it, even after a crash); inside it only where its parent is not ours to write."""
+    prefix = f"{STAGING_PREFIX}{out_dir.resolve().name}-"
+    parent = out_dir.resolve().parent
+    for stale in parent.glob(prefix + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)  # left by a crash; we hold the ledger lock
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except PermissionError:
+        _remove_stale_staging(out_dir)
+        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+
+
 def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
     placed: list[Path] = []
     try:
         for name in names:
             target = out_dir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(staging / name, target)  # fails rather than replace a file that appeared
+            _place(staging / name, target)
             placed.append(target)
     except BaseException as exc:  # an interrupt too: all or nothing
         for path in placed:
@@ -96,6 +110,22 @@ def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
             raise StorageError(f"placing files in {out_dir}: {exc.strerror or exc}") from exc
         raise
     return placed
+
+
+def _place(source: Path, target: Path) -> None:
+    """Link the verified file into place, never replacing one that appeared meanwhile; across
+    file systems, copy it to a hidden name in the output directory first."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        hidden = target.with_name(f".{target.name}.airgap-copy")
+        shutil.copyfile(source, hidden)
+        try:
+            os.link(hidden, target)
+        finally:
+            hidden.unlink(missing_ok=True)
 
 
 def _remove_stale_staging(out_dir: Path) -> None:

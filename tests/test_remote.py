@@ -201,3 +201,68 @@ def test_send_killed_mid_upload_resumes_where_the_server_stopped(
         )
         assert fetched.returncode == 0, fetched.stderr
         assert (tmp_path / "out" / "big.bin").read_bytes() == payload.read_bytes()
+
+
+@needs_vsftpd
+def test_fetch_killed_mid_download_resumes_from_its_spool(keydir: Path, tmp_path: Path) -> None:
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(20 << 20))
+    with vsftpd.running(tmp_path / "ftp", max_rate=5 << 20) as ftp:
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        sent = run_airgap(
+            [
+                "send",
+                "--file",
+                payload,
+                "--server",
+                url,
+                "-R",
+                keydir / "recipient.txt",
+                "--sign-key",
+                keydir / "signing.key",
+            ],
+            env=_env(tmp_path, ftp.password),
+        )
+        assert sent.returncode == 0, sent.stderr
+        fetch_args = [
+            "fetch",
+            "--server",
+            url,
+            "-i",
+            str(keydir / "identity.txt"),
+            "--trust",
+            str(keydir / "signing.pub"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ]
+        env = {
+            k: v
+            for k, v in {**os.environ, **_env(tmp_path, ftp.password)}.items()
+            if k != "AIRGAP_REQUIRE_DOCKER"
+        }
+        fetch = subprocess.Popen(
+            [sys.executable, "-m", "airgap.client", *fetch_args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        spools = tmp_path / "cache" / "airgap" / "fetch"
+
+        def spooled() -> int:
+            return sum(p.stat().st_size for p in spools.rglob("*.age")) if spools.exists() else 0
+
+        _wait_for(lambda: spooled() > 6 << 20, "the download to be well under way")
+        fetch.send_signal(signal.SIGKILL)
+        fetch.communicate(timeout=30)
+        held = spooled()
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+        again = run_airgap(fetch_args, env=_env(tmp_path, ftp.password))
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "out" / "big.bin").read_bytes() == payload.read_bytes()
+        log = (tmp_path / "ftp" / "vsftpd.log").read_text()
+        rests = [int(n) for n in re.findall(r'"REST (\d+)"', log)]
+        assert rests and max(rests) >= held  # the rerun asked only for what the spool lacked
+        assert spooled() == 0  # the spool is dropped once the bundle is imported
