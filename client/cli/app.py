@@ -1,0 +1,147 @@
+"""The ``airgap`` command line's shared parts: the app, its options, output and error mapping.
+
+The CLI package is the only code that knows about argv, the terminal and exit codes. Secrets
+never come from argv: passphrases come from the environment (``AIRGAP_PASSPHRASE``,
+``AIRGAP_SIGN_PASSPHRASE``) or a prompt on the terminal. Payload and machine output
+(``--json``) go to stdout, everything for humans to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec
+
+import typer
+
+from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
+from airgap.shared.version import __version__
+
+P = ParamSpec("P")
+
+app = typer.Typer(
+    name="airgap",
+    help="Move container images and files across an air gap: signed, encrypted, resumable.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def guarded(command: Callable[P, None]) -> Callable[P, None]:
+    """Let an interrupt inside a command reach :func:`main` as our error, not typer's Abort."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted("interrupted") from exc
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"airgap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """airgap: FTP-based air-gap transfer of container images and files."""
+
+
+def secret(env: str, prompt: str, *, confirm: bool = False) -> Callable[[], bytes]:
+    """A deferred secret: from the environment, else the terminal; never from argv."""
+
+    def ask() -> bytes:
+        value = os.environ.get(env)
+        if value is None:
+            if not sys.stdin.isatty():
+                raise UsageError(f"{prompt} needed", hint=f"set {env} or run on a terminal")
+            value = getpass.getpass(f"{prompt}: ")
+            if confirm and getpass.getpass(f"{prompt} (again): ") != value:
+                raise UsageError("the two passphrases differ")
+        if not value:
+            raise UsageError(f"{prompt} is empty")
+        return value.encode()
+
+    return ask
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "airgap"
+
+
+def emit(summary: dict[str, Any]) -> None:
+    json.dump(summary, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server", envvar="AIRGAP_SERVER", help="Drop box: ftp:// or ftps://USER@HOST:PORT/."
+    ),
+]
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-fingerprint",
+        envvar="AIRGAP_TLS_FINGERPRINT",
+        help="sha256:... of the appliance's certificate (ftps://).",
+    ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar (none either off a terminal).")
+]
+TrustOption = Annotated[
+    list[Path] | None,
+    typer.Option("--trust", envvar="AIRGAP_TRUST", help="A trusted sender's signing.pub."),
+]
+IdentityOption = Annotated[
+    list[Path] | None,
+    typer.Option("--identity", "-i", envvar="AIRGAP_IDENTITY", help="age identity file."),
+]
+FromOption = Annotated[
+    Path | None, typer.Option("--from", help="Directory holding bundles (removable media).")
+]
+
+
+def printable(text: str) -> str:
+    """Text from a bundle, safe for a terminal: no escape sequences reach it."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _fail(exc: AirgapError) -> NoReturn:
+    say(f"airgap: error: {exc.message}")
+    if exc.hint:
+        say(f"airgap: hint: {exc.hint}")
+    sys.exit(int(exc.exit_code))
+
+
+def main() -> NoReturn:
+    """Entry point: the one place where errors become messages and exit codes."""
+    try:
+        app()  # standalone: typer itself answers --help and bad usage (exit 2)
+    except AirgapError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted"))
+    sys.exit(int(ExitCode.OK))

@@ -1,0 +1,78 @@
+"""``airgap keygen`` and ``airgap init``: this side's keys, and its one-time set-up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from airgap.client import config, keyfiles
+from airgap.client.cli.app import (
+    FingerprintOption,
+    app,
+    guarded,
+    say,
+    secret,
+)
+from airgap.shared.errors import UsageError
+from airgap.shared.keys import KeyFile, KeySet
+
+
+@app.command()
+@guarded
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the four key files.")],
+    force: Annotated[bool, typer.Option(help="Replace existing keys (they are lost).")] = False,
+    protect: Annotated[
+        bool, typer.Option(help="Encrypt signing.key with a passphrase (AIRGAP_SIGN_PASSPHRASE).")
+    ] = False,
+) -> None:
+    """Make an age identity (decrypts) and a minisign key (signs) for this side."""
+    keys = KeySet.generate()
+    passphrase = secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase", confirm=True)
+    files = keys.files(created=datetime.now(UTC), passphrase=passphrase() if protect else None)
+    keyfiles.write_key_files(out, files, force=force)
+    say(f"wrote {', '.join(f.name for f in files)} to {out}")
+    say("give recipient.txt to senders (they encrypt to it);")
+    say("give signing.pub to receivers (they trust it):")
+    print(f"recipient: {keys.identity.recipient.encode()}")
+    public = keys.signing.public_key
+    print(f"signing key: {public.encode().splitlines()[1]} (id {public.key_id_hex})")
+
+
+@app.command()
+@guarded
+def init(
+    role: Annotated[str, typer.Option("--role", help="sender or receiver.")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where (default ~/.config/airgap).")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="This side's drop box URL (user@host).")
+    ] = None,
+    fingerprint: FingerprintOption = None,
+    force: Annotated[bool, typer.Option(help="Replace existing keys and config.")] = False,
+) -> None:
+    """Set this side up once: keys, a config file, and what to carry to the other side."""
+    if role not in ("sender", "receiver"):
+        raise UsageError("--role is sender or receiver")
+    directory = directory or config.default_path().parent
+    text = config.initial_text(role=role, server=server, fingerprint=fingerprint)
+    keys = KeySet.generate()
+    files = keys.files(created=datetime.now(UTC))
+    keyfiles.write_key_files(directory / "keys", files, force=force)
+    extra = [
+        KeyFile("config.toml", text, 0o644),
+        KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
+    ]
+    keyfiles.write_key_files(directory, extra, force=force)
+    (directory / "trusted").mkdir(exist_ok=True)
+    say(f"wrote keys and config.toml to {directory}")
+    if role == "sender":
+        say(f"carry {directory}/keys/signing.pub to each receiver (into its trusted/);")
+        say(f"put each receiver's recipient line into {directory}/recipients.txt")
+    else:
+        say(f"carry {directory}/keys/recipient.txt to each sender (into its recipients.txt);")
+        say(f"put each sender's signing.pub into {directory}/trusted/")

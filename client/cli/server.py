@@ -1,0 +1,161 @@
+"""``airgap serve`` and ``airgap user``: thin commands over :mod:`airgap.server`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from airgap.client.cli.app import (
+    app,
+    guarded,
+    say,
+)
+from airgap.shared.errors import UsageError
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", envvar="AIRGAP_SERVE_ROOT", help="Server root (default ./airgap-data)."),
+]
+
+
+@app.command()
+@guarded
+def serve(
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with settings (flags win).")
+    ] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Server root directory.")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT (port 0: any).")] = None,
+    passive_ports: Annotated[
+        str | None, typer.Option("--passive-ports", help="Passive data ports A-B.")
+    ] = None,
+    masquerade_address: Annotated[
+        str | None, typer.Option("--masquerade-address", help="Address announced for PASV.")
+    ] = None,
+    tls: Annotated[str | None, typer.Option("--tls", help="required, optional or off.")] = None,
+    anonymous: Annotated[
+        str | None, typer.Option("--anonymous", help="off, upload or read-write.")
+    ] = None,
+    trusted_signer: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-signer", help="A signing.pub whose bundles may be published."),
+    ] = None,
+    max_connections: Annotated[int | None, typer.Option(help="Connections in total.")] = None,
+    max_connections_per_ip: Annotated[int | None, typer.Option(help="Connections per IP.")] = None,
+    max_login_failures: Annotated[int | None, typer.Option(help="Failures before a ban.")] = None,
+    login_failure_delay: Annotated[
+        float | None, typer.Option(help="Seconds before a failed login is answered.")
+    ] = None,
+    ban_seconds: Annotated[float | None, typer.Option(help="How long a ban lasts.")] = None,
+    idle_timeout: Annotated[int | None, typer.Option(help="Control idle timeout (s).")] = None,
+    data_timeout: Annotated[int | None, typer.Option(help="Stalled data timeout (s).")] = None,
+    quota_bytes: Annotated[int | None, typer.Option(help="Per-sender quota, 0: none.")] = None,
+    min_free_bytes: Annotated[int | None, typer.Option(help="Free-disk watermark.")] = None,
+) -> None:
+    """Run the FTP drop box (first start: makes a certificate and two accounts)."""
+    from airgap.server.config import load_config
+    from airgap.server.serve import serve as run_server
+
+    flags = {
+        "root": None if root is None else str(root),
+        "listen": listen,
+        "passive_ports": passive_ports,
+        "masquerade_address": masquerade_address,
+        "tls": tls,
+        "anonymous": anonymous,
+        "trusted_signers": [str(p) for p in trusted_signer or []],
+        "max_connections": max_connections,
+        "max_connections_per_ip": max_connections_per_ip,
+        "max_login_failures": max_login_failures,
+        "login_failure_delay": login_failure_delay,
+        "ban_seconds": ban_seconds,
+        "idle_timeout": idle_timeout,
+        "data_timeout": data_timeout,
+        "quota_bytes": quota_bytes,
+        "min_free_bytes": min_free_bytes,
+    }
+    config = load_config(flags, environ=os.environ, config_file=config_file)
+    run_server(config, say)
+
+
+user_app = typer.Typer(help="Manage the accounts of `airgap serve`.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+def _user_db(root: Path | None) -> Any:
+    from airgap.server.layout import resolved
+    from airgap.server.users import UserDB
+
+    layout = resolved(root or Path("airgap-data"))
+    layout.create()
+    return UserDB(layout.users_file)
+
+
+def _new_password(from_stdin: bool) -> tuple[str, bool]:
+    """(password, generated); a password never comes from argv."""
+    from airgap.server.users import check_password, generate_password
+
+    if not from_stdin:
+        return generate_password(), True
+    password = sys.stdin.readline().rstrip("\r\n")
+    check_password(password)
+    return password, False
+
+
+@user_app.command("add")
+@guarded
+def user_add(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    role: Annotated[str, typer.Option("--role", help="sender or receiver.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    root: RootOption = None,
+) -> None:
+    """Add an account; without --password-stdin a random password is printed once."""
+    from airgap.server.users import Role
+
+    try:
+        chosen = Role(role)
+    except ValueError as exc:
+        raise UsageError(f"role {role!r} is not sender or receiver") from exc
+    password, generated = _new_password(password_stdin)
+    _user_db(root).add(name, chosen, password)
+    say(f"added {chosen.value} {name}")
+    if generated:
+        print(f"password: {password}")
+
+
+@user_app.command("list")
+@guarded
+def user_list(root: RootOption = None) -> None:
+    """List accounts and their roles."""
+    for user in sorted(_user_db(root).load().values(), key=lambda u: u.name):
+        print(f"{user.name}\t{user.role.value}")
+
+
+@user_app.command("remove")
+@guarded
+def user_remove(name: Annotated[str, typer.Argument()], root: RootOption = None) -> None:
+    """Remove an account (its files stay)."""
+    _user_db(root).remove(name)
+    say(f"removed {name}")
+
+
+@user_app.command("passwd")
+@guarded
+def user_passwd(
+    name: Annotated[str, typer.Argument()],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    root: RootOption = None,
+) -> None:
+    """Set a new password; without --password-stdin a random one is printed once."""
+    password, generated = _new_password(password_stdin)
+    _user_db(root).set_password(name, password)
+    say(f"changed the password of {name}")
+    if generated:
+        print(f"password: {password}")

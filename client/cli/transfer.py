@@ -1,0 +1,372 @@
+"""``airgap send``, ``fetch``, ``verify`` and ``ls``: thin commands over the client modules."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from airgap.client import config, keyfiles
+from airgap.client import fetch as fetching
+from airgap.client.cli.app import (
+    FingerprintOption,
+    FromOption,
+    IdentityOption,
+    QuietOption,
+    ServerOption,
+    TrustOption,
+    app,
+    default_state_dir,
+    emit,
+    guarded,
+    printable,
+    say,
+    secret,
+)
+from airgap.client.engine import Engine
+from airgap.client.images import send_images
+from airgap.client.ledger import Ledger
+from airgap.client.places import Place, forget_spool, open_place, send_spool
+from airgap.client.progress import counted
+from airgap.client.send import Resuming, resume_send, send_files
+from airgap.client.spool import SpooledTransport
+from airgap.client.transport import MANIFEST_SUFFIX
+from airgap.shared import age
+from airgap.shared.bundle import EncodeOptions
+from airgap.shared.errors import TransferError, UsageError
+from airgap.shared.ids import new_bundle_id
+from airgap.shared.manifest import Manifest
+from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
+
+
+@app.command()
+@guarded
+def send(
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Images to send (one bundle), e.g. app:1.0.")
+    ] = None,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", help="A file to send (repeatable).")
+    ] = None,
+    recipient: Annotated[
+        list[str] | None, typer.Option("--recipient", "-r", help="An age1... recipient.")
+    ] = None,
+    recipients_file: Annotated[
+        list[Path] | None, typer.Option("--recipients-file", "-R", help="age recipients file.")
+    ] = None,
+    sign_key: Annotated[
+        Path | None, typer.Option("--sign-key", envvar="AIRGAP_SIGN_KEY", help="signing.key")
+    ] = None,
+    no_encrypt: Annotated[
+        bool, typer.Option("--no-encrypt", help="Sign only (for guards that scan content).")
+    ] = False,
+    passphrase: Annotated[
+        bool, typer.Option("--passphrase", help="Encrypt to a passphrase (AIRGAP_PASSPHRASE).")
+    ] = False,
+    level: Annotated[
+        int | None, typer.Option(help="zstd level (default 1).", min=1, max=19)
+    ] = None,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Directory (removable media) to write into.")
+    ] = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Finish an interrupted send of bundle ID.")
+    ] = None,
+    quiet: QuietOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Write images (docker save) or files into a signed, encrypted bundle."""
+    cfg = config.load().send
+    place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    if resume is not None:
+        _resume(place, resume, as_json)
+        return
+    if bool(images) == bool(file):
+        raise UsageError(
+            "name images or --file paths, not both and not neither",
+            hint="airgap send app:1.0 --to DIR, or airgap send --file PATH --to DIR",
+        )
+    sign_key = sign_key or cfg.sign_key
+    if sign_key is None:
+        raise UsageError(
+            "no signing key", hint="pass --sign-key signing.key, or run airgap init once"
+        )
+    if not (recipient or recipients_file or no_encrypt or passphrase):
+        recipient, recipients_file = list(cfg.recipient), list(cfg.recipients_file)
+    key = keyfiles.load_signing_key(
+        sign_key, secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase")
+    )
+    recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+    level = level or cfg.level or DEFAULT_ZSTD_LEVEL
+    options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
+    bundle_id = new_bundle_id()
+    spool = send_spool(bundle_id) if place.server else None
+    transport = open_place(place, "--to", spool=spool)
+    resuming = Resuming(bundle_id, spool) if spool else None
+    watch = functools.partial(counted, what="sending", total=None, quiet=quiet)
+    try:
+        if images:
+            engine = Engine.from_env()
+            try:
+                manifest = send_images(
+                    images,
+                    transport,
+                    engine=engine,
+                    options=options,
+                    key=key,
+                    resuming=resuming,
+                    watch=watch,
+                )
+            finally:
+                engine.close()
+        else:
+            manifest = send_files(
+                file or [], transport, options=options, key=key, resuming=resuming, watch=watch
+            )
+    except TransferError as exc:
+        if spool and (spool / f"{bundle_id}{MANIFEST_SUFFIX}").exists():
+            exc.hint = f"finish it later with: airgap send --resume {bundle_id} --server URL"
+        raise
+    finally:
+        transport.close()
+    if spool:
+        forget_spool(spool)
+    _sent(manifest, transport.describe(), as_json)
+
+
+def _place(
+    directory: Path | None,
+    server: str | None,
+    fingerprint: str | None,
+    configured: str | None,
+    configured_pin: str | None,
+) -> Place:
+    """Flags first; the configured drop box only when neither a directory nor a server is given."""
+    if directory is None and server is None and configured:
+        return Place(None, configured, fingerprint or configured_pin)
+    return Place(directory, server, fingerprint)
+
+
+def _trusted(paths: Sequence[Path]) -> list[Path]:
+    """Trusted keys; a directory stands for every .pub file in it."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.glob("*.pub")) if path.is_dir() else [path]
+    return found
+
+
+def _sent(manifest: Manifest, where: str, as_json: bool) -> None:
+    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {where}")
+    if as_json:
+        emit(
+            {
+                "id": manifest.id,
+                "payload_bytes": manifest.payload.size,
+                "plaintext_bytes": manifest.plaintext_size,
+                "images": [ref for image in manifest.images for ref in image.refs],
+            }
+        )
+
+
+def _resume(place: Place, bundle_id: str, as_json: bool) -> None:
+    if place.server is None:
+        raise UsageError("--resume finishes a send to a drop box", hint="add --server URL")
+    transport = open_place(place, "--to", spool=send_spool(bundle_id))
+    if not isinstance(transport, SpooledTransport):
+        raise UsageError("--resume needs --server")
+    try:
+        manifest = resume_send(bundle_id, transport)
+    finally:
+        transport.close()
+    forget_spool(send_spool(bundle_id))
+    _sent(manifest, transport.describe(), as_json)
+
+
+def _recipients(
+    values: Sequence[str], files: Sequence[Path], no_encrypt: bool, passphrase: bool
+) -> list[age.Recipient]:
+    chosen = sum([bool(values or files), no_encrypt, passphrase])
+    if chosen != 1:
+        raise UsageError(
+            "choose exactly one of --recipient/--recipients-file, --passphrase, --no-encrypt",
+            hint="airgap encrypts to the receiver's recipient.txt: --recipients-file recipient.txt",
+        )
+    if no_encrypt:
+        return []
+    if passphrase:
+        phrase = secret("AIRGAP_PASSPHRASE", "bundle passphrase", confirm=True)()
+        return [age.ScryptRecipient(phrase)]
+    return list(keyfiles.load_recipients(values, files))
+
+
+def _identities(paths: Sequence[Path]) -> list[age.Identity]:
+    found: list[age.Identity] = list(keyfiles.load_identities(paths))
+    if "AIRGAP_PASSPHRASE" in os.environ:
+        found.append(age.ScryptIdentity(secret("AIRGAP_PASSPHRASE", "bundle passphrase")()))
+    return found
+
+
+def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> None:
+    for o in outcomes:
+        if o.error is None:
+            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {printable(p)}" for p in o.imported))
+        else:
+            say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}")
+            if o.error.hint:
+                say(f"airgap: hint: {o.error.hint}")
+    if not outcomes:
+        say("nothing to do: no new published bundles")
+    if as_json:
+        emit(
+            {
+                "bundles": [
+                    {
+                        "id": o.bundle_id,
+                        "ok": o.error is None,
+                        "error": None if o.error is None else o.error.message,
+                        "imported": list(o.imported),
+                    }
+                    for o in outcomes
+                ]
+            }
+        )
+    codes = [o.error.exit_code for o in outcomes if o.error is not None]
+    if codes:
+        raise typer.Exit(int(codes[0]))
+
+
+@app.command()
+@guarded
+def fetch(
+    ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all new).")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where files bundles are unpacked.")
+    ] = None,
+    identity: IdentityOption = None,
+    trust: TrustOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
+    ] = None,
+    source: FromOption = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    consume: Annotated[
+        bool, typer.Option("--consume", help="Delete each bundle from the source once imported.")
+    ] = False,
+    keep: Annotated[
+        Path | None, typer.Option("--keep", help="Keep a copy of each verified bundle here.")
+    ] = None,
+    quiet: QuietOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Verify every new bundle, then load its images into Docker or unpack its files."""
+    cfg = config.load().fetch
+    trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
+    ledger = Ledger((state_dir or default_state_dir()) / "imported.jsonl")
+    engine = functools.cache(Engine.from_env)
+    output_dir = output_dir or cfg.output_dir
+    identity = identity or list(cfg.identity)
+    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    transport = open_place(place, "--from")
+    try:
+        outcomes = fetching.fetch_bundles(
+            transport,
+            fetching.Destination(
+                output_dir,
+                engine,
+                consume=consume,
+                keep=keep,
+                watch=lambda chunks, total: counted(
+                    chunks, what="fetching", total=total, quiet=quiet
+                ),
+            ),
+            identities=_identities(identity or []),
+            trusted=trusted,
+            ledger=ledger,
+            only=ids or [],
+        )
+    finally:
+        transport.close()
+    _report(outcomes, "fetched", as_json)
+
+
+@app.command()
+@guarded
+def verify(
+    ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all).")] = None,
+    identity: IdentityOption = None,
+    trust: TrustOption = None,
+    source: FromOption = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Check bundles without importing (with --identity, decrypt and check the plaintext too)."""
+    cfg = config.load().fetch
+    trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
+    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    transport = open_place(place, "--from")
+    try:
+        outcomes = fetching.verify_bundles(
+            transport, identities=_identities(identity or []), trusted=trusted, only=ids or []
+        )
+    finally:
+        transport.close()
+    _report(outcomes, "verified", as_json)
+
+
+@app.command(name="ls")
+@guarded
+def list_command(
+    trust: TrustOption = None,
+    source: FromOption = None,
+    server: ServerOption = None,
+    fingerprint: FingerprintOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """List published bundles: size, content, signer and state (checked with --trust)."""
+    cfg = config.load().fetch
+    trust_files = _trusted(trust or cfg.trust)
+    trusted = keyfiles.load_trusted(trust_files) if trust_files else []
+    imported = Ledger((state_dir or default_state_dir()) / "imported.jsonl").ids()
+    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    transport = open_place(place, "--from")
+    try:
+        listing = fetching.list_bundles(transport, trusted=trusted, imported=imported)
+    finally:
+        transport.close()
+    rows = [_row(item) for item in listing]
+    if as_json:
+        emit({"bundles": rows})
+        return
+    for row in rows:
+        print(
+            f"{row['id']}  {row['state']:<10}  {row['payload_bytes'] or '-':>12}  "
+            f"{row['signer'] or '-':<16}  " + printable(" ".join(row["content"]) or row["detail"])
+        )
+    if not rows:
+        say("no published bundles")
+
+
+def _row(item: fetching.Listing) -> dict[str, Any]:
+    manifest = item.manifest
+    content: list[str] = []
+    if manifest is not None:
+        content = [r for i in manifest.images for r in i.refs] or [f.name for f in manifest.files]
+    return {
+        "id": item.bundle_id,
+        "state": item.state,
+        "payload_bytes": manifest.payload.size if manifest else None,
+        "signer": manifest.signer if manifest else None,
+        "content": content,
+        "detail": item.detail,
+    }
