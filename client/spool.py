@@ -81,6 +81,8 @@ class SpooledTransport:
     ) -> None:
         self.remote = remote
         self.spool = private_dir(spool)
+        self.sent = 0  # payload bytes that crossed the network, for the summary
+        self.received = 0
         self.backoff = backoff
         self._big = big  # smaller files are not worth a spool
 
@@ -187,6 +189,7 @@ class _SpooledDownload(io.RawIOBase):
         except TransferError:
             self._drop_remote()
             raise
+        self._owner.received += got
         try:
             os.pwrite(self._file.fileno(), view[:got], self._pos)
         except OSError as exc:
@@ -287,6 +290,7 @@ class _Uploader:
                 if chunk:
                     digest.update(chunk)
                     out.write(chunk)
+                    self.owner.sent += len(chunk)
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
                     break
                 else:

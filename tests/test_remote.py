@@ -76,7 +76,10 @@ def test_image_over_ftps_through_the_appliance(
             env=_env(tmp_path, appliance.password("sender")),
         )
         assert sent.returncode == 0, sent.stderr
-        bundle_id = json.loads(sent.stdout)["id"]
+        summary = json.loads(sent.stdout)
+        bundle_id = summary["id"]
+        assert summary["images"] == ["airgap-remote:1"]
+        assert summary["bytes_on_wire"] >= summary["payload_bytes"] > 0
         assert not (tmp_path / "cache" / "airgap" / "send" / bundle_id).exists()
         outgoing = appliance.root / "pub" / "outgoing"
         _wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists(), "publish")

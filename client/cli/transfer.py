@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +35,7 @@ from airgap.client.places import Place, forget_spool, open_place, send_spool
 from airgap.client.progress import counted
 from airgap.client.send import Resuming, resume_send, send_files
 from airgap.client.spool import SpooledTransport
-from airgap.client.transport import MANIFEST_SUFFIX
+from airgap.client.transport import MANIFEST_SUFFIX, Transport
 from airgap.shared import age
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import TransferError, UsageError
@@ -106,6 +107,7 @@ def send(
     level = level or cfg.level or DEFAULT_ZSTD_LEVEL
     options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
     bundle_id = new_bundle_id()
+    started = time.monotonic()
     spool = send_spool(bundle_id) if place.server else None
     transport = open_place(place, "--to", spool=spool)
     resuming = Resuming(bundle_id, spool) if spool else None
@@ -137,7 +139,7 @@ def send(
         transport.close()
     if spool:
         forget_spool(spool)
-    _sent(manifest, transport.describe(), as_json)
+    _sent(manifest, transport, time.monotonic() - started, as_json)
 
 
 def _place(
@@ -161,15 +163,19 @@ def _trusted(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def _sent(manifest: Manifest, where: str, as_json: bool) -> None:
-    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {where}")
+def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: bool) -> None:
+    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {transport.describe()}")
     if as_json:
+        wire = transport.sent if isinstance(transport, SpooledTransport) else None
         emit(
             {
                 "id": manifest.id,
-                "payload_bytes": manifest.payload.size,
-                "plaintext_bytes": manifest.plaintext_size,
                 "images": [ref for image in manifest.images for ref in image.refs],
+                "files": [f.name for f in manifest.files],
+                "plaintext_bytes": manifest.plaintext_size,
+                "payload_bytes": manifest.payload.size,
+                "bytes_on_wire": wire,
+                "seconds": round(seconds, 3),
             }
         )
 
@@ -180,12 +186,13 @@ def _resume(place: Place, bundle_id: str, as_json: bool) -> None:
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
     if not isinstance(transport, SpooledTransport):
         raise UsageError("--resume needs --server")
+    started = time.monotonic()
     try:
         manifest = resume_send(bundle_id, transport)
     finally:
         transport.close()
     forget_spool(send_spool(bundle_id))
-    _sent(manifest, transport.describe(), as_json)
+    _sent(manifest, transport, time.monotonic() - started, as_json)
 
 
 def _recipients(
@@ -212,7 +219,12 @@ def _identities(paths: Sequence[Path]) -> list[age.Identity]:
     return found
 
 
-def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> None:
+def _report(
+    outcomes: Sequence[fetching.Outcome],
+    verb: str,
+    as_json: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
     for o in outcomes:
         if o.error is None:
             say(f"{verb} {o.bundle_id}" + "".join(f"\n  {printable(p)}" for p in o.imported))
@@ -231,9 +243,11 @@ def _report(outcomes: Sequence[fetching.Outcome], verb: str, as_json: bool) -> N
                         "ok": o.error is None,
                         "error": None if o.error is None else o.error.message,
                         "imported": list(o.imported),
+                        "payload_bytes": o.manifest.payload.size if o.manifest else None,
                     }
                     for o in outcomes
-                ]
+                ],
+                **(extra or {}),
             }
         )
     codes = [o.error.exit_code for o in outcomes if o.error is not None]
@@ -274,6 +288,7 @@ def fetch(
     identity = identity or list(cfg.identity)
     place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
     transport = open_place(place, "--from")
+    started = time.monotonic()
     try:
         outcomes = fetching.fetch_bundles(
             transport,
@@ -293,7 +308,9 @@ def fetch(
         )
     finally:
         transport.close()
-    _report(outcomes, "fetched", as_json)
+    wire = transport.received if isinstance(transport, SpooledTransport) else None
+    summary = {"bytes_on_wire": wire, "seconds": round(time.monotonic() - started, 3)}
+    _report(outcomes, "fetched", as_json, summary)
 
 
 @app.command()
