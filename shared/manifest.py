@@ -38,9 +38,14 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class ImageEntry:
+    """An image as the sending engine names it (``id``: the config digest with a graph driver,
+    the manifest digest with the containerd image store) and as every engine agrees on it
+    (``config``: the digest of its config; None when the archive did not say)."""
+
     id: str
     refs: tuple[str, ...]
     layers: tuple[str, ...]
+    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,12 @@ class Manifest:
             content: dict[str, Any] = {
                 "type": "images",
                 "images": [
-                    {"id": i.id, "refs": list(i.refs), "layers": list(i.layers)}
+                    {
+                        "id": i.id,
+                        "config": i.config,
+                        "refs": list(i.refs),
+                        "layers": list(i.layers),
+                    }
                     for i in self.images
                 ],
             }
@@ -285,9 +295,10 @@ def _file(value: Any) -> FileEntry:
 
 
 def _image(value: Any) -> ImageEntry:
-    i = _obj(value, {"id", "refs", "layers"}, "an image entry")
+    i = _obj(value, {"id", "config", "refs", "layers"}, "an image entry")
     return ImageEntry(
         id=_str(i["id"], "image id", _DIGEST),
         refs=_strs(i["refs"], "image ref"),
         layers=_strs(i["layers"], "layer diff id", _DIGEST),
+        config=None if i["config"] is None else _str(i["config"], "image config", _DIGEST),
     )

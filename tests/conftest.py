@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,24 +74,73 @@ def build_image(client: Any, tag: str, *, extra: str = "") -> Any:
 
 
 @pytest.fixture
-def tiny_image(docker_client: Any) -> Iterator[Any]:
-    image = build_image(docker_client, "airgap-smoke:1")
+def tiny_image(docker_engine: DockerEngine) -> Iterator[Any]:
+    client = docker_engine.client
+    image = build_image(client, "airgap-smoke:1")
     yield image
     with contextlib.suppress(Exception):
-        docker_client.images.remove("airgap-smoke:1", force=True)
+        client.images.remove("airgap-smoke:1", force=True)
+
+
+def connect_engine(host: str) -> Any:
+    """A client of ``host`` ("default": what DOCKER_HOST or the default socket names); a
+    failure under AIRGAP_REQUIRE_DOCKER=1, else a skip."""
+    import docker
+
+    try:
+        if host == "default":
+            client = docker.from_env(timeout=600)
+        else:
+            client = docker.DockerClient(base_url=host, timeout=600)
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine means "no engine here"
+        if os.environ.get("AIRGAP_REQUIRE_DOCKER") == "1":
+            pytest.fail(
+                f"AIRGAP_REQUIRE_DOCKER=1 but the Docker engine {host} does not answer: {exc}"
+            )
+        pytest.skip(f"no Docker engine {host}: {exc}")
+    return client
 
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[object]:
-    """A client of the running engine; a failure under AIRGAP_REQUIRE_DOCKER=1, else a skip."""
-    import docker
-
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:  # any failure to reach the engine means "no engine here"
-        if os.environ.get("AIRGAP_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"AIRGAP_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
-        pytest.skip(f"no Docker engine: {exc}")
+    """A client of the default engine, for tests that need an engine but not each of them."""
+    client = connect_engine("default")
     yield client
+    client.close()
+
+
+def engine_hosts() -> list[str]:
+    """The engines of the matrix: AIRGAP_DOCKER_HOSTS ("default" and DOCKER_HOST values, as
+    .ci/engines.sh prints them), or only the default engine when it is unset."""
+    return os.environ.get("AIRGAP_DOCKER_HOSTS", "").split() or ["default"]
+
+
+def _engine_id(host: str) -> str:
+    return host.rsplit("/", 1)[-1].removesuffix(".sock").removeprefix("airgap-")
+
+
+@dataclass(frozen=True)
+class DockerEngine:
+    """One engine of the matrix, and the environment that points the airgap CLI at it."""
+
+    host: str
+    client: Any
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {} if self.host == "default" else {"DOCKER_HOST": self.host}
+
+    @property
+    def containerd_store(self) -> bool:
+        """Whether images live in the containerd image store (ids are manifest digests)."""
+        status = self.client.info().get("DriverStatus") or []
+        return ["driver-type", "io.containerd.snapshotter.v1"] in status
+
+
+@pytest.fixture(scope="session", params=engine_hosts(), ids=_engine_id)
+def docker_engine(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
+    """Each engine of AIRGAP_DOCKER_HOSTS in turn (tests using it run once per engine)."""
+    client = connect_engine(request.param)
+    yield DockerEngine(request.param, client)
     client.close()

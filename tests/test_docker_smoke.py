@@ -1,4 +1,4 @@
-"""Smoke test against the real engine CI starts: docker save -> bundle -> docker load."""
+"""Smoke test against each engine of the matrix: docker save -> bundle -> docker load."""
 
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ from airgap.shared.bundle import (
 )
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import ImageEntry
+from tests.conftest import DockerEngine
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 TAG = "airgap-smoke:1"
 
 
-def test_save_encode_decode_load_gives_the_same_image(docker_client: Any, tiny_image: Any) -> None:
+def test_save_encode_decode_load_gives_the_same_image(
+    docker_engine: DockerEngine, tiny_image: Any
+) -> None:
+    client = docker_engine.client
     identity, signer = age.X25519Identity.generate(), minisign.SecretKey.generate()
     encoder, payload_chunks = encode(
         tiny_image.save(named=True), EncodeOptions([identity.recipient], level=1)
@@ -34,16 +38,16 @@ def test_save_encode_decode_load_gives_the_same_image(docker_client: Any, tiny_i
     manifest = encoder.manifest(new_bundle_id(), signer=signer.public_key, images=[image_entry])
     data, signature = sign_manifest(manifest, signer)
 
-    docker_client.images.remove(TAG, force=True)
+    client.images.remove(TAG, force=True)
     with pytest.raises(docker.errors.ImageNotFound):
-        docker_client.images.get(TAG)
+        client.images.get(TAG)
 
     opened = open_manifest(data, signature.encode(), [signer.public_key])
     plaintext = decode(
         verified_segments(io.BytesIO(payload).readinto, opened.payload), opened, [identity]
     )
-    loaded = docker_client.images.load(b"".join(plaintext))
+    loaded = client.images.load(b"".join(plaintext))
     assert [image.id for image in loaded] == [tiny_image.id]
-    assert docker_client.images.get(TAG).id == opened.images[0].id
-    output = docker_client.containers.run(TAG, remove=True, network_mode="host")
+    assert client.images.get(TAG).id == opened.images[0].id
+    output = client.containers.run(TAG, remove=True, network_mode="host")
     assert output.strip() == b"hi"

@@ -44,6 +44,8 @@ def test_round_trip_is_byte_identical() -> None:
     assert Manifest.parse(m.to_bytes()) == m
     img = _manifest(files=(), images=(ImageEntry("sha256:" + "e" * 64, ("a:1",), ()),))
     assert Manifest.parse(img.to_bytes()) == img
+    configured = _manifest(files=(), images=(_IMAGE,))
+    assert Manifest.parse(configured.to_bytes()) == configured
     plain = _manifest(
         encryption=Encryption("none"),
         payload=Payload(payload_name(BID, encrypted=False), 5, "b" * 64, 65536, ("c" * 64,)),
@@ -51,8 +53,11 @@ def test_round_trip_is_byte_identical() -> None:
     assert Manifest.parse(plain.to_bytes()) == plain
 
 
-def _edit(mutate: object) -> bytes:
-    obj = json.loads(_manifest().to_bytes())
+_IMAGE = ImageEntry("sha256:" + "e" * 64, ("a:1",), ("sha256:" + "1" * 64,), "sha256:" + "f" * 64)
+
+
+def _edit(mutate: object, *, images: bool = False) -> bytes:
+    obj = json.loads(_manifest(**({"files": (), "images": (_IMAGE,)} if images else {})).to_bytes())
     mutate(obj)  # type: ignore[operator]
     return (json.dumps(obj, sort_keys=True, indent=2) + "\n").encode()
 
@@ -75,6 +80,23 @@ def _edit(mutate: object) -> bytes:
 def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         Manifest.parse(_edit(mutate))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda i: i.pop("config"), "exactly the keys"),
+        (lambda i: i.update(config="sha256:" + "F" * 64), "image config"),
+        (lambda i: i.update(config="f" * 64), "image config"),
+        (lambda i: i.update(config=1), "image config"),
+        (lambda i: i.update(id=None), "image id"),
+        (lambda i: i["layers"].append("sha256:x"), "layer diff id"),
+    ],
+)
+def test_inconsistent_image_entries_are_refused(mutate: object, message: str) -> None:
+    data = _edit(lambda o: mutate(o["content"]["images"][0]), images=True)  # type: ignore[operator]
+    with pytest.raises(ManifestError, match=message):
+        Manifest.parse(data)
 
 
 def test_non_canonical_forms_are_refused() -> None:
