@@ -34,9 +34,58 @@ lint: $(BIN)/airgap ## ruff and mypy --strict.
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p airgap.shared -p airgap.client -p airgap.server
 
 .PHONY: bench
-bench: $(BIN)/airgap ## Benchmarks, each figure beside its comparison (needs ~4 GB in /tmp).
+bench: $(BIN)/airgap ## Codec and FTP benchmarks, figures beside their comparison (root; 4 GB /tmp, 6 GB shm).
 	$(BIN)/python -m bench.codec
+	$(BIN)/python -m bench.ftp
+
+.PHONY: bench-ftp
+bench-ftp: $(BIN)/airgap ## FTP benchmark only: airgap serve against vsftpd (root; ~6 GB in /dev/shm).
+	$(BIN)/python -m bench.ftp
+
+# Container images. The build context is containers/; nothing is downloaded during the build.
+DOCKER      ?= docker
+BASE_IMAGE  ?= python:3.11-slim-bookworm
+LOCAL_BASE  ?= airgap-base:bookworm
+WHEELHOUSE  = containers/wheelhouse
+VERSION     = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' shared/version.py)
+SOURCES     = pyproject.toml $(shell find shared client server -name '*.py')
+
+.PHONY: wheelhouse
+wheelhouse: $(WHEELHOUSE)/.complete ## Wheels of airgap and its dependencies, for offline installs.
+
+# setuptools builds in build/lib and never empties it: a module deleted or moved in the source
+# would live on in the wheel, so that staging area goes first.
+$(WHEELHOUSE)/.complete: $(BIN)/airgap $(SOURCES)
+	rm -rf $(WHEELHOUSE) build/lib build/bdist.*
+	$(BIN)/python -m pip wheel -q --wheel-dir $(WHEELHOUSE) .
+	$(BIN)/python containers/check_wheel.py $(WHEELHOUSE)/airgap_ftp-$(VERSION)-*.whl
+	touch $@
+
+.PHONY: base-image
+base-image: ## Python base image from Debian packages (debootstrap), for hosts without a registry.
+	@$(DOCKER) image inspect $(LOCAL_BASE) >/dev/null 2>&1 \
+	    && echo "$(LOCAL_BASE) is present" \
+	    || containers/base/build $(LOCAL_BASE)
+
+# The official base when the engine has it, else the debootstrap one (made once, then kept).
+.PHONY: images
+images: wheelhouse ## Build airgap-server and airgap-client images, offline (--network none).
+	@base=$(BASE_IMAGE); \
+	if ! $(DOCKER) image inspect $$base >/dev/null 2>&1; then \
+	    echo "$$base is not present here; building on $(LOCAL_BASE)"; \
+	    $(MAKE) --no-print-directory base-image && base=$(LOCAL_BASE); \
+	fi; \
+	for side in server client; do \
+	    $(DOCKER) build -q --network none --build-arg BASE_IMAGE=$$base \
+	        -t airgap-$$side:$(VERSION) -t airgap-$$side:latest \
+	        -f containers/$$side/Dockerfile containers || exit 1; \
+	    echo "built airgap-$$side:$(VERSION) on $$base"; \
+	done
+
+.PHONY: demo
+demo: $(BIN)/airgap ## The main job on this machine: appliance, send an image, remove, fetch, run.
+	AIRGAP=$(BIN)/airgap bash demo/demo.sh
 
 .PHONY: clean
 clean: ## Remove the venv and build output.
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache $(WHEELHOUSE)
