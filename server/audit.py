@@ -5,10 +5,15 @@ Events: ``login``, ``login-failed``, ``ban``, ``upload-started``, ``upload-compl
 ``refused``, ``start``, ``stop``. Callers pass fields explicitly; this module never receives a
 password (there is no field for it) and strips control characters from every string, so a
 hostile file or user name cannot forge a log line.
+
+Each line is one ``write`` on an ``O_APPEND`` descriptor, so a line is whole or absent. A line
+that cannot be written (a full disk) is reported on stderr and dropped: the drop box keeps
+serving rather than stopping every session on a log it cannot extend.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,8 +36,8 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._failing = False
 
     def record(self, event: str, **fields: Field) -> None:
         entry: dict[str, Field] = {
@@ -41,11 +46,29 @@ class AuditLog:
         }
         entry.update({k: _clean(v) for k, v in fields.items()})
         line = json.dumps(entry, sort_keys=True, ensure_ascii=True)
-        with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+        self._append((line + "\n").encode("ascii"))
         logger.info("%s %s", event, " ".join(f"{k}={entry[k]}" for k in sorted(fields)))
+
+    def _append(self, data: bytes) -> None:
+        with self._lock:
+            try:
+                if self._fd < 0:
+                    raise OSError("closed")
+                end = os.fstat(self._fd).st_size
+                if os.write(self._fd, data) != len(data):
+                    os.ftruncate(self._fd, end)  # the disk filled up mid-line: no half lines
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                if not self._failing:
+                    logger.error("audit log %s: cannot write: %s", self.path, exc.strerror or exc)
+                self._failing = True
+                return
+            if self._failing:
+                logger.warning("audit log %s: writing again; lines were lost", self.path)
+            self._failing = False
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

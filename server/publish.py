@@ -160,12 +160,15 @@ class Publisher:
 
     def _quarantine(self, bundle_id: str, area: Path, files: list[Path], reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.layout.quarantine / f"{bundle_id}-{stamp}-{os.urandom(3).hex()}"
-        target.mkdir(mode=0o700)
+        name = f"{bundle_id}-{stamp}-{os.urandom(3).hex()}"
+        # Assembled in state/ (same file system, private), then moved in whole with its reason.
+        staging = self.layout.state / f"quarantine-{name}"
+        staging.mkdir(mode=0o700)
+        (staging / "reason.txt").write_text(f"{reason}\n", encoding="utf-8")
         for path in files:
             if path.exists():
-                path.rename(target / path.name)
-        (target / "reason.txt").write_text(f"{reason}\n", encoding="utf-8")
+                path.rename(staging / path.name)
+        staging.rename(self.layout.quarantine / name)
         self.audit.record("quarantine", bundle=bundle_id, area=area.name, reason=reason)
 
 

@@ -115,25 +115,26 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     )
     say(f"airgap: serving ftp://{_url_host(host)}:{port}/ root={layout.root}")
     _run(server, ioloop)
-    pool.shutdown(wait=True, cancel_futures=True)
+    # Queued work finishes: the audit records (bytes, sha256) of uploads cut by the stop.
+    pool.shutdown(wait=True, cancel_futures=False)
     audit.record("stop")
     audit.close()
     say("airgap: stopped")
 
 
-def _run(server: object, ioloop: object) -> None:
+def _run(server: ftp.Listener, ioloop: object) -> None:
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever(timeout=1.0, blocking=True, handle_exit=True)  # type: ignore[attr-defined]
+        server.serve_forever(timeout=1.0, blocking=True, handle_exit=True)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         # Closing every channel closes open upload files: partials stay on disk, resumable.
-        server.close_all()  # type: ignore[attr-defined]
+        server.close_all()
 
 
 def _url_host(host: str) -> str:

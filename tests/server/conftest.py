@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ftplib
+import io
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +65,7 @@ class Server:
         return code
 
 
-def start_server(root: Path, *args: str) -> Server:
+def start_server(root: Path, *args: str, min_free: int = 0) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
     process = subprocess.Popen(
         [
@@ -76,7 +78,7 @@ def start_server(root: Path, *args: str) -> Server:
             "--root",
             str(root),
             "--min-free-bytes",
-            "0",
+            str(min_free),
             "--login-failure-delay",
             "0.1",
             *args,
@@ -112,8 +114,8 @@ def start_server(root: Path, *args: str) -> Server:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def run(*args: str) -> Server:
-        server = start_server(tmp_path / "root", *args)
+    def run(*args: str, root: Path | None = None, min_free: int = 0) -> Server:
+        server = start_server(root or tmp_path / "root", *args, min_free=min_free)
         started.append(server)
         return server
 
@@ -122,10 +124,51 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         server.stop()
 
 
-def stor(client: ftplib.FTP, name: str, data: bytes, *, rest: int | None = None) -> str:
-    import io
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 20 MiB tmpfs, for a disk that fills up (needs root, or CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m,mode=0755", "tmpfs", str(mount)],
+        check=True,
+        timeout=30,
+    )
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stor(client: ftplib.FTP, name: str, data: bytes, *, rest: int | None = None) -> str:
     return client.storbinary(f"STOR {name}", io.BytesIO(data), rest=rest)
+
+
+def stor_refused(client: ftplib.FTP, name: str, data: bytes, *, rest: int | None = None) -> str:
+    """An upload the server stops mid-way: its final reply, however the data socket ended.
+
+    A server that stops reading and closes may reset the socket while the client still sends,
+    so the client sees ECONNRESET or EPIPE before it reads the reply on the control connection.
+    """
+    try:
+        reply = stor(client, name, data, rest=rest)
+    except ftplib.all_errors as exc:
+        if not isinstance(exc, OSError):
+            return str(exc)
+        try:
+            reply = client.voidresp()
+        except ftplib.all_errors as late:
+            return str(late)
+    raise AssertionError(f"upload was not refused: {reply}")
 
 
 def retr(client: ftplib.FTP, name: str, *, rest: int | None = None) -> bytes:

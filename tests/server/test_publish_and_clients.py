@@ -15,7 +15,7 @@ from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.keys import KeySet
-from tests.server.conftest import Server, retr, stor
+from tests.server.conftest import Server, retr, stor, stor_refused, wait_for
 
 LFTP = shutil.which("lftp")
 CURL = shutil.which("curl")
@@ -41,15 +41,6 @@ def upload_bundle(server: Server, files: dict[str, bytes], *, payload: bytes | N
     client.quit()
 
 
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_good_bundle_is_published_and_downloaded(serve, tmp_path, keyset, keydir):
     server = serve("--tls", "off", "--trusted-signer", str(keydir / "signing.pub"))
     bundle_id, files = make_bundle(tmp_path, keyset)
@@ -65,6 +56,9 @@ def test_good_bundle_is_published_and_downloaded(serve, tmp_path, keyset, keydir
     assert not any((server.root / "pub/incoming/sender").iterdir())
     receiver.delete(payload)
     assert '"event": "publish"' in server.audit()
+    downloads = [line for line in server.audit().splitlines() if '"event": "download"' in line]
+    assert downloads and all(payload in line or ".manifest" in line for line in downloads)
+    assert "Traceback" not in server.stderr
 
 
 def test_wrong_payload_hash_goes_to_quarantine(serve, tmp_path, keyset):
@@ -124,13 +118,11 @@ def test_upload_cut_midway_is_never_published_and_resumes(serve, tmp_path, keyse
 def test_quota_gives_552_and_the_partial_stays(serve):
     server = serve("--tls", "off", "--quota-bytes", "100000")
     client = server.ftp("sender")
-    with pytest.raises(ftplib.error_perm, match="552"):
-        stor(client, "big.bin", b"x" * 300000)
+    assert stor_refused(client, "big.bin", b"x" * 300000).startswith("552")
     kept = (server.root / "pub/incoming/sender/big.bin").stat().st_size
     assert 0 < kept <= 100000
     assert client.voidcmd("NOOP").startswith("200")
-    with pytest.raises(ftplib.error_perm, match="552"):
-        stor(client, "more.bin", b"y" * 100000)
+    assert stor_refused(client, "more.bin", b"y" * 100000).startswith("552")
     (server.root / "pub/incoming/sender/more.bin").unlink()
     stor(client, "big.bin", b"x" * (100000 - kept), rest=kept)  # resumable once there is room
     assert (server.root / "pub/incoming/sender/big.bin").stat().st_size == 100000

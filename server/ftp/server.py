@@ -1,0 +1,102 @@
+"""The handler class and the listening server, assembled from the mixins for one configuration.
+
+pyftpdlib's own extension points do the work: ``proto_cmds`` (HASH and RANG added, directory
+and SITE commands removed), ``abstracted_fs``, ``dtp_handler``, ``authorizer`` and the class
+attributes for TLS, timeouts, passive ports and PORT hardening.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Protocol
+
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+from airgap.server.config import TlsMode
+from airgap.server.ftp.data import PlainData, tls_data_class
+from airgap.server.ftp.fs import AirgapFS, Authorizer
+from airgap.server.ftp.hashcmd import HashCommands
+from airgap.server.ftp.loop import Services
+from airgap.server.ftp.session import REFUSED_COMMANDS
+from airgap.server.ftp.uploads import UploadCommands
+from airgap.server.layout import Layout
+
+_NEW_COMMANDS = {
+    # HASH carries a permission letter so that pyftpdlib maps its path through ftp2fs/validpath;
+    # RANG takes numbers the handler parses itself.
+    "HASH": {"perm": "l", "auth": True, "arg": True, "help": "Syntax: HASH <SP> file-name"},
+    "RANG": {"perm": None, "auth": True, "arg": True, "help": "Syntax: RANG <SP> start end"},
+}
+
+
+def _commands(base: dict[str, Any]) -> dict[str, Any]:
+    table = {k: v for k, v in base.items() if k not in REFUSED_COMMANDS}
+    table.update(_NEW_COMMANDS)
+    return table
+
+
+def _tls_context(layout: Layout) -> Any:
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_COMPRESSION)
+    context.use_certificate_chain_file(str(layout.tls_cert))
+    context.use_privatekey_file(str(layout.tls_key))
+    return context
+
+
+class Listener(Protocol):
+    """What ``airgap serve`` needs of the listening server."""
+
+    socket: socket.socket
+
+    def serve_forever(self, *, timeout: float, blocking: bool, handle_exit: bool) -> None: ...
+
+    def close_all(self) -> None: ...
+
+
+def handler_class(services: Services) -> type:
+    config = services.config
+    base: Any = FTPHandler  # or TLS_FTPHandler; untyped either way
+    data: type = PlainData
+    attributes: dict[str, Any] = {}
+    if config.tls is not TlsMode.OFF:
+        from pyftpdlib.handlers import TLS_FTPHandler
+
+        base, data = TLS_FTPHandler, tls_data_class()
+        required = config.tls is TlsMode.REQUIRED
+        attributes |= {
+            "ssl_context": _tls_context(services.layout),
+            "tls_control_required": required,
+            "tls_data_required": required,
+        }
+    attributes |= {
+        "services": services,
+        "authorizer": Authorizer(),
+        "abstracted_fs": AirgapFS,
+        "dtp_handler": type("AirgapData", (data,), {"timeout": config.data_timeout}),
+        "proto_cmds": _commands(base.proto_cmds),
+        "timeout": config.idle_timeout,
+        "banner": "airgap drop box ready.",
+        "max_login_attempts": 3,
+        "permit_foreign_addresses": False,
+        "permit_privileged_ports": False,
+        "masquerade_address": config.masquerade_address,
+        "passive_ports": range(config.passive_ports[0], config.passive_ports[1] + 1),
+        "use_sendfile": False,
+    }
+    return type("AirgapHandler", (HashCommands, UploadCommands, base), attributes)
+
+
+def make_server(services: Services, ioloop: Any) -> Listener:
+    server: Any = FTPServer(
+        (services.config.host, services.config.port), handler_class(services), ioloop=ioloop
+    )
+    # A backstop against running out of descriptors: each session may hold a control and a
+    # data connection and a passive listener. The configured limit is enforced per session.
+    server.max_cons = 3 * services.config.max_connections + 16
+    server.max_cons_per_ip = services.config.max_connections_per_ip
+    listener: Listener = server
+    return listener

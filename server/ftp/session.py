@@ -1,0 +1,256 @@
+"""One control connection: bans, hostile lines, logins off the loop, and the policy per command.
+
+Every command that names a path asks :func:`airgap.server.policy.decide` first, with the path
+made relative to the root by :class:`~airgap.server.ftp.fs.AirgapFS`. Logins are checked on a
+worker thread; until the answer comes back the session reads no further commands. PASS lines
+never reach the audit log, and pyftpdlib is never handed the password to keep.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from airgap.server.ftp.base import SessionAPI
+from airgap.server.ftp.loop import Services
+from airgap.server.login import authenticate
+from airgap.server.policy import Op, Parts, Principal, decide, rename_allowed
+from airgap.server.publish import bundle_id_of
+
+MAX_LINE = 2048
+REFUSED_COMMANDS = ("MKD", "XMKD", "RMD", "XRMD", "STOU", "SITE CHMOD", "MFMT", "SITE")
+
+
+class Session(SessionAPI):
+    """The policy-enforcing FTP session; mixed in before FTPHandler or TLS_FTPHandler."""
+
+    services: Services
+    principal: Principal | None = None
+    _overlong = False
+
+    # --- connection and command lines
+
+    def handle(self) -> None:
+        # pyftpdlib's own max_cons counts every socket on the loop (listener, data channels);
+        # the configured limit counts control connections, this one included.
+        if len(self.server.ip_map) > self.services.config.max_connections:
+            self.handle_max_cons()
+            return
+        ip = self.remote_ip
+        if self.services.guard.banned(ip):
+            self.services.audit.record("refused", ip=ip, reason="banned")
+            self.respond("421 Too many failed logins; try again later.")
+            self.close_when_done()
+            return
+        super().handle()
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        # pyftpdlib answers an overlong line twice (once when too long, once at its end), which
+        # desynchronises clients; drop the whole line and answer once, at its end.
+        if self._overlong:
+            return
+        self._in_buffer.append(data)
+        self._in_buffer_len += len(data)
+        if self._in_buffer_len > MAX_LINE:
+            self._overlong = True
+            self._in_buffer = []
+            self._in_buffer_len = 0
+
+    def found_terminator(self) -> None:
+        if self._overlong:
+            self._overlong = False
+            self._in_buffer = []
+            self._in_buffer_len = 0
+            self.respond("500 Command too long.")
+            return
+        super().found_terminator()
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if any(c in line for c in "\0\r\n"):
+            self.respond("501 NUL, CR and LF are not allowed in commands.")
+            return
+        if cmd.upper() in REFUSED_COMMANDS or cmd.upper().startswith("SITE"):
+            self.respond("502 Command not implemented here.")
+            return
+        super().pre_process_command(line, cmd, arg)
+
+    # --- login
+
+    def flush_account(self) -> None:
+        super().flush_account()
+        self.principal = None
+
+    def ftp_PASS(self, line: str) -> None:
+        if self.authenticated:
+            self.respond("503 User already authenticated.")
+            return
+        username = self.username
+        if not username:
+            self.respond("503 Login with USER first.")
+            return
+        services = self.services
+
+        def check() -> Principal | None:
+            return authenticate(
+                username,
+                line,
+                users=services.users,
+                layout=services.layout,
+                anonymous=services.config.anonymous,
+            )
+
+        # No more commands are read until the check is answered (as pyftpdlib does for delays).
+        self.del_channel()
+        services.run(check, self._login_checked)
+
+    def _login_checked(self, future: Future[Principal | None]) -> None:
+        if self._closed:
+            return
+        self.add_channel()
+        ip = self.remote_ip
+        principal = future.result() if future.exception() is None else None
+        audit = self.services.audit
+        if principal is None:
+            audit.record("login-failed", ip=ip, user=self.username)
+            self.username = ""
+            if self.services.guard.failed(ip):
+                audit.record("ban", ip=ip, seconds=self.services.config.ban_seconds)
+                self.respond("421 Too many failed logins; banned for a while.")
+                self.close_when_done()
+                return
+            self.del_channel()
+            delay = self.services.config.login_failure_delay
+            self.ioloop.call_later(delay, self._login_refused, _errback=self.handle_error)
+            return
+        self.services.guard.succeeded(ip)
+        self.principal = principal
+        home = self.services.layout.root.joinpath(*principal.home)
+        audit.record("login", ip=ip, user=principal.name, role=principal.label)
+        # The password is not kept: pyftpdlib would store it in the session otherwise.
+        self.handle_auth_success(str(home), "", "Logged in.")
+
+    def _login_refused(self) -> None:
+        if self._closed:
+            return
+        self.add_channel()
+        self.attempted_logins += 1
+        if self.attempted_logins >= self.max_login_attempts:
+            self.respond("530 Authentication failed. Disconnecting.")
+            self.close_when_done()
+        else:
+            self.respond("530 Authentication failed.")
+
+    # --- the policy
+
+    def _allowed(self, op: Op, path: str) -> bool:
+        rel = self.fs.rel(path)
+        principal = self.principal
+        if rel is None or principal is None:
+            self.respond("550 No such file or directory.")
+            return False
+        is_dir = Path(path).is_dir() and not Path(path).is_symlink()
+        decision = decide(principal, op, rel, is_dir=is_dir)
+        if not decision.allowed:
+            self.respond(f"550 Not allowed: {decision.reason}.")
+            return False
+        return True
+
+    def ftp_CWD(self, path: str) -> None:
+        if self._allowed(Op.CWD, path):
+            super().ftp_CWD(path)
+
+    def ftp_LIST(self, path: str) -> None:
+        if self._allowed(Op.LIST, path):
+            super().ftp_LIST(path)
+
+    def ftp_NLST(self, path: str) -> None:
+        if self._allowed(Op.LIST, path):
+            super().ftp_NLST(path)
+
+    def ftp_MLSD(self, path: str) -> None:
+        if self._allowed(Op.LIST, path):
+            super().ftp_MLSD(path)
+
+    def ftp_MLST(self, path: str) -> None:
+        if self._allowed(Op.STAT if Path(path).is_file() else Op.LIST, path):
+            super().ftp_MLST(path)
+
+    def ftp_STAT(self, path: str) -> None:
+        if not path or self._allowed(Op.LIST, path):
+            super().ftp_STAT(path)
+
+    def ftp_SIZE(self, path: str) -> None:
+        if self._allowed(Op.STAT, path):
+            super().ftp_SIZE(path)
+
+    def ftp_MDTM(self, path: str) -> None:
+        if self._allowed(Op.STAT, path):
+            super().ftp_MDTM(path)
+
+    def ftp_RETR(self, path: str) -> None:
+        if self._allowed(Op.READ, path):
+            super().ftp_RETR(path)
+
+    def ftp_DELE(self, path: str) -> None:
+        if not self._allowed(Op.DELETE, path):
+            return
+        if self.services.busy.is_busy(Path(path)):
+            self.respond("450 File busy; try again later.")
+            return
+        if super().ftp_DELE(path):
+            self._record("delete", path)
+
+    def ftp_RNFR(self, path: str) -> None:
+        if self._allowed(Op.RENAME_FROM, path):
+            super().ftp_RNFR(path)
+
+    def ftp_RNTO(self, path: str) -> None:
+        source, self._rnfr = self._rnfr, None
+        if source is None:
+            self.respond("503 Bad sequence of commands: use RNFR first.")
+            return
+        if not self._allowed(Op.RENAME_TO, path):
+            return
+        if not self._renamable(self.fs.rel(source), self.fs.rel(path)):
+            self.respond("550 Not allowed: only X.part may be renamed, to X.")
+            return
+        busy, claimed = self.services.busy, [Path(source), Path(path)]
+        if not busy.claim(claimed):
+            self.respond("450 File busy; try again later.")
+            return
+        try:
+            if os.path.lexists(path):
+                self.respond("550 Not allowed: the target exists and is never replaced.")
+                return
+            Path(source).rename(path)
+        except OSError as exc:
+            self.respond(f"550 {exc.strerror}.")
+            return
+        finally:
+            busy.release(claimed)
+        self.respond("250 Renaming ok.")
+        self._record("rename", path, source=Path(source).name)
+        self._check_bundle_of(path)
+
+    @staticmethod
+    def _renamable(src: Parts | None, dst: Parts | None) -> bool:
+        return src is not None and dst is not None and rename_allowed(src, dst)
+
+    # --- shared by the command mixins
+
+    def _record(self, event: str, path: str, **fields: Any) -> None:
+        principal = self.principal
+        self.services.audit.record(
+            event,
+            ip=self.remote_ip,
+            user=principal.name if principal else "",
+            file=os.path.relpath(path, self.services.layout.root),
+            **fields,
+        )
+
+    def _check_bundle_of(self, path: str) -> None:
+        bundle_id = bundle_id_of(Path(path).name)
+        if bundle_id is not None:
+            self.services.check_bundle(Path(path).parent, bundle_id)

@@ -1,0 +1,118 @@
+"""STOR and APPE: an upload goes through :mod:`airgap.server.storage`, never pyftpdlib's open.
+
+An upload ending is only recorded (bytes and sha256, hashed off the loop) and handed to the
+bundle check: a socket that closed cleanly says nothing about whether the file is whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future
+from pathlib import Path
+
+from airgap.server import storage
+from airgap.server.ftp.session import Session
+from airgap.server.policy import Op
+from airgap.server.users import Role
+
+logger = logging.getLogger("airgap.server")
+
+
+class UploadCommands(Session):
+    _upload: str | None = None  # the path this session is writing, claimed in BusyFiles
+
+    def ftp_APPE(self, path: str) -> None:
+        if self._restart_position:
+            self._restart_position = 0
+            self.respond("450 Can't APPE while REST request is pending.")
+            return
+        self.ftp_STOR(path, mode="a")
+
+    def ftp_STOR(self, path: str, mode: str = "w") -> None:
+        append = "a" in mode
+        rest, self._restart_position = self._restart_position, 0
+        target = storage.target(path)
+        if isinstance(target, storage.Refusal):
+            self.respond(target.reply)
+            return
+        resuming = target.exists and (append or rest > 0)
+        if not self._allowed(Op.RESUME if resuming else Op.CREATE, path):
+            return
+        offset = target.offset(append=append, rest=rest)
+        if isinstance(offset, storage.Refusal):
+            self.respond(offset.reply)
+            return
+        config = self.services.config
+        sender = self.principal is not None and self.principal.role is Role.SENDER
+        quota = config.quota_bytes if sender else None
+        budget = storage.budget(target, offset, quota=quota, min_free=config.min_free_bytes)
+        if isinstance(budget, storage.Refusal):
+            self.respond(budget.reply)
+            return
+        if not self.services.busy.claim([Path(path)]):
+            self.respond("450 Another session is writing this file; try again later.")
+            return
+        try:
+            upload = storage.open_for_upload(
+                target, offset, budget=budget, min_free=config.min_free_bytes
+            )
+        except OSError as exc:
+            self.services.busy.release([Path(path)])
+            self.respond(f"550 {exc.strerror}.")
+            return
+        self._release_upload()
+        self._upload = path
+        self._record("upload-started", path, offset=offset)
+        self._start_receiving(upload, "APPE" if append else "STOR")
+
+    def _start_receiving(self, upload: storage.UploadFile, cmd: str) -> None:
+        """What pyftpdlib's ftp_STOR does once it has a file object."""
+        if self.data_channel is not None:
+            self.respond("125 Data connection already open. Transfer starting.")
+            self.data_channel.file_obj = upload
+            self.data_channel.enable_receiving(self._current_type, cmd)
+        else:
+            self.respond("150 File status okay. About to open data connection.")
+            self._in_dtp_queue = (upload, cmd)
+
+    def _release_upload(self) -> None:
+        if self._upload is not None:
+            self.services.busy.release([Path(self._upload)])
+            self._upload = None
+
+    def on_file_received(self, file: str) -> None:
+        self._upload_ended(file, complete=True)
+
+    def on_incomplete_file_received(self, file: str) -> None:
+        self._upload_ended(file, complete=False)
+
+    def _upload_ended(self, file: str, *, complete: bool) -> None:
+        self._release_upload()
+        services, ip = self.services, self.remote_ip
+        user = self.principal.name if self.principal else ""
+        relative = os.path.relpath(file, services.layout.root)
+        event = "upload-completed" if complete else "upload-incomplete"
+
+        def work() -> None:
+            # "completed" only means the socket closed cleanly; the bundle check decides.
+            size = os.lstat(file).st_size
+            digest, _, _ = services.hashes.digest(Path(file))
+            services.audit.record(event, ip=ip, user=user, file=relative, bytes=size, sha256=digest)
+
+        def then(future: Future[None]) -> None:
+            if future.exception() is not None:
+                logger.warning("after upload of %s: %r", relative, future.exception())
+            self._check_bundle_of(file)
+
+        services.run(work, then)
+
+    def on_file_sent(self, file: str) -> None:
+        self._record("download", file, complete=True)
+
+    def on_incomplete_file_sent(self, file: str) -> None:
+        self._record("download", file, complete=False)
+
+    def close(self) -> None:
+        self._release_upload()
+        super().close()

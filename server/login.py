@@ -1,0 +1,40 @@
+"""Who a USER/PASS pair is: a sender, a receiver, anonymous (when enabled) or nobody.
+
+scrypt is slow on purpose, so :func:`authenticate` runs on a worker thread, never on the FTP IO
+loop. An unknown name costs the same work as a known one, so timing does not tell which names
+exist. This module never logs, keeps or returns the password it is given.
+"""
+
+from __future__ import annotations
+
+from airgap.server.config import AnonymousMode
+from airgap.server.layout import Layout
+from airgap.server.policy import Principal
+from airgap.server.users import PasswordHash, Role, UserDB
+
+ANONYMOUS = ("anonymous", "ftp")
+_DUMMY_HASH = PasswordHash.make("not a password of anyone")  # equal work for unknown users
+
+
+def authenticate(
+    username: str,
+    password: str,
+    *,
+    users: UserDB,
+    layout: Layout,
+    anonymous: AnonymousMode,
+) -> Principal | None:
+    """The principal these credentials prove, or None; a sender's area is made on its login."""
+    if username.lower() in ANONYMOUS:
+        if anonymous is AnonymousMode.OFF:
+            return None
+        return Principal("anonymous", None, anonymous)
+    user = users.get(username) if username.isascii() else None
+    if user is None:
+        _DUMMY_HASH.matches(password)
+        return None
+    if not user.password.matches(password):
+        return None
+    if user.role is Role.SENDER:
+        layout.sender_area(user.name).mkdir(mode=0o755, exist_ok=True)
+    return Principal(user.name, user.role)

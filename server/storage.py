@@ -1,0 +1,139 @@
+"""How an upload lands on disk: never over a completed file, never past a quota or the watermark.
+
+The rules that pyftpdlib's STOR gets wrong for a drop box, free of any FTP library:
+
+- a plain STOR never replaces an existing file (resume it with REST+STOR or APPE instead);
+- a resume at offset n first cuts the file at n, so no old tail survives past the new bytes;
+- REST past the end of the file is refused rather than leaving a hole;
+- an upload that would cross the sender's quota or the free-disk watermark stops with the bytes
+  written so far kept, so the upload resumes once there is room.
+
+:class:`UploadFile` writes unbuffered: every byte it reports written is in the file, an error
+(ENOSPC, EDQUOT) surfaces in :meth:`UploadFile.write` and never later in ``close()``. This module
+answers with FTP reply texts because those are what a client sees, but it never touches a socket
+and never follows a symbolic link.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+#: How often (bytes written) an upload checks the free-disk watermark again.
+SPACE_CHECK_EVERY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An FTP reply refusing the upload; nothing was changed on disk."""
+
+    reply: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The file an upload names, as it is now."""
+
+    path: str
+    exists: bool
+    size: int
+
+    def offset(self, *, append: bool, rest: int) -> int | Refusal:
+        """Where the upload writes: the end (APPE), ``rest`` (REST+STOR) or 0 for a new file."""
+        if not append and rest == 0 and self.size > 0:
+            return Refusal("550 File exists and is never overwritten; resume with REST or APPE.")
+        if rest > self.size:
+            return Refusal(f"554 REST position ({rest}) is past the end of the file ({self.size}).")
+        return self.size if append else rest
+
+
+def target(path: str) -> Target | Refusal:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return Target(path, exists=False, size=0)
+    except OSError as exc:
+        return Refusal(f"550 {exc.strerror}.")
+    if not stat.S_ISREG(info.st_mode):
+        return Refusal("550 Not a regular file.")
+    return Target(path, exists=True, size=info.st_size)
+
+
+def free_bytes(path: str | Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+def budget(
+    upload: Target, offset: int, *, quota: int | None, min_free: int
+) -> int | Refusal | None:
+    """Bytes the upload may still write (None: no quota), or a 552 when there are none.
+
+    ``quota`` is the area's limit in bytes (None: none); the area is the file's directory.
+    """
+    area = Path(upload.path).parent
+    if free_bytes(area) < min_free:
+        return Refusal("552 Not enough disk space on the server; resume later.")
+    if not quota:
+        return None
+    used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(area))
+    left = quota - (used - (upload.size - offset))
+    if left <= 0:
+        return Refusal("552 Quota exceeded; delete .part files or wait for publishing.")
+    return left
+
+
+class UploadFile:
+    """The file a STOR/APPE writes: counts bytes, enforces the quota and the disk watermark."""
+
+    def __init__(self, fd: int, path: str, *, budget: int | None, min_free: int) -> None:
+        self._fd = fd
+        self.name = path
+        self._budget = budget
+        self._min_free = min_free
+        self._since_check = 0
+        self.written = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def write(self, data: bytes) -> int:
+        if self._budget is not None and self.written + len(data) > self._budget:
+            raise OSError(errno.EDQUOT, "quota exceeded")
+        self._since_check += len(data)
+        if self._since_check >= SPACE_CHECK_EVERY:
+            self._since_check = 0
+            if free_bytes(self.name) < self._min_free:
+                raise OSError(errno.ENOSPC, "disk nearly full")
+        view = memoryview(data)
+        while view:  # a short write (a disk filling up) writes the rest or raises ENOSPC
+            count = os.write(self._fd, view)
+            self.written += count
+            view = view[count:]
+        return len(data)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+def open_for_upload(
+    upload: Target, offset: int, *, budget: int | None, min_free: int
+) -> UploadFile:
+    """Open for writing at ``offset``, the file cut there: a resume never keeps an old tail."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if upload.exists else os.O_CREAT | os.O_EXCL)
+    fd = os.open(upload.path, flags, 0o640)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Not a regular file")
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return UploadFile(fd, upload.path, budget=budget, min_free=min_free)

@@ -1,0 +1,141 @@
+"""Hardening against a real server: required TLS, connection limits, idle timeouts."""
+
+from __future__ import annotations
+
+import ftplib
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+
+from tests.server.conftest import Server, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def tls_client(server: Server) -> ftplib.FTP_TLS:
+    context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
+    client = ftplib.FTP_TLS(context=context)
+    server.clients.append(client)
+    client.connect("127.0.0.1", server.port, timeout=20)
+    return client
+
+
+def test_required_tls_refuses_user_before_auth_and_data_without_prot_p(serve):
+    server = serve("--tls", "required")
+    plain = server.ftp()
+    with pytest.raises(ftplib.error_perm, match="550"):
+        plain.login("sender", server.password("sender"))
+    client = tls_client(server)
+    client.login("sender", server.password("sender"))  # AUTH TLS first, then USER and PASS
+    client.voidcmd("PBSZ 0")
+    client.prot_c()  # data in clear
+    with pytest.raises(ftplib.error_perm, match="550"):
+        client.storbinary("STOR clear.bin", _Bytes(b"secret"))
+    with pytest.raises(ftplib.error_perm, match="550"):
+        client.nlst()
+    assert not (server.root / "pub/incoming/sender/clear.bin").exists()
+    client.prot_p()
+    client.storbinary("STOR private.bin", _Bytes(b"secret"))
+    assert client.nlst() == ["private.bin"]
+    assert (server.root / "pub/incoming/sender/private.bin").read_bytes() == b"secret"
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
+def greeting(server: Server, *, source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    """A raw control connection and the server's first reply (b"" if it just closed)."""
+    sock = socket.create_connection(
+        ("127.0.0.1", server.port), timeout=10, source_address=(source, 0)
+    )
+    try:
+        reply = sock.recv(1024)
+    except ConnectionResetError:
+        reply = b""
+    return sock, reply
+
+
+def test_total_connection_limit(serve):
+    server = serve("--tls", "off", "--max-connections", "3", "--max-connections-per-ip", "10")
+    held = []
+    for _ in range(3):
+        sock, reply = greeting(server)
+        held.append(sock)
+        assert reply.startswith(b"220"), reply
+    extra, reply = greeting(server)
+    assert not reply.startswith(b"220"), "a 4th connection was served"
+    extra.close()
+    client = held.pop()
+    client.close()
+
+    def accepted() -> bool:
+        sock, reply = greeting(server)
+        held.append(sock)
+        return reply.startswith(b"220")
+
+    assert wait_for(accepted, timeout=10), "the server stopped serving after refusing"
+    for sock in held:
+        sock.close()
+
+
+def test_per_ip_connection_limit(serve):
+    server = serve("--tls", "off", "--max-connections-per-ip", "2")
+    held = [greeting(server) for _ in range(2)]
+    assert all(reply.startswith(b"220") for _, reply in held)
+    extra, reply = greeting(server)
+    assert reply.startswith(b"421"), reply
+    extra.close()
+    other, reply = greeting(server, source="127.0.0.2")  # another address is still served
+    assert reply.startswith(b"220"), reply
+    other.close()
+    for sock, _ in held:
+        sock.close()
+
+    def served() -> bool:  # once the server has seen the closes
+        try:
+            return server.ftp("receiver").nlst() == []
+        except ftplib.error_temp:
+            return False
+
+    assert wait_for(served, timeout=10)
+
+
+def test_idle_control_connection_is_closed(serve):
+    server = serve("--tls", "off", "--idle-timeout", "1")
+    idle = server.ftp("sender")
+    busy = server.ftp("sender")
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:  # a session that keeps talking stays
+        busy.voidcmd("NOOP")
+        time.sleep(0.3)
+    with pytest.raises(ftplib.error_temp, match="421"):
+        idle.voidcmd("NOOP")  # the 421 was waiting: the server had already hung up
+    with pytest.raises((EOFError, OSError)):
+        idle.voidcmd("NOOP")
+    assert busy.voidcmd("NOOP").startswith("200")
+
+
+def test_tls_upload_cut_by_a_tcp_reset_answers_426(serve):
+    server = serve("--tls", "required")
+    client = tls_client(server)
+    client.login("sender", server.password("sender"))
+    client.prot_p()
+    client.voidcmd("TYPE I")
+    conn = client.transfercmd("STOR cut.bin")
+    conn.sendall(b"z" * 300000)
+    target = server.root / "pub/incoming/sender/cut.bin"
+    assert wait_for(lambda: target.exists() and target.stat().st_size > 0)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # an RST without a TLS close_notify
+    with pytest.raises(ftplib.error_temp, match="426"):
+        client.voidresp()
+    assert wait_for(lambda: '"event": "upload-incomplete"' in server.audit())
