@@ -29,6 +29,8 @@ _NEW_COMMANDS = {
     "RANG": {"perm": None, "auth": True, "arg": True, "help": "Syntax: RANG <SP> start end"},
 }
 
+DATA_BUFFER = 256 * 1024
+
 
 def _commands(base: dict[str, Any]) -> dict[str, Any]:
     table = {k: v for k, v in base.items() if k not in REFUSED_COMMANDS}
@@ -76,7 +78,16 @@ def handler_class(services: Services) -> type:
         "services": services,
         "authorizer": Authorizer(),
         "abstracted_fs": AirgapFS,
-        "dtp_handler": type("AirgapData", (data,), {"timeout": config.data_timeout}),
+        # Larger data buffers: fewer loop turns per GiB (64 KiB is pyftpdlib's default).
+        "dtp_handler": type(
+            "AirgapData",
+            (data,),
+            {
+                "timeout": config.data_timeout,
+                "ac_in_buffer_size": DATA_BUFFER,
+                "ac_out_buffer_size": DATA_BUFFER,
+            },
+        ),
         "proto_cmds": _commands(base.proto_cmds),
         "timeout": config.idle_timeout,
         "banner": "airgap drop box ready.",
@@ -85,7 +96,9 @@ def handler_class(services: Services) -> type:
         "permit_privileged_ports": False,
         "masquerade_address": config.masquerade_address,
         "passive_ports": range(config.passive_ports[0], config.passive_ports[1] + 1),
-        "use_sendfile": False,
+        # Downloads over plain FTP go by sendfile(2); pyftpdlib itself keeps it off TLS data
+        # connections and ASCII transfers.
+        "use_sendfile": True,
     }
     return type("AirgapHandler", (HashCommands, UploadCommands, base), attributes)
 
