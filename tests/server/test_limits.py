@@ -139,3 +139,18 @@ def test_tls_upload_cut_by_a_tcp_reset_answers_426(serve):
     with pytest.raises(ftplib.error_temp, match="426"):
         client.voidresp()
     assert wait_for(lambda: '"event": "upload-incomplete"' in server.audit())
+
+
+def test_stalled_data_connection_is_closed(serve):
+    server = serve("--tls", "off", "--data-timeout", "1")
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    data = client.transfercmd("STOR stalled.part")
+    data.sendall(b"x" * 1000)
+    time.sleep(3)  # nothing more: the server gives up on the data connection
+    with pytest.raises(ftplib.error_temp, match="421"):
+        client.voidresp()
+    data.close()
+    later = server.ftp("sender")
+    later.voidcmd("TYPE I")
+    assert later.size("stalled.part") == 1000  # kept, resumable
