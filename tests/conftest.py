@@ -60,12 +60,15 @@ def run_airgap(
 BUSYBOX = Path("/bin/busybox")
 
 
-def build_image(client: Any, tag: str, *, extra: str = "") -> Any:
-    """A tiny image FROM scratch with Debian's static busybox; ``extra`` adds Dockerfile lines."""
+def build_image(client: Any, tag: str, *, extra: str = "", files: Sequence[Path] = ()) -> Any:
+    """A tiny image FROM scratch with Debian's static busybox; ``extra`` adds Dockerfile lines
+    (which may COPY ``files``, put in the build context)."""
     if not BUSYBOX.exists():
         pytest.fail("busybox-static is not installed (/bin/busybox); .ci/run installs it")
     with tempfile.TemporaryDirectory() as context:
         shutil.copy(BUSYBOX, Path(context) / "busybox")
+        for path in files:
+            shutil.copy(path, Path(context) / path.name)
         (Path(context) / "Dockerfile").write_text(
             'FROM scratch\nCOPY busybox /bin/busybox\nCMD ["/bin/busybox", "echo", "hi"]\n' + extra
         )
