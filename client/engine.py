@@ -15,6 +15,7 @@ load from another kind of engine makes anew). The config digest is what every en
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+from docker.context import ContextAPI
 
 from airgap.shared.errors import EngineError, UsageError
 from airgap.shared.manifest import ImageEntry
@@ -40,8 +42,8 @@ class Engine:
 
     @classmethod
     def from_env(cls) -> Engine:
-        """The engine DOCKER_HOST (or the default socket) points at."""
-        with _errors("connecting to the Docker engine"):
+        """The engine DOCKER_HOST, else the current Docker CLI context, points at."""
+        with _errors(f"connecting to the Docker engine at {_endpoint()}"):
             client = docker.from_env(timeout=TIMEOUT)
             client.ping()
         return cls(client)
@@ -65,6 +67,14 @@ class Engine:
             refs = known if ref in known else (*known, ref)
             entries[image.id] = ImageEntry(image.id, refs, tuple(image.attrs["RootFS"]["Layers"]))
         return list(entries.values())
+
+    def size(self, refs: Sequence[str]) -> int:
+        """An upper bound of what ``docker save`` of ``refs`` writes (shared layers count twice)."""
+        total = 0
+        for image_id in {entry.id for entry in self.describe(refs)}:
+            with _errors(f"inspecting {image_id}"):
+                total += int(self._client.images.get(image_id).attrs.get("Size") or 0)
+        return total
 
     def save(self, refs: Sequence[str], *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """``docker save REF...`` as a stream; layers shared by several images come once."""
@@ -204,6 +214,17 @@ def _pax_path(data: bytes) -> str | None:
         if key == b"path":
             return value.decode("utf-8", "surrogateescape")
     return None
+
+
+def _endpoint() -> str:
+    """Where the SDK will connect, as the Docker CLI would say it (for messages only)."""
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    try:
+        context = ContextAPI.kwargs_from_context()
+    except (docker.errors.DockerException, OSError, ValueError):
+        context = {}
+    return str(context.get("base_url") or "unix:///var/run/docker.sock")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from airgap.client.credentials import password_for
 from airgap.client.ftp import FtpTarget, FtpTransport
 from airgap.client.spool import Backoff, SpooledTransport, cache_dir
 from airgap.client.transport import DirectoryTransport, Transport
-from airgap.shared.errors import UsageError
+from airgap.shared.errors import StorageError, UsageError
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,22 @@ def send_spool(bundle_id: str) -> Path:
 
 def forget_spool(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def check_space(directory: Path, plaintext: int) -> None:
+    """Refuse before starting when ``directory`` cannot hold a payload of ``plaintext`` bytes
+    (compression only shrinks it; age adds 16 bytes a 64 KiB chunk)."""
+    needed = plaintext + plaintext // 1000 + (1 << 20)
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        raise StorageError(f"{directory}: {exc.strerror or exc}") from exc
+    if free < needed:
+        raise StorageError(
+            f"not enough space in {directory}: up to {needed >> 20} MiB needed, "
+            f"{free >> 20} MiB free",
+            hint="free some space, or point XDG_CACHE_HOME (drop box) or --to at a larger disk",
+        )

@@ -8,6 +8,7 @@ import contextlib
 import io
 import itertools
 import json
+import subprocess
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -346,3 +347,34 @@ def test_saved_archive_refuses_what_is_not_a_tar() -> None:
         SavedArchive({"manifest.json"}).update(b"x" * 512)
     with pytest.raises(EngineError, match="no readable manifest"):
         SavedArchive({"manifest.json"}).configs()
+
+
+def test_docker_context_is_honoured(keydir: Path, tmp_path: Path) -> None:
+    """With DOCKER_HOST unset, the current Docker CLI context decides the engine."""
+    config = tmp_path / "docker-config"
+    for args in (
+        ["context", "create", "nowhere", "--docker", "host=unix:///nonexistent/airgap-ctx.sock"],
+        ["context", "use", "nowhere"],
+    ):
+        done = subprocess.run(
+            ["docker", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    sent = run_airgap(
+        [
+            "send",
+            "any:1",
+            "--to",
+            tmp_path / "drop",
+            "--no-encrypt",
+            "--sign-key",
+            keydir / "signing.key",
+        ],
+        env={"DOCKER_CONFIG": str(config)},
+    )
+    assert sent.returncode == 5, sent.stderr
+    assert "unix:///nonexistent/airgap-ctx.sock" in sent.stderr

@@ -160,7 +160,7 @@ def test_a_full_spool_disk_is_a_clear_error_and_the_next_run_works(
         env = {**_env(tmp_path, appliance.password("sender")), "XDG_CACHE_HOME": str(cache)}
         full = run_airgap(args, env=env)
         assert full.returncode == 1, full.stderr
-        assert "no space" in full.stderr.lower() and "Traceback" not in full.stderr
+        assert "not enough space" in full.stderr and "Traceback" not in full.stderr
     finally:
         subprocess.run(["umount", str(cache)], check=True)
     again = run_airgap(args, env=_env(tmp_path, appliance.password("sender")))

@@ -31,7 +31,7 @@ from airgap.client.cli.app import (
 from airgap.client.engine import Engine
 from airgap.client.images import send_images
 from airgap.client.ledger import Ledger
-from airgap.client.places import Place, forget_spool, open_place, send_spool
+from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
 from airgap.client.progress import counted
 from airgap.client.send import Resuming, resume_send, send_files
 from airgap.client.spool import SpooledTransport
@@ -116,6 +116,7 @@ def send(
         if images:
             engine = Engine.from_env()
             try:
+                check_space(spool or to or Path(), engine.size(images))
                 manifest = send_images(
                     images,
                     transport,
@@ -128,6 +129,7 @@ def send(
             finally:
                 engine.close()
         else:
+            check_space(spool or to or Path(), sum(p.stat().st_size for p in file or []))
             manifest = send_files(
                 file or [], transport, options=options, key=key, resuming=resuming, watch=watch
             )
