@@ -36,7 +36,9 @@ from airgap.shared.errors import (
     ReplayError,
     SignatureError,
     UsageError,
+    VerificationError,
 )
+from airgap.shared.ids import is_bundle_id
 from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
 
 if TYPE_CHECKING:
@@ -155,7 +157,7 @@ def _fetch_new(
 ) -> list[Outcome]:
     done = ledger.ids()
     outcomes = []
-    for bundle_id in _selected(transport, only):
+    for bundle_id in _selected(transport, only, trusted, frozenset(done)):
         if bundle_id in done:
             if only:
                 outcomes.append(
@@ -218,7 +220,7 @@ def verify_bundles(
     only: Sequence[str] = (),
 ) -> list[Outcome]:
     outcomes = []
-    for bundle_id in _selected(transport, only):
+    for bundle_id in _selected(transport, only, trusted):
         try:
             manifest, _ = open_bundle(transport, bundle_id, trusted)
             if identities or manifest.encryption.scheme == "none":
@@ -233,17 +235,42 @@ def verify_bundles(
     return outcomes
 
 
-def _selected(transport: Transport, only: Sequence[str]) -> list[str]:
+def _selected(
+    transport: Transport,
+    only: Sequence[str],
+    trusted: Sequence[minisign.PublicKey],
+    imported: frozenset[str] = frozenset(),
+) -> list[str]:
+    """The bundles named by id, or for an image ref the newest bundle that carries it (by its
+    signed manifest; none if that one was ``imported`` already); every published bundle when
+    nothing is named."""
     published = published_ids(transport.list())
     if not only:
         return published
-    missing = [i for i in only if i not in published]
-    if missing:
-        raise UsageError(
-            f"no published bundle {', '.join(missing)} in {transport.describe()}",
-            hint="airgap verify --from DIR checks and lists every published bundle",
-        )
-    return list(only)
+    chosen: list[str] = []
+    for wanted in only:
+        if is_bundle_id(wanted):
+            found = wanted if wanted in published else None
+        else:
+            found = next(
+                (b for b in reversed(published) if wanted in _refs(transport, b, trusted)), None
+            )
+        if found is None:
+            raise UsageError(
+                f"no published bundle {wanted} in {transport.describe()}",
+                hint="airgap ls lists the published bundles and what they carry",
+            )
+        if found not in chosen and (is_bundle_id(wanted) or found not in imported):
+            chosen.append(found)
+    return chosen
+
+
+def _refs(transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]) -> set[str]:
+    try:
+        manifest, _ = open_bundle(transport, bundle_id, trusted)
+    except VerificationError:
+        return set()  # not a candidate; fetching it by id reports why
+    return {ref for image in manifest.images for ref in image.refs}
 
 
 @dataclass(frozen=True)

@@ -378,3 +378,52 @@ def test_docker_context_is_honoured(keydir: Path, tmp_path: Path) -> None:
     )
     assert sent.returncode == 5, sent.stderr
     assert "unix:///nonexistent/airgap-ctx.sock" in sent.stderr
+
+
+def test_fetch_by_image_ref_takes_the_newest_bundle_that_carries_it(
+    docker_engine: DockerEngine, keydir: Path, tmp_path: Path, repo: str
+) -> None:
+    client = docker_engine.client
+    env = docker_engine.env
+    with removed_after(client, repo):
+        first = build_image(client, f"{repo}:1")
+        build_image(client, f"{repo}:other", extra='LABEL other="1"\n')
+        drop = tmp_path / "drop"
+        for ref in (f"{repo}:1", f"{repo}:other"):
+            sent = run_airgap(
+                [
+                    "send",
+                    ref,
+                    "--to",
+                    drop,
+                    "-R",
+                    keydir / "recipient.txt",
+                    "--sign-key",
+                    keydir / "signing.key",
+                ],
+                env=env,
+            )
+            assert sent.returncode == 0, sent.stderr
+        client.images.remove(f"{repo}:1", force=True)
+        client.images.remove(f"{repo}:other", force=True)
+        args = [
+            "fetch",
+            f"{repo}:1",
+            "--from",
+            drop,
+            "-i",
+            keydir / "identity.txt",
+            "--trust",
+            keydir / "signing.pub",
+            "--state-dir",
+            tmp_path / "state",
+        ]
+        fetched = run_airgap(args, env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        assert client.images.get(f"{repo}:1").id == first.id
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get(f"{repo}:other")  # only the bundle that carries the ref
+        again = run_airgap(args, env=env)  # imported already: nothing to do
+        assert again.returncode == 0 and "nothing to do" in again.stderr
+        missing = run_airgap([*args[:1], f"{repo}:nope", *args[2:]], env=env)
+        assert missing.returncode == 2 and "no published bundle" in missing.stderr

@@ -260,7 +260,10 @@ def _report(
 @app.command()
 @guarded
 def fetch(
-    ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all new).")] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Bundle ids or image refs (default: every new bundle)."),
+    ] = None,
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help="Where files bundles are unpacked.")
     ] = None,
@@ -318,7 +321,9 @@ def fetch(
 @app.command()
 @guarded
 def verify(
-    ids: Annotated[list[str] | None, typer.Argument(help="Bundle ids (default: all).")] = None,
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Bundle ids or image refs (default: all).")
+    ] = None,
     identity: IdentityOption = None,
     trust: TrustOption = None,
     source: FromOption = None,
