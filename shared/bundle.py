@@ -65,13 +65,15 @@ class Encoder:
         self.plaintext = Sha256()
         self.payload = Sha256()
         self.segments = Segments(options.segment_size)
-        # Three groups, one thread each when threaded: the ciphertext is small (a third of the
-        # plaintext or less), so encrypting and hashing it share one thread.
-        sealing: list[Stage] = [age.AgeEncryptor(options.recipients)] if options.recipients else []
+        # One thread each when threaded: hashing the plaintext beside the zstd call (whose
+        # workers compress on their own threads), encryption, then the payload hashes. This
+        # grouping was the fastest of four tried on two cores (2.37 s a GiB against 2.4-2.5 s).
         self.stages: list[Stage] = [
             Chain([self.plaintext, ZstdCompress(level=options.level, threads=options.threads)]),
-            Chain([*sealing, self.payload, self.segments]),
         ]
+        if options.recipients:
+            self.stages.append(age.AgeEncryptor(options.recipients))
+        self.stages.append(Chain([self.payload, self.segments]))
         self._chain = Chain(self.stages)
 
     def update(self, data: bytes) -> bytes:
