@@ -57,6 +57,21 @@ def run_airgap(
     )
 
 
+def spawn_airgap(
+    args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The real CLI in the background, with run_airgap's environment, to kill it mid-way."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "airgap.client", *map(str, args)],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 BUSYBOX = Path("/bin/busybox")
 
 

@@ -8,8 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import docker.errors
 import pytest
 
 from tests import vsftpd
-from tests.conftest import build_image, run_airgap
+from tests.conftest import build_image, run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server
 
 needs_vsftpd = pytest.mark.skipif(vsftpd.available() is not None, reason=str(vsftpd.available()))
@@ -140,13 +138,8 @@ def test_send_killed_mid_upload_resumes_where_the_server_stopped(
     payload.write_bytes(os.urandom(24 << 20))  # incompressible: the payload is ~24 MiB
     with vsftpd.running(tmp_path / "ftp", max_rate=4 << 20) as ftp:  # 4 MiB/s: ~6 s upload
         url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
-        env = {**os.environ, **_env(tmp_path, ftp.password)}
-        env = {k: v for k, v in env.items() if k != "AIRGAP_REQUIRE_DOCKER"}
-        send = subprocess.Popen(
+        send = spawn_airgap(
             [
-                sys.executable,
-                "-m",
-                "airgap.client",
                 "send",
                 "--file",
                 str(payload),
@@ -157,10 +150,7 @@ def test_send_killed_mid_upload_resumes_where_the_server_stopped(
                 "--sign-key",
                 str(keydir / "signing.key"),
             ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            env=_env(tmp_path, ftp.password),
         )
         spools = tmp_path / "cache" / "airgap" / "send"
 
@@ -240,18 +230,7 @@ def test_fetch_killed_mid_download_resumes_from_its_spool(keydir: Path, tmp_path
             "--state-dir",
             str(tmp_path / "state"),
         ]
-        env = {
-            k: v
-            for k, v in {**os.environ, **_env(tmp_path, ftp.password)}.items()
-            if k != "AIRGAP_REQUIRE_DOCKER"
-        }
-        fetch = subprocess.Popen(
-            [sys.executable, "-m", "airgap.client", *fetch_args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        fetch = spawn_airgap(fetch_args, env=_env(tmp_path, ftp.password))
         spools = tmp_path / "cache" / "airgap" / "fetch"
 
         def spooled() -> int:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import docker.errors
 import pytest
 
 from tests import vsftpd
-from tests.conftest import build_image, run_airgap
+from tests.conftest import build_image, run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server
 from tests.test_remote import _env, _fingerprint, _wait_for
 
@@ -247,18 +246,7 @@ def test_fetch_killed_mid_load_loads_nothing_then_resumes(
                 "--state-dir",
                 str(tmp_path / "state"),
             ]
-            env = {
-                k: v
-                for k, v in {**os.environ, **_env(tmp_path, ftp.password)}.items()
-                if k != "AIRGAP_REQUIRE_DOCKER"
-            }
-            fetch = subprocess.Popen(
-                [sys.executable, "-m", "airgap.client", *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            fetch = spawn_airgap(args, env=_env(tmp_path, ftp.password))
             spools = tmp_path / "cache" / "airgap" / "fetch"
             _wait_for(
                 lambda: (
