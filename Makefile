@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/airgap: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,13 +34,18 @@ lint: $(BIN)/airgap ## ruff and mypy --strict.
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p airgap.shared -p airgap.client -p airgap.server
 
 .PHONY: bench
-bench: $(BIN)/airgap ## Codec and FTP benchmarks, figures beside their comparison (root; 4 GB /tmp, 6 GB shm).
+bench: $(BIN)/airgap ## Codec, FTP and transfer benchmarks, figures beside their comparison (root; Docker; 4 GB /tmp, 6 GB shm).
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.ftp
+	$(BIN)/python -m bench.transfer
 
 .PHONY: bench-ftp
 bench-ftp: $(BIN)/airgap ## FTP benchmark only: airgap serve against vsftpd (root; ~6 GB in /dev/shm).
 	$(BIN)/python -m bench.ftp
+
+.PHONY: bench-transfer
+bench-transfer: $(BIN)/airgap ## Transfer benchmark only: airgap send/fetch beside save+lftp+load (root; Docker).
+	$(BIN)/python -m bench.transfer
 
 # Container images. The build context is containers/; nothing is downloaded during the build.
 DOCKER      ?= docker

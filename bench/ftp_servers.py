@@ -1,9 +1,11 @@
-"""The two FTP servers of the FTP benchmark, as child processes on loopback, and their costs.
+"""The FTP servers of the benchmarks, as child processes on loopback, and their costs.
 
 `bench.ftp` measures `airgap serve` against Debian's vsftpd in the same run. This module starts
 either one on 127.0.0.1 with a free control port and a free passive range, in a private
 directory, in the same drop-box shape (anonymous uploads into ``pub/incoming``, readable back),
 and reads what the server process tree costs from /proc: resident memory and CPU time.
+`bench.transfer` also runs the appliance as shipped (:func:`airgap_appliance`: FTPS required,
+sender and receiver accounts, a trusted signer), and either server throttled (``max_rate``).
 
 It must never touch the system's vsftpd (/etc/vsftpd.conf, the service): vsftpd gets a private
 config file and runs in the foreground as our child, killed at the end. Nothing listens on
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +49,7 @@ class Server:
     incoming: Path  # the directory that is `pub/incoming` for an anonymous client
     proc: subprocess.Popen[bytes]
     log: Path
+    passive: tuple[int, int] = (0, 0)  # the passive port range, first and last
     account: Accounting = field(init=False)
     sampler: MemorySampler = field(init=False)
 
@@ -139,12 +143,19 @@ hide_ids=YES
 ssl_enable=NO
 seccomp_sandbox=NO
 ftpd_banner=vsftpd (airgap benchmark)
+anon_max_rate={max_rate}
+use_sendfile={sendfile}
 """
 
 
 @contextlib.contextmanager
-def vsftpd(workdir: Path) -> Iterator[Server]:
-    """vsftpd as a drop box like the book's ch9_ftpd: anonymous write into pub/incoming."""
+def vsftpd(workdir: Path, *, max_rate: int = 0) -> Iterator[Server]:
+    """vsftpd as a drop box like the book's ch9_ftpd: anonymous write into pub/incoming.
+
+    ``max_rate``: bytes per second per transfer (vsftpd's anon_max_rate), 0 for no limit.
+    Throttled, it sends without sendfile(2): with it, vsftpd 3.0.3 let downloads run at up to
+    2.4x the limit here, not every time (uploads kept to it); through write(2) both keep to it.
+    """
     binary = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
     if not Path(binary).exists():
         raise ServerUnavailable("vsftpd is not installed (apt-get install vsftpd)")
@@ -168,11 +179,45 @@ def vsftpd(workdir: Path) -> Iterator[Server]:
             pasv_max=pasv_max,
             empty=empty,
             log=workdir / "vsftpd.xferlog",
+            max_rate=max_rate,
+            sendfile="NO" if max_rate else "YES",
         )
     )
     with log.open("wb") as out:
         proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=out)
-    server = Server("vsftpd", port, incoming, proc, log)
+    server = Server("vsftpd", port, incoming, proc, log, (pasv_min, pasv_max))
+    try:
+        _wait_for_greeting(server)
+        yield server
+    finally:
+        _stop(server)
+
+
+def _airgap_command(root: Path, port: int, passive: tuple[int, int], *args: str) -> list[str]:
+    command = [sys.executable, "-m", "airgap.client", "serve", "--listen", f"{HOST}:{port}"]
+    ports = f"{passive[0]}-{passive[1]}"
+    return [*command, "--root", str(root), "--passive-ports", ports, *args]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+
+
+@contextlib.contextmanager
+def _airgap_server(workdir: Path, args: list[str], env: dict[str, str]) -> Iterator[Server]:
+    root = workdir / "airgap-root"
+    root.mkdir(parents=True)
+    port, passive = free_port(), free_port_range()
+    log = workdir / "airgap-serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            _airgap_command(root, port, passive, *args),
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd=workdir,
+        )
+    server = Server("airgap", port, root / "pub" / "incoming", proc, log, passive)
     try:
         _wait_for_greeting(server)
         yield server
@@ -183,13 +228,7 @@ def vsftpd(workdir: Path) -> Iterator[Server]:
 @contextlib.contextmanager
 def airgap_serve(workdir: Path, *, concurrency: int) -> Iterator[Server]:
     """`airgap serve` in the book's mode (anonymous read-write, plain FTP) on its own root."""
-    root = workdir / "airgap-root"
-    root.mkdir(parents=True)
-    port, (pasv_min, pasv_max) = free_port(), free_port_range()
-    command = [sys.executable, "-m", "airgap.client", "serve", "--listen", f"{HOST}:{port}"]
-    command += ["--root", str(root), "--passive-ports", f"{pasv_min}-{pasv_max}"]
-    command += ["--tls", "off", "--anonymous", "read-write"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    env = _clean_env()
     # All clients come from 127.0.0.1: lift the per-IP limit (16 by default) above the load.
     # The total counts every socket of pyftpdlib's IO loop (control, passive listener, data),
     # so a transfer holds three of them: 256 by default would refuse the 86th sender.
@@ -197,15 +236,46 @@ def airgap_serve(workdir: Path, *, concurrency: int) -> Iterator[Server]:
         "AIRGAP_SERVE_MAX_CONNECTIONS_PER_IP": str(concurrency + 10),
         "AIRGAP_SERVE_MAX_CONNECTIONS": str(3 * concurrency + 30),
     }
-    log = workdir / "airgap-serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=out, env=env, cwd=workdir)
-    server = Server("airgap", port, root / "pub" / "incoming", proc, log)
-    try:
-        _wait_for_greeting(server)
+    with _airgap_server(workdir, ["--tls", "off", "--anonymous", "read-write"], env) as server:
         yield server
-    finally:
-        _stop(server)
+
+
+@dataclass(frozen=True)
+class Appliance:
+    """`airgap serve` as shipped: FTPS required, its two accounts, one trusted signer."""
+
+    server: Server
+    root: Path
+    fingerprint: str  # "sha256:HEX" of its certificate, as --tls-fingerprint takes it
+    passwords: dict[str, str]  # account name -> password (state/credentials.txt)
+
+    def url(self, account: str) -> str:
+        return f"ftps://{account}@{HOST}:{self.server.port}/"
+
+    @property
+    def outgoing(self) -> Path:
+        return self.root / "pub" / "outgoing"
+
+
+@contextlib.contextmanager
+def airgap_appliance(
+    workdir: Path, *, trusted_signer: Path, max_rate: int = 0
+) -> Iterator[Appliance]:
+    """The appliance with `--tls required`; ``max_rate`` as `--max-rate` (0: no limit)."""
+    args = ["--tls", "required", "--trusted-signer", str(trusted_signer)]
+    args += ["--max-rate", str(max_rate)] if max_rate else []
+    with _airgap_server(workdir, args, _clean_env()) as server:
+        root = server.incoming.parent.parent
+        log = server.log.read_text(errors="replace")
+        match = re.search(r"certificate (sha256:[0-9a-f]{64})", log)
+        if match is None:
+            raise ServerUnavailable(f"airgap serve printed no certificate fingerprint: {log}")
+        passwords = {}
+        for line in (root / "state" / "credentials.txt").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                passwords[parts[0]] = parts[2]
+        yield Appliance(server, root, match.group(1), passwords)
 
 
 def process_tree(pid: int) -> list[int]:

@@ -54,6 +54,7 @@ class ServeConfig:
     data_timeout: int = 120  # stalled data connection, seconds
     quota_bytes: int = 0  # per sender area; 0 = none
     min_free_bytes: int = 256 * 1024 * 1024  # refuse uploads below this much free disk
+    max_rate: int = 0  # bytes per second, each way, per data connection; 0 = unlimited
     workers: int = 2  # threads for hashing and publishing
 
 
@@ -136,6 +137,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "data_timeout": _int,
     "quota_bytes": _int,
     "min_free_bytes": _int,
+    "max_rate": _int,
     "workers": _int,
 }
 #: "listen" sets host and port together.

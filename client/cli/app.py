@@ -144,4 +144,14 @@ def main() -> NoReturn:
         _fail(exc)
     except KeyboardInterrupt:
         _fail(Interrupted("interrupted"))
+    except Exception as exc:
+        # A bug of ours. No traceback by default: its locals and messages may hold secrets.
+        if os.environ.get("AIRGAP_DEBUG") == "1":
+            raise
+        _fail(
+            AirgapError(
+                f"internal error ({type(exc).__name__}); this is a bug in airgap",
+                hint="run again with AIRGAP_DEBUG=1 to see the traceback, and report it",
+            )
+        )
     sys.exit(int(ExitCode.OK))

@@ -55,6 +55,14 @@ def serve(
     data_timeout: Annotated[int | None, typer.Option(help="Stalled data timeout (s).")] = None,
     quota_bytes: Annotated[int | None, typer.Option(help="Per-sender quota, 0: none.")] = None,
     min_free_bytes: Annotated[int | None, typer.Option(help="Free-disk watermark.")] = None,
+    max_rate: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rate",
+            metavar="BYTES_PER_SECOND",
+            help="Throttle each data connection, each way; 0: no limit.",
+        ),
+    ] = None,
 ) -> None:
     """Run the FTP drop box (first start: makes a certificate and two accounts)."""
     from airgap.server.config import load_config
@@ -77,6 +85,7 @@ def serve(
         "data_timeout": data_timeout,
         "quota_bytes": quota_bytes,
         "min_free_bytes": min_free_bytes,
+        "max_rate": max_rate,
     }
     config = load_config(flags, environ=os.environ, config_file=config_file)
     run_server(config, say)

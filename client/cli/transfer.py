@@ -129,7 +129,8 @@ def send(
             finally:
                 engine.close()
         else:
-            check_space(spool or to or Path(), sum(p.stat().st_size for p in file or []))
+            sizes = [p.stat().st_size for p in file or [] if p.is_file()]  # send_files checks
+            check_space(spool or to or Path(), sum(sizes))
             manifest = send_files(
                 file or [], transport, options=options, key=key, resuming=resuming, watch=watch
             )

@@ -14,7 +14,7 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
 from airgap.server.config import TlsMode
-from airgap.server.ftp.data import PlainData, tls_data_class
+from airgap.server.ftp.data import PlainData, throttled, tls_data_class
 from airgap.server.ftp.fs import AirgapFS, Authorizer
 from airgap.server.ftp.hashcmd import HashCommands
 from airgap.server.ftp.loop import Services
@@ -74,6 +74,8 @@ def handler_class(services: Services) -> type:
             "tls_control_required": required,
             "tls_data_required": required,
         }
+    if config.max_rate:
+        data = throttled(data, config.max_rate)
     attributes |= {
         "services": services,
         "authorizer": Authorizer(),

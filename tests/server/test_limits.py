@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import Server, stor, wait_for
+from tests.server.conftest import Server, retr, stor, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,13 +157,16 @@ def test_stalled_data_connection_is_closed(serve):
 
 
 def test_max_rate_throttles_each_data_connection(serve):
-    # pyftpdlib's throttle drops up to one read's excess over the limit at each one-second
-    # mark, so 2.6 MB guarantees a second mark, hence a pause, at 1 MB/s.
     server = serve("--tls", "off", "--max-rate", "1000000")
     client = server.ftp("sender")
-    data = b"t" * 2_600_000
+    data = b"t" * 2_000_000
     started = time.monotonic()
     stor(client, "slow.bin", data)
     uploaded = time.monotonic() - started
-    assert uploaded >= 1.5, f"2.6 MB went up in {uploaded:.2f} s at 1 MB/s"
+    assert uploaded >= 1.5, f"2 MB went up in {uploaded:.2f} s at 1 MB/s"
     assert (server.root / "pub/incoming/sender/slow.bin").read_bytes() == data
+    (server.root / "pub/outgoing/slow.bin").write_bytes(data)
+    started = time.monotonic()
+    assert retr(server.ftp("receiver"), "slow.bin") == data
+    downloaded = time.monotonic() - started
+    assert downloaded >= 1.5, f"2 MB came down in {downloaded:.2f} s at 1 MB/s"
