@@ -1,0 +1,45 @@
+"""`airgap serve` settings: flags over AIRGAP_SERVE_* variables over the TOML file over the
+embedded defaults, and nothing unknown accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from airgap.server.config import ServeConfig, TlsMode, load_config
+from airgap.shared.errors import UsageError
+from tests.server.conftest import start_server
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text('listen = "127.0.0.1:2001"\ntls = "off"\nidle-timeout = 30\n')
+    environ = {"AIRGAP_SERVE_LISTEN": "127.0.0.1:2002", "AIRGAP_SERVE_IDLE_TIMEOUT": "40"}
+    config = load_config({"listen": "127.0.0.1:2003"}, environ=environ, config_file=toml)
+    assert config.port == 2003  # the flag
+    assert config.idle_timeout == 40  # the environment, over the file
+    assert config.tls == TlsMode.OFF  # the file, over the default
+    assert config.max_connections == ServeConfig().max_connections  # the default
+    defaults = load_config({}, environ={})
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 2121)
+    assert defaults.root == Path("airgap-data")
+
+
+def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text('listne = "127.0.0.1:1"\n')
+    with pytest.raises(UsageError, match="unknown setting"):
+        load_config({}, environ={}, config_file=toml)
+    with pytest.raises(UsageError, match="bad"):
+        load_config({"listen": "nowhere"}, environ={})
+
+
+def test_the_server_uses_the_file_and_the_flag_wins(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text('tls = "required"\nanonymous = "upload"\n')
+    server = start_server(tmp_path / "root", "--config", str(toml), "--tls", "off")
+    try:
+        assert "tls=off" in server.stderr and "anonymous=upload" in server.stderr
+    finally:
+        server.stop()
