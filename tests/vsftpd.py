@@ -6,8 +6,6 @@ otherwise. It never touches /etc/vsftpd.conf or the system service.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import os
 import secrets
 import shutil
@@ -20,10 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from airgap.server.tlscert import ensure_certificate, fingerprints
 
 USER = "airgap-vsftpd-test"
 VSFTPD = "/usr/sbin/vsftpd"
@@ -68,31 +63,13 @@ def _ensure_user(home: Path) -> str:
 
 
 def _certificate(directory: Path) -> tuple[Path, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vsftpd-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    """A self-signed pair made as the appliance makes its own, in one PEM file for vsftpd."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    ensure_certificate(cert, key, addresses=["127.0.0.1"])
     pem = directory / "vsftpd.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    pem.write_bytes(key.read_bytes() + cert.read_bytes())
     pem.chmod(0o600)
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return pem, "sha256:" + hashlib.sha256(der).hexdigest()
+    return pem, fingerprints(cert).certificate
 
 
 @contextmanager
