@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 from tests import vsftpd
-from tests.conftest import build_image, run_airgap, spawn_airgap
+from tests.conftest import DockerEngine, build_image, run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server
 
 needs_vsftpd = pytest.mark.skipif(vsftpd.available() is not None, reason=str(vsftpd.available()))
@@ -52,8 +52,10 @@ def _wait_for(predicate: Any, what: str, timeout: float = 30) -> None:
 
 @pytest.mark.docker
 def test_image_over_ftps_through_the_appliance(
-    docker_client: Any, appliance: Server, keydir: Path, tmp_path: Path
+    docker_engine: DockerEngine, appliance: Server, keydir: Path, tmp_path: Path
 ) -> None:
+    """On every engine of the matrix."""
+    docker_client = docker_engine.client
     image = build_image(docker_client, "airgap-remote:1", extra='LABEL remote="1"\n')
     url = f"ftps://{{}}@127.0.0.1:{appliance.port}/"
     pin = ["--tls-fingerprint", _fingerprint(appliance)]
@@ -71,7 +73,7 @@ def test_image_over_ftps_through_the_appliance(
                 keydir / "signing.key",
                 "--json",
             ],
-            env=_env(tmp_path, appliance.password("sender")),
+            env={**_env(tmp_path, appliance.password("sender")), **docker_engine.env},
         )
         assert sent.returncode == 0, sent.stderr
         summary = json.loads(sent.stdout)
@@ -96,7 +98,7 @@ def test_image_over_ftps_through_the_appliance(
                 tmp_path / "state",
                 "--consume",
             ],
-            env=_env(tmp_path, appliance.password("receiver")),
+            env={**_env(tmp_path, appliance.password("receiver")), **docker_engine.env},
         )
         assert fetched.returncode == 0, fetched.stderr
         assert docker_client.images.get("airgap-remote:1").id == image.id
