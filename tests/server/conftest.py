@@ -7,6 +7,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -175,3 +176,21 @@ def retr(client: ftplib.FTP, name: str, *, rest: int | None = None) -> bytes:
     chunks: list[bytes] = []
     client.retrbinary(f"RETR {name}", chunks.append, rest=rest)
     return b"".join(chunks)
+
+
+def begin_stor(client: ftplib.FTP, name: str) -> socket.socket:
+    """Start an upload; 450 means the bundle check holds the file for a moment (the manifest
+    and signature just arrived), so try again, as a client would."""
+    started: list[socket.socket] = []
+
+    def attempt() -> bool:
+        try:
+            started.append(client.transfercmd(f"STOR {name}"))
+        except ftplib.error_temp as exc:
+            if str(exc).startswith("450"):
+                return False
+            raise
+        return True
+
+    assert wait_for(attempt, timeout=10), "the file stayed busy"
+    return started[0]

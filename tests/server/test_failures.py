@@ -21,7 +21,7 @@ from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.keys import KeySet
-from tests.server.conftest import Server, stor, stor_refused, wait_for
+from tests.server.conftest import Server, begin_stor, stor, stor_refused, wait_for
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.timeout(60)
@@ -142,7 +142,7 @@ def test_upload_cut_by_a_tcp_reset_is_never_published_and_resumes(serve, tmp_pat
     client = upload_all_but_payload(server, files)
     name = payload_of(files)
     client.voidcmd("TYPE I")
-    conn = client.transfercmd(f"STOR {name}")
+    conn = begin_stor(client, name)
     conn.sendall(files[name][: len(files[name]) // 2])
     target = server.root / "pub/incoming/sender" / name
     assert wait_for(lambda: target.exists() and target.stat().st_size > 0)
@@ -222,7 +222,7 @@ def test_shutdown_during_an_upload_leaves_it_resumable(serve, tmp_path, keyset, 
     name = payload_of(files)
     half = len(files[name]) // 2
     client.voidcmd("TYPE I")
-    conn = client.transfercmd(f"STOR {name}")
+    conn = begin_stor(client, name)
     conn.sendall(files[name][:half])
     target = server.root / "pub/incoming/sender" / name
     assert wait_for(lambda: target.exists() and target.stat().st_size == half)

@@ -15,7 +15,7 @@ from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.keys import KeySet
-from tests.server.conftest import Server, retr, stor, stor_refused, wait_for
+from tests.server.conftest import Server, begin_stor, retr, stor, stor_refused, wait_for
 
 LFTP = shutil.which("lftp")
 CURL = shutil.which("curl")
@@ -101,7 +101,7 @@ def test_upload_cut_midway_is_never_published_and_resumes(serve, tmp_path, keyse
         if name != payload_name:
             stor(client, name, files[name])
     client.voidcmd("TYPE I")
-    conn = client.transfercmd(f"STOR {payload_name}")
+    conn = begin_stor(client, payload_name)
     conn.sendall(payload[: len(payload) // 2])
     conn.close()  # the socket closes cleanly: pyftpdlib would call that complete
     client.voidresp()
