@@ -10,9 +10,10 @@ key material, passphrases or plaintext. The header and its stanzas live in ``age
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -149,6 +150,9 @@ Identity = X25519Identity | ScryptIdentity
 Recipient = X25519Recipient | ScryptRecipient
 
 
+K = TypeVar("K")
+
+
 def _key_lines(text: str) -> list[tuple[int, str]]:
     """Numbered lines that are neither blank nor '#' comments; CRLF is tolerated, as age does."""
     lines = [line.removesuffix("\r") for line in text.split("\n")]
@@ -157,28 +161,24 @@ def _key_lines(text: str) -> list[tuple[int, str]]:
 
 def parse_identities(text: str) -> list[X25519Identity]:
     """Parse an age identity file; each error names the line, never its content."""
-    identities = []
-    for number, line in _key_lines(text):
-        try:
-            identities.append(X25519Identity.parse(line))
-        except KeyFileError as exc:
-            raise KeyFileError(f"identity file line {number}: {exc.message}") from None
-    if not identities:
-        raise KeyFileError("identity file holds no secret key")
-    return identities
+    return _parse_lines(text, X25519Identity.parse, "identity file", "no secret key")
 
 
 def parse_recipients(text: str) -> list[X25519Recipient]:
     """Parse an age recipients file: one ``age1...`` key per line."""
-    recipients = []
+    return _parse_lines(text, X25519Recipient.parse, "recipients file", "no recipient")
+
+
+def _parse_lines(text: str, parse: Callable[[str], K], what: str, none: str) -> list[K]:
+    keys = []
     for number, line in _key_lines(text):
         try:
-            recipients.append(X25519Recipient.parse(line))
+            keys.append(parse(line))
         except KeyFileError as exc:
-            raise KeyFileError(f"recipients file line {number}: {exc.message}") from None
-    if not recipients:
-        raise KeyFileError("recipients file holds no recipient")
-    return recipients
+            raise KeyFileError(f"{what} line {number}: {exc.message}") from None
+    if not keys:
+        raise KeyFileError(f"{what} holds {none}")
+    return keys
 
 
 def format_identity_file(identity: X25519Identity, *, created: datetime) -> str:
