@@ -19,7 +19,8 @@
     │   ├── CompressionError         the zstd stream is corrupt
     │   ├── PlaintextHashError       decrypted plaintext sha256 differs from the manifest
     │   ├── UnsafeArchiveError       the tar would write outside the output or a device
-    │   └── ReplayError              a bundle id that was already imported
+    │   ├── ReplayError              a bundle id that was already imported
+    │   └── MissingLayersError       a thin bundle needs layers this engine does not hold
     ├── TransferError                exit 4: the drop box or media failed us
     │   └── LoginError               the drop box refused the account or password
     ├── EngineError                  exit 5: the Docker engine failed or is unreachable
@@ -126,6 +127,10 @@ class UnsafeArchiveError(VerificationError):
 
 
 class ReplayError(VerificationError):
+    pass
+
+
+class MissingLayersError(VerificationError):
     pass
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from airgap.shared.errors import ManifestError
 from airgap.shared.ids import is_bundle_id
+from airgap.shared.layers import all_chain_ids
 
 FORMAT = "airgap-bundle/1"
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
@@ -49,6 +50,16 @@ class ImageEntry:
 
 
 @dataclass(frozen=True)
+class OmittedLayer:
+    """A layer an incremental bundle leaves out: the receiving engine must already hold it.
+    ``bundle`` is the earlier bundle that carried it, None when the sender was only told the
+    far side has it (``--base``)."""
+
+    chain_id: str
+    bundle: str | None
+
+
+@dataclass(frozen=True)
 class Encryption:
     scheme: str  # "age-v1" or "none"
     recipients: tuple[str, ...] = ()
@@ -77,6 +88,7 @@ class Manifest:
     payload: Payload
     files: tuple[FileEntry, ...] = field(default=())
     images: tuple[ImageEntry, ...] = field(default=())
+    omitted: tuple[OmittedLayer, ...] = field(default=())
 
     @property
     def content_type(self) -> str:
@@ -103,6 +115,10 @@ class Manifest:
                     for i in self.images
                 ],
             }
+            if self.omitted:  # absent from full bundles, which keep their earlier byte form
+                content["omitted"] = [
+                    {"chain_id": o.chain_id, "bundle": o.bundle} for o in self.omitted
+                ]
         else:
             content = {
                 "type": "files",
@@ -221,7 +237,7 @@ def _from_obj(obj: Any) -> Manifest:
     if comp["algorithm"] != "zstd" or not isinstance(comp["level"], int):
         raise ManifestError("manifest: compression must be zstd with an integer level")
     encryption = _encryption(top["encryption"])
-    files, images = _content(top["content"])
+    files, images, omitted = _content(top["content"])
     return Manifest(
         id=bundle_id,
         created=_str(top["created"], "created", _CREATED),
@@ -234,6 +250,7 @@ def _from_obj(obj: Any) -> Manifest:
         payload=_payload(top["payload"], bundle_id, encrypted=encryption.scheme != "none"),
         files=files,
         images=images,
+        omitted=omitted,
     )
 
 
@@ -265,7 +282,10 @@ def _payload(value: Any, bundle_id: str, *, encrypted: bool) -> Payload:
     return payload
 
 
-def _content(value: Any) -> tuple[tuple[FileEntry, ...], tuple[ImageEntry, ...]]:
+_Content = tuple[tuple[FileEntry, ...], tuple[ImageEntry, ...], tuple[OmittedLayer, ...]]
+
+
+def _content(value: Any) -> _Content:
     kind = value.get("type") if isinstance(value, dict) else None
     if kind == "files":
         content = _obj(value, {"type", "files"}, "content")
@@ -274,13 +294,35 @@ def _content(value: Any) -> tuple[tuple[FileEntry, ...], tuple[ImageEntry, ...]]
         files = tuple(_file(f) for f in content["files"])
         if len({f.name for f in files}) != len(files):
             raise ManifestError("manifest: a file name appears twice")
-        return files, ()
+        return files, (), ()
     if kind == "images":
-        content = _obj(value, {"type", "images"}, "content")
+        keys = {"type", "images"} | ({"omitted"} if "omitted" in value else set())
+        content = _obj(value, keys, "content")
         if not isinstance(content["images"], list) or not content["images"]:
             raise ManifestError("manifest: images must be a non-empty list")
-        return (), tuple(_image(i) for i in content["images"])
+        images = tuple(_image(i) for i in content["images"])
+        return (), images, _omitted(content.get("omitted"), images)
     raise ManifestError("manifest: content type must be files or images")
+
+
+def _omitted(value: Any, images: tuple[ImageEntry, ...]) -> tuple[OmittedLayer, ...]:
+    """Absent, or a non-empty list of distinct chain ids, each a layer of the bundle's images."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ManifestError("manifest: omitted must be a non-empty list")
+    found = []
+    for item in value:
+        o = _obj(item, {"chain_id", "bundle"}, "an omitted layer")
+        bundle = o["bundle"]
+        if bundle is not None and not (isinstance(bundle, str) and is_bundle_id(bundle)):
+            raise ManifestError("manifest: the bundle of an omitted layer is malformed")
+        found.append(OmittedLayer(_str(o["chain_id"], "omitted chain id", _DIGEST), bundle))
+    if len({o.chain_id for o in found}) != len(found):
+        raise ManifestError("manifest: an omitted layer appears twice")
+    if not {o.chain_id for o in found} <= all_chain_ids(i.layers for i in images):
+        raise ManifestError("manifest: an omitted layer is no layer of the bundle's images")
+    return tuple(found)
 
 
 def _file(value: Any) -> FileEntry:

@@ -8,11 +8,13 @@ import pytest
 
 from airgap.shared.errors import ManifestError
 from airgap.shared.ids import is_bundle_id, new_bundle_id
+from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import (
     Encryption,
     FileEntry,
     ImageEntry,
     Manifest,
+    OmittedLayer,
     Payload,
     payload_name,
 )
@@ -117,3 +119,48 @@ def test_ids_sort_by_time_and_match_their_pattern() -> None:
     early, late = new_bundle_id(now=1_000_000), new_bundle_id(now=2_000_000)
     assert early < late and is_bundle_id(early) and is_bundle_id(late)
     assert not is_bundle_id(early.lower()) and not is_bundle_id(early + "0")
+
+
+_LAYERS = ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
+_THIN = ImageEntry("sha256:" + "e" * 64, ("a:2",), _LAYERS, "sha256:" + "f" * 64)
+
+
+def _thin(*omitted: OmittedLayer) -> Manifest:
+    return _manifest(files=(), images=(_THIN,), omitted=omitted)
+
+
+def test_omitted_layers_round_trip_and_full_bundles_keep_their_form() -> None:
+    bottom, top = chain_ids(_LAYERS)
+    thin = _thin(OmittedLayer(bottom, new_bundle_id()), OmittedLayer(top, None))
+    assert Manifest.parse(thin.to_bytes()) == thin
+    full = _thin()
+    assert b"omitted" not in full.to_bytes()
+    assert Manifest.parse(full.to_bytes()) == full
+
+
+@pytest.mark.parametrize(
+    "omitted",
+    [
+        [],  # present means non-empty
+        [{"chain_id": "sha256:" + "9" * 64, "bundle": None}],  # no layer of the images
+        [{"chain_id": "sha256:" + "1" * 64, "bundle": "not-an-id"}],
+        [{"chain_id": "sha256:" + "1" * 64}],
+        [{"chain_id": "sha256:" + "1" * 64, "bundle": None}] * 2,
+        "sha256:" + "1" * 64,
+    ],
+)
+def test_malformed_omitted_layers_are_refused(omitted: object) -> None:
+    obj = json.loads(_thin().to_bytes())
+    obj["content"]["omitted"] = omitted
+    data = (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    with pytest.raises(ManifestError):
+        Manifest.parse(data)
+
+
+def test_chain_ids_follow_the_oci_spec() -> None:
+    # ChainID(L1|L2) = sha256(ChainID(L1) + " " + DiffID(L2)), ChainID(L1) = DiffID(L1)
+    import hashlib
+
+    bottom, top = chain_ids(_LAYERS)
+    assert bottom == _LAYERS[0]
+    assert top == "sha256:" + hashlib.sha256(f"{_LAYERS[0]} {_LAYERS[1]}".encode()).hexdigest()
