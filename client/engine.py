@@ -7,18 +7,16 @@ breaks the save and load of big images. Every docker error becomes an :class:`En
 Engines name images differently: with a graph driver (Docker 20.10, 26.1) an image id is the
 digest of its config, with the containerd image store it is the digest of its manifest (which a
 load from another kind of engine makes anew). The config digest is what every engine agrees on;
-:class:`SavedArchive` reads it from the archive as the stream goes by, and
+:class:`~airgap.client.saved.SavedArchive` reads it from the archive as the stream goes by, and
 :meth:`Engine.config_digest` asks a containerd-store engine for it the only way 26.1 offers, a
 ``docker save`` of that one image.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tarfile
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -27,12 +25,12 @@ import docker.errors
 import requests
 from docker.context import ContextAPI
 
+from airgap.client.saved import MANIFEST_JSON, SavedArchive
 from airgap.shared.errors import EngineError, UsageError
+from airgap.shared.layers import all_chain_ids
 from airgap.shared.manifest import ImageEntry
 
 TIMEOUT = 3600
-MANIFEST_JSON = "manifest.json"
-_PAX = "\0pax"  # a pax header is kept under this name, which no member can have
 _LOADED = re.compile(r"^Loaded image(?: ID)?: (.+)$")
 
 
@@ -114,6 +112,18 @@ class Engine:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise EngineError(f"inspecting {ref}: {exc}") from exc
 
+    def chain_ids(self) -> set[str]:
+        """The chain id of every layer an image of this engine stands on: the layers a thin
+        archive may leave out when loading here."""
+        api = self._client.api
+        with _errors("listing images"):
+            ids = {str(summary["Id"]) for summary in api.images(all=True)}
+        layers = []
+        for image_id in ids:
+            with _errors(f"inspecting {image_id}"), suppress(docker.errors.ImageNotFound):
+                layers.append(api.inspect_image(image_id).get("RootFS", {}).get("Layers") or [])
+        return all_chain_ids(layers)
+
     def tag(self, image_id: str, ref: str) -> None:
         repository, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "")
         with _errors(f"tagging {ref}"):
@@ -122,98 +132,6 @@ class Engine:
     def untag(self, ref: str) -> None:
         with _errors(f"removing tag {ref}"), suppress(docker.errors.ImageNotFound):
             self._client.api.remove_image(ref, noprune=True)
-
-
-class SavedArchive:
-    """What a ``docker save`` archive says about its images, learnt as its tar stream goes by.
-
-    A stage fed with :meth:`update`: the members named in ``wanted`` are kept (when at most
-    ``limit`` bytes), every other byte is only counted, so memory stays small whatever the
-    image. Reads both archive layouts: legacy (``ID.json`` configs) and OCI (``blobs/sha256/``).
-    """
-
-    def __init__(self, wanted: Collection[str], *, limit: int = 1 << 20) -> None:
-        self.members: dict[str, bytes] = {}
-        self._wanted, self._limit = set(wanted), limit
-        self._pending = bytearray()  # the header being read, or the kept member's data
-        self._need = tarfile.BLOCKSIZE  # bytes still to come in the current part
-        self._header = True
-        self._keep: str | None = None
-        self._size = 0
-        self._pax_path: str | None = None
-        self._ended = False
-
-    def update(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view and not self._ended:
-            take = min(self._need, len(view))
-            if self._header or self._keep is not None:
-                self._pending += view[:take]
-            view, self._need = view[take:], self._need - take
-            if self._need == 0:
-                self._next_part()
-
-    def config_of(self, image_id: str) -> str | None:
-        """The config digest of the image the engine calls ``image_id``, if the archive says."""
-        blob = self.members.get("blobs/sha256/" + image_id.removeprefix("sha256:"))
-        if blob is not None:  # the id is a manifest digest: the manifest names the config
-            with suppress(ValueError, TypeError, KeyError):
-                digest = json.loads(blob)["config"]["digest"]
-                return digest if isinstance(digest, str) else None
-        return image_id if image_id in self.configs() else None
-
-    def configs(self) -> list[str]:
-        """The config digests manifest.json lists, in its order."""
-        try:
-            entries = json.loads(self.members[MANIFEST_JSON])
-            names = [str(entry["Config"]).rsplit("/", 1)[-1] for entry in entries]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise EngineError("docker save: the archive has no readable manifest.json") from exc
-        return ["sha256:" + name.removesuffix(".json") for name in names]
-
-    def _next_part(self) -> None:
-        if not self._header:  # a member's data (and padding) is done
-            if self._keep is not None:
-                data = bytes(self._pending[: self._size])
-                if self._keep == _PAX:
-                    self._pax_path = _pax_path(data)
-                else:
-                    self.members[self._keep] = data
-            self._pending.clear()
-            self._header, self._keep, self._need = True, None, tarfile.BLOCKSIZE
-            return
-        block = bytes(self._pending)
-        self._pending.clear()
-        if block == bytes(tarfile.BLOCKSIZE):
-            self._ended = True
-            return
-        try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise EngineError(f"docker save: not a tar archive airgap can read ({exc})") from exc
-        name, self._pax_path = self._pax_path or info.name, None
-        if info.type == tarfile.XHDTYPE and info.size <= self._limit:
-            self._keep = _PAX
-        elif name in self._wanted and info.size <= self._limit:
-            self._keep = name
-        self._size = info.size
-        self._need = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-        self._header = False
-        if self._need == 0:
-            self._next_part()
-
-
-def _pax_path(data: bytes) -> str | None:
-    """The ``path`` record of a pax extended header (records are ``LEN key=value\\n``)."""
-    while data:
-        length, _, rest = data.partition(b" ")
-        if not length.isdigit() or int(length) <= len(length):
-            return None
-        record, data = rest[: int(length) - len(length) - 1], data[int(length) :]
-        key, _, value = record.rstrip(b"\n").partition(b"=")
-        if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
-    return None
 
 
 def _endpoint() -> str:

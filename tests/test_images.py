@@ -19,8 +19,9 @@ from typing import Any
 import docker.errors
 import pytest
 
-from airgap.client.engine import Engine, SavedArchive
+from airgap.client.engine import Engine
 from airgap.client.images import withhold_last
+from airgap.client.saved import SavedArchive
 from airgap.shared import minisign
 from airgap.shared.bundle import sign_manifest
 from airgap.shared.errors import PlaintextHashError

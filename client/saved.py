@@ -1,0 +1,160 @@
+"""What a ``docker save`` archive says about its images, learnt as its tar stream goes by.
+
+:class:`SavedArchive` keeps the few small members it is asked for (``manifest.json``, an OCI
+manifest) and the size of every file, and counts every other byte without keeping it, so memory
+stays small whatever the image. It reads both archive layouts: legacy (``ID.json`` configs,
+``V1ID/layer.tar``) and OCI (``blobs/sha256/``). It never talks to an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Collection
+from contextlib import suppress
+from dataclasses import dataclass
+
+from airgap.shared.errors import EngineError
+from airgap.shared.manifest import ImageEntry
+
+MANIFEST_JSON = "manifest.json"
+_PAX = "\0pax"  # a pax header is kept under this name, which no member can have
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """How one layer appeared in a save: its file's size and, in an OCI layout, the digest
+    that names its blob (the diff id, or a compressed blob's own digest)."""
+
+    size: int
+    blob: str | None = None
+
+
+class SavedArchive:
+    """A stage fed with :meth:`update`: the members named in ``wanted`` are kept (when at most
+    ``limit`` bytes), every other byte is only counted."""
+
+    def __init__(self, wanted: Collection[str], *, limit: int = 1 << 20) -> None:
+        self.members: dict[str, bytes] = {}
+        self.sizes: dict[str, int] = {}  # every regular file's size
+        self.links: dict[str, str] = {}  # every link: name -> the member it points at
+        self._wanted, self._limit = set(wanted), limit
+        self._pending = bytearray()  # the header being read, or the kept member's data
+        self._need = tarfile.BLOCKSIZE  # bytes still to come in the current part
+        self._header = True
+        self._keep: str | None = None
+        self._size = 0
+        self._pax_path: str | None = None
+        self._ended = False
+
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view and not self._ended:
+            take = min(self._need, len(view))
+            if self._header or self._keep is not None:
+                self._pending += view[:take]
+            view, self._need = view[take:], self._need - take
+            if self._need == 0:
+                self._next_part()
+
+    def config_of(self, image_id: str) -> str | None:
+        """The config digest of the image the engine calls ``image_id``, if the archive says."""
+        blob = self.members.get(blob_name(image_id))
+        if blob is not None:  # the id is a manifest digest: the manifest names the config
+            with suppress(ValueError, TypeError, KeyError):
+                digest = json.loads(blob)["config"]["digest"]
+                return digest if isinstance(digest, str) else None
+        return image_id if image_id in self.configs() else None
+
+    def configs(self) -> list[str]:
+        """The config digests manifest.json lists, in its order."""
+        return list(self._entries())
+
+    def layer_files(self, images: Collection[ImageEntry]) -> dict[str, LayerFile]:
+        """diff id -> how that layer's file appeared, for the ``images`` this archive holds."""
+        entries = self._entries()
+        found: dict[str, LayerFile] = {}
+        for image in images:
+            paths = entries.get(self.config_of(image.id) or "")
+            if paths is None or len(paths) != len(image.layers):
+                continue
+            for diff_id, path in zip(image.layers, paths, strict=True):
+                path = self.links.get(path, path)
+                if path in self.sizes:
+                    found[diff_id] = LayerFile(self.sizes[path], _blob_digest(path))
+        return found
+
+    def _entries(self) -> dict[str, list[str]]:
+        """config digest -> its layer paths, from manifest.json."""
+        try:
+            entries = json.loads(self.members[MANIFEST_JSON])
+            pairs = [(str(e["Config"]), [str(p) for p in e.get("Layers") or []]) for e in entries]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise EngineError("docker save: the archive has no readable manifest.json") from exc
+        return {
+            "sha256:" + config.rsplit("/", 1)[-1].removesuffix(".json"): paths
+            for config, paths in pairs
+        }
+
+    def _next_part(self) -> None:
+        if not self._header:  # a member's data (and padding) is done
+            if self._keep is not None:
+                data = bytes(self._pending[: self._size])
+                if self._keep == _PAX:
+                    self._pax_path = _pax_path(data)
+                else:
+                    self.members[self._keep] = data
+            self._pending.clear()
+            self._header, self._keep, self._need = True, None, tarfile.BLOCKSIZE
+            return
+        block = bytes(self._pending)
+        self._pending.clear()
+        if block == bytes(tarfile.BLOCKSIZE):
+            self._ended = True
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise EngineError(f"docker save: not a tar archive airgap can read ({exc})") from exc
+        name, self._pax_path = self._pax_path or info.name, None
+        if info.type == tarfile.XHDTYPE and info.size <= self._limit:
+            self._keep = _PAX
+        elif name in self._wanted and info.size <= self._limit:
+            self._keep = name
+        if info.isreg():
+            self.sizes[name] = info.size
+        elif info.issym():
+            self.links[name] = posixpath.normpath(
+                posixpath.join(posixpath.dirname(name), info.linkname)
+            )
+        elif info.islnk():
+            self.links[name] = posixpath.normpath(info.linkname)
+        self._size = info.size
+        self._need = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        self._header = False
+        if self._need == 0:
+            self._next_part()
+
+
+def blob_name(digest: str) -> str:
+    """Where an OCI-layout archive holds the blob of ``digest``."""
+    return "blobs/sha256/" + digest.removeprefix("sha256:")
+
+
+def _blob_digest(path: str) -> str | None:
+    prefix = "blobs/sha256/"
+    return "sha256:" + path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The ``path`` record of a pax extended header (records are ``LEN key=value\\n``)."""
+    while data:
+        length, _, rest = data.partition(b" ")
+        if not length.isdigit() or int(length) <= len(length):
+            return None
+        record, data = rest[: int(length) - len(length) - 1], data[int(length) :]
+        key, _, value = record.rstrip(b"\n").partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+    return None
