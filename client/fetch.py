@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airgap.client.extract import extract_files
+from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Ledger
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import (
@@ -32,6 +33,7 @@ from airgap.shared.bundle import decode, open_manifest, verified_segments
 from airgap.shared.errors import (
     AirgapError,
     ManifestError,
+    MissingLayersError,
     PayloadSizeError,
     ReplayError,
     SignatureError,
@@ -39,7 +41,7 @@ from airgap.shared.errors import (
     VerificationError,
 )
 from airgap.shared.ids import is_bundle_id
-from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
+from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest, OmittedLayer
 
 if TYPE_CHECKING:
     from airgap.client.engine import Engine
@@ -155,40 +157,105 @@ def _fetch_new(
     ledger: Ledger,
     only: Sequence[str],
 ) -> list[Outcome]:
-    done = ledger.ids()
-    outcomes = []
-    for bundle_id in _selected(transport, only, trusted, frozenset(done)):
-        if bundle_id in done:
+    published = published_ids(transport.list())
+    run = _Run(transport, into, identities, trusted, ledger, published)
+    for bundle_id in _selected(transport, published, only, trusted, frozenset(run.done)):
+        if bundle_id in run.done and bundle_id not in run.tried:
             if only:
-                outcomes.append(
-                    Outcome(
-                        bundle_id,
-                        error=ReplayError(
-                            f"bundle {bundle_id} was imported here before; refusing it again"
-                        ),
-                    )
+                error = ReplayError(
+                    f"bundle {bundle_id} was imported here before; refusing it again"
                 )
+                run.outcomes.append(Outcome(bundle_id, error=error))
             continue
+        run.fetch(bundle_id)
+    return run.outcomes
+
+
+class _Run:
+    """One ``airgap fetch``: each bundle is tried once, and a thin bundle's carriers first."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        into: Destination,
+        identities: Sequence[age.Identity],
+        trusted: Sequence[minisign.PublicKey],
+        ledger: Ledger,
+        published: Sequence[str],
+    ) -> None:
+        self.transport, self.into, self.ledger = transport, into, ledger
+        self.identities, self.trusted = identities, trusted
+        self.published = set(published)
+        self.done = ledger.ids()
+        self.tried: set[str] = set()
+        self.outcomes: list[Outcome] = []
+
+    def fetch(self, bundle_id: str, waiting: tuple[str, ...] = ()) -> None:
+        if bundle_id in self.tried:
+            return
+        self.tried.add(bundle_id)
+        transport, into = self.transport, self.into
         try:
-            manifest, data = open_bundle(transport, bundle_id, trusted)
+            manifest, data = open_bundle(transport, bundle_id, self.trusted)
+            self._layers_for(manifest, (*waiting, bundle_id))
             # closing(): a refused bundle stops its pipeline threads at once
-            with closing(plaintext_of(transport, manifest, identities)) as plaintext:
+            with closing(plaintext_of(transport, manifest, self.identities)) as plaintext:
                 imported = into.receive(plaintext, manifest)
             if into.keep is not None:
                 _keep(transport, manifest, into.keep)
-            ledger.record(
+            self.ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
                 where=transport.describe(),
             )
-            outcomes.append(Outcome(bundle_id, manifest, imported))
+            self.done.add(bundle_id)
+            self.outcomes.append(Outcome(bundle_id, manifest, imported))
             if into.consume:
                 _consume(transport, manifest)
             if isinstance(transport, SpooledTransport):
                 transport.forget(manifest.payload.name)
         except AirgapError as exc:
-            outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
-    return outcomes
+            self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+
+    def _layers_for(self, manifest: Manifest, waiting: tuple[str, ...]) -> None:
+        """Before a thin bundle is loaded: every layer it leaves out must be in the engine,
+        after fetching the bundles that carry missing ones when they are here to fetch."""
+        if not manifest.omitted or self.into.engine is None:
+            return
+        engine = self.into.engine()
+        missing = missing_layers(manifest, engine.chain_ids())
+        carriers = list(dict.fromkeys(o.bundle for o in missing if o.bundle))
+        pending = [c for c in carriers if c in self.published and c not in self.done]
+        for carrier in pending:
+            if carrier not in waiting:
+                self.fetch(carrier, waiting)
+        if pending:
+            missing = missing_layers(manifest, engine.chain_ids())
+        if missing:
+            raise _missing(manifest, missing, self.published, self.done)
+
+
+def _state(bundle_id: str, published: set[str], done: set[str]) -> str:
+    if bundle_id in done:
+        return "imported before, but its layers are gone since"
+    return "on this source" if bundle_id in published else "not on this source"
+
+
+def _missing(
+    manifest: Manifest, missing: Sequence[OmittedLayer], published: set[str], done: set[str]
+) -> MissingLayersError:
+    carriers = list(dict.fromkeys(o.bundle for o in missing if o.bundle))
+    told = sum(1 for o in missing if o.bundle is None)
+    where = [f"{c} ({_state(c, published, done)})" for c in carriers]
+    parts = [f"carried by {', '.join(where)}"] if where else []
+    if told:
+        parts.append(f"{told} from images the sender was told are here (--base)")
+    return MissingLayersError(
+        f"needs {len(missing)} layer{'' if len(missing) == 1 else 's'} this engine does not "
+        f"hold, so nothing was loaded: {'; '.join(parts)}",
+        hint="fetch those bundles first (or load those images), or have the sender send "
+        "again with --full",
+    )
 
 
 def bundle_names(manifest: Manifest) -> list[str]:
@@ -220,7 +287,7 @@ def verify_bundles(
     only: Sequence[str] = (),
 ) -> list[Outcome]:
     outcomes = []
-    for bundle_id in _selected(transport, only, trusted):
+    for bundle_id in _selected(transport, published_ids(transport.list()), only, trusted):
         try:
             manifest, _ = open_bundle(transport, bundle_id, trusted)
             if identities or manifest.encryption.scheme == "none":
@@ -237,6 +304,7 @@ def verify_bundles(
 
 def _selected(
     transport: Transport,
+    published: Sequence[str],
     only: Sequence[str],
     trusted: Sequence[minisign.PublicKey],
     imported: frozenset[str] = frozenset(),
@@ -244,9 +312,8 @@ def _selected(
     """The bundles named by id, or for an image ref the newest bundle that carries it (by its
     signed manifest; none if that one was ``imported`` already); every published bundle when
     nothing is named."""
-    published = published_ids(transport.list())
     if not only:
-        return published
+        return list(published)
     chosen: list[str] = []
     for wanted in only:
         if is_bundle_id(wanted):

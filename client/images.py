@@ -11,16 +11,27 @@ refused.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from airgap.client.engine import MANIFEST_JSON, Engine, SavedArchive
+from airgap.client.engine import Engine
+from airgap.client.incremental import omitted_layers, thin_plan
+from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name
 from airgap.client.send import Resuming, Watch, send_stream
+from airgap.client.sendledger import FarSide
+from airgap.client.thin import Dropped, thin_archive
 from airgap.client.transport import Transport
 from airgap.shared import minisign
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import VerificationError
-from airgap.shared.manifest import ImageEntry, Manifest
+from airgap.shared.manifest import ImageEntry, Manifest, OmittedLayer
+
+
+@dataclass(frozen=True)
+class SentImages:
+    manifest: Manifest
+    files: dict[str, LayerFile]  # how each layer's file looked in the save, for the ledger
 
 
 def send_images(
@@ -30,33 +41,42 @@ def send_images(
     engine: Engine,
     options: EncodeOptions,
     key: minisign.SecretKey,
+    far: FarSide | None = None,
     resuming: Resuming | None = None,
     watch: Watch | None = None,
-) -> Manifest:
+) -> SentImages:
+    """One bundle of ``refs``, without the layers ``far`` says the receiver holds."""
+    far = far or FarSide()
     described = engine.describe(refs)
     entries: list[ImageEntry] = []  # send_stream reads them once the archive has gone by
-    archive = SavedArchive({MANIFEST_JSON, *(_blob(e.id) for e in described)})
+    omitted: list[OmittedLayer] = []
+    files: dict[str, LayerFile] = {}
+    archive = SavedArchive({MANIFEST_JSON, *(blob_name(e.id) for e in described)})
+    plan = thin_plan(described, far)
+    dropped = Dropped()
 
     def observed() -> Iterator[bytes]:
         for chunk in engine.save(refs):
             archive.update(chunk)
             yield chunk
         entries.extend(replace(e, config=archive.config_of(e.id)) for e in described)
+        files.update(archive.layer_files(entries))
 
-    return send_stream(
-        observed(),
+    def thin() -> Iterator[bytes]:
+        yield from thin_archive(observed(), plan, spill=tempfile.TemporaryFile, dropped=dropped)
+        omitted.extend(omitted_layers(entries, dropped.digests(), far))
+
+    manifest = send_stream(
+        thin() if plan else observed(),
         transport,
         options=options,
         key=key,
         images=entries,
+        omitted=omitted,
         resuming=resuming,
         watch=watch,
     )
-
-
-def _blob(image_id: str) -> str:
-    """Where an OCI-layout archive holds the manifest of an image whose id is its digest."""
-    return "blobs/sha256/" + image_id.removeprefix("sha256:")
+    return SentImages(manifest, files)
 
 
 def withhold_last(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -34,6 +34,12 @@ class Place:
                 "for a drop box",
             )
 
+    def describe(self) -> str:
+        """The place as a ledger names it: the URL without secrets, or the absolute directory."""
+        if self.server is not None:
+            return FtpTarget.parse(self.server).describe()
+        return str((self.directory or Path()).resolve())
+
     def key(self) -> str:
         """A stable name for this place, for its spool folder."""
         where = self.server or str(self.directory)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from airgap.client.spool import SpooledTransport
@@ -20,7 +20,7 @@ from airgap.shared.archive import Member, check_name, tar_stream
 from airgap.shared.bundle import EncodeOptions, encode, sign_manifest
 from airgap.shared.errors import StorageError, UsageError
 from airgap.shared.ids import new_bundle_id
-from airgap.shared.manifest import FileEntry, ImageEntry, Manifest, payload_name
+from airgap.shared.manifest import FileEntry, ImageEntry, Manifest, OmittedLayer, payload_name
 
 READ_CHUNK = 1024 * 1024
 #: Sees the plaintext go by (a progress bar), changing nothing.
@@ -126,15 +126,16 @@ def send_stream(
     key: minisign.SecretKey,
     files: Sequence[FileEntry] = (),
     images: Sequence[ImageEntry] = (),
+    omitted: Sequence[OmittedLayer] = (),
     resuming: Resuming | None = None,
     watch: Watch | None = None,
 ) -> Manifest:
     """One bundle of ``plaintext`` (``watch`` sees it go by, for a progress bar).
 
-    ``files`` and ``images`` are read only after the stream is drained, so a producer may fill
-    them in as it goes. A failed send removes its partial payload, unless ``resuming``: then
-    the manifest and signature are kept in the spool as soon as the payload is encoded (before
-    its upload has finished), and the partial stays."""
+    ``files``, ``images`` and ``omitted`` are read only after the stream is drained, so a
+    producer may fill them in as it goes. A failed send removes its partial payload, unless
+    ``resuming``: then the manifest and signature are kept in the spool as soon as the payload
+    is encoded (before its upload has finished), and the partial stays."""
     bundle_id = resuming.bundle_id if resuming else new_bundle_id()
     encoder, payload = encode(watch(plaintext) if watch else plaintext, options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
@@ -145,6 +146,7 @@ def send_stream(
             manifest = encoder.manifest(
                 bundle_id, signer=key.public_key, files=files, images=images
             )
+            manifest = replace(manifest, omitted=tuple(omitted))
             data, signature = sign_manifest(manifest, key)
             if resuming is not None:
                 resuming.keep(manifest, data, signature)

@@ -23,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT.parent / "shared" / "testvectors" / "age"
 
 
+@pytest.fixture(autouse=True)
+def own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own ledgers (sent and imported): a ledger left by another test would make
+    a send incremental towards a drop box that never saw the earlier bundle."""
+    state = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
 @pytest.fixture(scope="session")
 def keyset() -> KeySet:
     return KeySet.generate()

@@ -94,6 +94,10 @@ def emit(summary: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Where the ledgers live."),
+]
 ServerOption = Annotated[
     str | None,
     typer.Option(

@@ -19,6 +19,7 @@ from airgap.client.cli.app import (
     IdentityOption,
     QuietOption,
     ServerOption,
+    StateDirOption,
     TrustOption,
     app,
     default_state_dir,
@@ -34,6 +35,7 @@ from airgap.client.ledger import Ledger
 from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
 from airgap.client.progress import counted
 from airgap.client.send import Resuming, resume_send, send_files
+from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import MANIFEST_SUFFIX, Transport
 from airgap.shared import age
@@ -79,14 +81,28 @@ def send(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Finish an interrupted send of bundle ID.")
     ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Send every layer, whatever the ledger says.")
+    ] = False,
+    base: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--base", help="Images the far side holds (IMAGE[,IMAGE]): their layers stay here."
+        ),
+    ] = None,
+    state_dir: StateDirOption = None,
     quiet: QuietOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Write images (docker save) or files into a signed, encrypted bundle."""
+    """Write images (docker save) or files into a signed, encrypted bundle.
+
+    Images go incrementally: layers an earlier bundle already took to the same place (see
+    `airgap ledger show`) or that --base images hold are left out."""
     cfg = config.load().send
     place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    ledgers = (state_dir or default_state_dir()) / "sent"
     if resume is not None:
-        _resume(place, resume, as_json)
+        _resume(place, resume, ledgers, as_json)
         return
     if bool(images) == bool(file):
         raise UsageError(
@@ -104,6 +120,9 @@ def send(
         sign_key, secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase")
     )
     recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+    bases = [name for value in base or [] for name in value.split(",") if name]
+    if (full and bases) or (not images and (full or bases)):
+        raise UsageError("--full and --base choose the layers of images, and exclude each other")
     level = level or cfg.level or DEFAULT_ZSTD_LEVEL
     options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
     bundle_id = new_bundle_id()
@@ -114,20 +133,27 @@ def send(
     watch = functools.partial(counted, what="sending", total=None, quiet=quiet)
     try:
         if images:
+            ledger = SendLedger(ledgers, place.describe(), audience(recipients))
             engine = Engine.from_env()
             try:
+                far = FarSide() if full else ledger.far_side()
+                if bases:
+                    far = far.knowing(engine.describe(bases))
                 check_space(spool or to or Path(), engine.size(images))
-                manifest = send_images(
+                sent = send_images(
                     images,
                     transport,
                     engine=engine,
                     options=options,
                     key=key,
+                    far=far,
                     resuming=resuming,
                     watch=watch,
                 )
             finally:
                 engine.close()
+            manifest = sent.manifest
+            ledger.record(manifest, sent.files)
         else:
             sizes = [p.stat().st_size for p in file or [] if p.is_file()]  # send_files checks
             check_space(spool or to or Path(), sum(sizes))
@@ -183,7 +209,7 @@ def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: boo
         )
 
 
-def _resume(place: Place, bundle_id: str, as_json: bool) -> None:
+def _resume(place: Place, bundle_id: str, ledgers: Path, as_json: bool) -> None:
     if place.server is None:
         raise UsageError("--resume finishes a send to a drop box", hint="add --server URL")
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
@@ -194,6 +220,8 @@ def _resume(place: Place, bundle_id: str, as_json: bool) -> None:
         manifest = resume_send(bundle_id, transport)
     finally:
         transport.close()
+    if manifest.images:
+        SendLedger(ledgers, place.describe(), audience_of(manifest.encryption)).record(manifest, {})
     forget_spool(send_spool(bundle_id))
     _sent(manifest, transport, time.monotonic() - started, as_json)
 
@@ -270,9 +298,7 @@ def fetch(
     ] = None,
     identity: IdentityOption = None,
     trust: TrustOption = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
-    ] = None,
+    state_dir: StateDirOption = None,
     source: FromOption = None,
     server: ServerOption = None,
     fingerprint: FingerprintOption = None,
@@ -353,9 +379,7 @@ def list_command(
     source: FromOption = None,
     server: ServerOption = None,
     fingerprint: FingerprintOption = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Ledger dir.")
-    ] = None,
+    state_dir: StateDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """List published bundles: size, content, signer and state (checked with --trust)."""

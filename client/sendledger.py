@@ -1,0 +1,187 @@
+"""The sender's ledger: which layers each destination already received, so the next send of an
+image can leave them out.
+
+One JSON file per destination (a drop box or a directory) and audience (the recipients a bundle
+is encrypted to, since another audience may be another receiver). It maps the chain id of every
+layer of every completely uploaded bundle to the bundle that carried it, and keeps hints about
+how each layer's file looked in a save (its size, its blob digest), so a thin archive can be cut
+without hashing every file. Hints never decide anything alone: see :mod:`airgap.client.thin`.
+
+A missing ledger means "the far side has nothing": the send is full. An unreadable one is an
+error with a hint, never silently a different plan. Writes are atomic and locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airgap.client.saved import LayerFile
+from airgap.shared import age
+from airgap.shared.errors import StorageError
+from airgap.shared.layers import chain_ids
+from airgap.shared.manifest import Encryption, ImageEntry, Manifest
+
+
+def audience(recipients: Sequence[age.Recipient]) -> tuple[str, ...]:
+    """Who can open the bundles sent with ``recipients``, as the ledger names them."""
+    names = sorted(r.encode() for r in recipients if isinstance(r, age.X25519Recipient))
+    if any(isinstance(r, age.ScryptRecipient) for r in recipients):
+        names.append("passphrase")
+    return tuple(names) or ("none",)
+
+
+def audience_of(encryption: Encryption) -> tuple[str, ...]:
+    """:func:`audience` as a manifest records it."""
+    names = sorted(encryption.recipients) + (["passphrase"] if encryption.passphrase else [])
+    return tuple(names) or ("none",)
+
+
+@dataclass(frozen=True)
+class FarSide:
+    """What the sender believes the receiving engine holds."""
+
+    layers: Mapping[str, str | None] = field(default_factory=dict)  # chain id -> its bundle
+    files: Mapping[str, LayerFile] = field(default_factory=dict)  # diff id -> hints
+
+    def knowing(self, images: Iterable[ImageEntry]) -> FarSide:
+        """This far side, plus the layers of ``images`` (which it is said to hold)."""
+        layers = dict(self.layers)
+        for image in images:
+            for chain in chain_ids(image.layers):
+                layers.setdefault(chain, None)
+        return FarSide(layers, self.files)
+
+
+@dataclass(frozen=True)
+class Summary:
+    destination: str
+    audience: tuple[str, ...]
+    path: Path
+    bundles: tuple[str, ...]
+    layers: Mapping[str, str | None]
+    updated: str
+
+
+class SendLedger:
+    def __init__(self, directory: Path, destination: str, who: Sequence[str]) -> None:
+        self.destination, self.audience = destination, tuple(who)
+        key = hashlib.sha256(f"{destination}\n{','.join(who)}".encode()).hexdigest()[:16]
+        self.path = directory / f"{key}.json"
+
+    def far_side(self) -> FarSide:
+        data = _read(self.path)
+        if data is None:
+            return FarSide()
+        files = {d: LayerFile(int(f["size"]), f.get("blob")) for d, f in data["files"].items()}
+        return FarSide(dict(data["layers"]), files)
+
+    def record(self, manifest: Manifest, files: Mapping[str, LayerFile]) -> None:
+        """Add a bundle that was completely uploaded: each of its layers is now on the far
+        side, carried by this bundle unless the manifest says an earlier one carried it."""
+        omitted = {o.chain_id: o.bundle for o in manifest.omitted}
+        with self._locked():
+            data = _read(self.path) or {"layers": {}, "files": {}, "bundles": []}
+            for image in manifest.images:
+                for chain in chain_ids(image.layers):
+                    data["layers"][chain] = omitted.get(chain, manifest.id)
+            for diff_id, hint in files.items():
+                data["files"][diff_id] = {"size": hint.size, "blob": hint.blob}
+            if manifest.id not in data["bundles"]:
+                data["bundles"].append(manifest.id)
+            data.update(
+                destination=self.destination,
+                audience=list(self.audience),
+                updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+            _write(self.path, data)
+
+    def forget(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
+        return True
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def summaries(directory: Path) -> list[Summary]:
+    """Every ledger in ``directory``."""
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        data = _read(path)
+        if data is not None:
+            found.append(
+                Summary(
+                    str(data.get("destination", "?")),
+                    tuple(data.get("audience", ())),
+                    path,
+                    tuple(data["bundles"]),
+                    dict(data["layers"]),
+                    str(data.get("updated", "")),
+                )
+            )
+    return found
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+    ok = (
+        isinstance(data, dict)
+        and isinstance(data.get("layers"), dict)
+        and isinstance(data.get("files"), dict)
+        and isinstance(data.get("bundles"), list)
+        and all(
+            isinstance(f, dict) and isinstance(f.get("size"), int) for f in data["files"].values()
+        )
+    )
+    if not ok:
+        raise _unreadable(path, ValueError("not a ledger airgap wrote"))
+    return dict(data)
+
+
+def _unreadable(path: Path, exc: Exception) -> StorageError:
+    return StorageError(
+        f"ledger {path} is unreadable: {getattr(exc, 'strerror', None) or exc}",
+        hint="airgap ledger forget --all resets it; the next send is then full",
+    )
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".json.part")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, sort_keys=True, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(path)
+    except OSError as exc:
+        raise StorageError(f"ledger {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,161 @@
+"""Thin archives cut from a tar stream: only layer files shown to be omitted are left out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airgap.client.incremental import omitted_layers, thin_plan
+from airgap.client.saved import LayerFile, SavedArchive
+from airgap.client.sendledger import FarSide
+from airgap.client.thin import Dropped, ThinPlan, thin_archive
+from airgap.shared.layers import chain_ids
+from airgap.shared.manifest import ImageEntry
+
+OLD, NEW = b"old layer " * 700, b"new layer " * 300
+OLD_ID = "sha256:" + hashlib.sha256(OLD).hexdigest()
+NEW_ID = "sha256:" + hashlib.sha256(NEW).hexdigest()
+V1A, V1B = "a" * 64, "b" * 64  # legacy layer directories
+
+
+def _tar(members: list[tuple[str, bytes | str]]) -> bytes:
+    """A tar of files (bytes) and symlinks (str: the link's target)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.getnames()
+
+
+def _cut(data: bytes, plan: ThinPlan, piece: int = 1 << 16) -> tuple[bytes, Dropped, int]:
+    dropped, spills = Dropped(), []
+
+    def spill() -> IO[bytes]:
+        spills.append(1)
+        return tempfile.TemporaryFile()
+
+    chunks: Iterator[bytes] = (data[i : i + piece] for i in range(0, len(data), piece))
+    out = b"".join(thin_archive(chunks, plan, spill=spill, dropped=dropped))
+    return out, dropped, len(spills)
+
+
+LEGACY = _tar(
+    [
+        (f"{V1A}/VERSION", b"1.0"),
+        (f"{V1A}/json", b"{}"),
+        (f"{V1A}/layer.tar", OLD),
+        (f"{V1B}/json", b"{}"),
+        (f"{V1B}/layer.tar", NEW),
+        ("c" * 64 + ".json", b"{}"),
+        ("manifest.json", b"[]"),
+    ]
+)
+OCI = _tar(
+    [
+        ("blobs/sha256/" + OLD_ID[7:], OLD),
+        ("blobs/sha256/" + NEW_ID[7:], NEW),
+        ("index.json", b"{}"),
+        ("manifest.json", b"[]"),
+        ("oci-layout", b"{}"),
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(piece=st.integers(min_value=1, max_value=20_000))
+def test_legacy_layer_files_are_dropped_by_their_hash_in_any_chunking(piece: int) -> None:
+    out, dropped, _ = _cut(LEGACY, ThinPlan(frozenset({OLD_ID})), piece)
+    assert f"{V1A}/layer.tar" not in _names(out)
+    assert set(_names(out)) == set(_names(LEGACY)) - {f"{V1A}/layer.tar"}
+    assert dropped.members == {f"{V1A}/layer.tar": OLD_ID}
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:  # the rest is intact
+        assert tar.extractfile(f"{V1B}/layer.tar").read() == NEW  # type: ignore[union-attr]
+
+
+def test_oci_blobs_are_dropped_by_name_without_hashing() -> None:
+    out, dropped, spills = _cut(OCI, ThinPlan(frozenset({OLD_ID}), blobs=frozenset({OLD_ID})))
+    assert _names(out) == [n for n in _names(OCI) if n != "blobs/sha256/" + OLD_ID[7:]]
+    assert dropped.digests() == {OLD_ID} and spills == 0
+
+
+def test_only_files_of_a_known_size_are_hashed() -> None:
+    plan = ThinPlan(frozenset({OLD_ID}), sizes=frozenset({len(OLD)}))
+    out, dropped, spills = _cut(LEGACY, plan)
+    assert spills == 1 and dropped.digests() == {OLD_ID}
+    out, dropped, spills = _cut(LEGACY, ThinPlan(frozenset({OLD_ID}), sizes=frozenset({1})))
+    assert out == LEGACY and spills == 0  # a wrong hint costs a layer, never a wrong drop
+
+
+def test_nothing_to_omit_leaves_the_stream_byte_for_byte() -> None:
+    for archive in (LEGACY, OCI):
+        out, dropped, _ = _cut(archive, ThinPlan(frozenset({"sha256:" + "0" * 64})), 1000)
+        assert out == archive and not dropped.members
+
+
+@pytest.mark.parametrize("link_first", [True, False])
+def test_a_link_to_a_dropped_layer_goes_with_it(link_first: bool) -> None:
+    link = (f"{V1A}/layer.tar", f"../{V1B}/layer.tar")  # legacy: a repeated layer links
+    target = (f"{V1B}/layer.tar", OLD)
+    archive = _tar([link, target] if link_first else [target, link])
+    out, _, _ = _cut(archive, ThinPlan(frozenset({OLD_ID})))
+    assert _names(out) == []
+    out, _, _ = _cut(archive, ThinPlan(frozenset({NEW_ID})))  # kept: the link comes too
+    assert sorted(_names(out)) == sorted(_names(archive))
+
+
+def test_long_names_keep_their_pax_header() -> None:
+    long = "d" * 120 + "/file"
+    archive = _tar([(long, b"x"), (f"{V1A}/layer.tar", OLD)])
+    out, _, _ = _cut(archive, ThinPlan(frozenset({OLD_ID})), 100)
+    assert _names(out) == [long]
+
+
+def test_plan_omits_a_diff_id_only_where_every_use_is_held() -> None:
+    base = ImageEntry("sha256:" + "1" * 64, ("b:1",), (OLD_ID,))
+    app = ImageEntry("sha256:" + "2" * 64, ("a:1",), (OLD_ID, NEW_ID))
+    held = dict.fromkeys(chain_ids(base.layers), "01J0000000000000000000000A")
+    plan = thin_plan([app], FarSide(held))
+    assert plan.omit == {OLD_ID} and plan.sizes is None
+    # NEW_ID as the bottom layer elsewhere is another layer on disk: OLD_ID at the top of
+    # an image whose bottom the far side lacks is not held either
+    other = ImageEntry("sha256:" + "3" * 64, ("o:1",), (NEW_ID, OLD_ID))
+    assert thin_plan([app, other], FarSide(held)).omit == frozenset()
+    omitted = omitted_layers([app], {OLD_ID}, FarSide(held))
+    assert [(o.chain_id, o.bundle) for o in omitted] == [(OLD_ID, "01J0000000000000000000000A")]
+
+
+def test_the_layer_map_follows_manifest_json_and_links() -> None:
+    config = "c" * 64
+    manifest = [{"Config": config + ".json", "Layers": [f"{V1A}/layer.tar", f"{V1B}/layer.tar"]}]
+    archive = _tar(
+        [
+            (f"{V1A}/layer.tar", OLD),
+            (f"{V1B}/layer.tar", f"../{V1A}/layer.tar"),
+            (config + ".json", b"{}"),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]
+    )
+    saved = SavedArchive({"manifest.json"})
+    saved.update(archive)
+    image = ImageEntry("sha256:" + config, ("x:1",), (OLD_ID, OLD_ID))
+    assert saved.layer_files([image]) == {OLD_ID: LayerFile(len(OLD))}
