@@ -30,7 +30,7 @@ from airgap.client.cli.app import (
     secret,
 )
 from airgap.client.engine import Engine
-from airgap.client.images import send_images
+from airgap.client.images import learn_layer_files, send_images
 from airgap.client.ledger import Ledger
 from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
 from airgap.client.progress import counted
@@ -139,6 +139,7 @@ def send(
                 far = FarSide() if full else ledger.far_side()
                 if bases:
                     far = far.knowing(engine.describe(bases))
+                    far = learn_layer_files(engine, bases, far)
                 check_space(spool or to or Path(), engine.size(images))
                 sent = send_images(
                     images,

@@ -1,0 +1,289 @@
+"""Incremental sends on every engine of the matrix: only the layers the far side lacks travel.
+
+The sender and the receiver share one engine here, so "the far side" is the engine after the
+images were removed from it: a thin bundle then finds its omitted layers only where an earlier
+bundle brought them back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from airgap.shared.layers import chain_ids
+from tests.conftest import DockerEngine, build_image, run_airgap
+from tests.server.conftest import Server, start_server
+
+LAYER = 10 * 1024 * 1024
+SUFFIXES = (".manifest.json.minisig", ".manifest.json", ".tar.zst.age")
+
+pytestmark = pytest.mark.docker
+
+
+@dataclass
+class Chain:
+    """``repo:1`` = busybox + 1 MiB, ``repo:2`` = 1 + 10 MiB, ``repo:3`` = 2 + 10 MiB, all
+    random: each new layer is its own size compressed."""
+
+    repo: str
+    images: list[Any]
+
+    def ref(self, version: int) -> str:
+        return f"{self.repo}:{version}"
+
+
+@pytest.fixture
+def chain(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Chain]:
+    client, repo = docker_engine.client, f"airgap-inc-{uuid.uuid4().hex[:10]}"
+    layers = []
+    for version, size in ((1, 1 << 20), (2, LAYER), (3, LAYER)):
+        layers.append(tmp_path / f"layer{version}.bin")
+        layers[-1].write_bytes(os.urandom(size))
+    extra = ""
+    images = []
+    try:
+        for version, path in enumerate(layers, start=1):
+            extra += f"COPY {path.name} /{path.name}\n"
+            images.append(build_image(client, f"{repo}:{version}", extra=extra, files=layers))
+        yield Chain(repo, images)
+    finally:
+        _remove(client, repo)
+
+
+def _remove(client: Any, repo: str) -> None:
+    for version in (3, 2, 1):
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(f"{repo}:{version}", force=True)
+
+
+class Side:
+    """Where bundles go: a directory, or the appliance over FTPS."""
+
+    def __init__(self, keydir: Path, tmp_path: Path, engine: DockerEngine) -> None:
+        self.keydir, self.tmp, self.engine = keydir, tmp_path, engine
+        self.drop = tmp_path / "drop"
+        self.drop.mkdir(exist_ok=True)
+        self.server: Server | None = None
+
+    def where(self, role: str) -> list[str | Path]:
+        return ["--to" if role == "sender" else "--from", self.drop]
+
+    def env(self, role: str) -> dict[str, str]:
+        return {"XDG_CACHE_HOME": str(self.tmp / "cache"), **self.engine.env}
+
+    def send(self, *args: str | Path) -> dict[str, Any]:
+        sent = run_airgap(
+            [
+                "send",
+                *args,
+                *self.where("sender"),
+                "-R",
+                self.keydir / "recipient.txt",
+                "--sign-key",
+                self.keydir / "signing.key",
+                "--json",
+            ],
+            env=self.env("sender"),
+        )
+        assert sent.returncode == 0, sent.stderr
+        summary: dict[str, Any] = json.loads(sent.stdout)
+        self.published(summary["id"])
+        return summary
+
+    def published(self, bundle_id: str) -> None:
+        pass
+
+    def fetch(self, *ids: str, state: str = "state") -> subprocess.CompletedProcess[str]:
+        return run_airgap(
+            [
+                "fetch",
+                *ids,
+                *self.where("receiver"),
+                "-i",
+                self.keydir / "identity.txt",
+                "--trust",
+                self.keydir / "signing.pub",
+                "--state-dir",
+                self.tmp / state,
+                "--json",
+            ],
+            env=self.env("receiver"),
+            timeout=300,
+        )
+
+    def manifest(self, bundle_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.drop / f"{bundle_id}.manifest.json").read_text())
+        return data
+
+
+class Appliance(Side):
+    def __init__(self, keydir: Path, tmp_path: Path, engine: DockerEngine) -> None:
+        super().__init__(keydir, tmp_path, engine)
+        self.server = start_server(
+            tmp_path / "root", "--tls", "required", "--trusted-signer", str(keydir / "signing.pub")
+        )
+        match = re.search(r"certificate (sha256:[0-9a-f]{64})", self.server.stderr)
+        assert match, self.server.stderr
+        self.pin = match.group(1)
+        self.drop = self.server.root / "pub" / "outgoing"
+
+    def where(self, role: str) -> list[str | Path]:
+        assert self.server is not None
+        url = f"ftps://{role}@127.0.0.1:{self.server.port}/"
+        return ["--server", url, "--tls-fingerprint", self.pin]
+
+    def env(self, role: str) -> dict[str, str]:
+        assert self.server is not None
+        return {**super().env(role), "AIRGAP_PASSWORD": self.server.password(role)}
+
+    def published(self, bundle_id: str) -> None:
+        signature = self.drop / f"{bundle_id}.manifest.json.minisig"
+        deadline = time.monotonic() + 30
+        while not signature.exists():
+            assert time.monotonic() < deadline, "the appliance did not publish the bundle"
+            time.sleep(0.05)
+
+
+@pytest.fixture(params=["directory", "appliance"])
+def side(
+    request: pytest.FixtureRequest, keydir: Path, tmp_path: Path, docker_engine: DockerEngine
+) -> Iterator[Side]:
+    made = (Appliance if request.param == "appliance" else Side)(keydir, tmp_path, docker_engine)
+    yield made
+    if made.server is not None:
+        made.server.stop()
+
+
+def _omitted(side: Side, bundle_id: str) -> dict[str, str | None]:
+    content = side.manifest(bundle_id)["content"]
+    return {o["chain_id"]: o["bundle"] for o in content.get("omitted", [])}
+
+
+def _layers(image: Any) -> list[str]:
+    return list(image.attrs["RootFS"]["Layers"])
+
+
+def _same_image(engine: DockerEngine, ref: str, sent: Any) -> bool:
+    """The loaded image is the one sent: same id, or on the containerd store the same
+    config (its ids are manifest digests, which a load may make anew)."""
+    got = engine.client.images.get(ref)
+    return bool(got.id == sent.id or _layers(got) == _layers(sent))
+
+
+def _runs(engine: DockerEngine, ref: str) -> str:
+    out = engine.client.containers.run(
+        ref,
+        ["/bin/busybox", "sh", "-c", "/bin/busybox sha256sum /layer*.bin"],
+        network_mode="host",
+        remove=True,
+    )
+    return out.decode() if isinstance(out, bytes) else str(out)
+
+
+def test_a_chain_of_three_versions_goes_incrementally(
+    side: Side, chain: Chain, docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    first = side.send(chain.ref(1))
+    second = side.send(chain.ref(2))
+    third = side.send(chain.ref(3))
+    b1, b2, b3 = first["id"], second["id"], third["id"]
+    v1, v2 = (chain_ids(_layers(image)) for image in chain.images[:2])
+    assert _omitted(side, b1) == {}
+    assert _omitted(side, b2) == dict.fromkeys(v1, b1)
+    assert _omitted(side, b3) == {**dict.fromkeys(v1, b1), v2[-1]: b2}
+    # only the new 10 MiB (random: zstd cannot shrink it) and the tar's own metadata travel
+    for summary in (second, third):
+        assert LAYER < summary["plaintext_bytes"] < LAYER + 64 * 1024, summary
+        assert summary["payload_bytes"] < LAYER * 1.01 + 64 * 1024, summary
+
+    expected = _runs(docker_engine, chain.ref(3))
+    _remove(docker_engine.client, chain.repo)
+    fetched = side.fetch()
+    assert fetched.returncode == 0, fetched.stderr
+    order = [b["id"] for b in json.loads(fetched.stdout)["bundles"]]
+    assert order == [b1, b2, b3]
+    for version, image in enumerate(chain.images, start=1):
+        assert _same_image(docker_engine, chain.ref(version), image)
+    assert _runs(docker_engine, chain.ref(3)) == expected
+    assert _runs(docker_engine, chain.ref(2)).count("/layer") == 2
+
+
+def test_missing_layers_load_nothing_until_their_bundles_arrive_in_any_order(
+    chain: Chain, docker_engine: DockerEngine, keydir: Path, tmp_path: Path
+) -> None:
+    """Bundles reach the isolated side's media in the order 3, 2, 1."""
+    side = Side(keydir, tmp_path, docker_engine)
+    ids = [side.send(chain.ref(version))["id"] for version in (1, 2, 3)]
+    media = tmp_path / "media"
+    media.mkdir()
+    receiver = Side(keydir, tmp_path, docker_engine)
+    receiver.drop = media
+    _remove(docker_engine.client, chain.repo)
+
+    def arrives(bundle_id: str) -> None:
+        for suffix in reversed(SUFFIXES):  # the signature last, as a sender publishes
+            shutil.copy(side.drop / f"{bundle_id}{suffix}", media)
+
+    arrives(ids[2])
+    refused = receiver.fetch()
+    assert refused.returncode == 3, refused.stderr
+    assert f"carried by {ids[0]} (not on this source), {ids[1]} (not on this source)" in (
+        refused.stderr
+    )
+    assert "nothing was loaded" in refused.stderr
+    arrives(ids[1])
+    refused = receiver.fetch()
+    assert refused.returncode == 3 and f"{ids[0]} (not on this source)" in refused.stderr
+    for version in (1, 2, 3):
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_engine.client.images.get(chain.ref(version))
+
+    arrives(ids[0])
+    fetched = receiver.fetch(ids[2])  # asked for the newest: its carriers come first
+    assert fetched.returncode == 0, fetched.stderr
+    assert [b["id"] for b in json.loads(fetched.stdout)["bundles"]] == ids
+    for version, image in enumerate(chain.images, start=1):
+        assert _same_image(docker_engine, chain.ref(version), image)
+
+
+def test_a_lost_ledger_means_a_full_send_and_base_or_full_choose_by_hand(
+    chain: Chain, docker_engine: DockerEngine, keydir: Path, tmp_path: Path, own_state: Path
+) -> None:
+    side = Side(keydir, tmp_path, docker_engine)
+    b1 = side.send(chain.ref(1))["id"]
+    shown = run_airgap(["ledger", "show", "--to", side.drop, "--json"])
+    assert shown.returncode == 0, shown.stderr
+    (ledger,) = json.loads(shown.stdout)["ledgers"]
+    assert ledger["bundles"] == [b1] and ledger["destination"] == str(side.drop.resolve())
+
+    shutil.rmtree(own_state)  # the sender's ledger is lost
+    full = side.send(chain.ref(2))
+    assert _omitted(side, full["id"]) == {}
+    assert full["plaintext_bytes"] > LAYER + (1 << 20)
+    forced = side.send(chain.ref(3), "--full")  # the ledger knows :2 now; --full ignores it
+    assert _omitted(side, forced["id"]) == {}
+
+    forgot = run_airgap(["ledger", "forget", "--to", side.drop])
+    assert forgot.returncode == 0 and "forgot" in forgot.stderr
+    based = side.send(chain.ref(3), "--base", chain.ref(1))  # nothing known but what --base says
+    assert _omitted(side, based["id"]) == dict.fromkeys(chain_ids(_layers(chain.images[0])))
+    assert 2 * LAYER < based["plaintext_bytes"] < 2 * LAYER + 64 * 1024
+
+    # the receiver lacks everything: the full bundle of :2 loads alone
+    _remove(docker_engine.client, chain.repo)
+    fetched = side.fetch(full["id"])
+    assert fetched.returncode == 0, fetched.stderr
+    assert _same_image(docker_engine, chain.ref(2), chain.images[1])
