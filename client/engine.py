@@ -112,17 +112,28 @@ class Engine:
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise EngineError(f"inspecting {ref}: {exc}") from exc
 
-    def chain_ids(self) -> set[str]:
-        """The chain id of every layer an image of this engine stands on: the layers a thin
-        archive may leave out when loading here."""
+    def layers(self) -> dict[str, list[str]]:
+        """Every image of this engine -> its layer diff ids, bottom first."""
         api = self._client.api
         with _errors("listing images"):
             ids = {str(summary["Id"]) for summary in api.images(all=True)}
-        layers = []
-        for image_id in ids:
+        found = {}
+        for image_id in sorted(ids):
             with _errors(f"inspecting {image_id}"), suppress(docker.errors.ImageNotFound):
-                layers.append(api.inspect_image(image_id).get("RootFS", {}).get("Layers") or [])
-        return all_chain_ids(layers)
+                rootfs = api.inspect_image(image_id).get("RootFS") or {}
+                found[image_id] = [str(layer) for layer in rootfs.get("Layers") or []]
+        return found
+
+    def chain_ids(self) -> set[str]:
+        """The chain id of every layer an image of this engine stands on: the layers a thin
+        archive may leave out when loading here."""
+        return all_chain_ids(self.layers().values())
+
+    def containerd_store(self) -> bool:
+        """Whether images live in the containerd image store rather than a graph driver."""
+        with _errors("docker info"):
+            status = self._client.info().get("DriverStatus") or []
+        return ["driver-type", "io.containerd.snapshotter.v1"] in status
 
     def tag(self, image_id: str, ref: str) -> None:
         repository, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "")

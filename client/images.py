@@ -11,15 +11,18 @@ refused.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import IO
 
 from airgap.client.engine import Engine
 from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name
 from airgap.client.send import Resuming, Watch, send_stream
 from airgap.client.sendledger import FarSide
+from airgap.client.splice import spliced, spool_layer
 from airgap.client.thin import Dropped, thin_archive
 from airgap.client.transport import Transport
 from airgap.shared import minisign
@@ -108,7 +111,10 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
     """Load a verified image bundle; return the refs now pointing at its images."""
     refs = [(ref, image) for image in manifest.images for ref in image.refs]
     before = {ref: engine.image_id(ref) for ref, _ in refs}
-    engine.load(withhold_last(plaintext))
+    with LocalLayers(engine) as layers:
+        if manifest.omitted and engine.containerd_store():
+            plaintext = spliced(plaintext, layers)
+        engine.load(withhold_last(plaintext))
     for ref, image in refs:
         got = engine.image_id(ref)
         if not _is(engine, ref, got, image):
@@ -118,6 +124,33 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
                 f"the manifest says {image.id}"
             )
     return [ref for ref, _ in refs]
+
+
+class LocalLayers:
+    """This engine's layer files by diff id, each saved out once, for :func:`spliced`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._files: dict[str, tuple[int, IO[bytes]]] = {}
+        self._held = contextlib.ExitStack()
+
+    def __call__(self, diff_id: str) -> tuple[int, IO[bytes]]:
+        if diff_id not in self._files:
+            holders = [i for i, layers in self._engine.layers().items() if diff_id in layers]
+            spill: IO[bytes] = self._held.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
+            self._files[diff_id] = (
+                spool_layer(self._engine.save(holders[:1]), diff_id, spill),
+                spill,
+            )
+        size, held = self._files[diff_id]
+        held.seek(0)
+        return size, held
+
+    def __enter__(self) -> LocalLayers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._held.close()
 
 
 def _is(engine: Engine, ref: str, got: str | None, image: ImageEntry) -> bool:

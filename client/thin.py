@@ -64,7 +64,7 @@ def thin_archive(
 ) -> Iterator[bytes]:
     """The tar stream ``chunks`` without the layer files ``plan`` omits (recorded in
     ``dropped``); ``spill`` makes a temporary file for a legacy layer being hashed."""
-    reader = _Reader(chunks)
+    reader = ChunkReader(chunks)
     extension = bytearray()  # pax or GNU headers that belong to the next member
     long_name: str | None = None
     seen: set[str] = set()
@@ -78,7 +78,7 @@ def thin_archive(
             yield bytes(extension) + header
             yield from reader.rest()
             return
-        info = _header(header)
+        info = header_of(header)
         padded = -(-info.size // BLOCK) * BLOCK
         if info.type in _EXTENSIONS:
             if info.size > _MAX_EXTENSION:
@@ -108,7 +108,7 @@ def thin_archive(
             yield from reader.pieces(padded)
 
 
-def _header(block: bytes) -> tarfile.TarInfo:
+def header_of(block: bytes) -> tarfile.TarInfo:
     try:
         return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     except tarfile.HeaderError as exc:
@@ -149,7 +149,7 @@ def _target(name: str, info: tarfile.TarInfo) -> str:
 
 
 def _hashed(
-    reader: _Reader,
+    reader: ChunkReader,
     head: bytes,
     name: str,
     size: int,
@@ -176,7 +176,7 @@ def _hashed(
         yield padding
 
 
-class _Reader:
+class ChunkReader:
     """Exact reads over a stream of chunks, copying only where a read spans chunks."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:

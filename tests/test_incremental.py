@@ -8,6 +8,7 @@ bundle brought them back.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import docker.errors
 import pytest
 
 from airgap.shared.layers import chain_ids
-from tests.conftest import DockerEngine, build_image, run_airgap
+from tests.conftest import DockerEngine, build_image, connect_engine, engine_hosts, run_airgap
 from tests.server.conftest import Server, start_server
 
 LAYER = 10 * 1024 * 1024
@@ -45,11 +46,11 @@ class Chain:
         return f"{self.repo}:{version}"
 
 
-@pytest.fixture
-def chain(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Chain]:
-    client, repo = docker_engine.client, f"airgap-inc-{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def chain_on(client: Any, tmp_path: Path, sizes: Sequence[int]) -> Iterator[Chain]:
+    repo = f"airgap-inc-{uuid.uuid4().hex[:10]}"
     layers = []
-    for version, size in ((1, 1 << 20), (2, LAYER), (3, LAYER)):
+    for version, size in enumerate(sizes, start=1):
         layers.append(tmp_path / f"layer{version}.bin")
         layers[-1].write_bytes(os.urandom(size))
     extra = ""
@@ -61,6 +62,12 @@ def chain(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Chain]:
         yield Chain(repo, images)
     finally:
         _remove(client, repo)
+
+
+@pytest.fixture
+def chain(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Chain]:
+    with chain_on(docker_engine.client, tmp_path, (1 << 20, LAYER, LAYER)) as made:
+        yield made
 
 
 def _remove(client: Any, repo: str) -> None:
@@ -287,3 +294,36 @@ def test_a_lost_ledger_means_a_full_send_and_base_or_full_choose_by_hand(
     fetched = side.fetch(full["id"])
     assert fetched.returncode == 0, fetched.stderr
     assert _same_image(docker_engine, chain.ref(2), chain.images[1])
+
+
+_PAIRS = list(itertools.permutations(engine_hosts(), 2))
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), _PAIRS, ids=[f"{a}-to-{b}".replace("/", "_") for a, b in _PAIRS]
+)
+@pytest.mark.timeout(180)
+def test_a_thin_bundle_loads_on_another_kind_of_engine(
+    source: str, target: str, keydir: Path, tmp_path: Path
+) -> None:
+    """A containerd image store refuses a legacy archive that lacks a layer file: the layer
+    is put back from the receiving engine itself."""
+    sender = DockerEngine(source, connect_engine(source))
+    receiver = DockerEngine(target, connect_engine(target))
+    with (
+        contextlib.closing(sender.client),
+        contextlib.closing(receiver.client),
+        chain_on(sender.client, tmp_path, (1 << 20, 1 << 20)) as made,
+    ):
+        side = Side(keydir, tmp_path, sender)
+        first, second = side.send(made.ref(1))["id"], side.send(made.ref(2))["id"]
+        assert _omitted(side, second) == dict.fromkeys(chain_ids(_layers(made.images[0])), first)
+        expected = _runs(sender, made.ref(2))
+        try:
+            fetched = Side(keydir, tmp_path, receiver).fetch()
+            assert fetched.returncode == 0, fetched.stderr
+            assert [b["id"] for b in json.loads(fetched.stdout)["bundles"]] == [first, second]
+            assert _layers(receiver.client.images.get(made.ref(2))) == _layers(made.images[1])
+            assert _runs(receiver, made.ref(2)) == expected
+        finally:
+            _remove(receiver.client, made.repo)

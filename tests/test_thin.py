@@ -1,4 +1,5 @@
-"""Thin archives cut from a tar stream: only layer files shown to be omitted are left out."""
+"""Thin archives cut from a tar stream (only layer files shown to be omitted are left out),
+and spliced back where an engine insists on every file."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from hypothesis import strategies as st
 from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.saved import LayerFile, SavedArchive
 from airgap.client.sendledger import FarSide
+from airgap.client.splice import spliced, spool_layer
 from airgap.client.thin import Dropped, ThinPlan, thin_archive
+from airgap.shared.errors import EngineError
 from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import ImageEntry
 
@@ -159,3 +162,43 @@ def test_the_layer_map_follows_manifest_json_and_links() -> None:
     saved.update(archive)
     image = ImageEntry("sha256:" + config, ("x:1",), (OLD_ID, OLD_ID))
     assert saved.layer_files([image]) == {OLD_ID: LayerFile(len(OLD))}
+
+
+def _legacy_image(with_old: bool) -> bytes:
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [OLD_ID, NEW_ID]}}).encode()
+    manifest = [{"Config": "c" * 64 + ".json", "Layers": [f"{V1A}/layer.tar", f"{V1B}/layer.tar"]}]
+    members: list[tuple[str, bytes | str]] = [(f"{V1A}/json", b"{}")]
+    members += [(f"{V1A}/layer.tar", OLD)] if with_old else []
+    members += [(f"{V1B}/layer.tar", NEW), ("c" * 64 + ".json", config)]
+    return _tar([*members, ("manifest.json", json.dumps(manifest).encode())])
+
+
+@pytest.mark.parametrize("piece", [1, 511, 4096, 1 << 20])
+def test_splicing_puts_back_what_manifest_json_names_and_the_archive_lacks(piece: int) -> None:
+    asked: list[str] = []
+
+    def layer(diff_id: str) -> tuple[int, IO[bytes]]:
+        asked.append(diff_id)
+        return len(OLD), io.BytesIO(OLD)
+
+    thin = _legacy_image(with_old=False)
+    chunks = (thin[i : i + piece] for i in range(0, len(thin), piece))
+    out = b"".join(spliced(chunks, layer))
+    assert asked == [OLD_ID]
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        assert tar.extractfile(f"{V1A}/layer.tar").read() == OLD  # type: ignore[union-attr]
+        assert sorted(tar.getnames()) == sorted(_names(_legacy_image(with_old=True)))
+    full = _legacy_image(with_old=True)
+    assert b"".join(spliced([full], layer)) == full and asked == [OLD_ID]  # nothing lacking
+    oci = _tar(
+        [("blobs/sha256/" + NEW_ID[7:], NEW), ("manifest.json", b"[]"), ("oci-layout", b"{}")]
+    )
+    assert b"".join(spliced([oci], layer)) == oci  # a thin OCI layout loads as it is
+
+
+def test_a_layer_is_spooled_out_of_a_save_only_when_its_hash_matches() -> None:
+    save = _tar([("blobs/sha256/" + OLD_ID[7:], OLD), ("blobs/sha256/" + NEW_ID[7:], OLD)])
+    held = io.BytesIO()
+    assert spool_layer([save], OLD_ID, held) == len(OLD) and held.read() == OLD
+    with pytest.raises(EngineError, match="no uncompressed copy"):
+        spool_layer([save], NEW_ID, io.BytesIO())  # named NEW, holding OLD

@@ -1,0 +1,112 @@
+"""Splicing: putting the layer files a thin legacy archive left out back in, from this engine.
+
+The containerd image store refuses a legacy (``V1ID/layer.tar``) archive with a missing layer
+file even when it holds that layer ("failed to resolve layers"); it accepts a thin OCI layout.
+For that one case :func:`spliced` passes the archive through unchanged and, at its end, adds
+each layer file that ``manifest.json`` names but the archive lacks, read from the engine
+(``layer(diff_id)``). The receiver checked before loading that the engine holds them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
+
+from airgap.client.saved import MANIFEST_JSON
+from airgap.client.thin import BLOCK, ChunkReader, header_of
+from airgap.shared.errors import EngineError
+
+_KEEP = 1 << 20  # configs and manifest.json are kept up to this size
+OCI_LAYOUT = "oci-layout"
+#: A layer's uncompressed tar, by diff id: its size and a file positioned at its start.
+LayerSource = Callable[[str], tuple[int, IO[bytes]]]
+
+
+def spliced(chunks: Iterable[bytes], layer: LayerSource) -> Iterator[bytes]:
+    reader = ChunkReader(chunks)
+    seen: set[str] = set()
+    kept: dict[str, bytes] = {}
+    pending = b""  # extension headers of the next member
+    while True:
+        header = reader.read(BLOCK)
+        if len(header) < BLOCK or header == bytes(BLOCK):
+            if len(header) == BLOCK and OCI_LAYOUT not in seen:
+                yield from _missing_files(kept, seen, layer)
+            yield pending + header
+            yield from reader.rest()
+            return
+        info = header_of(header)
+        padded = -(-info.size // BLOCK) * BLOCK
+        if info.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME):
+            pending += header + reader.read(padded)
+            continue
+        # a legacy archive's names are short: a long name never names what is spliced
+        name = info.name if not pending else ""
+        seen.add(name)
+        yield pending + header
+        pending = b""
+        if info.isreg() and name.endswith(".json") and "/" not in name and info.size <= _KEEP:
+            data = reader.read(padded)
+            kept[name] = data[: info.size]
+            yield data
+        else:
+            yield from reader.pieces(padded)
+
+
+def _missing_files(kept: dict[str, bytes], seen: set[str], layer: LayerSource) -> Iterator[bytes]:
+    for path, diff_id in _layer_paths(kept).items():
+        if path in seen:
+            continue
+        size, source = layer(diff_id)
+        info = tarfile.TarInfo(path)
+        info.size, info.mode = size, 0o644
+        yield info.tobuf(tarfile.USTAR_FORMAT)
+        while piece := source.read(1 << 20):
+            yield piece
+        yield bytes(-size % BLOCK)
+        seen.add(path)
+
+
+def _layer_paths(kept: dict[str, bytes]) -> dict[str, str]:
+    """Each layer path manifest.json names -> the diff id its config gives that position."""
+    try:
+        entries = json.loads(kept[MANIFEST_JSON])
+        found: dict[str, str] = {}
+        for entry in entries:
+            config = json.loads(kept[str(entry["Config"])])
+            diff_ids = config["rootfs"]["diff_ids"]
+            for path, diff_id in zip(entry["Layers"], diff_ids, strict=True):
+                found[str(path)] = str(diff_id)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise EngineError("docker load: the archive's manifest.json and configs disagree") from exc
+    return found
+
+
+def spool_layer(chunks: Iterable[bytes], diff_id: str, into: IO[bytes]) -> int:
+    """Copy the uncompressed blob ``diff_id`` out of a ``docker save`` stream of this engine
+    into ``into``; its size. The containerd store keeps a layer that came by ``docker load``
+    uncompressed, named by its diff id; one it pulled or built may be compressed, and then
+    there is nothing to splice from."""
+    reader, wanted = ChunkReader(chunks), "blobs/sha256/" + diff_id.removeprefix("sha256:")
+    while len(header := reader.read(BLOCK)) == BLOCK and header != bytes(BLOCK):
+        info = header_of(header)
+        padded = -(-info.size // BLOCK) * BLOCK
+        if info.name != wanted or not info.isreg():
+            reader.skip(padded)
+            continue
+        digest = hashlib.sha256()
+        for piece in reader.pieces(info.size):
+            digest.update(piece)
+            into.write(piece)
+        if "sha256:" + digest.hexdigest() != diff_id:
+            break
+        into.seek(0)
+        return info.size
+    raise EngineError(
+        f"cannot put layer {diff_id} back into the archive: this engine keeps no uncompressed "
+        "copy of it",
+        hint="have the sender send again with --full",
+    )
