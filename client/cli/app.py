@@ -84,6 +84,10 @@ def secret(env: str, prompt: str, *, confirm: bool = False) -> Callable[[], byte
     return ask
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "airgap"

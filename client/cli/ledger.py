@@ -14,6 +14,7 @@ from airgap.client.cli.app import (
     default_state_dir,
     emit,
     guarded,
+    plural,
     printable,
     say,
 )
@@ -55,10 +56,11 @@ def show(
         return
     for s in chosen:
         print(f"{printable(s.destination)}  to {', '.join(_short(a) for a in s.audience)}")
-        print(f"  {len(s.bundles)} bundles, {len(s.layers)} layers, updated {s.updated}")
+        counts = f"{plural(len(s.bundles), 'bundle')}, {plural(len(s.layers), 'layer')}"
+        print(f"  {counts}, updated {s.updated}")
         for bundle_id in s.bundles:
             carried = sum(1 for b in s.layers.values() if b == bundle_id)
-            print(f"  {bundle_id}  {carried} layers")
+            print(f"  {bundle_id}  carried {plural(carried, 'layer')}")
     if not chosen:
         say("no ledger: the next send of images is full")
 

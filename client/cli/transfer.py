@@ -25,6 +25,7 @@ from airgap.client.cli.app import (
     default_state_dir,
     emit,
     guarded,
+    plural,
     printable,
     say,
     secret,
@@ -194,7 +195,11 @@ def _trusted(paths: Sequence[Path]) -> list[Path]:
 
 
 def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: bool) -> None:
-    say(f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {transport.describe()}")
+    left_out = len(manifest.omitted)
+    say(
+        f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {transport.describe()}"
+        + (f" ({plural(left_out, 'layer')} left out: the far side has them)" if left_out else "")
+    )
     if as_json:
         wire = transport.sent if isinstance(transport, SpooledTransport) else None
         emit(
@@ -204,6 +209,7 @@ def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: boo
                 "files": [f.name for f in manifest.files],
                 "plaintext_bytes": manifest.plaintext_size,
                 "payload_bytes": manifest.payload.size,
+                "omitted_layers": left_out,
                 "bytes_on_wire": wire,
                 "seconds": round(seconds, 3),
             }
