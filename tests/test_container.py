@@ -1,6 +1,6 @@
-"""The appliance's container image, built offline and driven by real clients on loopback.
+"""The appliance's and the client's container images, built offline, driven on loopback.
 
-The image is built as `make images` builds it: from the wheelhouse only, with no network during
+The images are built as `make images` builds them: from the wheelhouse only, with no network during
 the build (``network_mode="none"``), on the official Python base when the engine has it, else on
 the debootstrap-made ``airgap-base:bookworm`` (CI has no registry; made once, ~40 s). Docker's
 layer cache makes the rebuild a no-op when nothing changed. Containers run with ``--network
@@ -8,7 +8,8 @@ host`` on a free loopback port and a named volume, and are removed afterwards wi
 
 Evidence is what a user would see: the book's lftp walk-through round-tripping a real
 ``docker save`` archive back into the engine, bytes on the volume, ftplib replies for each role,
-the uid of the serving process, the health status, and the exit code after ``docker stop``.
+the uid of the serving process, the health status, and the exit code after ``docker stop``;
+for the client image, an image sent and fetched back through the engine's socket, by its id.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -36,13 +38,14 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import run_airgap
+from tests.conftest import build_image, run_airgap
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = ROOT / "containers"
 TAG = "airgap-server:test"
+CLIENT_TAG = "airgap-client:test"
 OFFICIAL_BASE = "python:3.11-slim-bookworm"
 LOCAL_BASE = "airgap-base:bookworm"
 UID = 10001  # the Dockerfile's AIRGAP_UID
@@ -64,8 +67,8 @@ def make(*targets: str) -> None:
     assert done.returncode == 0, f"make {' '.join(targets)} failed, ending with:\n{tail}"
 
 
-@pytest.fixture(scope="module")
-def server_image(docker_client: Any) -> Any:
+def build_side(docker_client: Any, side: str, tag: str) -> Any:
+    """containers/SIDE/Dockerfile built as `make images` builds it, tagged ``tag``."""
     base = OFFICIAL_BASE
     try:
         docker_client.images.get(OFFICIAL_BASE)
@@ -74,25 +77,35 @@ def server_image(docker_client: Any) -> Any:
         base = LOCAL_BASE
     make("wheelhouse")
     try:
-        previous = docker_client.images.get(TAG).id
+        previous = docker_client.images.get(tag).id
     except docker.errors.ImageNotFound:
         previous = None
     try:
         image, _ = docker_client.images.build(
             path=str(CONTEXT),
-            dockerfile="server/Dockerfile",
+            dockerfile=f"{side}/Dockerfile",
             buildargs={"BASE_IMAGE": base},
-            tag=TAG,
+            tag=tag,
             network_mode="none",  # proves the build needs nothing but the context
             rm=True,
         )
     except docker.errors.BuildError as exc:
         log = "".join(str(line.get("stream", line.get("error", ""))) for line in exc.build_log)
-        pytest.fail(f"building {TAG} on {base} failed: {exc}\n{log[-3000:]}")
+        pytest.fail(f"building {tag} on {base} failed: {exc}\n{log[-3000:]}")
     if previous not in (None, image.id):  # an older build would pile up, untagged, run after run
         with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(previous)
     return image
+
+
+@pytest.fixture(scope="module")
+def server_image(docker_client: Any) -> Any:
+    return build_side(docker_client, "server", TAG)
+
+
+@pytest.fixture(scope="module")
+def client_image(docker_client: Any) -> Any:
+    return build_side(docker_client, "client", CLIENT_TAG)
 
 
 def free_port() -> int:
@@ -432,3 +445,74 @@ def test_first_start_with_defaults_then_ftps_and_a_clean_stop(
         # 0, not 143 (SIGTERM unhandled) nor 137 (killed after the 20 s grace period).
         assert running.container.attrs["State"]["ExitCode"] == 0, logs[-3000:]
         assert "Traceback" not in logs
+
+
+HOST_UID = 4242  # an ordinary user of the host: neither root nor the image's own uid
+
+
+def client_run(config: Path, password: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The client image as containers/client/Dockerfile shows it, run by the owner of
+    ``config`` (``--user "$(id -u):$(id -g)"``); the password through the environment."""
+    socket_path = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    socket_path = socket_path.removeprefix("unix://")  # the engine docker_client talks to
+    socket_gid = str(Path(socket_path).stat().st_gid)
+    command = ["docker", "run", "--rm", "--network", "host", "--user", f"{HOST_UID}:{HOST_UID}"]
+    command += ["-v", f"{socket_path}:/var/run/docker.sock", "--group-add", socket_gid]
+    command += ["-v", f"{config}:/home/airgap/.config/airgap", "-e", "AIRGAP_PASSWORD"]
+    command += [CLIENT_TAG, *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    return subprocess.run(
+        command,
+        env={**env, "AIRGAP_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_client_image_sends_and_fetches_an_image_through_the_engine_socket(
+    docker_client: Any, server_image: Any, client_image: Any, tmp_path: Path
+) -> None:
+    """README, "The same job, safely": each side set up with `airgap init` on its host, then
+    plain `send IMAGE` and `fetch` from the airgap-client image with the Docker socket and the
+    config directory mounted, through the appliance's container."""
+    tag = f"airgap-client-job:{uuid.uuid4().hex[:12]}"
+    image = build_image(docker_client, tag)
+    try:
+        with appliance(docker_client, users=True) as running:
+            logs = running.container.logs().decode(errors="replace")
+            pin = re.search(r"certificate (sha256:[0-9a-f]{64})", logs)
+            assert pin, logs
+            url = f"ftps://{{}}@127.0.0.1:{running.port}/"
+            sender, receiver = tmp_path / "sender", tmp_path / "receiver"
+            for config, role, user in ((sender, "sender", "alice"), (receiver, "receiver", "rita")):
+                init = ["init", "--role", role, "--dir", str(config), "--server", url.format(user)]
+                made = run_airgap([*init, "--tls-fingerprint", pin.group(1)])
+                assert made.returncode == 0, made.stderr
+            with (sender / "recipients.txt").open("a") as recipients:
+                recipients.write((receiver / "keys" / "recipient.txt").read_text())
+            shutil.copy(sender / "keys" / "signing.pub", receiver / "trusted" / "sender.pub")
+            for config in (sender, receiver):  # the host user's files, keys/ 0700 as init made
+                for path in [config, *config.rglob("*")]:
+                    os.chown(path, HOST_UID, HOST_UID)
+
+            sent = client_run(sender, running.passwords["alice"], "send", tag)
+            assert sent.returncode == 0, sent.stderr
+            assert "sent bundle" in sent.stderr
+            outgoing = running.volume / "pub" / "outgoing"
+            deadline = time.monotonic() + 60
+            while not list(outgoing.glob("*.minisig")) and time.monotonic() < deadline:
+                time.sleep(0.2)  # the appliance checks the bundle before publishing it
+            assert list(outgoing.glob("*.minisig")), "the bundle was never published"
+
+            docker_client.images.remove(tag, force=True)
+            fetched = client_run(receiver, running.passwords["rita"], "fetch")
+            assert fetched.returncode == 0, fetched.stderr
+            assert tag in fetched.stderr
+        assert docker_client.images.get(tag).id == image.id
+        output = docker_client.containers.run(tag, remove=True, network_mode="host")
+        assert output.strip() == b"hi"
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag, force=True)
