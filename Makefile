@@ -34,10 +34,11 @@ lint: $(BIN)/airgap ## ruff and mypy --strict.
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p airgap.shared -p airgap.client -p airgap.server
 
 .PHONY: bench
-bench: $(BIN)/airgap ## Codec, FTP and transfer benchmarks, figures beside their comparison (root; Docker; 4 GB /tmp, 6 GB shm).
+bench: $(BIN)/airgap ## Codec, FTP, transfer and incremental benchmarks, figures beside their comparison (root; Docker; 4 GB /tmp, 6 GB shm).
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.ftp
 	$(BIN)/python -m bench.transfer
+	$(BIN)/python -m bench.incremental
 
 .PHONY: bench-ftp
 bench-ftp: $(BIN)/airgap ## FTP benchmark only: airgap serve against vsftpd (root; ~6 GB in /dev/shm).
@@ -46,6 +47,10 @@ bench-ftp: $(BIN)/airgap ## FTP benchmark only: airgap serve against vsftpd (roo
 .PHONY: bench-transfer
 bench-transfer: $(BIN)/airgap ## Transfer benchmark only: airgap send/fetch beside save+lftp+load (root; Docker).
 	$(BIN)/python -m bench.transfer
+
+.PHONY: bench-incremental
+bench-incremental: $(BIN)/airgap ## Incremental benchmark only: a 10 MB update, thin send beside the book's flow (root; Docker).
+	$(BIN)/python -m bench.incremental
 
 # Container images. The build context is containers/; nothing is downloaded during the build.
 DOCKER      ?= docker
