@@ -149,6 +149,7 @@ def send_stream(
             manifest = replace(manifest, omitted=tuple(omitted))
             data, signature = sign_manifest(manifest, key)
             if resuming is not None:
+                out.flush()  # the whole payload in the spool before the manifest says it is
                 resuming.keep(manifest, data, signature)
         transport.rename(partial, manifest.payload.name)
         put_small(transport, bundle_id + MANIFEST_SUFFIX, data)

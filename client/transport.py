@@ -32,6 +32,8 @@ class Writable(Protocol):
 
     def write(self, data: bytes, /) -> int: ...
 
+    def flush(self) -> None: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Writable: ...
@@ -173,6 +175,12 @@ class _SyncOnClose:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageError("no space left on the destination") from exc
             raise TransferError(f"write failed: {exc.strerror or exc}") from exc
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as exc:
+            raise StorageError(f"write failed: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         try:
