@@ -201,20 +201,34 @@ def _payload_cipher(file_key: bytes, nonce: bytes) -> ChaCha20Poly1305:
     return ChaCha20Poly1305(hkdf_sha256(file_key, salt=nonce, info=b"payload"))
 
 
-class AgeEncryptor:
-    """A streaming stage: update(chunk) -> bytes, finish() -> bytes. Emits the header with the
-    first output. A full chunk is held back until more input shows it is not the last."""
+@dataclass(frozen=True, repr=False)
+class PayloadKey:
+    """The secret that makes one encryption repeatable: the file key, and the header and
+    payload nonce that precede the payload. Encrypting the same plaintext with the same
+    PayloadKey gives the same bytes, which lets an interrupted send be continued."""
 
-    def __init__(self, recipients: Sequence[Recipient]) -> None:
+    file_key: bytes
+    preamble: bytes  # the header, then the 16-byte payload nonce
+
+    @classmethod
+    def new(cls, recipients: Sequence[Recipient]) -> PayloadKey:
         if not recipients:
             raise UsageError("age encryption needs at least one recipient")
         if len(recipients) > 1 and any(isinstance(r, ScryptRecipient) for r in recipients):
             raise UsageError("a passphrase cannot be combined with other recipients")
         file_key = os.urandom(FILE_KEY_SIZE)
         header = encode_header([recipient.wrap(file_key) for recipient in recipients], file_key)
-        nonce = os.urandom(NONCE_SIZE)
-        self._preamble = header + nonce
-        self._cipher = _payload_cipher(file_key, nonce)
+        return cls(file_key, header + os.urandom(NONCE_SIZE))
+
+
+class AgeEncryptor:
+    """A streaming stage: update(chunk) -> bytes, finish() -> bytes. Emits the header with the
+    first output. A full chunk is held back until more input shows it is not the last."""
+
+    def __init__(self, recipients: Sequence[Recipient], *, key: PayloadKey | None = None) -> None:
+        key = key or PayloadKey.new(recipients)
+        self._preamble = key.preamble
+        self._cipher = _payload_cipher(key.file_key, key.preamble[-NONCE_SIZE:])
         self._pending = bytearray()
         self._counter = 0
         self._finished = False

@@ -55,6 +55,7 @@ class EncodeOptions:
     level: int = DEFAULT_ZSTD_LEVEL
     threads: int = 0
     segment_size: int = DEFAULT_SEGMENT
+    key: age.PayloadKey | None = None  # a given key repeats an earlier encoding exactly
 
 
 class Encoder:
@@ -72,7 +73,7 @@ class Encoder:
             Chain([self.plaintext, ZstdCompress(level=options.level, threads=options.threads)]),
         ]
         if options.recipients:
-            self.stages.append(age.AgeEncryptor(options.recipients))
+            self.stages.append(age.AgeEncryptor(options.recipients, key=options.key))
         self.stages.append(Chain([self.payload, self.segments]))
         self._chain = Chain(self.stages)
 

@@ -520,3 +520,23 @@ def test_we_decrypt_age_scrypt_output(tmp_path: Path) -> None:
     decryptor = AgeDecryptor([ScryptIdentity(PASSPHRASE)])
     assert decryptor.update(ciphertext) + decryptor.finish() == data
     assert decryptor.recipient_types == ("scrypt",)
+
+
+def test_a_payload_key_repeats_an_encryption_byte_for_byte() -> None:
+    recipient = age.X25519Identity.generate().recipient
+    key = age.PayloadKey.new([recipient])
+    data = os.urandom(200_000)
+
+    def sealed(pieces: int) -> bytes:
+        encryptor = age.AgeEncryptor([recipient], key=key)
+        step = -(-len(data) // pieces)
+        body = b"".join(encryptor.update(data[i : i + step]) for i in range(0, len(data), step))
+        return body + encryptor.finish()
+
+    assert sealed(1) == sealed(7) != _encrypt_once(recipient, data)
+    assert "file_key" not in repr(key) and repr(key.file_key) not in repr(key)
+
+
+def _encrypt_once(recipient: age.Recipient, data: bytes) -> bytes:
+    encryptor = age.AgeEncryptor([recipient])
+    return encryptor.update(data) + encryptor.finish()
