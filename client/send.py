@@ -13,8 +13,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from airgap.client.spool import SpooledTransport
-from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, SIGNATURE_SUFFIX, Transport
+from airgap.client.spool import ContinueMismatch, SpooledTransport
+from airgap.client.transport import (
+    MANIFEST_SUFFIX,
+    PARTIAL_SUFFIX,
+    SIGNATURE_SUFFIX,
+    Transport,
+    Writable,
+)
 from airgap.shared import minisign
 from airgap.shared.archive import Member, check_name, tar_stream
 from airgap.shared.bundle import EncodeOptions, encode, sign_manifest
@@ -87,6 +93,7 @@ class Resuming:
 
     bundle_id: str
     spool: Path
+    continuing: bool = False  # the spool holds the start of this very payload already
 
     def keep(self, manifest: Manifest, data: bytes, signature: str) -> None:
         try:
@@ -140,7 +147,7 @@ def send_stream(
     encoder, payload = encode(watch(plaintext) if watch else plaintext, options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
     try:
-        with transport.writer(partial) as out:
+        with _writer(transport, partial, resuming) as out:
             for chunk in payload:
                 out.write(chunk)
             manifest = encoder.manifest(
@@ -150,6 +157,8 @@ def send_stream(
             data, signature = sign_manifest(manifest, key)
             if resuming is not None:
                 out.flush()  # the whole payload in the spool before the manifest says it is
+                if (resuming.spool / partial).stat().st_size != manifest.payload.size:
+                    raise ContinueMismatch("the payload encoded again is shorter than before")
                 resuming.keep(manifest, data, signature)
         transport.rename(partial, manifest.payload.name)
         put_small(transport, bundle_id + MANIFEST_SUFFIX, data)
@@ -160,6 +169,12 @@ def send_stream(
                 transport.delete(partial)
         raise
     return manifest
+
+
+def _writer(transport: Transport, name: str, resuming: Resuming | None) -> Writable:
+    if resuming is not None and resuming.continuing and isinstance(transport, SpooledTransport):
+        return transport.continued_writer(name)
+    return transport.writer(name)
 
 
 def put_small(transport: Transport, name: str, data: bytes) -> None:

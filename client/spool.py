@@ -129,6 +129,13 @@ class SpooledTransport:
             raise TransferError("a spooled upload always starts a file from its beginning")
         return io.BufferedWriter(_SpooledUpload(self, name, self.spool / name), buffer_size=CHUNK)
 
+    def continued_writer(self, name: str) -> io.BufferedIOBase:
+        """A writer of the same bytes as an interrupted one: what the spool already holds is
+        compared, not written (a difference is :class:`ContinueMismatch`), the rest appended,
+        and the upload resumes from the server's size meanwhile."""
+        upload = _SpooledUpload(self, name, self.spool / name, continuing=True)
+        return io.BufferedWriter(upload, buffer_size=CHUNK)
+
     def upload_file(self, name: str, local: Path) -> None:
         """Make the remote ``name`` hold exactly ``local``'s bytes: resume ``name.part`` from
         the server's size, then rename it."""
@@ -209,14 +216,23 @@ class _SpooledDownload(io.RawIOBase):
         super().close()
 
 
-class _SpooledUpload(io.RawIOBase):
-    """Writes land in the spool; an uploader thread follows the file to the server."""
+class ContinueMismatch(StorageError):
+    """The bytes encoded again differ from those an interrupted send left in the spool."""
 
-    def __init__(self, owner: SpooledTransport, name: str, path: Path) -> None:
+
+class _SpooledUpload(io.RawIOBase):
+    """Writes land in the spool; an uploader thread follows the file to the server. When
+    ``continuing``, the spool's bytes are a prefix the writes must repeat."""
+
+    def __init__(
+        self, owner: SpooledTransport, name: str, path: Path, *, continuing: bool = False
+    ) -> None:
         try:
-            self._file = path.open("wb")
+            self._file = path.open("r+b" if continuing and path.exists() else "wb")
+            self._held = os.fstat(self._file.fileno()).st_size
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
+        self._at = 0
         self._uploader = _Uploader(owner, name, path)
         self._thread = threading.Thread(target=self._uploader.run, daemon=True)
         self._thread.start()
@@ -226,13 +242,29 @@ class _SpooledUpload(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         self._uploader.raise_failure()
+        view = memoryview(data).cast("B")
+        size = len(view)
         try:
-            written = self._file.write(data)
-            self._file.flush()
+            if self._at < self._held:
+                same = min(size, self._held - self._at)
+                spooled = os.pread(self._file.fileno(), same, self._at)
+                if spooled != view[:same]:
+                    pairs = zip(spooled, view[: len(spooled)], strict=True)
+                    at = self._at + next((i for i, (a, b) in enumerate(pairs) if a != b), same)
+                    raise ContinueMismatch(
+                        f"the payload encoded again differs from the interrupted one at byte "
+                        f"{at}: the images or files changed, or the engine's save is not "
+                        "repeatable"
+                    )
+                self._at, view = self._at + same, view[same:]
+            if view:
+                self._file.seek(self._at)
+                self._at += self._file.write(view)
+                self._file.flush()
         except OSError as exc:
             raise StorageError(f"spool: {exc.strerror or exc}") from exc
         self._uploader.wake()
-        return written
+        return size
 
     def close(self) -> None:
         if self.closed:

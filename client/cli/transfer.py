@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from airgap.client import config, keyfiles
+from airgap.client import config, keyfiles, sendjob
 from airgap.client import fetch as fetching
 from airgap.client.cli.app import (
     FingerprintOption,
@@ -31,18 +31,15 @@ from airgap.client.cli.app import (
     secret,
 )
 from airgap.client.engine import Engine
-from airgap.client.images import learn_layer_files, send_images
 from airgap.client.ledger import Ledger
-from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
+from airgap.client.places import Place, open_place, send_spool
 from airgap.client.progress import counted
-from airgap.client.send import Resuming, resume_send, send_files
-from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
+from airgap.client.sendledger import audience
 from airgap.client.spool import SpooledTransport
-from airgap.client.transport import MANIFEST_SUFFIX, Transport
+from airgap.client.transport import Transport
+from airgap.client.unfinished import Recipe, key_of, stand_ins
 from airgap.shared import age
-from airgap.shared.bundle import EncodeOptions
-from airgap.shared.errors import TransferError, UsageError
-from airgap.shared.ids import new_bundle_id
+from airgap.shared.errors import UsageError
 from airgap.shared.manifest import Manifest
 from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 
@@ -102,9 +99,21 @@ def send(
     cfg = config.load().send
     place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
     ledgers = (state_dir or default_state_dir()) / "sent"
+    started = time.monotonic()
+    recipe: Recipe | None = None
     if resume is not None:
-        _resume(place, resume, ledgers, as_json)
-        return
+        if sendjob.encoded(resume):
+            manifest, transport = sendjob.finish(resume, place, ledgers)
+            _sent(manifest, transport, time.monotonic() - started, as_json)
+            return
+        recipe = sendjob.unfinished(resume)
+        if recipe is None or place.server is None:
+            raise UsageError(
+                f"no unfinished send {resume} to a drop box here",
+                hint="airgap send --resume ID --server URL, with the id its error printed",
+            )
+        images, file = list(recipe.images), [Path(p) for p in recipe.files]
+        full, base, level = recipe.full, list(recipe.bases), recipe.level
     if bool(images) == bool(file):
         raise UsageError(
             "name images or --file paths, not both and not neither",
@@ -115,61 +124,44 @@ def send(
         raise UsageError(
             "no signing key", hint="pass --sign-key signing.key, or run airgap init once"
         )
-    if not (recipient or recipients_file or no_encrypt or passphrase):
-        recipient, recipients_file = list(cfg.recipient), list(cfg.recipients_file)
     key = keyfiles.load_signing_key(
         sign_key, secret("AIRGAP_SIGN_PASSPHRASE", "signing key passphrase")
     )
-    recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+    if recipient or recipients_file or no_encrypt or passphrase:
+        recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+    elif resume is not None and recipe is not None:
+        recipients = stand_ins(recipe.audience)  # the stored key already encrypts to them
+    else:
+        recipients = _recipients(cfg.recipient, cfg.recipients_file, False, False)
     bases = [name for value in base or [] for name in value.split(",") if name]
     if (full and bases) or (not images and (full or bases)):
         raise UsageError("--full and --base choose the layers of images, and exclude each other")
-    level = level or cfg.level or DEFAULT_ZSTD_LEVEL
-    options = EncodeOptions(recipients, level=level, threads=os.cpu_count() or 1)
-    bundle_id = new_bundle_id()
-    started = time.monotonic()
-    spool = send_spool(bundle_id) if place.server else None
-    transport = open_place(place, "--to", spool=spool)
-    resuming = Resuming(bundle_id, spool) if spool else None
-    watch = functools.partial(counted, what="sending", total=None, quiet=quiet)
-    try:
-        if images:
-            ledger = SendLedger(ledgers, place.describe(), audience(recipients))
-            engine = Engine.from_env()
-            try:
-                far = FarSide() if full else ledger.far_side()
-                if bases:
-                    far = far.knowing(engine.describe(bases))
-                    far = learn_layer_files(engine, bases, far)
-                check_space(spool or to or Path(), engine.size(images))
-                sent = send_images(
-                    images,
-                    transport,
-                    engine=engine,
-                    options=options,
-                    key=key,
-                    far=far,
-                    resuming=resuming,
-                    watch=watch,
-                )
-            finally:
-                engine.close()
-            manifest = sent.manifest
-            ledger.record(manifest, sent.files)
-        else:
-            sizes = [p.stat().st_size for p in file or [] if p.is_file()]  # send_files checks
-            check_space(spool or to or Path(), sum(sizes))
-            manifest = send_files(
-                file or [], transport, options=options, key=key, resuming=resuming, watch=watch
+    recipe = Recipe(
+        destination=place.describe(),
+        audience=audience(recipients),
+        level=level or cfg.level or DEFAULT_ZSTD_LEVEL,
+        images=tuple(images or ()),
+        files=tuple(str(p.absolute()) for p in file or ()),
+        full=full,
+        bases=tuple(bases),
+    )
+    if resume is not None:
+        if recipe.destination != sendjob.unfinished_destination(resume):
+            raise UsageError(
+                f"bundle {resume} was being sent to {sendjob.unfinished_destination(resume)}",
+                hint="resume it with that --server URL",
             )
-    except TransferError as exc:
-        if spool and (spool / f"{bundle_id}{MANIFEST_SUFFIX}").exists():
-            exc.hint = f"finish it later with: airgap send --resume {bundle_id} --server URL"
-        raise
-    finally:
-        transport.close()
-    if spool:
-        forget_spool(spool)
+        begun = sendjob.Start(resume, key_of(send_spool(resume)), continuing=True)
+    else:
+        begun = sendjob.start(recipe, recipients, place)
+    if begun.continuing:
+        say(f"continuing the interrupted send of bundle {begun.bundle_id}")
+        if sendjob.encoded(begun.bundle_id):
+            manifest, transport = sendjob.finish(begun.bundle_id, place, ledgers)
+            _sent(manifest, transport, time.monotonic() - started, as_json)
+            return
+    by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet)
+    manifest, transport = sendjob.run(recipe, begun, by)
     _sent(manifest, transport, time.monotonic() - started, as_json)
 
 
@@ -214,23 +206,6 @@ def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: boo
                 "seconds": round(seconds, 3),
             }
         )
-
-
-def _resume(place: Place, bundle_id: str, ledgers: Path, as_json: bool) -> None:
-    if place.server is None:
-        raise UsageError("--resume finishes a send to a drop box", hint="add --server URL")
-    transport = open_place(place, "--to", spool=send_spool(bundle_id))
-    if not isinstance(transport, SpooledTransport):
-        raise UsageError("--resume needs --server")
-    started = time.monotonic()
-    try:
-        manifest = resume_send(bundle_id, transport)
-    finally:
-        transport.close()
-    if manifest.images:
-        SendLedger(ledgers, place.describe(), audience_of(manifest.encryption)).record(manifest, {})
-    forget_spool(send_spool(bundle_id))
-    _sent(manifest, transport, time.monotonic() - started, as_json)
 
 
 def _recipients(

@@ -1,0 +1,154 @@
+"""One ``airgap send``, from a :class:`~airgap.client.unfinished.Recipe` to a published bundle.
+
+A send to a drop box is recorded in its spool before it starts (recipe and payload key), so it
+can be continued after any interruption: :func:`start` picks a new bundle id or, when an
+unfinished send of the same recipe is in the spool, continues that one; :func:`run` encodes
+(again, comparing the spool's bytes, when continuing) and uploads; a send whose payload was
+wholly encoded before the interruption only needs its upload finished (:func:`finish`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airgap.client.engine import Engine
+from airgap.client.images import learn_layer_files, send_images
+from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
+from airgap.client.progress import counted
+from airgap.client.send import Resuming, resume_send, send_files
+from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
+from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
+from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
+from airgap.client.unfinished import Recipe, begin, find, key_of, recipe_of
+from airgap.shared import age, minisign
+from airgap.shared.bundle import EncodeOptions
+from airgap.shared.errors import StorageError, TransferError
+from airgap.shared.ids import new_bundle_id
+from airgap.shared.manifest import Manifest, payload_name
+
+
+@dataclass(frozen=True)
+class Start:
+    bundle_id: str
+    key: age.PayloadKey | None
+    continuing: bool  # an interrupted send of this recipe: encode again, compare, go on
+
+
+def start(recipe: Recipe, recipients: Sequence[age.Recipient], place: Place) -> Start:
+    """A new send, or the unfinished one of the same recipe to the same drop box."""
+    if place.server is None:
+        return Start(new_bundle_id(), None, continuing=False)
+    found = find(cache_dir() / "send", recipe)
+    if found is not None:
+        return Start(found, key_of(send_spool(found)), continuing=True)
+    bundle_id = new_bundle_id()
+    key = age.PayloadKey.new(recipients) if recipients else None
+    begin(send_spool(bundle_id), recipe, key)
+    return Start(bundle_id, key, continuing=False)
+
+
+def encoded(bundle_id: str) -> bool:
+    """Whether the interrupted send ``bundle_id`` had its whole payload encoded."""
+    return (send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).exists()
+
+
+def unfinished(bundle_id: str) -> Recipe | None:
+    return recipe_of(send_spool(bundle_id))
+
+
+def unfinished_destination(bundle_id: str) -> str | None:
+    recipe = unfinished(bundle_id)
+    return recipe.destination if recipe else None
+
+
+@dataclass(frozen=True)
+class Sender:
+    place: Place
+    recipients: Sequence[age.Recipient]
+    signing: minisign.SecretKey
+    ledgers: Path
+    quiet: bool = False
+
+
+def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
+    """Encode and upload (or write into the directory); the bundle is published on return."""
+    key = by.signing
+    spool = send_spool(begun.bundle_id) if by.place.server else None
+    transport = open_place(by.place, "--to", spool=spool)
+    resuming = Resuming(begun.bundle_id, spool, continuing=begun.continuing) if spool else None
+    options = EncodeOptions(
+        by.recipients, level=recipe.level, threads=os.cpu_count() or 1, key=begun.key
+    )
+    watch = functools.partial(counted, what="sending", total=None, quiet=by.quiet)
+    room = spool or by.place.directory or Path()
+    try:
+        if recipe.images:
+            ledger = SendLedger(by.ledgers, by.place.describe(), audience(by.recipients))
+            engine = Engine.from_env()
+            try:
+                far = FarSide() if recipe.full else ledger.far_side()
+                if recipe.bases:
+                    far = far.knowing(engine.describe(recipe.bases))
+                    far = learn_layer_files(engine, recipe.bases, far)
+                check_space(room, engine.size(recipe.images))
+                sent = send_images(
+                    recipe.images,
+                    transport,
+                    engine=engine,
+                    options=options,
+                    key=key,
+                    far=far,
+                    resuming=resuming,
+                    watch=watch,
+                )
+            finally:
+                engine.close()
+            manifest = sent.manifest
+            ledger.record(manifest, sent.files)
+        else:
+            paths = [Path(p) for p in recipe.files]
+            check_space(room, sum(p.stat().st_size for p in paths if p.is_file()))
+            manifest = send_files(
+                paths, transport, options=options, key=key, resuming=resuming, watch=watch
+            )
+    except ContinueMismatch as exc:
+        _abandon(transport, begun.bundle_id, encrypted=bool(by.recipients))
+        exc.hint = "run the same command again: it sends a new bundle"
+        raise
+    except TransferError as exc:
+        if spool is not None:
+            exc.hint = f"run the same command again (or airgap send --resume {begun.bundle_id})"
+        raise
+    finally:
+        transport.close()
+    if spool:
+        forget_spool(spool)
+    return manifest, transport
+
+
+def finish(bundle_id: str, place: Place, ledgers: Path) -> tuple[Manifest, Transport]:
+    """Upload what an interrupted send encoded wholly: payload, manifest, signature."""
+    transport = open_place(place, "--to", spool=send_spool(bundle_id))
+    if not isinstance(transport, SpooledTransport):
+        raise StorageError("--resume finishes a send to a drop box")
+    try:
+        manifest = resume_send(bundle_id, transport)
+    finally:
+        transport.close()
+    if manifest.images:
+        who = audience_of(manifest.encryption)
+        SendLedger(ledgers, place.describe(), who).record(manifest, {})
+    forget_spool(send_spool(bundle_id))
+    return manifest, transport
+
+
+def _abandon(transport: Transport, bundle_id: str, *, encrypted: bool) -> None:
+    """Give up an unfinished send whose bytes cannot be repeated: its spool and partial go."""
+    forget_spool(send_spool(bundle_id))
+    with contextlib.suppress(TransferError):  # a partial without a signature never publishes
+        transport.delete(payload_name(bundle_id, encrypted=encrypted) + PARTIAL_SUFFIX)

@@ -1,0 +1,129 @@
+"""Unfinished sends: what an ``airgap send`` to a drop box keeps in its spool so that, after
+any interruption, the same command (or ``airgap send --resume ID``) continues it.
+
+Before encoding starts, the spool (``$XDG_CACHE_HOME/airgap/send/ID``, 0700) gets the send's
+:class:`Recipe` (what was sent where, and how) and its age :class:`~airgap.shared.age.PayloadKey`
+(0600). Encoding the same plaintext again with that key gives the same payload bytes, so a send
+killed while still encoding continues by encoding again, comparing the bytes the spool holds
+and uploading only what the server lacks. The key is as secret as the plaintext; it leaves with
+the spool when the send completes. Nothing here talks to a server or an engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from airgap.client.spool import private_dir
+from airgap.shared import age
+from airgap.shared.errors import StorageError
+from airgap.shared.ids import is_bundle_id
+
+RECIPE = "send.json"
+KEY = "payload.key"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A send, as the command line asked for it (paths absolute, names as typed)."""
+
+    destination: str
+    audience: tuple[str, ...]
+    level: int
+    images: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    full: bool = False
+    bases: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        obj: dict[str, Any] = json.loads(text)
+        return cls(
+            destination=str(obj["destination"]),
+            audience=tuple(obj["audience"]),
+            level=int(obj["level"]),
+            images=tuple(obj["images"]),
+            files=tuple(obj["files"]),
+            full=bool(obj["full"]),
+            bases=tuple(obj["bases"]),
+        )
+
+
+def stand_ins(audience: tuple[str, ...]) -> list[age.Recipient]:
+    """Recipients for continuing a send to ``audience`` with its stored PayloadKey: they only
+    name the encryption in the manifest, since the key's header already holds their stanzas
+    (so a passphrase is not asked for again)."""
+    found: list[age.Recipient] = [
+        age.X25519Recipient.parse(a) for a in audience if a != "none" and a != "passphrase"
+    ]
+    if "passphrase" in audience:
+        found.append(age.ScryptRecipient(b"never used: the stored header wraps the file key"))
+    return found
+
+
+def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
+    """Record a send before its first byte is encoded."""
+    private_dir(spool)
+    _write(spool / RECIPE, recipe.to_json().encode())
+    if key is not None:
+        text = f"{_b64(key.file_key)}\n{_b64(key.preamble)}\n"
+        _write(spool / KEY, text.encode())
+
+
+def recipe_of(spool: Path) -> Recipe | None:
+    try:
+        return Recipe.from_json((spool / RECIPE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"spool {spool}: the record of the send is unreadable") from exc
+
+
+def key_of(spool: Path) -> age.PayloadKey | None:
+    try:
+        file_key, preamble = (spool / KEY).read_text(encoding="ascii").split()
+        return age.PayloadKey(base64.b64decode(file_key), base64.b64decode(preamble))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"spool {spool}: the payload key is unreadable") from exc
+
+
+def find(sends: Path, recipe: Recipe) -> str | None:
+    """The newest unfinished send of exactly ``recipe`` under ``sends``, by bundle id."""
+    try:
+        folders = sorted((p for p in sends.iterdir() if is_bundle_id(p.name)), reverse=True)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"spool {sends}: {exc.strerror or exc}") from exc
+    for folder in folders:
+        try:
+            if recipe_of(folder) == recipe:
+                return folder.name
+        except StorageError:
+            continue  # an unreadable record is not this send
+    return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"spool {path.parent}: {exc.strerror or exc}") from exc
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
