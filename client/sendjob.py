@@ -116,9 +116,8 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
             manifest = send_files(
                 paths, transport, options=options, key=key, resuming=resuming, watch=watch
             )
-    except ContinueMismatch as exc:
+    except ContinueMismatch:
         _abandon(transport, begun.bundle_id, encrypted=bool(by.recipients))
-        exc.hint = "run the same command again: it sends a new bundle"
         raise
     except TransferError as exc:
         if spool is not None:

@@ -251,3 +251,41 @@ def test_send_killed_while_still_encoding_continues(
         _check_resent(server, summary, held)
         assert not (tmp_path / "cache" / "airgap" / "send" / bundle_id).exists()
         _fetch_and_check(server, docker_client, image, keydir, tmp_path)
+
+
+def test_a_send_that_cannot_be_repeated_is_sent_anew(
+    docker_client: Any, image: Any, keydir: Path, tmp_path: Path
+) -> None:
+    """The image behind the name changed between the kill and the rerun: the bytes encoded
+    again differ from the spool's, so the interrupted bundle is dropped and a new one sent."""
+    moved = f"airgap-sendkill-moved:{uuid.uuid4().hex[:12]}"
+    image.tag(moved)
+    try:
+        with _appliance(tmp_path, keydir) as server:
+            argv = [moved if arg == TAG else arg for arg in _send_argv(server, keydir)]
+            env = _env(tmp_path, server.password("sender"))
+            send = spawn_airgap(argv, env=env)
+            bundle_id = _bundle_id(tmp_path)
+            _wait_for(lambda: _held(server, bundle_id) >= MIB, "the upload to start")
+            if _spooled_manifest(tmp_path, bundle_id).exists():
+                pytest.skip("the encoder finished before the kill point: nothing to show")
+            _kill(send, server, bundle_id)
+            other = build_image(docker_client, moved, extra='LABEL moved="1"\n')
+
+            again = run_airgap(argv, env=env)
+            assert again.returncode == 0, again.stderr
+            assert f"cannot continue bundle {bundle_id}: the payload encoded again" in again.stderr
+            summary = json.loads(again.stdout)
+            assert summary["id"] != bundle_id and summary["payload_bytes"] < 4 * MIB  # busybox
+            incoming = server.root / "pub" / "incoming" / "sender"
+            assert not list(incoming.glob(f"{bundle_id}*"))  # the old partial is gone
+            _wait_for(
+                (
+                    server.root / "pub" / "outgoing" / f"{summary['id']}.manifest.json.minisig"
+                ).exists,
+                "the new bundle to be published",
+            )
+            assert other.id != image.id
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(moved, force=True)

@@ -35,7 +35,7 @@ from airgap.client.ledger import Ledger
 from airgap.client.places import Place, open_place, send_spool
 from airgap.client.progress import counted
 from airgap.client.sendledger import audience
-from airgap.client.spool import SpooledTransport
+from airgap.client.spool import ContinueMismatch, SpooledTransport
 from airgap.client.transport import Transport
 from airgap.client.unfinished import Recipe, key_of, stand_ins
 from airgap.shared import age
@@ -161,7 +161,12 @@ def send(
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
     by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet)
-    manifest, transport = sendjob.run(recipe, begun, by)
+    try:
+        manifest, transport = sendjob.run(recipe, begun, by)
+    except ContinueMismatch as exc:
+        say(f"airgap: cannot continue bundle {begun.bundle_id}: {exc.message}")
+        say("airgap: sending a new bundle instead")
+        manifest, transport = sendjob.run(recipe, sendjob.start(recipe, recipients, place), by)
     _sent(manifest, transport, time.monotonic() - started, as_json)
 
 
