@@ -286,7 +286,8 @@ def test_a_lost_ledger_means_a_full_send_and_base_or_full_choose_by_hand(
     forgot = run_airgap(["ledger", "forget", "--to", side.drop])
     assert forgot.returncode == 0 and "forgot" in forgot.stderr
     based = side.send(chain.ref(3), "--base", chain.ref(1))  # nothing known but what --base says
-    assert _omitted(side, based["id"]) == dict.fromkeys(chain_ids(_layers(chain.images[0])))
+    v1 = chain_ids(_layers(chain.images[0]))
+    assert _omitted(side, based["id"]) == dict.fromkeys(v1), (v1, side.manifest(based["id"]))
     assert 2 * LAYER < based["plaintext_bytes"] < 2 * LAYER + 64 * 1024
 
     # the receiver lacks everything: the full bundle of :2 loads alone
