@@ -1,0 +1,79 @@
+"""The sender's ledger: per destination and audience, atomic, and never a silent guess."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from airgap.client.saved import LayerFile
+from airgap.client.sendledger import SendLedger, audience, summaries
+from airgap.shared import age
+from airgap.shared.errors import StorageError
+from airgap.shared.ids import new_bundle_id
+from airgap.shared.layers import chain_ids
+from airgap.shared.manifest import (
+    Encryption,
+    ImageEntry,
+    Manifest,
+    OmittedLayer,
+    Payload,
+    payload_name,
+)
+
+LAYERS = tuple("sha256:" + c * 64 for c in "123")
+
+
+def _manifest(layers: tuple[str, ...], omitted: tuple[OmittedLayer, ...] = ()) -> Manifest:
+    bundle_id = new_bundle_id()
+    return Manifest(
+        id=bundle_id,
+        created="2026-11-28T00:00:00Z",
+        tool="airgap-ftp/test",
+        signer="0123456789ABCDEF",
+        plaintext_size=1,
+        plaintext_sha256="a" * 64,
+        compression_level=1,
+        encryption=Encryption("none"),
+        payload=Payload(payload_name(bundle_id, encrypted=False), 1, "b" * 64, 65536, ("c" * 64,)),
+        images=(ImageEntry("sha256:" + "e" * 64, ("app:1",), layers),),
+        omitted=omitted,
+    )
+
+
+def test_layers_are_known_per_destination_and_audience(tmp_path: Path) -> None:
+    alice = SendLedger(tmp_path, "ftps://sender@box:2121/", ("age1alice",))
+    first = _manifest(LAYERS[:2])
+    alice.record(first, {LAYERS[0]: LayerFile(4096, None)})
+    bottom, middle, top = chain_ids(LAYERS)
+    assert alice.far_side().layers == {bottom: first.id, middle: first.id}
+    assert alice.far_side().files == {LAYERS[0]: LayerFile(4096, None)}
+    assert stat.S_IMODE(alice.path.stat().st_mode) == 0o600
+
+    thin = _manifest(LAYERS, (OmittedLayer(bottom, first.id), OmittedLayer(middle, first.id)))
+    alice.record(thin, {})
+    assert alice.far_side().layers == {bottom: first.id, middle: first.id, top: thin.id}
+
+    assert SendLedger(tmp_path, "ftps://sender@box:2121/", ("age1bob",)).far_side().layers == {}
+    assert SendLedger(tmp_path, "/media/usb", ("age1alice",)).far_side().layers == {}
+    (summary,) = summaries(tmp_path)
+    assert summary.bundles == (first.id, thin.id) and summary.audience == ("age1alice",)
+    assert alice.forget() and alice.far_side().layers == {}
+
+
+def test_an_unreadable_ledger_is_an_error_with_a_way_out(tmp_path: Path) -> None:
+    ledger = SendLedger(tmp_path, "/media/usb", ("none",))
+    ledger.path.write_text('{"layers": []}')
+    with pytest.raises(StorageError, match="unreadable") as caught:
+        ledger.far_side()
+    assert caught.value.hint is not None and "ledger forget" in caught.value.hint
+
+
+def test_the_audience_names_recipients_in_a_stable_order() -> None:
+    one, two = (age.X25519Identity.generate().recipient for _ in range(2))
+    assert (
+        audience([one, two]) == audience([two, one]) == tuple(sorted([one.encode(), two.encode()]))
+    )
+    assert audience([]) == ("none",)
+    assert audience([age.ScryptRecipient(b"pass")]) == ("passphrase",)
