@@ -42,6 +42,7 @@ ROUNDS = 3
 class Run:
     seconds: float
     max_rss_mb: float
+    cpu_seconds: float  # user + system, every thread and child
 
 
 def timed(cmd: list[str] | str) -> Run:
@@ -57,11 +58,15 @@ def timed(cmd: list[str] | str) -> Run:
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench: {cmd!r} failed: {errors.decode(errors='replace')}")
-    return Run(seconds, usage.ru_maxrss / 1024)
+    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def median(runs: list[Run]) -> Run:
-    return Run(statistics.median(r.seconds for r in runs), max(r.max_rss_mb for r in runs))
+    return Run(
+        statistics.median(r.seconds for r in runs),
+        max(r.max_rss_mb for r in runs),
+        statistics.median(r.cpu_seconds for r in runs),
+    )
 
 
 def corpus(size: int = GIB) -> Path:
@@ -180,6 +185,13 @@ def main() -> None:
     row("airgap send --file", mb / c_enc.seconds, shell_enc, "(information)", True)
     row("airgap fetch", mb / c_dec.seconds, shell_dec, "(information)", True)
     print(f"  payload/plaintext: airgap {p_size / size:.3f}, shell (zstd -1) {s_size / size:.3f}")
+    # On few cores the wall time is bounded by CPU time / cores: our side also hashes every
+    # byte of plaintext and payload (sha256), which the shell pipelines do not.
+    print(
+        f"  CPU seconds (user+sys): pipeline encode {p_enc.cpu_seconds:.2f}, shell "
+        f"{s_enc.cpu_seconds:.2f}; pipeline decode {p_dec.cpu_seconds:.2f}, shell "
+        f"{s_dec.cpu_seconds:.2f}"
+    )
 
     print("\nzstd levels considered for the default (pipeline, one run each):")
     for level in (1, 2, 3):

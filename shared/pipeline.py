@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import cast
 
 from airgap.shared.stages import Stage
@@ -132,18 +132,13 @@ def threaded(
     steps: Sequence[Step],
     *,
     capacity: int = 4 << 20,
-    source_capacity: int | None = None,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Yield what comes out of the last step; the source is iterated on its own thread too.
 
-    Each link between two threads holds at most ``capacity`` bytes (or one larger piece); the
-    first holds ``source_capacity`` if given, for a source that releases data in large bursts
-    (a verified segment) and should go on to the next burst while the steps work.
+    Each link between two threads holds at most ``capacity`` bytes (or one larger piece).
     """
     stop = threading.Event()
     links = [_Link(capacity, stop) for _ in range(len(steps) + 1)]
-    if source_capacity is not None:
-        links[0] = _Link(source_capacity, stop)
     threads = [threading.Thread(target=_feed, args=(source, links[0]), daemon=True)]
     threads += [
         threading.Thread(target=_work, args=(step, links[i], links[i + 1]), daemon=True)

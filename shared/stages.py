@@ -17,6 +17,8 @@ import zstandard
 from airgap.shared.errors import AirgapError, CompressionError
 
 DEFAULT_ZSTD_LEVEL = 1
+#: The size of the pieces ZstdCompress emits: a whole number of age chunks (64 KiB).
+ZSTD_PIECE = 1 << 20
 
 
 @runtime_checkable
@@ -99,22 +101,34 @@ class Segments:
         self._filled = 0
 
 
+class _Chunker(Protocol):
+    """What ZstdCompress uses of zstandard's chunker (whose stubs leave ``finish`` untyped)."""
+
+    def compress(self, data: bytes) -> Iterable[bytes]: ...
+
+    def finish(self) -> Iterable[bytes]: ...
+
+
 class ZstdCompress:
-    """One zstd frame; ``threads`` > 0 compresses on worker threads while we go on."""
+    """One zstd frame; ``threads`` > 0 compresses on worker threads while we go on.
+
+    Output comes in whole pieces of ``ZSTD_PIECE`` bytes (the last one shorter): zstd writes
+    straight into one piece, where a compressobj would grow and copy a buffer on every call
+    (4-5 % of the encoder's CPU time on two cores).
+    """
 
     def __init__(self, *, level: int = DEFAULT_ZSTD_LEVEL, threads: int = 0) -> None:
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=threads, write_checksum=True
         )
-        self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
+        compressor = zstandard.ZstdCompressor(compression_params=params)
+        self._chunker: _Chunker = compressor.chunker(chunk_size=ZSTD_PIECE)
 
     def update(self, data: bytes) -> bytes:
-        out: bytes = self._obj.compress(data)
-        return out
+        return b"".join(self._chunker.compress(data))
 
     def finish(self) -> bytes:
-        out: bytes = self._obj.flush()
-        return out
+        return b"".join(self._chunker.finish())
 
 
 def zstd_decompress(chunks: Iterator[bytes], *, piece: int = 1 << 20) -> Iterator[bytes]:
@@ -132,18 +146,19 @@ def zstd_decompress(chunks: Iterator[bytes], *, piece: int = 1 << 20) -> Iterato
 
 
 class _ChunkFile:
-    """The ``read(n)`` a zstd stream reader pulls from, over an iterator of chunks."""
+    """The ``read(n)`` a zstd stream reader pulls from, over an iterator of chunks. It hands
+    out views of the chunks, not copies: the reader keeps a reference until it is done."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._rest = memoryview(b"")
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> memoryview:
         if not self._rest:
             self._rest = memoryview(next(self._chunks, b""))
         take = len(self._rest) if size < 0 else min(size, len(self._rest))
         data, self._rest = self._rest[:take], self._rest[take:]
-        return bytes(data)
+        return data
 
 
 class Limit:

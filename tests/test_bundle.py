@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from airgap.shared import age, minisign
 from airgap.shared.bundle import (
+    PIECE,
     EncodeOptions,
     decode,
     encode,
@@ -39,9 +41,10 @@ BOUNDARY_SIZES = sorted(
 
 
 def _bundle(
-    plaintext: bytes, *, encrypted: bool = True, pieces: int = 3
+    plaintext: bytes, *, encrypted: bool = True, pieces: int = 3, segment_size: int = SEG
 ) -> tuple[Manifest, bytes, bytes, str]:
-    options = EncodeOptions([IDENTITY.recipient] if encrypted else [], level=1, segment_size=SEG)
+    recipients = [IDENTITY.recipient] if encrypted else []
+    options = EncodeOptions(recipients, level=1, segment_size=segment_size)
     step = max(1, len(plaintext) // pieces)
     chunks = [plaintext[i : i + step] for i in range(0, len(plaintext), step)]
     encoder, out = encode(chunks, options)
@@ -73,6 +76,38 @@ def test_round_trip_at_chunk_and_segment_boundaries(size: int, encrypted: bool) 
 def test_round_trip_any_size_any_split(plaintext: bytes, pieces: int) -> None:
     manifest, payload, _, _ = _bundle(plaintext, pieces=pieces)
     assert _decode(manifest, payload, [IDENTITY]) == plaintext
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_segments_larger_than_a_piece(encrypted: bool) -> None:
+    # Segments are read and hashed a piece at a time; the last piece of a segment is shorter.
+    segment = PIECE + PIECE // 2
+    plaintext = os.urandom(4 * PIECE)  # incompressible: the payload spans three segments
+    manifest, payload, _, _ = _bundle(plaintext, encrypted=encrypted, segment_size=segment)
+    assert len(manifest.payload.segments) == 3
+    assert _decode(manifest, payload, [IDENTITY]) == plaintext
+    bad = bytearray(payload)
+    bad[segment + PIECE + 5] ^= 1  # the second, shorter piece of segment 1
+    with pytest.raises(SegmentHashError, match="segment 1"):
+        _decode(manifest, bytes(bad), [IDENTITY])
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_decode_takes_the_payload_in_chunks_of_any_size(encrypted: bool) -> None:
+    plaintext = os.urandom(3 * PIECE)
+    manifest, payload, _, _ = _bundle(plaintext, encrypted=encrypted)
+    assert b"".join(decode([payload], manifest, [IDENTITY])) == plaintext
+    pieces = [payload[i : i + 1000] for i in range(0, len(payload), 1000)]
+    assert b"".join(decode(pieces, manifest, [IDENTITY])) == plaintext
+
+
+def test_closing_decode_early_stops_its_threads() -> None:
+    manifest, payload, _, _ = _bundle(os.urandom(3 * PIECE))
+    before = threading.active_count()
+    chunks = decode([payload], manifest, [IDENTITY])
+    assert next(chunks)
+    chunks.close()
+    assert threading.active_count() == before
 
 
 def test_segments_are_checked_before_decryption() -> None:

@@ -13,7 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airgap.shared.errors import CompressionError, PlaintextHashError
-from airgap.shared.stages import Chain, Limit, Segments, Sha256, ZstdCompress, run, zstd_decompress
+from airgap.shared.stages import (
+    ZSTD_PIECE,
+    Chain,
+    Limit,
+    Segments,
+    Sha256,
+    ZstdCompress,
+    run,
+    zstd_decompress,
+)
 
 
 def _splits(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -43,6 +52,18 @@ def test_chain_drains_every_stage_in_order() -> None:
     out = b"".join(run([b"a" * 100_000, b"b" * 100_000], chain))
     assert plain.size == 200_000 and packed.size == len(out)
     assert packed.hexdigest() == hashlib.sha256(out).hexdigest()
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_zstd_pieces_are_whole_and_the_same_whatever_the_split(threads: int) -> None:
+    # A resumed send encodes the plaintext again and must repeat the payload byte for byte.
+    data = os.urandom(3 * ZSTD_PIECE + 12345)  # incompressible: several output pieces
+    splits = ([], [1, ZSTD_PIECE, 2 * ZSTD_PIECE + 7], [65536 * k for k in range(50)])
+    outputs = [list(run(_splits(data, cuts), ZstdCompress(threads=threads))) for cuts in splits]
+    assert all(b"".join(out) == b"".join(outputs[0]) for out in outputs)
+    for out in outputs:
+        assert all(len(piece) % ZSTD_PIECE == 0 for piece in out[:-1])
+    assert b"".join(zstd_decompress(iter(outputs[0]))) == data
 
 
 def test_zstd_truncation_and_trailing_data_are_refused() -> None:
