@@ -189,10 +189,12 @@ def floor(setup: Setup) -> Flow:
     return Flow("floor", tuple(steps), 0, 0)
 
 
-def airgap_env(setup: Setup, password: str) -> dict[str, str]:
+def airgap_env(work: Path, password: str) -> dict[str, str]:
+    """Each flow its own cache, state and config: a ledger left by an earlier round would make
+    the send incremental (nothing to send), while the receiver's engine lost the image."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
     for name in ("CACHE", "STATE", "CONFIG"):
-        env[f"XDG_{name}_HOME"] = str(setup.work / "airgap-home" / name.lower())
+        env[f"XDG_{name}_HOME"] = str(work / "airgap-home" / name.lower())
     env["AIRGAP_PASSWORD"] = password
     return env
 
@@ -229,11 +231,11 @@ def airgap(setup: Setup, appliance: Appliance) -> Flow:
     fetch += ["-i", str(keys / "receiver" / "identity.txt")]
     fetch += ["--trust", str(keys / "sender" / "signing.pub"), "--consume", "--quiet", "--json"]
     settle()
-    sent, out = run("send", send, logs=work, env=airgap_env(setup, appliance.passwords["sender"]))
+    sent, out = run("send", send, logs=work, env=airgap_env(work, appliance.passwords["sender"]))
     summary = _summary(out, "send")
     steps = [sent, _published(appliance, summary["id"])]
     receive_side(setup)
-    env = airgap_env(setup, appliance.passwords["receiver"])
+    env = airgap_env(work, appliance.passwords["receiver"])
     fetched, out = run("fetch", fetch, logs=work, env=env)
     got = _summary(out, "fetch")
     if [b["id"] for b in got["bundles"] if b["ok"]] != [summary["id"]]:
