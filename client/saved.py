@@ -102,7 +102,7 @@ class SavedArchive:
             if self._keep is not None:
                 data = bytes(self._pending[: self._size])
                 if self._keep == _PAX:
-                    self._pax_path = _pax_path(data)
+                    self._pax_path = pax_path(data)
                 else:
                     self.members[self._keep] = data
             self._pending.clear()
@@ -147,7 +147,7 @@ def _blob_digest(path: str) -> str | None:
     return "sha256:" + path[len(prefix) :] if path.startswith(prefix) else None
 
 
-def _pax_path(data: bytes) -> str | None:
+def pax_path(data: bytes) -> str | None:
     """The ``path`` record of a pax extended header (records are ``LEN key=value\\n``)."""
     while data:
         length, _, rest = data.partition(b" ")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from airgap.client.saved import pax_path
 from airgap.shared.errors import EngineError
 
 BLOCK = tarfile.BLOCKSIZE
@@ -118,17 +119,7 @@ def header_of(block: bytes) -> tarfile.TarInfo:
 def _extended_name(kind: bytes, data: bytes) -> str | None:
     if kind == tarfile.GNUTYPE_LONGNAME:
         return data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-    if kind != tarfile.XHDTYPE:
-        return None
-    while data:  # pax records: "LEN key=value\n"
-        length, _, rest = data.partition(b" ")
-        if not length.isdigit() or int(length) <= len(length):
-            return None
-        record, data = rest[: int(length) - len(length) - 1], data[int(length) :]
-        key, _, value = record.rstrip(b"\n").partition(b"=")
-        if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
-    return None
+    return pax_path(data) if kind == tarfile.XHDTYPE else None
 
 
 def _blob_digest(name: str) -> str | None:
