@@ -211,6 +211,13 @@ def test_a_chain_of_three_versions_goes_incrementally(
     assert _omitted(side, b1) == {}
     assert _omitted(side, b2) == dict.fromkeys(v1, b1)
     assert _omitted(side, b3) == {**dict.fromkeys(v1, b1), v2[-1]: b2}
+    listed = run_airgap(
+        ["ls", *side.where("receiver"), "--trust", side.keydir / "signing.pub", "--json"],
+        env=side.env("receiver"),
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row["omitted_layers"] for row in json.loads(listed.stdout)["bundles"]}
+    assert rows == {b1: 0, b2: len(v1), b3: len(v1) + 1}
     # only the new 10 MiB (random: zstd cannot shrink it) and the tar's own metadata travel
     for summary in (second, third):
         assert LAYER < summary["plaintext_bytes"] < LAYER + 64 * 1024, summary

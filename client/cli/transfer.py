@@ -385,9 +385,12 @@ def list_command(
         emit({"bundles": rows})
         return
     for row in rows:
+        thin = f" (+{plural(row['omitted_layers'], 'layer')} of earlier bundles)"
         print(
             f"{row['id']}  {row['state']:<10}  {row['payload_bytes'] or '-':>12}  "
-            f"{row['signer'] or '-':<16}  " + printable(" ".join(row["content"]) or row["detail"])
+            f"{row['signer'] or '-':<16}  "
+            + printable(" ".join(row["content"]) or row["detail"])
+            + (thin if row["omitted_layers"] else "")
         )
     if not rows:
         say("no published bundles")
@@ -404,5 +407,6 @@ def _row(item: fetching.Listing) -> dict[str, Any]:
         "payload_bytes": manifest.payload.size if manifest else None,
         "signer": manifest.signer if manifest else None,
         "content": content,
+        "omitted_layers": len(manifest.omitted) if manifest else None,
         "detail": item.detail,
     }
