@@ -24,10 +24,10 @@ from airgap.client.send import Resuming, resume_send, send_files
 from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
 from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
-from airgap.client.unfinished import Recipe, begin, find, key_of, recipe_of
+from airgap.client.unfinished import Recipe, begin, find, is_stand_in, key_of, recipe_of
 from airgap.shared import age, minisign
 from airgap.shared.bundle import EncodeOptions
-from airgap.shared.errors import StorageError, TransferError
+from airgap.shared.errors import AirgapError, StorageError, TransferError, UsageError
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import Manifest, payload_name
 
@@ -45,11 +45,33 @@ def start(recipe: Recipe, recipients: Sequence[age.Recipient], place: Place) -> 
         return Start(new_bundle_id(), None, continuing=False)
     found = find(cache_dir() / "send", recipe)
     if found is not None:
-        return Start(found, key_of(send_spool(found)), continuing=True)
+        key = key_of(send_spool(found))
+        check_passphrase(found, key, recipients)
+        return Start(found, key, continuing=True)
     bundle_id = new_bundle_id()
     key = age.PayloadKey.new(recipients) if recipients else None
     begin(send_spool(bundle_id), recipe, key)
     return Start(bundle_id, key, continuing=False)
+
+
+def check_passphrase(
+    bundle_id: str, key: age.PayloadKey | None, recipients: Sequence[age.Recipient]
+) -> None:
+    """Continuing a passphrase send with another passphrase would publish it under the first."""
+    given = [r for r in recipients if isinstance(r, age.ScryptRecipient) and not is_stand_in(r)]
+    if key is not None and any(not _opens(r, key) for r in given):
+        raise UsageError(
+            f"bundle {bundle_id}, an interrupted send of the same content, was encrypted to "
+            "another passphrase",
+            hint=f"give that passphrase to continue it, or remove {send_spool(bundle_id)}",
+        )
+
+
+def _opens(recipient: age.ScryptRecipient, key: age.PayloadKey) -> bool:
+    try:
+        return recipient.opens(key)
+    except AirgapError:
+        return False
 
 
 def encoded(bundle_id: str) -> bool:
@@ -59,6 +81,11 @@ def encoded(bundle_id: str) -> bool:
 
 def unfinished(bundle_id: str) -> Recipe | None:
     return recipe_of(send_spool(bundle_id))
+
+
+def unfinished_audience(bundle_id: str) -> tuple[str, ...] | None:
+    recipe = unfinished(bundle_id)
+    return recipe.audience if recipe else None
 
 
 def unfinished_destination(bundle_id: str) -> str | None:

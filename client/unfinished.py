@@ -20,7 +20,8 @@ from typing import Any
 
 from airgap.client.spool import private_dir
 from airgap.shared import age
-from airgap.shared.errors import StorageError
+from airgap.shared.age_header import Stanza
+from airgap.shared.errors import StorageError, UsageError
 from airgap.shared.ids import is_bundle_id
 
 RECIPE = "send.json"
@@ -56,15 +57,34 @@ class Recipe:
         )
 
 
+class _StoredPassphrase(age.ScryptRecipient):
+    """The passphrase of an interrupted send, as its manifest names it: the stored key's header
+    already wraps the file key with it. It cannot wrap a new one (there is no passphrase here),
+    so it can never encrypt a new bundle to a passphrase nobody chose."""
+
+    def __init__(self) -> None:
+        super().__init__(b"unused")
+
+    def wrap(self, file_key: bytes) -> Stanza:
+        raise UsageError(
+            "the interrupted send cannot be continued, and its passphrase is not known here",
+            hint="send again with --passphrase (AIRGAP_PASSPHRASE)",
+        )
+
+
+def is_stand_in(recipient: age.Recipient) -> bool:
+    return isinstance(recipient, _StoredPassphrase)
+
+
 def stand_ins(audience: tuple[str, ...]) -> list[age.Recipient]:
-    """Recipients for continuing a send to ``audience`` with its stored PayloadKey: they only
-    name the encryption in the manifest, since the key's header already holds their stanzas
-    (so a passphrase is not asked for again)."""
+    """Recipients for continuing a send to ``audience`` with its stored PayloadKey: they name
+    the encryption in the manifest, since the key's header already holds their stanzas (so a
+    passphrase is not asked for again)."""
     found: list[age.Recipient] = [
-        age.X25519Recipient.parse(a) for a in audience if a != "none" and a != "passphrase"
+        age.X25519Recipient.parse(a) for a in audience if a not in ("none", "passphrase")
     ]
     if "passphrase" in audience:
-        found.append(age.ScryptRecipient(b"never used: the stored header wraps the file key"))
+        found.append(_StoredPassphrase())
     return found
 
 

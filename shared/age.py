@@ -131,6 +131,12 @@ class ScryptRecipient:
     def wrap(self, file_key: bytes) -> Stanza:
         return scrypt_wrap(self._passphrase, file_key, work_factor=self.work_factor)
 
+    def opens(self, key: PayloadKey) -> bool:
+        """Whether this passphrase is the one ``key``'s header wraps its file key with."""
+        header = parse_header(key.preamble[:-NONCE_SIZE])
+        found = scrypt_unwrap(self._passphrase, header.stanzas, max_work_factor=30)
+        return found == key.file_key
+
 
 class ScryptIdentity:
     """A passphrase to decrypt with; refuses work factors above ``max_work_factor``."""

@@ -40,6 +40,7 @@ from airgap.client.transport import Transport
 from airgap.client.unfinished import Recipe, key_of, stand_ins
 from airgap.shared import age
 from airgap.shared.errors import UsageError
+from airgap.shared.ids import is_bundle_id
 from airgap.shared.manifest import Manifest
 from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 
@@ -102,6 +103,8 @@ def send(
     started = time.monotonic()
     recipe: Recipe | None = None
     if resume is not None:
+        if not is_bundle_id(resume):
+            raise UsageError(f"--resume {resume!r} is not a bundle id")
         if sendjob.encoded(resume):
             manifest, transport = sendjob.finish(resume, place, ledgers)
             _sent(manifest, transport, time.monotonic() - started, as_json)
@@ -151,7 +154,14 @@ def send(
                 f"bundle {resume} was being sent to {sendjob.unfinished_destination(resume)}",
                 hint="resume it with that --server URL",
             )
-        begun = sendjob.Start(resume, key_of(send_spool(resume)), continuing=True)
+        if recipe.audience != sendjob.unfinished_audience(resume):
+            raise UsageError(
+                f"bundle {resume} was being encrypted to other recipients",
+                hint="resume it without recipient options, or with the same ones",
+            )
+        stored = key_of(send_spool(resume))
+        sendjob.check_passphrase(resume, stored, recipients)
+        begun = sendjob.Start(resume, stored, continuing=True)
     else:
         begun = sendjob.start(recipe, recipients, place)
     if begun.continuing:
