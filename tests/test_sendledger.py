@@ -21,6 +21,7 @@ from airgap.shared.manifest import (
     Payload,
     payload_name,
 )
+from tests.conftest import run_airgap
 
 LAYERS = tuple("sha256:" + c * 64 for c in "123")
 
@@ -63,11 +64,15 @@ def test_layers_are_known_per_destination_and_audience(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_ledger_is_an_error_with_a_way_out(tmp_path: Path) -> None:
-    ledger = SendLedger(tmp_path, "/media/usb", ("none",))
+    ledger = SendLedger(tmp_path / "sent", "/media/usb", ("none",))
+    ledger.path.parent.mkdir()
     ledger.path.write_text('{"layers": []}')
     with pytest.raises(StorageError, match="unreadable") as caught:
         ledger.far_side()
-    assert caught.value.hint is not None and "ledger forget" in caught.value.hint
+    assert caught.value.hint is not None and "ledger forget --all" in caught.value.hint
+    forgot = run_airgap(["ledger", "forget", "--all", "--state-dir", tmp_path])
+    assert forgot.returncode == 0 and "forgot 1 ledger" in forgot.stderr, forgot.stderr
+    assert not ledger.path.exists()
 
 
 def test_the_audience_names_recipients_in_a_stable_order() -> None:

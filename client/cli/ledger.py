@@ -76,10 +76,16 @@ def forget(
     """Forget what a destination holds: the next send to it is full."""
     if every == (to is not None or server is not None):
         raise UsageError("name a destination with --to DIR or --server URL, or pass --all")
+    if every:  # by path, without reading them: an unreadable ledger goes too
+        gone = list(((state_dir or default_state_dir()) / "sent").glob("*.json"))
+        for path in gone:
+            path.unlink(missing_ok=True)
+        say(f"forgot {plural(len(gone), 'ledger')}" if gone else "nothing to forget")
+        return
     chosen = _chosen(state_dir, to, server)
     for s in chosen:
         s.path.unlink(missing_ok=True)
-        say(f"forgot {printable(s.destination)} ({len(s.bundles)} bundles)")
+        say(f"forgot {printable(s.destination)} ({plural(len(s.bundles), 'bundle')})")
     if not chosen:
         say("nothing to forget")
 
