@@ -216,6 +216,10 @@ class _SpooledDownload(io.RawIOBase):
         super().close()
 
 
+class _Aborted(Exception):
+    """The upload was called off (its bytes are not to be sent)."""
+
+
 class ContinueMismatch(StorageError):
     """The bytes encoded again differ from those an interrupted send left in the spool."""
 
@@ -233,7 +237,10 @@ class _SpooledUpload(io.RawIOBase):
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
         self._at = 0
-        self._uploader = _Uploader(owner, name, path)
+        # While continuing, only bytes compared with the new encoding go up.
+        self._uploader = _Uploader(
+            owner, name, path, limit=(lambda: self._at) if continuing else None
+        )
         self._thread = threading.Thread(target=self._uploader.run, daemon=True)
         self._thread.start()
 
@@ -251,6 +258,7 @@ class _SpooledUpload(io.RawIOBase):
                 if spooled != view[:same]:
                     pairs = zip(spooled, view[: len(spooled)], strict=True)
                     at = self._at + next((i for i, (a, b) in enumerate(pairs) if a != b), same)
+                    self._uploader.abort()
                     raise ContinueMismatch(
                         f"the payload encoded again differs from the interrupted one at byte "
                         f"{at}: the images or files changed, or the engine's save is not "
@@ -282,13 +290,26 @@ class _Uploader:
     with ``final``, renames it to ``final`` once whole (unless ``final`` is already there)."""
 
     def __init__(
-        self, owner: SpooledTransport, partial: str, local: Path, final: str | None = None
+        self,
+        owner: SpooledTransport,
+        partial: str,
+        local: Path,
+        final: str | None = None,
+        *,
+        limit: Callable[[], int] | None = None,
     ) -> None:
         self.owner, self.partial, self.local, self.final = owner, partial, local, final
         self.name = final or partial
         self.finished = threading.Event()  # set when the local file has all its bytes
+        self._limit = limit  # how far the upload may go before the file is finished
+        self._aborted = threading.Event()
         self._grown = threading.Condition()
         self._failure: BaseException | None = None
+
+    def abort(self) -> None:
+        """Stop uploading at once: what the file holds is not to be sent."""
+        self._aborted.set()
+        self.wake()
 
     def wake(self) -> None:
         with self._grown:
@@ -301,6 +322,8 @@ class _Uploader:
     def run(self) -> None:
         try:
             retrying(f"uploading {self.name}", self.owner.backoff, self._attempt)
+        except _Aborted:
+            pass
         except BaseException as exc:  # handed to the writing thread
             self._failure = exc
 
@@ -318,7 +341,9 @@ class _Uploader:
         with self.local.open("rb") as source, remote.writer(self.partial, offset=offset) as out:
             source.seek(offset)
             while True:
-                chunk = source.read(CHUNK)
+                if self._aborted.is_set():
+                    raise _Aborted
+                chunk = source.read(self._room(source.tell()))
                 if chunk:
                     digest.update(chunk)
                     out.write(chunk)
@@ -331,6 +356,11 @@ class _Uploader:
         self._check_hash(digest.hexdigest())
         if self.final:
             remote.rename(self.partial, self.final)
+
+    def _room(self, at: int) -> int:
+        if self._limit is None or self.finished.is_set():
+            return CHUNK
+        return max(0, min(CHUNK, self._limit() - at))
 
     def _hash_prefix(self, offset: int) -> Any:
         digest = hashlib.sha256()

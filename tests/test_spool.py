@@ -31,9 +31,13 @@ def test_a_continued_write_checks_the_spooled_prefix_and_uploads_the_rest(tmp_pa
     assert spooled.sent == len(DATA) - 12345  # only what the server lacked
 
 
-def test_a_continued_write_that_differs_is_refused(tmp_path: Path) -> None:
-    spooled, _ = _spooled(tmp_path)
+def test_a_continued_write_that_differs_is_refused_and_nothing_more_goes_up(
+    tmp_path: Path,
+) -> None:
+    spooled, remote = _spooled(tmp_path)
     (tmp_path / "spool" / "p.part").write_bytes(DATA[: 2 << 20])
+    remote.mkdir()
+    (remote / "p.part").write_bytes(DATA[:1000])
     changed = bytearray(DATA)
     changed[1 << 20] ^= 1
     out = spooled.continued_writer("p.part")
@@ -41,3 +45,5 @@ def test_a_continued_write_that_differs_is_refused(tmp_path: Path) -> None:
         out.write(bytes(changed))
         out.flush()
     out.close()
+    assert spooled.sent == 0  # the spool's old bytes were never compared, so never sent
+    assert (remote / "p.part").stat().st_size == 1000
