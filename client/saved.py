@@ -45,7 +45,7 @@ class SavedArchive:
         self._header = True
         self._keep: str | None = None
         self._size = 0
-        self._pax_path: str | None = None
+        self._pax: dict[str, str] = {}  # the records of a pax header, for the next member
         self._ended = False
 
     def update(self, chunk: bytes) -> None:
@@ -102,7 +102,7 @@ class SavedArchive:
             if self._keep is not None:
                 data = bytes(self._pending[: self._size])
                 if self._keep == _PAX:
-                    self._pax_path = pax_path(data)
+                    self._pax = pax_records(data)
                 else:
                     self.members[self._keep] = data
             self._pending.clear()
@@ -117,7 +117,8 @@ class SavedArchive:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
             raise EngineError(f"docker save: not a tar archive airgap can read ({exc})") from exc
-        name, self._pax_path = self._pax_path or info.name, None
+        info, self._pax = with_pax(info, self._pax), {}
+        name = info.name
         if info.type == tarfile.XHDTYPE and info.size <= self._limit:
             self._keep = _PAX
         elif name in self._wanted and info.size <= self._limit:
@@ -147,14 +148,26 @@ def _blob_digest(path: str) -> str | None:
     return "sha256:" + path[len(prefix) :] if path.startswith(prefix) else None
 
 
-def pax_path(data: bytes) -> str | None:
-    """The ``path`` record of a pax extended header (records are ``LEN key=value\\n``)."""
+def pax_records(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header (``LEN key=value\n`` each)."""
+    records: dict[str, str] = {}
     while data:
         length, _, rest = data.partition(b" ")
         if not length.isdigit() or int(length) <= len(length):
-            return None
+            break
         record, data = rest[: int(length) - len(length) - 1], data[int(length) :]
         key, _, value = record.rstrip(b"\n").partition(b"=")
-        if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
-    return None
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def with_pax(info: tarfile.TarInfo, records: dict[str, str]) -> tarfile.TarInfo:
+    """``info`` as its pax records correct it: Go's tar writer (``docker save``) puts a name
+    too long for the header, and the size of a file of 8 GiB or more, only there."""
+    if "path" in records:
+        info.name = records["path"]
+    if "linkpath" in records:
+        info.linkname = records["linkpath"]
+    if records.get("size", "").isdigit():
+        info.size = int(records["size"])
+    return info

@@ -15,8 +15,8 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
-from airgap.client.saved import MANIFEST_JSON
-from airgap.client.thin import BLOCK, ChunkReader, header_of
+from airgap.client.saved import MANIFEST_JSON, with_pax
+from airgap.client.thin import BLOCK, EXTENSIONS, ChunkReader, extended, header_of
 from airgap.shared.errors import EngineError
 
 _KEEP = 1 << 20  # configs and manifest.json are kept up to this size
@@ -30,6 +30,7 @@ def spliced(chunks: Iterable[bytes], layer: LayerSource) -> Iterator[bytes]:
     seen: set[str] = set()
     kept: dict[str, bytes] = {}
     pending = b""  # extension headers of the next member
+    records: dict[str, str] = {}  # what they say of it
     while True:
         header = reader.read(BLOCK)
         if len(header) < BLOCK or header == bytes(BLOCK):
@@ -39,12 +40,13 @@ def spliced(chunks: Iterable[bytes], layer: LayerSource) -> Iterator[bytes]:
             yield from reader.rest()
             return
         info = header_of(header)
-        padded = -(-info.size // BLOCK) * BLOCK
-        if info.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME):
-            pending += header + reader.read(padded)
+        if info.type in EXTENSIONS:
+            data = reader.read(-(-info.size // BLOCK) * BLOCK)
+            pending += header + data
+            records.update(extended(info, data[: info.size]))
             continue
-        # a legacy archive's names are short: a long name never names what is spliced
-        name = info.name if not pending else ""
+        info, records = with_pax(info, records), {}
+        name, padded = info.name, -(-info.size // BLOCK) * BLOCK
         seen.add(name)
         yield pending + header
         pending = b""
@@ -91,8 +93,14 @@ def spool_layer(chunks: Iterable[bytes], diff_id: str, into: IO[bytes]) -> int:
     uncompressed, named by its diff id; one it pulled or built may be compressed, and then
     there is nothing to splice from."""
     reader, wanted = ChunkReader(chunks), "blobs/sha256/" + diff_id.removeprefix("sha256:")
+    records: dict[str, str] = {}
     while len(header := reader.read(BLOCK)) == BLOCK and header != bytes(BLOCK):
         info = header_of(header)
+        padded = -(-info.size // BLOCK) * BLOCK
+        if info.type in EXTENSIONS:
+            records.update(extended(info, reader.read(padded)[: info.size]))
+            continue
+        info, records = with_pax(info, records), {}
         padded = -(-info.size // BLOCK) * BLOCK
         if info.name != wanted or not info.isreg():
             reader.skip(padded)

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from airgap.client.saved import pax_path
+from airgap.client.saved import pax_records, with_pax
 from airgap.shared.errors import EngineError
 
 BLOCK = tarfile.BLOCKSIZE
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _LEGACY_LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")
-_EXTENSIONS = {tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+EXTENSIONS = {tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 _MAX_EXTENSION = 1 << 20
 _PIECE = 1 << 20
 
@@ -67,7 +67,7 @@ def thin_archive(
     ``dropped``); ``spill`` makes a temporary file for a legacy layer being hashed."""
     reader = ChunkReader(chunks)
     extension = bytearray()  # pax or GNU headers that belong to the next member
-    long_name: str | None = None
+    records: dict[str, str] = {}  # what they say of it
     seen: set[str] = set()
     waiting: list[tuple[str, bytes]] = []  # (target, header bytes) of links met too early
     while True:
@@ -80,15 +80,15 @@ def thin_archive(
             yield from reader.rest()
             return
         info = header_of(header)
-        padded = -(-info.size // BLOCK) * BLOCK
-        if info.type in _EXTENSIONS:
+        if info.type in EXTENSIONS:
             if info.size > _MAX_EXTENSION:
                 raise EngineError("docker save: an extended tar header is too large")
-            data = reader.read(padded)
+            data = reader.read(-(-info.size // BLOCK) * BLOCK)
             extension += header + data
-            long_name = _extended_name(info.type, data[: info.size]) or long_name
+            records.update(extended(info, data[: info.size]))
             continue
-        name, long_name = long_name or info.name, None
+        info, records = with_pax(info, records), {}
+        name, padded = info.name, -(-info.size // BLOCK) * BLOCK
         head, extension = bytes(extension) + header, bytearray()
         seen.add(name)
         if info.isreg() and _blob_digest(name) in plan.blobs:
@@ -116,10 +116,12 @@ def header_of(block: bytes) -> tarfile.TarInfo:
         raise EngineError(f"docker save: not a tar archive airgap can read ({exc})") from exc
 
 
-def _extended_name(kind: bytes, data: bytes) -> str | None:
-    if kind == tarfile.GNUTYPE_LONGNAME:
-        return data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-    return pax_path(data) if kind == tarfile.XHDTYPE else None
+def extended(info: tarfile.TarInfo, data: bytes) -> dict[str, str]:
+    """What a pax or GNU extension header says of the member after it."""
+    if info.type == tarfile.XHDTYPE:
+        return pax_records(data)
+    text = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+    return {"path" if info.type == tarfile.GNUTYPE_LONGNAME else "linkpath": text}
 
 
 def _blob_digest(name: str) -> str | None:

@@ -19,7 +19,7 @@ from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.saved import LayerFile, SavedArchive
 from airgap.client.sendledger import FarSide
 from airgap.client.splice import spliced, spool_layer
-from airgap.client.thin import Dropped, ThinPlan, thin_archive
+from airgap.client.thin import BLOCK, Dropped, ThinPlan, thin_archive
 from airgap.shared.errors import EngineError
 from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import ImageEntry
@@ -202,3 +202,36 @@ def test_a_layer_is_spooled_out_of_a_save_only_when_its_hash_matches() -> None:
     assert spool_layer([save], OLD_ID, held) == len(OLD) and held.read() == OLD
     with pytest.raises(EngineError, match="no uncompressed copy"):
         spool_layer([save], NEW_ID, io.BytesIO())  # named NEW, holding OLD
+
+
+def _as_go_writes_big_files(archive: bytes, name: str) -> bytes:
+    """``archive`` with ``name``'s size only in a pax record, its header's size field 0: how
+    Go's tar writer (``docker save``) stores a file of 8 GiB or more."""
+    data = bytearray(archive)
+    at = 0
+    while data[at : at + BLOCK]:
+        info = tarfile.TarInfo.frombuf(bytes(data[at : at + BLOCK]), "utf-8", "strict")
+        if info.name == name and info.type == tarfile.REGTYPE:
+            break
+        at += BLOCK + -(-info.size // BLOCK) * BLOCK
+    data[at + 124 : at + 136] = b"0" * 11 + b"\0"
+    data[at + 148 : at + 156] = b" " * 8
+    data[at + 148 : at + 156] = b"%06o\0 " % sum(data[at : at + BLOCK])
+    return bytes(data)
+
+
+def test_a_size_given_only_in_a_pax_record_is_the_size() -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((f"{V1A}/layer.tar", OLD), (f"{V1B}/layer.tar", NEW)):
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = len(data), {"size": str(len(data))}
+            tar.addfile(info, io.BytesIO(data))
+    big = _as_go_writes_big_files(out.getvalue(), f"{V1A}/layer.tar")
+    thin, dropped, _ = _cut(big, ThinPlan(frozenset({OLD_ID})), 777)
+    assert dropped.members == {f"{V1A}/layer.tar": OLD_ID}
+    with tarfile.open(fileobj=io.BytesIO(thin)) as tar:
+        assert tar.extractfile(f"{V1B}/layer.tar").read() == NEW  # type: ignore[union-attr]
+    saved = SavedArchive({"manifest.json"})
+    saved.update(big)
+    assert saved.sizes == {f"{V1A}/layer.tar": len(OLD), f"{V1B}/layer.tar": len(NEW)}
