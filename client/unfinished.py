@@ -12,6 +12,7 @@ the spool when the send completes. Nothing here talks to a server or an engine.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from airgap.shared.ids import is_bundle_id
 
 RECIPE = "send.json"
 KEY = "payload.key"
+LOCK = "lock"
+_claimed: list[int] = []  # lock files held until this process ends (a kill releases them too)
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,25 @@ def stand_ins(audience: tuple[str, ...]) -> list[age.Recipient]:
     return found
 
 
+def claim(spool: Path) -> bool:
+    """Hold ``spool`` for this process; False when another airgap is sending from it."""
+    try:
+        fd = os.open(spool / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"spool {spool}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _claimed.append(fd)
+    return True
+
+
 def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
-    """Record a send before its first byte is encoded."""
+    """Record a send before its first byte is encoded (and hold its spool)."""
     private_dir(spool)
+    claim(spool)
     _write(spool / RECIPE, recipe.to_json().encode())
     if key is not None:
         text = f"{_b64(key.file_key)}\n{_b64(key.preamble)}\n"
@@ -117,7 +136,8 @@ def key_of(spool: Path) -> age.PayloadKey | None:
 
 
 def find(sends: Path, recipe: Recipe) -> str | None:
-    """The newest unfinished send of exactly ``recipe`` under ``sends``, by bundle id."""
+    """The newest unfinished send of exactly ``recipe`` under ``sends`` that no other airgap
+    is sending, by bundle id; it is held for this process from then on."""
     try:
         folders = sorted((p for p in sends.iterdir() if is_bundle_id(p.name)), reverse=True)
     except FileNotFoundError:
@@ -126,7 +146,7 @@ def find(sends: Path, recipe: Recipe) -> str | None:
         raise StorageError(f"spool {sends}: {exc.strerror or exc}") from exc
     for folder in folders:
         try:
-            if recipe_of(folder) == recipe:
+            if recipe_of(folder) == recipe and claim(folder):  # not one sending right now
                 return folder.name
         except StorageError:
             continue  # an unreadable record is not this send

@@ -3,8 +3,10 @@ it was encrypted to, and never into a new bundle under a passphrase nobody chose
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,38 @@ def test_a_resume_that_cannot_repeat_its_bytes_never_invents_a_passphrase(
 def test_resume_takes_only_a_bundle_id(value: str, keydir: Path, tmp_path: Path) -> None:
     bad = run_airgap(["send", "--resume", value, "--server", "ftp://u@127.0.0.1:1/"])
     assert bad.returncode == 2 and "is not a bundle id" in bad.stderr
+
+
+def test_a_send_in_progress_is_not_continued_by_another(keydir: Path, tmp_path: Path) -> None:
+    """Two runs of one command at once (cron, two terminals): the second sends its own bundle
+    rather than "continuing" the first, and `--resume` of the running one is refused."""
+    (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
+    with vsftpd.running(tmp_path / "ftp") as ftp:
+        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
+        bundle_id = _interrupted(tmp_path)
+        spool = tmp_path / "cache" / "airgap" / "send" / bundle_id
+        holder = subprocess.Popen(  # another airgap holding that spool
+            [sys.executable, "-c", _HOLD, str(spool / "lock")], stdout=subprocess.PIPE
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            again = _send(ftp, keydir, tmp_path)
+            assert again.returncode == 0, again.stderr
+            assert json.loads(again.stdout)["id"] != bundle_id
+            url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+            busy = run_airgap(
+                ["send", "--resume", bundle_id, "--server", url], env=_env(tmp_path, ftp.password)
+            )
+            assert busy.returncode == 2 and "being sent by another airgap" in busy.stderr
+        finally:
+            holder.kill()
+            holder.communicate()
+
+
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""

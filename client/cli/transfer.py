@@ -37,7 +37,7 @@ from airgap.client.progress import counted
 from airgap.client.sendledger import audience
 from airgap.client.spool import ContinueMismatch, SpooledTransport
 from airgap.client.transport import Transport
-from airgap.client.unfinished import Recipe, key_of, stand_ins
+from airgap.client.unfinished import Recipe, claim, key_of, stand_ins
 from airgap.shared import age
 from airgap.shared.errors import UsageError
 from airgap.shared.ids import is_bundle_id
@@ -105,6 +105,8 @@ def send(
     if resume is not None:
         if not is_bundle_id(resume):
             raise UsageError(f"--resume {resume!r} is not a bundle id")
+        if send_spool(resume).is_dir() and not claim(send_spool(resume)):
+            raise UsageError(f"bundle {resume} is being sent by another airgap right now")
         if sendjob.encoded(resume):
             manifest, transport = sendjob.finish(resume, place, ledgers)
             _sent(manifest, transport, time.monotonic() - started, as_json)
