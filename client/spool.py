@@ -66,8 +66,15 @@ def cache_dir() -> Path:
 
 
 def private_dir(path: Path) -> Path:
+    """``path``, made 0700 with every folder above it that did not exist yet."""
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
     return path

@@ -47,3 +47,9 @@ def test_a_continued_write_that_differs_is_refused_and_nothing_more_goes_up(
     out.close()
     assert spooled.sent == 0  # the spool's old bytes were never compared, so never sent
     assert (remote / "p.part").stat().st_size == 1000
+
+
+def test_spool_folders_are_private_all_the_way_down(tmp_path: Path) -> None:
+    SpooledTransport(DirectoryTransport(tmp_path / "remote"), tmp_path / "a" / "b" / "spool")
+    for folder in ("a", "a/b", "a/b/spool"):
+        assert (tmp_path / folder).stat().st_mode & 0o777 == 0o700, folder
