@@ -22,7 +22,7 @@ from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name
 from airgap.client.send import Resuming, Watch, send_stream
 from airgap.client.sendledger import FarSide
-from airgap.client.splice import spliced, spool_layer
+from airgap.client.splice import no_copy, spliced, spool_layers
 from airgap.client.thin import Dropped, thin_archive
 from airgap.client.transport import Transport
 from airgap.shared import minisign
@@ -127,24 +127,29 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
 
 
 class LocalLayers:
-    """This engine's layer files by diff id, each saved out once, for :func:`spliced`."""
+    """This engine's layer files by diff id, for :func:`spliced`: one save of each image that
+    holds some of them (the one holding most first), all wanted layers taken in that pass."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._files: dict[str, tuple[int, IO[bytes]]] = {}
         self._held = contextlib.ExitStack()
 
-    def __call__(self, diff_id: str) -> tuple[int, IO[bytes]]:
-        if diff_id not in self._files:
-            holders = [i for i, layers in self._engine.layers().items() if diff_id in layers]
-            spill: IO[bytes] = self._held.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
-            self._files[diff_id] = (
-                spool_layer(self._engine.save(holders[:1]), diff_id, spill),
-                spill,
-            )
-        size, held = self._files[diff_id]
-        held.seek(0)
-        return size, held
+    def __call__(self, diff_ids: Sequence[str]) -> dict[str, tuple[int, IO[bytes]]]:
+        images = self._engine.layers()
+        found: dict[str, tuple[int, IO[bytes]]] = {}
+        while missing := set(diff_ids) - found.keys():
+            holder = max(images, key=lambda i: len(missing & set(images[i])), default=None)
+            if holder is None or not missing & set(images[holder]):
+                raise no_copy(missing)
+            got = spool_layers(self._engine.save([holder]), missing, self._spill)
+            if not got:
+                raise no_copy(missing)
+            found.update(got)
+            del images[holder]
+        return found
+
+    def _spill(self) -> IO[bytes]:
+        return self._held.enter_context(tempfile.TemporaryFile())
 
     def __enter__(self) -> LocalLayers:
         return self

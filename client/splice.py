@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import IO
 
 from airgap.client.saved import MANIFEST_JSON, with_pax
@@ -21,8 +21,9 @@ from airgap.shared.errors import EngineError
 
 _KEEP = 1 << 20  # configs and manifest.json are kept up to this size
 OCI_LAYOUT = "oci-layout"
-#: A layer's uncompressed tar, by diff id: its size and a file positioned at its start.
-LayerSource = Callable[[str], tuple[int, IO[bytes]]]
+#: Layers' uncompressed tars by diff id, asked for all at once: each one's size and a file
+#: positioned at its start.
+LayerSource = Callable[[Sequence[str]], Mapping[str, tuple[int, IO[bytes]]]]
 
 
 def spliced(chunks: Iterable[bytes], layer: LayerSource) -> Iterator[bytes]:
@@ -59,10 +60,11 @@ def spliced(chunks: Iterable[bytes], layer: LayerSource) -> Iterator[bytes]:
 
 
 def _missing_files(kept: dict[str, bytes], seen: set[str], layer: LayerSource) -> Iterator[bytes]:
-    for path, diff_id in _layer_paths(kept).items():
-        if path in seen:
-            continue
-        size, source = layer(diff_id)
+    missing = {path: d for path, d in _layer_paths(kept).items() if path not in seen}
+    found = layer(sorted(set(missing.values()))) if missing else {}
+    for path, diff_id in missing.items():
+        size, source = found[diff_id]
+        source.seek(0)
         info = tarfile.TarInfo(path)
         info.size, info.mode = size, 0o644
         yield info.tobuf(tarfile.USTAR_FORMAT)
@@ -87,13 +89,15 @@ def _layer_paths(kept: dict[str, bytes]) -> dict[str, str]:
     return found
 
 
-def spool_layer(chunks: Iterable[bytes], diff_id: str, into: IO[bytes]) -> int:
-    """Copy the uncompressed blob ``diff_id`` out of a ``docker save`` stream of this engine
-    into ``into``; its size. The containerd store keeps a layer that came by ``docker load``
-    uncompressed, named by its diff id; one it pulled or built may be compressed, and then
-    there is nothing to splice from."""
-    reader, wanted = ChunkReader(chunks), "blobs/sha256/" + diff_id.removeprefix("sha256:")
-    records: dict[str, str] = {}
+def spool_layers(
+    chunks: Iterable[bytes], wanted: Collection[str], spill: Callable[[], IO[bytes]]
+) -> dict[str, tuple[int, IO[bytes]]]:
+    """Copy the uncompressed blobs of the ``wanted`` diff ids out of one ``docker save`` stream
+    of this engine, each into a ``spill`` file, checked by hash; those it held. The containerd
+    store keeps a layer that came by ``docker load`` uncompressed, named by its diff id; one it
+    pulled or built may be compressed, and then there is nothing to splice from."""
+    names = {"blobs/sha256/" + d.removeprefix("sha256:"): d for d in wanted}
+    reader, records, found = ChunkReader(chunks), dict[str, str](), {}
     while len(header := reader.read(BLOCK)) == BLOCK and header != bytes(BLOCK):
         info = header_of(header)
         padded = -(-info.size // BLOCK) * BLOCK
@@ -102,19 +106,25 @@ def spool_layer(chunks: Iterable[bytes], diff_id: str, into: IO[bytes]) -> int:
             continue
         info, records = with_pax(info, records), {}
         padded = -(-info.size // BLOCK) * BLOCK
-        if info.name != wanted or not info.isreg():
+        diff_id = names.get(info.name)
+        if diff_id is None or not info.isreg() or diff_id in found:
             reader.skip(padded)
             continue
-        digest = hashlib.sha256()
+        digest, held = hashlib.sha256(), spill()
         for piece in reader.pieces(info.size):
             digest.update(piece)
-            into.write(piece)
-        if "sha256:" + digest.hexdigest() != diff_id:
-            break
-        into.seek(0)
-        return info.size
-    raise EngineError(
-        f"cannot put layer {diff_id} back into the archive: this engine keeps no uncompressed "
-        "copy of it",
+            held.write(piece)
+        reader.skip(padded - info.size)
+        if "sha256:" + digest.hexdigest() == diff_id:
+            found[diff_id] = (info.size, held)
+        else:
+            held.close()
+    return found
+
+
+def no_copy(diff_ids: Collection[str]) -> EngineError:
+    return EngineError(
+        f"cannot put layers back into the archive ({', '.join(sorted(diff_ids))}): "
+        "this engine keeps no uncompressed copy of them",
         hint="have the sender send again with --full",
     )

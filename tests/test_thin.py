@@ -8,7 +8,7 @@ import io
 import json
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO
 
 import pytest
@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.saved import LayerFile, SavedArchive
 from airgap.client.sendledger import FarSide
-from airgap.client.splice import spliced, spool_layer
+from airgap.client.splice import spliced, spool_layers
 from airgap.client.thin import BLOCK, Dropped, ThinPlan, thin_archive
-from airgap.shared.errors import EngineError
 from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import ImageEntry
 
@@ -175,33 +174,35 @@ def _legacy_image(with_old: bool) -> bytes:
 
 @pytest.mark.parametrize("piece", [1, 511, 4096, 1 << 20])
 def test_splicing_puts_back_what_manifest_json_names_and_the_archive_lacks(piece: int) -> None:
-    asked: list[str] = []
+    asked: list[list[str]] = []
 
-    def layer(diff_id: str) -> tuple[int, IO[bytes]]:
-        asked.append(diff_id)
-        return len(OLD), io.BytesIO(OLD)
+    def layer(diff_ids: Sequence[str]) -> dict[str, tuple[int, IO[bytes]]]:
+        asked.append(list(diff_ids))
+        return {d: (len(OLD), io.BytesIO(OLD)) for d in diff_ids}
 
     thin = _legacy_image(with_old=False)
     chunks = (thin[i : i + piece] for i in range(0, len(thin), piece))
     out = b"".join(spliced(chunks, layer))
-    assert asked == [OLD_ID]
+    assert asked == [[OLD_ID]]
     with tarfile.open(fileobj=io.BytesIO(out)) as tar:
         assert tar.extractfile(f"{V1A}/layer.tar").read() == OLD  # type: ignore[union-attr]
         assert sorted(tar.getnames()) == sorted(_names(_legacy_image(with_old=True)))
     full = _legacy_image(with_old=True)
-    assert b"".join(spliced([full], layer)) == full and asked == [OLD_ID]  # nothing lacking
+    assert b"".join(spliced([full], layer)) == full and asked == [[OLD_ID]]  # nothing lacking
     oci = _tar(
         [("blobs/sha256/" + NEW_ID[7:], NEW), ("manifest.json", b"[]"), ("oci-layout", b"{}")]
     )
     assert b"".join(spliced([oci], layer)) == oci  # a thin OCI layout loads as it is
 
 
-def test_a_layer_is_spooled_out_of_a_save_only_when_its_hash_matches() -> None:
+def test_layers_are_spooled_out_of_one_save_only_when_their_hash_matches() -> None:
     save = _tar([("blobs/sha256/" + OLD_ID[7:], OLD), ("blobs/sha256/" + NEW_ID[7:], OLD)])
-    held = io.BytesIO()
-    assert spool_layer([save], OLD_ID, held) == len(OLD) and held.read() == OLD
-    with pytest.raises(EngineError, match="no uncompressed copy"):
-        spool_layer([save], NEW_ID, io.BytesIO())  # named NEW, holding OLD
+    found = spool_layers([save], [OLD_ID, NEW_ID], tempfile.TemporaryFile)
+    assert list(found) == [OLD_ID]  # the blob named NEW holds OLD: not taken
+    size, held = found[OLD_ID]
+    with held:
+        held.seek(0)
+        assert size == len(OLD) and held.read() == OLD
 
 
 def _as_go_writes_big_files(archive: bytes, name: str) -> bytes:
