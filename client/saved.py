@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import tarfile
 from collections.abc import Collection
 from contextlib import suppress
@@ -19,6 +20,7 @@ from airgap.shared.errors import EngineError
 from airgap.shared.manifest import ImageEntry
 
 MANIFEST_JSON = "manifest.json"
+_BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _PAX = "\0pax"  # a pax header is kept under this name, which no member can have
 
 
@@ -82,7 +84,7 @@ class SavedArchive:
             for diff_id, path in zip(image.layers, paths, strict=True):
                 path = self.links.get(path, path)
                 if path in self.sizes:
-                    found[diff_id] = LayerFile(self.sizes[path], _blob_digest(path))
+                    found[diff_id] = LayerFile(self.sizes[path], blob_digest(path))
         return found
 
     def _entries(self) -> dict[str, list[str]]:
@@ -143,9 +145,10 @@ def blob_name(digest: str) -> str:
     return "blobs/sha256/" + digest.removeprefix("sha256:")
 
 
-def _blob_digest(path: str) -> str | None:
-    prefix = "blobs/sha256/"
-    return "sha256:" + path[len(prefix) :] if path.startswith(prefix) else None
+def blob_digest(name: str) -> str | None:
+    """The digest an OCI-layout member ``blobs/sha256/HEX`` is named by, or None."""
+    match = _BLOB.match(name)
+    return "sha256:" + match.group(1) if match else None
 
 
 def pax_records(data: bytes) -> dict[str, str]:

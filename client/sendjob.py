@@ -83,16 +83,6 @@ def unfinished(bundle_id: str) -> Recipe | None:
     return recipe_of(send_spool(bundle_id))
 
 
-def unfinished_audience(bundle_id: str) -> tuple[str, ...] | None:
-    recipe = unfinished(bundle_id)
-    return recipe.audience if recipe else None
-
-
-def unfinished_destination(bundle_id: str) -> str | None:
-    recipe = unfinished(bundle_id)
-    return recipe.destination if recipe else None
-
-
 @dataclass(frozen=True)
 class Sender:
     place: Place

@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from airgap.client.saved import pax_records, with_pax
+from airgap.client.saved import blob_digest, pax_records, with_pax
 from airgap.shared.errors import EngineError
 
 BLOCK = tarfile.BLOCKSIZE
-_BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _LEGACY_LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")
 EXTENSIONS = {tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 _MAX_EXTENSION = 1 << 20
@@ -91,8 +90,8 @@ def thin_archive(
         name, padded = info.name, -(-info.size // BLOCK) * BLOCK
         head, extension = bytes(extension) + header, bytearray()
         seen.add(name)
-        if info.isreg() and _blob_digest(name) in plan.blobs:
-            dropped.members[name] = _blob_digest(name) or ""
+        if info.isreg() and (blob := blob_digest(name)) in plan.blobs:
+            dropped.members[name] = blob or ""
             reader.skip(padded)
         elif info.isreg() and _worth_hashing(name, info.size, plan):
             yield from _hashed(reader, head, name, info.size, padded, plan, spill, dropped)
@@ -100,7 +99,7 @@ def thin_archive(
             target = _target(name, info)
             if target in dropped.members:
                 dropped.members[name] = dropped.members[target]
-            elif target not in seen and (_LEGACY_LAYER.match(target) or _BLOB.match(target)):
+            elif target not in seen and (_LEGACY_LAYER.match(target) or blob_digest(target)):
                 waiting.append((target, head))
             else:
                 yield head
@@ -122,11 +121,6 @@ def extended(info: tarfile.TarInfo, data: bytes) -> dict[str, str]:
         return pax_records(data)
     text = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
     return {"path" if info.type == tarfile.GNUTYPE_LONGNAME else "linkpath": text}
-
-
-def _blob_digest(name: str) -> str | None:
-    match = _BLOB.match(name)
-    return "sha256:" + match.group(1) if match else None
 
 
 def _worth_hashing(name: str, size: int, plan: ThinPlan) -> bool:

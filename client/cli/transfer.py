@@ -101,7 +101,7 @@ def send(
     place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
     ledgers = (state_dir or default_state_dir()) / "sent"
     started = time.monotonic()
-    recipe: Recipe | None = None
+    stored: Recipe | None = None  # what an interrupted send, resumed by id, was asked to do
     if resume is not None:
         if not is_bundle_id(resume):
             raise UsageError(f"--resume {resume!r} is not a bundle id")
@@ -111,14 +111,14 @@ def send(
             manifest, transport = sendjob.finish(resume, place, ledgers)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
-        recipe = sendjob.unfinished(resume)
-        if recipe is None or place.server is None:
+        stored = sendjob.unfinished(resume)
+        if stored is None or place.server is None:
             raise UsageError(
                 f"no unfinished send {resume} to a drop box here",
                 hint="airgap send --resume ID --server URL, with the id its error printed",
             )
-        images, file = list(recipe.images), [Path(p) for p in recipe.files]
-        full, base, level = recipe.full, list(recipe.bases), recipe.level
+        images, file = list(stored.images), [Path(p) for p in stored.files]
+        full, base, level = stored.full, list(stored.bases), stored.level
     if bool(images) == bool(file):
         raise UsageError(
             "name images or --file paths, not both and not neither",
@@ -134,8 +134,8 @@ def send(
     )
     if recipient or recipients_file or no_encrypt or passphrase:
         recipients = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
-    elif resume is not None and recipe is not None:
-        recipients = stand_ins(recipe.audience)  # the stored key already encrypts to them
+    elif stored is not None:
+        recipients = stand_ins(stored.audience)  # the stored key already encrypts to them
     else:
         recipients = _recipients(cfg.recipient, cfg.recipients_file, False, False)
     bases = [name for value in base or [] for name in value.split(",") if name]
@@ -150,20 +150,20 @@ def send(
         full=full,
         bases=tuple(bases),
     )
-    if resume is not None:
-        if recipe.destination != sendjob.unfinished_destination(resume):
+    if resume is not None and stored is not None:
+        if recipe.destination != stored.destination:
             raise UsageError(
-                f"bundle {resume} was being sent to {sendjob.unfinished_destination(resume)}",
+                f"bundle {resume} was being sent to {stored.destination}",
                 hint="resume it with that --server URL",
             )
-        if recipe.audience != sendjob.unfinished_audience(resume):
+        if recipe.audience != stored.audience:
             raise UsageError(
                 f"bundle {resume} was being encrypted to other recipients",
                 hint="resume it without recipient options, or with the same ones",
             )
-        stored = key_of(send_spool(resume))
-        sendjob.check_passphrase(resume, stored, recipients)
-        begun = sendjob.Start(resume, stored, continuing=True)
+        payload_key = key_of(send_spool(resume))
+        sendjob.check_passphrase(resume, payload_key, recipients)
+        begun = sendjob.Start(resume, payload_key, continuing=True)
     else:
         begun = sendjob.start(recipe, recipients, place)
     if begun.continuing:
