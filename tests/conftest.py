@@ -44,6 +44,11 @@ def keydir(tmp_path: Path, keyset: KeySet) -> Path:
     return directory
 
 
+def receiving(keydir: Path, state: Path) -> list[str | Path]:
+    """The receiver's options of a fetch: its identity, the sender's key, its own ledger."""
+    return ["-i", keydir / "identity.txt", "--trust", keydir / "signing.pub", "--state-dir", state]
+
+
 def run_airgap(
     args: Sequence[str | os.PathLike[str]],
     *,

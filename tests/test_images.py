@@ -26,7 +26,14 @@ from airgap.shared import minisign
 from airgap.shared.bundle import sign_manifest
 from airgap.shared.errors import PlaintextHashError
 from airgap.shared.manifest import Manifest
-from tests.conftest import DockerEngine, build_image, connect_engine, engine_hosts, run_airgap
+from tests.conftest import (
+    DockerEngine,
+    build_image,
+    connect_engine,
+    engine_hosts,
+    receiving,
+    run_airgap,
+)
 
 
 @pytest.fixture
@@ -412,12 +419,7 @@ def test_fetch_by_image_ref_takes_the_newest_bundle_that_carries_it(
             f"{repo}:1",
             "--from",
             drop,
-            "-i",
-            keydir / "identity.txt",
-            "--trust",
-            keydir / "signing.pub",
-            "--state-dir",
-            tmp_path / "state",
+            *receiving(keydir, tmp_path / "state"),
         ]
         fetched = run_airgap(args, env=env)
         assert fetched.returncode == 0, fetched.stderr

@@ -16,7 +16,7 @@ import docker.errors
 import pytest
 
 from tests import vsftpd
-from tests.conftest import DockerEngine, build_image, run_airgap, spawn_airgap
+from tests.conftest import DockerEngine, build_image, receiving, run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server
 from tests.test_remote import _env, _fingerprint, _wait_for
 
@@ -71,12 +71,7 @@ def _fetch(server: Server, tmp_path: Path, keydir: Path) -> subprocess.Completed
             f"ftps://receiver@127.0.0.1:{server.port}/",
             "--tls-fingerprint",
             _fingerprint(server),
-            "-i",
-            keydir / "identity.txt",
-            "--trust",
-            keydir / "signing.pub",
-            "--state-dir",
-            tmp_path / "state",
+            *receiving(keydir, tmp_path / "state"),
         ],
         env=_env(tmp_path, server.password("receiver")),
     )

@@ -37,7 +37,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tests.conftest import build_image, run_airgap, spawn_airgap
+from tests.conftest import build_image, receiving, run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server
 from tests.test_remote import _env, _fingerprint, _wait_for
 
@@ -171,16 +171,7 @@ def _fetch_and_check(
 ) -> None:
     docker_client.images.remove(TAG, force=True)
     fetched = run_airgap(
-        [
-            "fetch",
-            *_url(server, "receiver"),
-            "-i",
-            keydir / "identity.txt",
-            "--trust",
-            keydir / "signing.pub",
-            "--state-dir",
-            tmp_path / "state",
-        ],
+        ["fetch", *_url(server, "receiver"), *receiving(keydir, tmp_path / "state")],
         env=_env(tmp_path, server.password("receiver")),
     )
     assert fetched.returncode == 0, fetched.stderr
