@@ -84,11 +84,29 @@ class Engine:
         with _errors("docker save"):
             yield from response.iter_content(chunk_size)
 
-    def load(self, chunks: Iterable[bytes]) -> list[str]:
-        """``docker load`` of a stream; what the engine reports it loaded (ids or names)."""
+    def load(self, chunks: Iterable[bytes], *, size: int | None = None) -> list[str]:
+        """``docker load`` of a stream; what the engine reports it loaded (ids or names).
+
+        With ``size``, the exact byte count of the stream, the body goes out as it comes with
+        a Content-Length. Without it the SDK frames each piece for chunked encoding, copying it
+        once more: 0.45 CPU-s a 1.3 GB load here, on the two cores that decrypt and decompress.
+        A stream that ends short of ``size`` fails the load, as a broken chunked one does.
+        """
+        api = self._client.api
         loaded: list[str] = []
         with _errors("docker load"):
-            for message in self._client.api.load_image(chunks):
+            if size is None:
+                messages = api.load_image(chunks)
+            else:
+                response = api._post(
+                    api._url("/images/load"),
+                    data=_Sized(chunks, size),
+                    headers={"Content-Type": "application/x-tar"},
+                    stream=True,
+                )
+                api._raise_for_status(response)
+                messages = api._stream_helper(response, decode=True)
+            for message in messages:
                 if "errorDetail" in message:
                     raise EngineError(f"docker load: {message['errorDetail'].get('message')}")
                 match = _LOADED.match(str(message.get("stream", "")).strip())
@@ -164,3 +182,18 @@ def _errors(what: str) -> Iterator[None]:
         raise EngineError(
             f"{what}: {exc}", hint="is the Docker engine running? (DOCKER_HOST, docker info)"
         ) from exc
+
+
+class _Sized:
+    """An iterable body of known length: requests sends it with a Content-Length header and
+    hands each piece to the socket untouched."""
+
+    def __init__(self, chunks: Iterable[bytes], size: int) -> None:
+        self._chunks = chunks
+        self._size = size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+    def __len__(self) -> int:
+        return self._size

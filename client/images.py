@@ -29,6 +29,7 @@ from airgap.shared import minisign
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import VerificationError
 from airgap.shared.manifest import ImageEntry, Manifest, OmittedLayer
+from airgap.shared.pipeline import threaded
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,12 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
     refs = [(ref, image) for image in manifest.images for ref in image.refs]
     before = {ref: engine.image_id(ref) for ref, _ in refs}
     with LocalLayers(engine) as layers:
+        size: int | None = manifest.plaintext_size
         if manifest.omitted and engine.containerd_store():
-            plaintext = spliced(plaintext, layers)
-        engine.load(withhold_last(plaintext))
+            plaintext, size = spliced(plaintext, layers), None
+        # The decode runs on threads of its own, so the socket to the engine, which takes the
+        # bytes at its own pace, never holds up the hashing and decompressing meanwhile.
+        engine.load(withhold_last(threaded(plaintext, [])), size=size)
     for ref, image in refs:
         got = engine.image_id(ref)
         if not _is(engine, ref, got, image):
