@@ -28,6 +28,8 @@ from urllib.parse import unquote, urlsplit
 from airgap.shared.errors import LoginError, StorageError, TransferError, UsageError
 
 DEFAULT_TIMEOUT = 60.0
+#: A download read returns once it has this much, or the end of the file.
+FILL = 1 << 20
 #: What ftplib raises when the connection, not the server, fails us.
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, EOFError)
 
@@ -271,11 +273,22 @@ class _DataReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        try:
-            return self._conn.recv_into(buffer)
-        except OSError as exc:
-            self._owner._drop()
-            raise TransferError(f"downloading {self._name}: {exc}") from exc
+        """Fill ``buffer`` (up to :data:`FILL`) or reach the end: a TLS socket hands out one
+        16 KiB record per call, and each call costs the layers above a turn of their own."""
+        view = memoryview(buffer)[:FILL]
+        filled = 0
+        while filled < len(view):
+            try:
+                got = self._conn.recv_into(view[filled:])
+            except OSError as exc:
+                if filled:
+                    return filled  # the next call meets the error again, and reports it
+                self._owner._drop()
+                raise TransferError(f"downloading {self._name}: {exc}") from exc
+            if not got:
+                break
+            filled += got
+        return filled
 
     def close(self) -> None:
         if not self.closed:
