@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from airgap.client.spool import ContinueMismatch, SpooledTransport
+from airgap.client.spool import ContinueMismatch, SpooledTransport, VouchedWriter
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
     PARTIAL_SUFFIX,
@@ -153,6 +153,8 @@ def send_stream(
             manifest = encoder.manifest(
                 bundle_id, signer=key.public_key, files=files, images=images
             )
+            if isinstance(out, VouchedWriter):
+                out.vouch(manifest.payload.sha256)
             manifest = replace(manifest, omitted=tuple(omitted))
             data, signature = sign_manifest(manifest, key)
             if resuming is not None:
@@ -172,8 +174,9 @@ def send_stream(
 
 
 def _writer(transport: Transport, name: str, resuming: Resuming | None) -> Writable:
-    if resuming is not None and resuming.continuing and isinstance(transport, SpooledTransport):
-        return transport.continued_writer(name)
+    if isinstance(transport, SpooledTransport):
+        continuing = resuming is not None and resuming.continuing
+        return transport.vouched_writer(name, continuing=continuing)
     return transport.writer(name)
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 from airgap.client.transport import PARTIAL_SUFFIX, Transport
 from airgap.shared.errors import LoginError, StorageError, TransferError
@@ -136,12 +136,16 @@ class SpooledTransport:
             raise TransferError("a spooled upload always starts a file from its beginning")
         return io.BufferedWriter(_SpooledUpload(self, name, self.spool / name), buffer_size=CHUNK)
 
-    def continued_writer(self, name: str) -> io.BufferedIOBase:
-        """A writer of the same bytes as an interrupted one: what the spool already holds is
-        compared, not written (a difference is :class:`ContinueMismatch`), the rest appended,
-        and the upload resumes from the server's size meanwhile."""
-        upload = _SpooledUpload(self, name, self.spool / name, continuing=True)
-        return io.BufferedWriter(upload, buffer_size=CHUNK)
+    def vouched_writer(self, name: str, *, continuing: bool = False) -> VouchedWriter:
+        """A writer whose caller knows the sha256 of what it writes (an encoder does) and
+        says so with :meth:`VouchedWriter.vouch` before closing: the server's ``HASH`` is
+        checked against that, and the upload does not hash the bytes a second time.
+
+        When ``continuing``, the writer repeats an interrupted one: what the spool already
+        holds is compared, not written (a difference is :class:`ContinueMismatch`), the rest
+        appended, and the upload resumes from the server's size meanwhile."""
+        upload = _SpooledUpload(self, name, self.spool / name, continuing=continuing, vouched=True)
+        return VouchedWriter(upload, buffer_size=CHUNK)
 
     def upload_file(self, name: str, local: Path) -> None:
         """Make the remote ``name`` hold exactly ``local``'s bytes: resume ``name.part`` from
@@ -159,8 +163,10 @@ class _SpooledDownload(io.RawIOBase):
             self._file = path.open("a+b")
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
-        if os.fstat(self._file.fileno()).st_size > size:  # a stale spool of another file
+        self._spooled = os.fstat(self._file.fileno()).st_size  # only this object writes it
+        if self._spooled > size:  # a stale spool of another file
             self._file.truncate(0)
+            self._spooled = 0
         self._pos = 0
         self._remote: io.BufferedIOBase | None = None
 
@@ -180,10 +186,9 @@ class _SpooledDownload(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self._pos >= self._size:
             return 0
-        spooled = os.fstat(self._file.fileno()).st_size
-        if self._pos < spooled:
+        if self._pos < self._spooled:
             got = os.preadv(
-                self._file.fileno(), [memoryview(buffer)[: spooled - self._pos]], self._pos
+                self._file.fileno(), [memoryview(buffer)[: self._spooled - self._pos]], self._pos
             )
         else:
             got = retrying(
@@ -208,6 +213,7 @@ class _SpooledDownload(io.RawIOBase):
             os.pwrite(self._file.fileno(), view[:got], self._pos)
         except OSError as exc:
             raise StorageError(f"spool: {exc.strerror or exc}") from exc
+        self._spooled = max(self._spooled, self._pos + got)
         return got
 
     def _drop_remote(self) -> None:
@@ -231,12 +237,26 @@ class ContinueMismatch(StorageError):
     """The bytes encoded again differ from those an interrupted send left in the spool."""
 
 
+class VouchedWriter(io.BufferedWriter):
+    """See :meth:`SpooledTransport.vouched_writer`."""
+
+    def vouch(self, sha256: str) -> None:
+        """The sha256 of everything written, known to the caller: call it before closing."""
+        cast(_SpooledUpload, self.raw).uploader.vouched = sha256
+
+
 class _SpooledUpload(io.RawIOBase):
     """Writes land in the spool; an uploader thread follows the file to the server. When
     ``continuing``, the spool's bytes are a prefix the writes must repeat."""
 
     def __init__(
-        self, owner: SpooledTransport, name: str, path: Path, *, continuing: bool = False
+        self,
+        owner: SpooledTransport,
+        name: str,
+        path: Path,
+        *,
+        continuing: bool = False,
+        vouched: bool = False,
     ) -> None:
         try:
             self._file = path.open("r+b" if continuing and path.exists() else "wb")
@@ -245,17 +265,17 @@ class _SpooledUpload(io.RawIOBase):
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
         self._at = 0
         # While continuing, only bytes compared with the new encoding go up.
-        self._uploader = _Uploader(
-            owner, name, path, limit=(lambda: self._at) if continuing else None
+        self.uploader = _Uploader(
+            owner, name, path, limit=(lambda: self._at) if continuing else None, vouching=vouched
         )
-        self._thread = threading.Thread(target=self._uploader.run, daemon=True)
+        self._thread = threading.Thread(target=self.uploader.run, daemon=True)
         self._thread.start()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        self._uploader.raise_failure()
+        self.uploader.raise_failure()
         view = memoryview(data).cast("B")
         size = len(view)
         try:
@@ -265,7 +285,7 @@ class _SpooledUpload(io.RawIOBase):
                 if spooled != view[:same]:
                     pairs = zip(spooled, view[: len(spooled)], strict=True)
                     at = self._at + next((i for i, (a, b) in enumerate(pairs) if a != b), same)
-                    self._uploader.abort()
+                    self.uploader.abort()
                     raise ContinueMismatch(
                         f"the payload encoded again differs from the interrupted one at byte "
                         f"{at}: the images or files changed, or the engine's save is not "
@@ -278,18 +298,18 @@ class _SpooledUpload(io.RawIOBase):
                 self._file.flush()
         except OSError as exc:
             raise StorageError(f"spool: {exc.strerror or exc}") from exc
-        self._uploader.wake()
+        self.uploader.wake()
         return size
 
     def close(self) -> None:
         if self.closed:
             return
         self._file.close()
-        self._uploader.finished.set()
-        self._uploader.wake()
+        self.uploader.finished.set()
+        self.uploader.wake()
         self._thread.join()
         super().close()
-        self._uploader.raise_failure()
+        self.uploader.raise_failure()
 
 
 class _Uploader:
@@ -304,11 +324,15 @@ class _Uploader:
         final: str | None = None,
         *,
         limit: Callable[[], int] | None = None,
+        vouching: bool = False,
     ) -> None:
         self.owner, self.partial, self.local, self.final = owner, partial, local, final
         self.name = final or partial
         self.finished = threading.Event()  # set when the local file has all its bytes
         self._limit = limit  # how far the upload may go before the file is finished
+        # With ``vouching``, the writer gives the file's sha256 (``vouched``) once it is whole.
+        self._vouching = vouching
+        self.vouched: str | None = None
         self._aborted = threading.Event()
         self._grown = threading.Condition()
         self._failure: BaseException | None = None
@@ -344,7 +368,8 @@ class _Uploader:
             remote.delete(self.partial)  # nothing to keep: start anew (STOR never overwrites)
             offset = None
         offset = offset or 0
-        digest = self._hash_prefix(offset)
+        server = _hashing(remote)
+        digest = self._hash_prefix(offset) if server and not self._vouching else None
         with self.local.open("rb") as source, remote.writer(self.partial, offset=offset) as out:
             source.seek(offset)
             while True:
@@ -352,7 +377,8 @@ class _Uploader:
                     raise _Aborted
                 chunk = source.read(self._room(source.tell()))
                 if chunk:
-                    digest.update(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
                     out.write(chunk)
                     self.owner.sent += len(chunk)
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
@@ -360,7 +386,9 @@ class _Uploader:
                 else:
                     with self._grown:
                         self._grown.wait(0.2)
-        self._check_hash(digest.hexdigest())
+        expected = digest.hexdigest() if digest is not None else self.vouched
+        if server and expected is not None:  # None: the writer failed before it vouched
+            self._check_hash(server, expected)
         if self.final:
             remote.rename(self.partial, self.final)
 
@@ -378,11 +406,22 @@ class _Uploader:
                 left -= len(chunk)
         return digest
 
-    def _check_hash(self, expected: str) -> None:
-        hasher = getattr(self.owner.remote, "hash", None)
-        if hasher is None:
-            return
-        got = hasher(self.partial)
+    def _check_hash(self, server: _Hashing, expected: str) -> None:
+        got = server.hash(self.partial)
         if got is not None and got != expected:
             self.owner.remote.delete(self.partial)
             raise TransferError(f"uploading {self.name}: the server's HASH differs from ours")
+
+
+@runtime_checkable
+class _Hashing(Protocol):
+    def features(self) -> set[str]: ...
+
+    def hash(self, name: str) -> str | None: ...
+
+
+def _hashing(remote: Transport) -> _Hashing | None:
+    """The server, if it can hash what it holds (FTP ``HASH``): only then is there a check."""
+    if isinstance(remote, _Hashing) and "HASH" in remote.features():
+        return remote
+    return None

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from airgap.client.spool import ContinueMismatch, SpooledTransport
+from airgap.client.spool import Backoff, ContinueMismatch, SpooledTransport
 from airgap.client.transport import DirectoryTransport
+from airgap.shared.errors import TransferError
 
 DATA = os.urandom(3 << 20)
+SHA256 = hashlib.sha256  # the server's own, out of reach of a test's spy on the client's
 
 
 def _spooled(tmp_path: Path) -> tuple[SpooledTransport, Path]:
@@ -23,7 +26,7 @@ def test_a_continued_write_checks_the_spooled_prefix_and_uploads_the_rest(tmp_pa
     (tmp_path / "spool" / "p.part").write_bytes(DATA[: 2 << 20])  # what the killed send spooled
     remote.mkdir()
     (remote / "p.part").write_bytes(DATA[:12345])  # what reached the server
-    with spooled.continued_writer("p.part") as out:
+    with spooled.vouched_writer("p.part", continuing=True) as out:
         for start in range(0, len(DATA), 100_000):
             out.write(DATA[start : start + 100_000])
     assert (tmp_path / "spool" / "p.part").read_bytes() == DATA
@@ -40,7 +43,7 @@ def test_a_continued_write_that_differs_is_refused_and_nothing_more_goes_up(
     (remote / "p.part").write_bytes(DATA[:1000])
     changed = bytearray(DATA)
     changed[1 << 20] ^= 1
-    out = spooled.continued_writer("p.part")
+    out = spooled.vouched_writer("p.part", continuing=True)
     with pytest.raises(ContinueMismatch, match=f"at byte {1 << 20}:"):
         out.write(bytes(changed))
         out.flush()
@@ -53,3 +56,58 @@ def test_spool_folders_are_private_all_the_way_down(tmp_path: Path) -> None:
     SpooledTransport(DirectoryTransport(tmp_path / "remote"), tmp_path / "a" / "b" / "spool")
     for folder in ("a", "a/b", "a/b/spool"):
         assert (tmp_path / folder).stat().st_mode & 0o777 == 0o700, folder
+
+
+class _HashingDirectory(DirectoryTransport):
+    """A directory that answers ``HASH`` as the appliance does, and counts the questions."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.asked: list[str] = []
+
+    def features(self) -> set[str]:
+        return {"HASH"}
+
+    def hash(self, name: str) -> str | None:
+        self.asked.append(name)
+        return SHA256((self.root / name).read_bytes()).hexdigest()
+
+
+def _hashing(tmp_path: Path) -> tuple[SpooledTransport, _HashingDirectory]:
+    remote = _HashingDirectory(tmp_path / "remote")
+    return SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(first=0.01)), remote
+
+
+def test_a_vouched_upload_is_checked_against_the_vouched_sha256_without_hashing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spooled, remote = _hashing(tmp_path)
+    hashed: list[int] = []
+    monkeypatch.setattr(
+        "airgap.client.spool.hashlib.sha256", lambda *a: hashed.append(1) or SHA256(*a)
+    )
+    with spooled.vouched_writer("p.part") as out:
+        out.write(DATA)
+        out.vouch(SHA256(DATA).hexdigest())
+    assert (remote.root / "p.part").read_bytes() == DATA
+    assert remote.asked == ["p.part"]
+    assert hashed == []  # the upload took the writer's word, and the server's HASH checked it
+
+
+def test_a_vouched_upload_whose_server_copy_differs_is_refused_and_removed(tmp_path: Path) -> None:
+    spooled, remote = _hashing(tmp_path)
+    out = spooled.vouched_writer("p.part")
+    out.write(DATA)
+    out.vouch(hashlib.sha256(DATA + b"x").hexdigest())  # not what went up
+    with pytest.raises(TransferError, match="HASH differs"):
+        out.close()
+    assert not (remote.root / "p.part").exists()
+    assert len(remote.asked) == Backoff().attempts  # each attempt uploaded and asked again
+
+
+def test_an_unvouched_upload_hashes_what_it_sends_for_the_check(tmp_path: Path) -> None:
+    spooled, remote = _hashing(tmp_path)
+    with spooled.writer("p.part") as out:
+        out.write(DATA)
+    assert remote.asked == ["p.part"]
+    assert (remote.root / "p.part").read_bytes() == DATA
