@@ -1,7 +1,15 @@
 """SHA-256 of a file or a byte range of it, for the FTP ``HASH`` command, with a cache.
 
-The cache key is (path, size, mtime in ns, inode, range), so any change to the file misses it.
-:func:`HashCache.digest` reads the file: call it on a worker thread, never on the IO loop.
+An entry is keyed by what the file is, not what it is called: (st_dev, st_ino, st_size,
+st_mtime_ns, start, stop). A rename keeps the inode and the mtime, so ``X.part``, ``X`` and
+``pub/outgoing/X`` are one entry. Content never changes under a key: every write sets a new
+mtime, no client can set an old one back (MFMT and utime are refused), an upload drops the
+file's entries as it opens it (:meth:`HashCache.forget`, for a write within one clock tick of
+the last and for a reused inode), and a digest is cached only if the file did not change while
+it was read. Callers asking for the same range at once share one read: a finished upload is
+hashed once, for its audit record, the client's ``HASH`` and the bundle check together.
+:func:`HashCache.digest` reads the file on a miss: call it on a worker thread, never on the IO
+loop (hashing as the bytes land would hold every upload to the hash's speed).
 """
 
 from __future__ import annotations
@@ -11,39 +19,78 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1024 * 1024
-_Key = tuple[str, int, int, int, int, int]
+_Key = tuple[int, int, int, int, int, int]
+
+
+def _key(info: os.stat_result, start: int, stop: int) -> _Key:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, start, stop)
+
+
+def _sha256(handle: BinaryIO, start: int, stop: int) -> str:
+    """Read bytes start..stop-1 and hash them: the only place a digest costs a read."""
+    handle.seek(start)
+    sha, left = hashlib.sha256(), stop - start
+    while left > 0 and (chunk := handle.read(min(CHUNK, left))):
+        sha.update(chunk)
+        left -= len(chunk)
+    return sha.hexdigest()
 
 
 class HashCache:
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[_Key, str] = OrderedDict()
+        self._reading: dict[_Key, threading.Event] = {}  # ranges being hashed right now
         self._lock = threading.Lock()
 
     def digest(self, path: Path, start: int = 0, end: int | None = None) -> tuple[str, int, int]:
         """(hex, start, end) for bytes start..end-1; ``end`` None means the file's size."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            stop = info.st_size if end is None else min(end, info.st_size)
-            if start > stop:
-                raise ValueError("range starts past the end of the file")
-            key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, start, stop)
+            return self.digest_of(handle, start, end)
+
+    def digest_of(
+        self, handle: BinaryIO, start: int = 0, end: int | None = None
+    ) -> tuple[str, int, int]:
+        """:meth:`digest` of a file already open (by whatever name it has now)."""
+        info = os.fstat(handle.fileno())
+        stop = info.st_size if end is None else min(end, info.st_size)
+        if start > stop:
+            raise ValueError("range starts past the end of the file")
+        key = _key(info, start, stop)
+        while True:
             with self._lock:
                 cached = self._entries.get(key)
                 if cached is not None:
                     self._entries.move_to_end(key)
                     return cached, start, stop
-            handle.seek(start)
-            sha, left = hashlib.sha256(), stop - start
-            while left > 0 and (chunk := handle.read(min(CHUNK, left))):
-                sha.update(chunk)
-                left -= len(chunk)
-            hexdigest = sha.hexdigest()
+                other = self._reading.get(key)
+                if other is None:
+                    done = self._reading[key] = threading.Event()
+                    break
+            other.wait()  # then the cache has it, unless the file changed meanwhile
+        try:
+            hexdigest = _sha256(handle, start, stop)
+            if _key(os.fstat(handle.fileno()), start, stop) == key:  # unchanged meanwhile
+                self._put(key, hexdigest)
+        finally:
+            with self._lock:
+                del self._reading[key]
+            done.set()
+        return hexdigest, start, stop
+
+    def forget(self, info: os.stat_result) -> None:
+        """Drop every entry of this file (by inode): it is about to be written."""
+        with self._lock:
+            for key in [k for k in self._entries if k[:2] == (info.st_dev, info.st_ino)]:
+                del self._entries[key]
+
+    def _put(self, key: _Key, hexdigest: str) -> None:
         with self._lock:
             self._entries[key] = hexdigest
+            self._entries.move_to_end(key)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
-        return hexdigest, start, stop

@@ -6,15 +6,16 @@ payload has exactly the manifest's size and sha256. Until the payload reaches th
 bundle is *pending* (the upload may be resumed); anything else wrong sends all its files to
 ``quarantine/ID-STAMP/`` with ``reason.txt``, never to receivers.
 
-:meth:`Publisher.check` reads and hashes whole payloads: it runs on a worker thread, never on the
-FTP IO loop. While it works it holds the bundle's files in :class:`BusyFiles`, so no upload can
-change them between the hash and the move. The signature moves last, so a reader of
+:meth:`Publisher.check` hashes whole payloads through the server's
+:class:`~airgap.server.hashing.HashCache` (an upload hashed as it landed is not read again; a
+payload written since is): it runs on a worker thread, never on the FTP IO loop. While it works
+it holds the bundle's files in :class:`BusyFiles`, so no upload can change them between the
+hash and the move. The signature moves last, so a reader of
 ``pub/outgoing`` never sees a signature without its payload.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.server.audit import AuditLog
+from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
 from airgap.shared import minisign
@@ -33,7 +35,6 @@ from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
 MAX_SIGNATURE_BYTES = 16 * 1024
-CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,13 @@ class Publisher:
         trusted: Sequence[minisign.PublicKey],
         busy: BusyFiles,
         audit: AuditLog,
+        hashes: HashCache,
     ) -> None:
         self.layout = layout
         self.trusted = tuple(trusted)
         self.busy = busy
         self.audit = audit
+        self.hashes = hashes
 
     def areas(self) -> list[Path]:
         """``pub/incoming`` (anonymous uploads) and every sender's area under it."""
@@ -143,7 +146,8 @@ class Publisher:
                 return Outcome(bundle_id, "pending", "payload shorter than the manifest says")
             if before.st_size > manifest.payload.size:
                 raise _Quarantine("payload: longer than the manifest says")
-            if _sha256(payload) != manifest.payload.sha256:
+            digest, _, _ = self.hashes.digest(payload)
+            if digest != manifest.payload.sha256:
                 raise _Quarantine("payload: sha256 does not match the manifest")
             return None
         finally:
@@ -179,15 +183,6 @@ def _read_small(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise _Quarantine(f"{path.name}: larger than any airgap writes")
     return data
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

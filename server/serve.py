@@ -85,6 +85,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     ioloop = ftp.new_ioloop()
     audit = AuditLog(layout.audit_file)
     busy = BusyFiles()
+    hashes = HashCache()  # shared: an upload hashed as it landed is a hit for HASH and publish
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="airgap-worker")
     services = ftp.Services(
         config=config,
@@ -92,8 +93,8 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         users=UserDB(layout.users_file),
         guard=LoginGuard(max_failures=config.max_login_failures, ban_seconds=config.ban_seconds),
         busy=busy,
-        publisher=Publisher(layout, trusted=trusted, busy=busy, audit=audit),
-        hashes=HashCache(),
+        publisher=Publisher(layout, trusted=trusted, busy=busy, audit=audit, hashes=hashes),
+        hashes=hashes,
         audit=audit,
         pool=pool,
         mailbox=ftp.Mailbox(ioloop),

@@ -9,9 +9,11 @@ The rules that pyftpdlib's STOR gets wrong for a drop box, free of any FTP libra
   written so far kept, so the upload resumes once there is room.
 
 :class:`UploadFile` writes unbuffered: every byte it reports written is in the file, an error
-(ENOSPC, EDQUOT) surfaces in :meth:`UploadFile.write` and never later in ``close()``. This module
-answers with FTP reply texts because those are what a client sees, but it never touches a socket
-and never follows a symbolic link.
+(ENOSPC, EDQUOT) surfaces in :meth:`UploadFile.write` and never later in ``close()``. Nothing is
+hashed here, on the IO loop, where it would slow every upload down to the hash's speed: the
+server's :class:`~airgap.server.hashing.HashCache` hashes a finished upload once, on a worker.
+This module answers with FTP reply texts because those are what a client sees, but it never
+touches a socket and never follows a symbolic link.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from airgap.server.hashing import HashCache
 
 #: How often (bytes written) an upload checks the free-disk watermark again.
 SPACE_CHECK_EVERY = 4 * 1024 * 1024
@@ -123,14 +127,25 @@ class UploadFile:
 
 
 def open_for_upload(
-    upload: Target, offset: int, *, budget: int | None, min_free: int
+    upload: Target,
+    offset: int,
+    *,
+    budget: int | None,
+    min_free: int,
+    hashes: HashCache | None = None,
 ) -> UploadFile:
-    """Open for writing at ``offset``, the file cut there: a resume never keeps an old tail."""
+    """Open for writing at ``offset``, the file cut there: a resume never keeps an old tail.
+
+    ``hashes`` forgets what it knew of the file, which is about to change.
+    """
     flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if upload.exists else os.O_CREAT | os.O_EXCL)
     fd = os.open(upload.path, flags, 0o640)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "Not a regular file")
+        if hashes is not None:
+            hashes.forget(info)
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
     except BaseException:

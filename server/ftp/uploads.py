@@ -1,7 +1,9 @@
 """STOR and APPE: an upload goes through :mod:`airgap.server.storage`, never pyftpdlib's open.
 
 An upload ending is only recorded (bytes and sha256, hashed off the loop) and handed to the
-bundle check: a socket that closed cleanly says nothing about whether the file is whole.
+bundle check: a socket that closed cleanly says nothing about whether the file is whole. The
+record's hash is the one a client's ``HASH`` and the bundle check then find in
+``services.hashes``: a finished upload is read once to hash it.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ class UploadCommands(Session):
             return
         try:
             upload = storage.open_for_upload(
-                target, offset, budget=budget, min_free=config.min_free_bytes
+                target,
+                offset,
+                budget=budget,
+                min_free=config.min_free_bytes,
+                hashes=self.services.hashes,
             )
         except OSError as exc:
             self.services.busy.release([Path(path)])
@@ -94,10 +100,20 @@ class UploadCommands(Session):
         relative = os.path.relpath(file, services.layout.root)
         event = "upload-completed" if complete else "upload-incomplete"
 
+        # Opened here, on the loop, as the upload ends: a client may rename the file before a
+        # worker gets to it, and the record must still be made (of the file, whatever its name).
+        try:
+            handle = os.fdopen(os.open(file, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        except OSError as exc:
+            logger.warning("after upload of %s: %r", relative, exc)
+            self._check_bundle_of(file)
+            return
+
         def work() -> None:
             # "completed" only means the socket closed cleanly; the bundle check decides.
-            size = os.lstat(file).st_size
-            digest, _, _ = services.hashes.digest(Path(file))
+            with handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest, _, _ = services.hashes.digest_of(handle)
             services.audit.record(event, ip=ip, user=user, file=relative, bytes=size, sha256=digest)
 
         def then(future: Future[None]) -> None:

@@ -20,6 +20,9 @@ import pytest
 
 START_TIMEOUT = 30
 _SERVING = re.compile(r"airgap: serving ftp://127\.0\.0\.1:(\d+)/")
+_RUN_CLI = (
+    "\nimport runpy\nrunpy.run_module('airgap.client', run_name='__main__', alter_sys=True)\n"
+)
 
 
 @dataclass
@@ -66,13 +69,14 @@ class Server:
         return code
 
 
-def start_server(root: Path, *args: str, min_free: int = 0) -> Server:
+def start_server(root: Path, *args: str, min_free: int = 0, prelude: str = "") -> Server:
+    """``prelude``: Python run in the server process before the CLI (to instrument it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    cli = ["-c", prelude + _RUN_CLI] if prelude else ["-m", "airgap.client"]
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "airgap.client",
+            *cli,
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -115,8 +119,8 @@ def start_server(root: Path, *args: str, min_free: int = 0) -> Server:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def run(*args: str, root: Path | None = None, min_free: int = 0) -> Server:
-        server = start_server(root or tmp_path / "root", *args, min_free=min_free)
+    def run(*args: str, root: Path | None = None, min_free: int = 0, prelude: str = "") -> Server:
+        server = start_server(root or tmp_path / "root", *args, min_free=min_free, prelude=prelude)
         started.append(server)
         return server
 

@@ -1,0 +1,186 @@
+"""A finished upload is read once to hash it: its audit record, HASH and the bundle check share it.
+
+The server runs with its one file-reading hash path (``hashing._sha256``) wrapped to say on
+stderr which file it read, so reads are counted in the real server process. Every digest goes
+through ``HashCache.digest_of``, wrapped to say when it returns, after any read of its own, so
+a test that has seen N digests returned has seen every read they made. The audit record's hash
+and the client's HASH ask at once: they share one read.
+A rename keeps the digest; a resume, or a file changed on disk since, is hashed afresh.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server.conftest import Server, stor, wait_for
+from tests.server.test_limits import tls_client
+from tests.server.test_publish_and_clients import make_bundle, upload_bundle
+
+MiB = 1024 * 1024
+pytestmark = pytest.mark.timeout(60)
+
+# One os.write per line: two workers' lines never run into one another.
+COUNT_READS = """
+import os
+from airgap.server import hashing
+
+_read, _digest = hashing._sha256, hashing.HashCache.digest_of
+
+def _counted_read(handle, start, stop):
+    path = os.readlink(f"/proc/self/fd/{handle.fileno()}")
+    os.write(2, f"airgap-test: read {path} {start}-{stop}\\n".encode())
+    return _read(handle, start, stop)
+
+def _counted_digest(self, handle, start=0, end=None):
+    path = os.readlink(f"/proc/self/fd/{handle.fileno()}")
+    try:
+        return _digest(self, handle, start, end)
+    finally:
+        os.write(2, f"airgap-test: digest {path}\\n".encode())
+
+hashing._sha256 = _counted_read
+hashing.HashCache.digest_of = _counted_digest
+"""
+
+
+def reads(server: Server, name: str | None = None, *, digests: int = 0) -> list[str]:
+    """The files (named ``name``) the server read to hash them, in order, once ``digests``
+    calls (on ``name``) have returned."""
+
+    def said(what: str) -> list[str]:
+        paths = [
+            line.split()[2] for line in server.lines if line.startswith(f"airgap-test: {what} ")
+        ]
+        return [path for path in paths if name is None or Path(path).name == name]
+
+    assert wait_for(lambda: len(said("digest")) >= digests), f"{said('digest')}: not {digests}"
+    return said("read")
+
+
+def audited(server: Server, event: str, name: str) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in server.audit().splitlines()]
+    return [r for r in records if r["event"] == event and Path(r.get("file", "")).name == name]
+
+
+def hash_of(client: ftplib.FTP, name: str) -> str:
+    return client.sendcmd(f"HASH {name}").split()[3]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sender(server: Server, tls: str) -> ftplib.FTP:
+    if tls == "off":
+        return server.ftp("sender")
+    client = tls_client(server)
+    client.login("sender", server.password("sender"))
+    client.prot_p()
+    return client
+
+
+def change_in_place(path: Path) -> bytes:
+    """New bytes in the middle of ``path``, its size kept; the new content."""
+    before = path.read_bytes()
+    middle = len(before) // 2
+    time.sleep(0.05)  # past the file system's clock tick: the write gets a new mtime
+    with path.open("r+b") as handle:
+        handle.seek(middle)
+        handle.write(bytes(b ^ 0xFF for b in before[middle : middle + 8]))
+    after = path.read_bytes()
+    assert len(after) == len(before)
+    assert after != before
+    return after
+
+
+@pytest.mark.parametrize("tls", ["off", "required"])
+def test_a_fresh_upload_is_read_once_even_renamed(serve, tls):
+    server = serve("--tls", tls, prelude=COUNT_READS)
+    client = sender(server, tls)
+    data = os.urandom(3 * MiB + 123)
+    stor(client, "image.tar.part", data)
+    assert hash_of(client, "image.tar.part") == sha256(data)
+    assert wait_for(lambda: audited(server, "upload-completed", "image.tar.part"))
+    (record,) = audited(server, "upload-completed", "image.tar.part")
+    assert record["sha256"] == sha256(data)
+    assert record["bytes"] == len(data)
+    client.rename("image.tar.part", "image.tar")
+    assert hash_of(client, "image.tar") == sha256(data)
+    # HASH, the audit record, HASH: one read between them, under the name it then had
+    assert reads(server, digests=3) == [str(server.root / "pub/incoming/sender/image.tar.part")]
+    assert (server.root / "pub/incoming/sender/image.tar").read_bytes() == data
+
+
+def test_a_bundle_is_published_without_reading_its_payload_again(serve, tmp_path, keyset):
+    """The payload was hashed for its audit record: the bundle check finds that digest."""
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    payload = next(name for name in files if name.endswith(".zst"))
+    upload_bundle(server, files)
+    outgoing = server.root / "pub/outgoing"
+    assert wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists())
+    part = payload + ".part"
+    assert wait_for(lambda: audited(server, "upload-completed", part))  # renamed at once, still
+    (record,) = audited(server, "upload-completed", part)
+    assert record["sha256"] == sha256(files[payload])
+    # three records (payload, manifest, signature) and the bundle check: one read of the payload
+    payload_reads = [p for p in reads(server, digests=4) if Path(p).name.startswith(payload)]
+    assert len(payload_reads) == 1, payload_reads
+
+
+def test_a_resumed_upload_is_hashed_from_the_file(serve):
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    client = server.ftp("sender")
+    data = os.urandom(2 * MiB)
+    stor(client, "r.bin", data[:MiB])
+    assert wait_for(lambda: audited(server, "upload-completed", "r.bin"))
+    assert hash_of(client, "r.bin") == sha256(data[:MiB])
+    assert len(reads(server, "r.bin", digests=2)) == 1
+    stor(client, "r.bin", data[MiB:], rest=MiB)
+    assert hash_of(client, "r.bin") == sha256(data)
+    assert wait_for(lambda: len(audited(server, "upload-completed", "r.bin")) == 2)
+    first, second = audited(server, "upload-completed", "r.bin")
+    assert (first["sha256"], second["sha256"]) == (sha256(data[:MiB]), sha256(data))
+    assert len(reads(server, "r.bin", digests=4)) == 2, "the resumed file not read: stale digest?"
+
+
+def test_a_file_changed_after_upload_is_hashed_afresh(serve):
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    client = server.ftp("sender")
+    data = os.urandom(MiB)
+    stor(client, "c.bin", data)
+    assert hash_of(client, "c.bin") == sha256(data)
+    assert len(reads(server, "c.bin", digests=2)) == 1  # HASH and the audit record
+    changed = change_in_place(server.root / "pub/incoming/sender/c.bin")
+    assert hash_of(client, "c.bin") == sha256(changed)
+    assert len(reads(server, "c.bin", digests=3)) == 2
+    assert hash_of(client, "c.bin") == sha256(changed)  # now cached
+    assert len(reads(server, "c.bin", digests=4)) == 2
+
+
+def test_a_payload_changed_after_upload_is_quarantined(serve, tmp_path, keyset):
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    payload = next(name for name in files if name.endswith(".zst"))
+    client = server.ftp("sender")
+    stor(client, payload + ".part", files[payload])
+    client.rename(payload + ".part", payload)
+    change_in_place(server.root / "pub/incoming/sender" / payload)
+    for name in sorted(n for n in files if n != payload):  # the manifest, then the signature
+        stor(client, name + ".part", files[name])
+        client.rename(name + ".part", name)
+    quarantine = server.root / "quarantine"
+    assert wait_for(lambda: any(quarantine.iterdir()))
+    (held,) = quarantine.iterdir()
+    assert held.name.startswith(bundle_id)
+    assert "sha256" in (held / "reason.txt").read_text()
+    assert not any((server.root / "pub/outgoing").iterdir())
+    assert wait_for(lambda: reads(server, payload)), "the changed payload was not hashed again"
