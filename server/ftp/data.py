@@ -22,6 +22,11 @@ from airgap.server.ftp.base import DataChannelAPI
 
 logger = logging.getLogger("airgap.server")
 PAUSE_MIN = 0.005  # seconds ahead of the limit before a pause is worth a turn of the loop
+TLS_RECORD = 16 * 1024  # the most plaintext one TLS record carries
+# Records drained per read event. Measured on a 1 GiB FTPS upload: 256 KiB took 15% less server
+# CPU than a record per event, and went 15% faster; 1 MiB (out of cache by the time it is
+# written and hashed) took more CPU than either.
+TLS_DRAIN = 256 * 1024
 
 
 class SpaceAwareData(DataChannelAPI):
@@ -44,14 +49,26 @@ class ResetAwareData(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
 
     In a TLS data connection this class sits below pyftpdlib's SSL mixin, which turns a reset
     into a plain close: the reset is noted here on its way up, then reported on that close.
+
+    A TLS recv returns one record (16 KiB at most), so :meth:`_receive` takes every record
+    already there, up to :data:`TLS_DRAIN`, in one read event: one file write, not sixteen
+    turns of the loop. A close or reset met after some data waits in ``_ended`` and is raised
+    by the next recv, on the same event once that data is written, so it goes up exactly as
+    it would have alone.
     """
 
     _reset = False
+    _ended: Exception | None = None
     _resp: tuple[str, Callable[..., None]] | tuple[()]
+
+    def handle_read_event(self) -> None:
+        super().handle_read_event()
+        if self._ended is not None and not self._closed:
+            super().handle_read_event()  # the socket may never be readable again
 
     def recv(self, buffer_size: int) -> bytes:
         try:
-            data: bytes = self.socket.recv(buffer_size)
+            data: bytes = self._receive(buffer_size)
         except ConnectionResetError:
             self._reset = True
             self.handle_close()
@@ -64,6 +81,33 @@ class ResetAwareData(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
         if not data:
             self.handle_close()
         return data
+
+    def _receive(self, buffer_size: int) -> bytes:
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            raise ended
+        if not isinstance(self.socket, SSL.Connection):
+            data: bytes = self.socket.recv(buffer_size)
+            return data  # a plain recv returns all there is already
+        # pyOpenSSL mallocs what it is asked for, and one call returns one record at most.
+        data = self.socket.recv(min(buffer_size, TLS_RECORD))
+        if not data:
+            return data
+        chunks, total, limit = [data], len(data), min(buffer_size, TLS_DRAIN)
+        # Whole records only: the rest of one would wait in OpenSSL, unseen by the IO loop.
+        while limit - total >= TLS_RECORD:
+            try:
+                data = self.socket.recv(TLS_RECORD)
+            except SSL.WantReadError:
+                break  # no whole record left
+            except (SSL.Error, OSError) as exc:
+                self._ended = exc
+                break
+            if not data:
+                break
+            chunks.append(data)
+            total += len(data)
+        return b"".join(chunks)
 
     def handle_close(self) -> None:
         if self._reset and self.receive and not self._closed:
@@ -106,7 +150,8 @@ class Throttle(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
         return False  # sendfile(2) would move the bytes past send()
 
     def recv(self, buffer_size: int) -> bytes:
-        chunk: bytes = super().recv(buffer_size)
+        # A quarter second's worth at most: a 1 MiB read would pace (and end) in long bursts.
+        chunk: bytes = super().recv(min(buffer_size, max(self.limit // 4, TLS_RECORD)))
         self._account(len(chunk))
         return chunk
 

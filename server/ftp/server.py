@@ -29,7 +29,8 @@ _NEW_COMMANDS = {
     "RANG": {"perm": None, "auth": True, "arg": True, "help": "Syntax: RANG <SP> start end"},
 }
 
-DATA_BUFFER = 256 * 1024
+DATA_IN_BUFFER = 1024 * 1024  # per read of a plain upload (TLS: see data.TLS_DRAIN)
+DATA_OUT_BUFFER = 256 * 1024
 
 
 def _commands(base: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +87,8 @@ def handler_class(services: Services) -> type:
             (data,),
             {
                 "timeout": config.data_timeout,
-                "ac_in_buffer_size": DATA_BUFFER,
-                "ac_out_buffer_size": DATA_BUFFER,
+                "ac_in_buffer_size": DATA_IN_BUFFER,
+                "ac_out_buffer_size": DATA_OUT_BUFFER,
             },
         ),
         "proto_cmds": _commands(base.proto_cmds),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ftplib
+import signal
 import socket
 import ssl
 import struct
@@ -138,6 +139,52 @@ def test_tls_upload_cut_by_a_tcp_reset_answers_426(serve):
     conn.close()  # an RST without a TLS close_notify
     with pytest.raises(ftplib.error_temp, match="426"):
         client.voidresp()
+    assert wait_for(lambda: '"event": "upload-incomplete"' in server.audit())
+
+
+# Says on stderr when one read event took data and then met the end of the connection.
+_LOG_ENDS = """
+import os
+from airgap.server.ftp import data
+
+_receive = data.ResetAwareData._receive
+
+def _logged(self, buffer_size):
+    chunk = _receive(self, buffer_size)
+    if self._ended is not None:
+        end = type(self._ended).__name__
+        os.write(2, f"airgap-test: {len(chunk)} then {end}\\n".encode())
+    return chunk
+
+data.ResetAwareData._receive = _logged
+"""
+
+
+def test_tls_data_then_a_reset_in_one_read_answers_426_and_keeps_the_data(serve):
+    server = serve("--tls", "required", prelude=_LOG_ENDS)
+    client = tls_client(server)
+    client.login("sender", server.password("sender"))
+    client.prot_p()
+    client.voidcmd("TYPE I")
+    conn = client.transfercmd("STOR cut.bin")
+    first, last = b"a" * 32768, b"b" * 8000
+    conn.sendall(first)
+    target = server.root / "pub/incoming/sender/cut.bin"
+    assert wait_for(lambda: target.exists() and target.stat().st_size == len(first))
+    # While the server is stopped, one more record and then the reset wait together for it.
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        conn.sendall(last)  # one TLS record
+        time.sleep(0.2)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # an RST without a TLS close_notify
+        time.sleep(0.2)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    with pytest.raises(ftplib.error_temp, match="426"):
+        client.voidresp()
+    assert target.read_bytes() == first + last
+    assert wait_for(lambda: f"airgap-test: {len(last)} then SysCallError" in server.stderr)
     assert wait_for(lambda: '"event": "upload-incomplete"' in server.audit())
 
 
