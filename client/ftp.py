@@ -72,10 +72,17 @@ class _PinnedTLS(ftplib.FTP_TLS):
         self, cmd: str, rest: int | str | None = None
     ) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        _no_delay(conn)
         if self._prot_p:  # type: ignore[attr-defined]
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
         return conn, size
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Small writes go out at once: a manifest's upload waited ~44 ms on Nagle's algorithm
+    and the server's delayed ACK, twice per send (measured: 0.59 s -> 0.52 s for a 5 MB image)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def fingerprint(der: bytes) -> str:
@@ -115,6 +122,8 @@ class FtpTransport:
         try:
             with self._errors("connecting"):
                 ftp.connect(self.target.host, self.target.port)
+                if ftp.sock is not None:
+                    _no_delay(ftp.sock)
                 if isinstance(ftp, ftplib.FTP_TLS):
                     ftp.auth()
                     self._check_pin(ftp)
