@@ -117,8 +117,10 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
         if manifest.omitted and engine.containerd_store():
             plaintext, size = spliced(plaintext, layers), None
         # The decode runs on threads of its own, so the socket to the engine, which takes the
-        # bytes at its own pace, never holds up the hashing and decompressing meanwhile.
-        engine.load(withhold_last(threaded(plaintext, [])), size=size)
+        # bytes at its own pace, never holds up the hashing and decompressing meanwhile. If the
+        # engine fails first, closing stops those threads before the decode is closed.
+        with contextlib.closing(threaded(plaintext, [])) as decoded:
+            engine.load(withhold_last(decoded), size=size)
     for ref, image in refs:
         got = engine.image_id(ref)
         if not _is(engine, ref, got, image):

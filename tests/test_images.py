@@ -10,21 +10,24 @@ import itertools
 import json
 import subprocess
 import tarfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import docker.errors
 import pytest
 
 from airgap.client.engine import Engine
-from airgap.client.images import withhold_last
+from airgap.client.images import load_images, withhold_last
 from airgap.client.saved import SavedArchive
 from airgap.shared import minisign
 from airgap.shared.bundle import sign_manifest
-from airgap.shared.errors import PlaintextHashError
+from airgap.shared.errors import EngineError, PlaintextHashError
 from airgap.shared.manifest import Manifest
 from tests.conftest import (
     DockerEngine,
@@ -300,6 +303,42 @@ def test_withhold_last_keeps_the_end_from_a_source_that_fails() -> None:
     assert seen == [b"a", b"b"]
     assert list(withhold_last(iter([b"a", b"b"]))) == [b"a", b"b"]
     assert list(withhold_last(iter([]))) == []
+
+
+def test_an_engine_failing_mid_load_stops_the_decode_before_its_caller_closes_it() -> None:
+    """The engine gives up after one piece: its error comes through, and the decode's threads
+    are stopped before fetch closes the decode (a running generator cannot be closed)."""
+
+    def decode() -> Iterator[bytes]:
+        while True:
+            time.sleep(0.001)  # busy inside the generator, as hashing and decrypting keep it
+            yield b"x" * 1024
+
+    class FailingEngine:
+        def image_id(self, ref: str) -> None:
+            return None
+
+        def containerd_store(self) -> bool:
+            return False
+
+        def load(self, chunks: Any, *, size: int | None = None) -> list[str]:
+            next(iter(chunks))
+            raise EngineError("docker load: the engine gave up")
+
+    manifest = SimpleNamespace(
+        images=[SimpleNamespace(refs=("app:1",), id="sha256:" + "1" * 64)],
+        omitted=(),
+        plaintext_size=1 << 30,
+    )
+    before = threading.active_count()
+    plaintext = decode()
+    with pytest.raises(EngineError, match="gave up") as raised:
+        load_images(plaintext, manifest, FailingEngine())  # type: ignore[arg-type]
+    # fetch closes the decode while the error, and so its traceback, is still in hand
+    assert raised.traceback
+    time.sleep(0.05)
+    plaintext.close()
+    assert threading.active_count() == before
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
