@@ -304,6 +304,10 @@ class _SpooledUpload(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
+        if self._at < self._held:
+            # The new encoding ended short of what the interrupted one spooled: the spool's
+            # tail is not part of it, so none of it goes up (the caller reports the mismatch).
+            self.uploader.abort()
         self._file.close()
         self.uploader.finished.set()
         self.uploader.wake()

@@ -111,3 +111,20 @@ def test_an_unvouched_upload_hashes_what_it_sends_for_the_check(tmp_path: Path) 
         out.write(DATA)
     assert remote.asked == ["p.part"]
     assert (remote.root / "p.part").read_bytes() == DATA
+
+
+def test_a_continued_write_shorter_than_the_spool_sends_none_of_the_old_tail(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the uploader went on into the old tail, the HASH check failed six
+    times over, and a TransferError hid the mismatch the sender acts on."""
+    spooled, remote = _hashing(tmp_path)
+    (tmp_path / "spool" / "p.part").write_bytes(DATA)  # the interrupted, longer encoding
+    shorter = DATA[: 2 << 20]
+    with spooled.vouched_writer("p.part", continuing=True) as out:
+        out.write(shorter)
+        out.vouch(SHA256(shorter).hexdigest())
+    assert remote.asked == []  # nothing checked, nothing retried
+    held = remote.root / "p.part"
+    assert not held.exists() or DATA.startswith(held.read_bytes())
+    assert not held.exists() or held.stat().st_size <= len(shorter)
