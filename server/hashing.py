@@ -29,14 +29,15 @@ def _key(info: os.stat_result, start: int, stop: int) -> _Key:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, start, stop)
 
 
-def _sha256(handle: BinaryIO, start: int, stop: int) -> str:
-    """Read bytes start..stop-1 and hash them: the only place a digest costs a read."""
+def _sha256(handle: BinaryIO, start: int, stop: int) -> tuple[str, bool]:
+    """Read bytes start..stop-1 and hash them: the only place a digest costs a read. Also
+    whether every byte was there (a file cut meanwhile ends the read early)."""
     handle.seek(start)
     sha, left = hashlib.sha256(), stop - start
     while left > 0 and (chunk := handle.read(min(CHUNK, left))):
         sha.update(chunk)
         left -= len(chunk)
-    return sha.hexdigest()
+    return sha.hexdigest(), left == 0
 
 
 class HashCache:
@@ -44,6 +45,7 @@ class HashCache:
         self.capacity = capacity
         self._entries: OrderedDict[_Key, str] = OrderedDict()
         self._reading: dict[_Key, threading.Event] = {}  # ranges being hashed right now
+        self._generation: dict[tuple[int, int], int] = {}  # (dev, inode): uploads opened it
         self._lock = threading.Lock()
 
     def digest(self, path: Path, start: int = 0, end: int | None = None) -> tuple[str, int, int]:
@@ -56,6 +58,9 @@ class HashCache:
         self, handle: BinaryIO, start: int = 0, end: int | None = None
     ) -> tuple[str, int, int]:
         """:meth:`digest` of a file already open (by whatever name it has now)."""
+        node = os.fstat(handle.fileno())
+        with self._lock:  # before the stat that makes the key: any upload after it shows
+            generation = self._generation.get((node.st_dev, node.st_ino), 0)
         info = os.fstat(handle.fileno())
         stop = info.st_size if end is None else min(end, info.st_size)
         if start > stop:
@@ -73,8 +78,10 @@ class HashCache:
                     break
             other.wait()  # then the cache has it, unless the file changed meanwhile
         try:
-            hexdigest = _sha256(handle, start, stop)
-            if _key(os.fstat(handle.fileno()), start, stop) == key:  # unchanged meanwhile
+            hexdigest, whole = _sha256(handle, start, stop)
+            with self._lock:  # kept only if no upload opened the file meanwhile, and it held
+                unchanged = self._generation.get(key[:2], 0) == generation  # every byte
+            if whole and unchanged and _key(os.fstat(handle.fileno()), start, stop) == key:
                 self._put(key, hexdigest)
         finally:
             with self._lock:
@@ -83,8 +90,12 @@ class HashCache:
         return hexdigest, start, stop
 
     def forget(self, info: os.stat_result) -> None:
-        """Drop every entry of this file (by inode): it is about to be written."""
+        """Drop every entry of this file (by inode): it is about to be written. A read of it
+        already under way then keeps its digest to itself, even if the file ends up with the
+        same size and mtime (a rewrite within one clock tick)."""
         with self._lock:
+            node = (info.st_dev, info.st_ino)
+            self._generation[node] = self._generation.get(node, 0) + 1
             for key in [k for k in self._entries if k[:2] == (info.st_dev, info.st_ino)]:
                 del self._entries[key]
 

@@ -184,3 +184,21 @@ def test_a_payload_changed_after_upload_is_quarantined(serve, tmp_path, keyset):
     assert "sha256" in (held / "reason.txt").read_text()
     assert not any((server.root / "pub/outgoing").iterdir())
     assert wait_for(lambda: reads(server, payload)), "the changed payload was not hashed again"
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_hashed_afresh(serve):
+    """A new upload drops what the cache knew of the file: a rewrite of the same size within
+    one clock tick (made here by setting the old mtime back) must not find the old digest."""
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    client = server.ftp("sender")
+    first, second = os.urandom(MiB), os.urandom(MiB)
+    stor(client, "t.bin", first)
+    assert hash_of(client, "t.bin") == sha256(first)
+    path = server.root / "pub/incoming/sender/t.bin"
+    before = path.stat()
+    half = MiB // 2
+    stor(client, "t.bin", second[half:], rest=half)  # cut at half, rewritten to the same size
+    assert wait_for(lambda: len(audited(server, "upload-completed", "t.bin")) == 2)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == MiB
+    assert hash_of(client, "t.bin") == sha256(first[:half] + second[half:])
