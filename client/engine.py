@@ -90,7 +90,8 @@ class Engine:
         With ``size``, the exact byte count of the stream, the body goes out as it comes with
         a Content-Length. Without it the SDK frames each piece for chunked encoding, copying it
         once more: 0.45 CPU-s a 1.3 GB load here, on the two cores that decrypt and decompress.
-        A stream that ends short of ``size`` fails the load, as a broken chunked one does.
+        ``size`` must be exact: the caller's decode refuses more bytes, and ends in an error
+        (which breaks off the upload, so the engine loads nothing) rather than with fewer.
         """
         api = self._client.api
         loaded: list[str] = []

@@ -72,7 +72,6 @@ class _PinnedTLS(ftplib.FTP_TLS):
         self, cmd: str, rest: int | str | None = None
     ) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        _no_delay(conn)
         if self._prot_p:  # type: ignore[attr-defined]
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
@@ -277,6 +276,8 @@ class FtpTransport:
 class _DataReader(io.RawIOBase):
     def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
         self._owner, self._conn, self._name = owner, conn, name
+        self._error: OSError | None = None  # met after some bytes: raised by the next call
+        _no_delay(conn)
 
     def readable(self) -> bool:
         return True
@@ -288,10 +289,13 @@ class _DataReader(io.RawIOBase):
         filled = 0
         while filled < len(view):
             try:
+                if self._error is not None:
+                    raise self._error
                 got = self._conn.recv_into(view[filled:])
             except OSError as exc:
                 if filled:
-                    return filled  # the next call meets the error again, and reports it
+                    self._error = exc  # the bytes first; the next call reports the error
+                    return filled
                 self._owner._drop()
                 raise TransferError(f"downloading {self._name}: {exc}") from exc
             if not got:
@@ -309,6 +313,7 @@ class _DataReader(io.RawIOBase):
 class _DataWriter(io.RawIOBase):
     def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
         self._owner, self._conn, self._name = owner, conn, name
+        _no_delay(conn)
 
     def writable(self) -> bool:
         return True
