@@ -100,20 +100,21 @@ class UploadCommands(Session):
         relative = os.path.relpath(file, services.layout.root)
         event = "upload-completed" if complete else "upload-incomplete"
 
-        # Opened here, on the loop, as the upload ends: a client may rename the file before a
-        # worker gets to it, and the record must still be made (of the file, whatever its name).
+        # Opened and sized here, on the loop, as the upload ends: a client may rename the file,
+        # or resume it, before a worker gets to it, and the record is of what this upload left.
         try:
-            handle = os.fdopen(os.open(file, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
             logger.warning("after upload of %s: %r", relative, exc)
             self._check_bundle_of(file)
             return
+        handle = os.fdopen(fd, "rb")
+        size = os.fstat(fd).st_size
 
         def work() -> None:
             # "completed" only means the socket closed cleanly; the bundle check decides.
             with handle:
-                size = os.fstat(handle.fileno()).st_size
-                digest, _, _ = services.hashes.digest_of(handle)
+                digest, _, _ = services.hashes.digest_of(handle, 0, size)
             services.audit.record(event, ip=ip, user=user, file=relative, bytes=size, sha256=digest)
 
         def then(future: Future[None]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import io
 import json
 import os
 import time
@@ -202,3 +203,33 @@ def test_a_rewrite_that_keeps_size_and_mtime_is_hashed_afresh(serve):
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == MiB
     assert hash_of(client, "t.bin") == sha256(first[:half] + second[half:])
+
+
+SLOW_FIRST_DIGEST = """
+import time
+from airgap.server import hashing
+
+_digest, _first = hashing.HashCache.digest_of, [True]
+
+def _slow(self, handle, start=0, end=None):
+    if _first:
+        _first.pop()
+        time.sleep(1.5)  # the worker is late: the client resumes the file meanwhile
+    return _digest(self, handle, start, end)
+
+hashing.HashCache.digest_of = _slow
+"""
+
+
+def test_the_audit_record_is_of_what_the_upload_left_even_if_resumed_before_it_is_hashed(serve):
+    server = serve("--tls", "off", prelude=SLOW_FIRST_DIGEST)
+    client = server.ftp("sender")
+    first, more = os.urandom(MiB), os.urandom(MiB // 2)
+    stor(client, "a.bin", first)
+    client.storbinary("APPE a.bin", io.BytesIO(more))
+    assert wait_for(lambda: len(audited(server, "upload-completed", "a.bin")) == 2)
+    records = sorted(audited(server, "upload-completed", "a.bin"), key=lambda r: r["bytes"])
+    assert [(r["bytes"], r["sha256"]) for r in records] == [
+        (len(first), sha256(first)),
+        (len(first) + len(more), sha256(first + more)),
+    ]
