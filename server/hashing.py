@@ -96,7 +96,7 @@ class HashCache:
         with self._lock:
             node = (info.st_dev, info.st_ino)
             self._generation[node] = self._generation.get(node, 0) + 1
-            for key in [k for k in self._entries if k[:2] == (info.st_dev, info.st_ino)]:
+            for key in [k for k in self._entries if k[:2] == node]:
                 del self._entries[key]
 
     def _put(self, key: _Key, hexdigest: str) -> None:
