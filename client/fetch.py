@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from airgap.shared.errors import (
     MissingLayersError,
     PayloadSizeError,
     ReplayError,
+    SegmentHashError,
     SignatureError,
     UsageError,
     VerificationError,
@@ -122,7 +123,7 @@ def plaintext_of(
     transport: Transport, manifest: Manifest, identities: Sequence[age.Identity]
 ) -> Generator[bytes, None, None]:
     _check_size(transport, manifest)
-    with transport.reader(manifest.payload.name) as handle:
+    with _verified_kept(transport, manifest), transport.reader(manifest.payload.name) as handle:
         segments = verified_segments(handle.readinto, manifest.payload)
         yield from decode(segments, manifest, identities)
 
@@ -130,9 +131,23 @@ def plaintext_of(
 def payload_only(transport: Transport, manifest: Manifest) -> None:
     """Size and every segment hash, without a key to decrypt."""
     _check_size(transport, manifest)
-    with transport.reader(manifest.payload.name) as handle:
+    with _verified_kept(transport, manifest), transport.reader(manifest.payload.name) as handle:
         for _ in verified_segments(handle.readinto, manifest.payload):
             pass
+
+
+@contextmanager
+def _verified_kept(transport: Transport, manifest: Manifest) -> Iterator[None]:
+    """A segment that fails its hash leaves in the spool only the segments verified before it:
+    the next run downloads that one again (the drop box's copy may have been put right since),
+    and none of those."""
+    try:
+        yield
+    except SegmentHashError as exc:
+        if isinstance(transport, SpooledTransport):
+            keep = exc.segment * manifest.payload.segment_size
+            transport.forget(manifest.payload.name, keep=keep)
+        raise
 
 
 def fetch_bundles(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
 
 from airgap.client.transport import PARTIAL_SUFFIX, Transport
@@ -48,7 +49,7 @@ def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
     for delay in [*backoff.delays(), None]:
         try:
             return action()
-        except LoginError:
+        except (LoginError, UploadRefused):
             raise
         except TransferError as exc:
             if delay is None:
@@ -116,9 +117,20 @@ class SpooledTransport:
     def close(self) -> None:
         self.remote.close()
 
-    def forget(self, name: str) -> None:
-        """Drop the spooled copy of ``name`` (its bundle is imported or kept elsewhere)."""
-        (self.spool / name).unlink(missing_ok=True)
+    def forget(self, name: str, *, keep: int = 0) -> None:
+        """Drop the spooled copy of ``name`` (its bundle is imported or kept elsewhere), or
+        what it holds past its first ``keep`` bytes (verified ones, before a part that failed:
+        the next download asks the server for the rest again)."""
+        path = self.spool / name
+        try:
+            if not keep:
+                path.unlink(missing_ok=True)
+            elif path.stat().st_size > keep:
+                os.truncate(path, keep)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
 
     def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
         size = self.size(name)
@@ -237,12 +249,28 @@ class ContinueMismatch(StorageError):
     """The bytes encoded again differ from those an interrupted send left in the spool."""
 
 
+class UploadRefused(TransferError):
+    """An upload that trying again cannot mend: not retried."""
+
+
 class VouchedWriter(io.BufferedWriter):
-    """See :meth:`SpooledTransport.vouched_writer`."""
+    """See :meth:`SpooledTransport.vouched_writer`. Left by an exception, it stops uploading at
+    once (the spool keeps what was written, for a rerun); closed without :meth:`vouch`, it
+    refuses to finish the upload."""
 
     def vouch(self, sha256: str) -> None:
         """The sha256 of everything written, known to the caller: call it before closing."""
         cast(_SpooledUpload, self.raw).uploader.vouched = sha256
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            cast(_SpooledUpload, self.raw).uploader.abort()
+        super().__exit__(exc_type, exc, traceback)
 
 
 class _SpooledUpload(io.RawIOBase):
@@ -340,6 +368,7 @@ class _Uploader:
         self._aborted = threading.Event()
         self._grown = threading.Condition()
         self._failure: BaseException | None = None
+        self._mismatches = 0
 
     def abort(self) -> None:
         """Stop uploading at once: what the file holds is not to be sent."""
@@ -390,8 +419,10 @@ class _Uploader:
                 else:
                     with self._grown:
                         self._grown.wait(0.2)
+        if self._vouching and self.vouched is None:
+            raise UploadRefused(f"uploading {self.name}: closed before its sha256 was given")
         expected = digest.hexdigest() if digest is not None else self.vouched
-        if server and expected is not None:  # None: the writer failed before it vouched
+        if server and expected is not None:
             self._check_hash(server, expected)
         if self.final:
             remote.rename(self.partial, self.final)
@@ -414,7 +445,14 @@ class _Uploader:
         got = server.hash(self.partial)
         if got is not None and got != expected:
             self.owner.remote.delete(self.partial)
-            raise TransferError(f"uploading {self.name}: the server's HASH differs from ours")
+            self._mismatches += 1
+            message = f"uploading {self.name}: the server's HASH differs from ours"
+            if self._mismatches == 1:
+                raise TransferError(message)  # uploaded again from the start, once
+            raise UploadRefused(
+                f"{message}, twice",
+                hint="the drop box's disk, or something between, alters what it receives",
+            )
 
 
 @runtime_checkable

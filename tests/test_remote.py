@@ -250,3 +250,41 @@ def test_fetch_killed_mid_download_resumes_from_its_spool(keydir: Path, tmp_path
         rests = [int(n) for n in re.findall(r'"REST (\d+)"', log)]
         assert rests and max(rests) >= held  # the rerun asked only for what the spool lacked
         assert spooled() == 0  # the spool is dropped once the bundle is imported
+
+
+@needs_vsftpd
+def test_a_spooled_segment_that_fails_its_hash_is_fetched_again_next_time(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """A payload tampered on the server, then put right: the rerun must not trust the bad
+    bytes its spool kept, nor download again the segments that were verified before them."""
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(40 << 20))  # three 16 MiB segments after compression
+    with vsftpd.running(tmp_path / "ftp", max_rate=0) as ftp:
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        send = ["send", "--file", payload, "--server", url, "-R", keydir / "recipient.txt"]
+        sent = run_airgap(
+            [*send, "--sign-key", keydir / "signing.key"], env=_env(tmp_path, ftp.password)
+        )
+        assert sent.returncode == 0, sent.stderr
+        (stored,) = Path(ftp.home).glob("*.tar.zst.age")
+        good = stored.read_bytes()
+        bad = bytearray(good)
+        bad[(16 << 20) + 1000] ^= 0x40  # in segment 1
+        stored.write_bytes(bytes(bad))
+        fetch = ["fetch", "--server", url, "-i", str(keydir / "identity.txt")]
+        fetch += ["--trust", str(keydir / "signing.pub"), "--output-dir", str(tmp_path / "out")]
+        fetch += ["--state-dir", str(tmp_path / "state")]
+        refused = run_airgap(fetch, env=_env(tmp_path, ftp.password))
+        assert refused.returncode == 3, refused.stderr
+        assert "segment 1 does not match" in refused.stderr
+        assert not (tmp_path / "out" / "big.bin").exists()
+        log = tmp_path / "ftp" / "vsftpd.log"
+        before = len(log.read_text())
+
+        stored.write_bytes(good)  # the drop box's keeper puts it right
+        again = run_airgap(fetch, env=_env(tmp_path, ftp.password))
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "out" / "big.bin").read_bytes() == payload.read_bytes()
+        rests = [int(n) for n in re.findall(r'"REST (\d+)"', log.read_text()[before:])]
+        assert rests == [16 << 20]  # from the segment that failed, not from the start

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap.client.spool import Backoff, ContinueMismatch, SpooledTransport
+from airgap.client.spool import Backoff, ContinueMismatch, SpooledTransport, UploadRefused
 from airgap.client.transport import DirectoryTransport
 from airgap.shared.errors import TransferError
 
@@ -29,6 +29,7 @@ def test_a_continued_write_checks_the_spooled_prefix_and_uploads_the_rest(tmp_pa
     with spooled.vouched_writer("p.part", continuing=True) as out:
         for start in range(0, len(DATA), 100_000):
             out.write(DATA[start : start + 100_000])
+        out.vouch(SHA256(DATA).hexdigest())
     assert (tmp_path / "spool" / "p.part").read_bytes() == DATA
     assert (remote / "p.part").read_bytes() == DATA
     assert spooled.sent == len(DATA) - 12345  # only what the server lacked
@@ -102,7 +103,27 @@ def test_a_vouched_upload_whose_server_copy_differs_is_refused_and_removed(tmp_p
     with pytest.raises(TransferError, match="HASH differs"):
         out.close()
     assert not (remote.root / "p.part").exists()
-    assert len(remote.asked) == Backoff().attempts  # each attempt uploaded and asked again
+    assert len(remote.asked) == 2  # uploaded again once, then given up: a third try won't mend it
+
+
+def test_a_writer_left_by_an_exception_stops_uploading_and_keeps_its_spool(
+    tmp_path: Path,
+) -> None:
+    spooled, remote = _hashing(tmp_path)
+    with pytest.raises(KeyboardInterrupt), spooled.vouched_writer("p.part") as out:
+        out.write(DATA)
+        raise KeyboardInterrupt  # no TransferError in its place, no HASH check, no wait
+    assert (tmp_path / "spool" / "p.part").read_bytes() == DATA
+    assert remote.asked == []
+
+
+def test_a_vouched_writer_closed_without_its_sha256_finishes_nothing(tmp_path: Path) -> None:
+    spooled, remote = _hashing(tmp_path)
+    out = spooled.vouched_writer("p.part")
+    out.write(DATA)
+    with pytest.raises(UploadRefused, match="before its sha256 was given"):
+        out.close()
+    assert remote.asked == []
 
 
 def test_an_unvouched_upload_hashes_what_it_sends_for_the_check(tmp_path: Path) -> None:
