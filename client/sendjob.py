@@ -27,7 +27,13 @@ from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
 from airgap.client.unfinished import Recipe, begin, find, is_stand_in, key_of, recipe_of
 from airgap.shared import age, minisign
 from airgap.shared.bundle import EncodeOptions
-from airgap.shared.errors import AirgapError, StorageError, TransferError, UsageError
+from airgap.shared.errors import (
+    AirgapError,
+    Interrupted,
+    StorageError,
+    TransferError,
+    UsageError,
+)
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import Manifest, payload_name
 
@@ -138,13 +144,24 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
         raise
     except TransferError as exc:
         if spool is not None:
-            exc.hint = f"run the same command again (or airgap send --resume {begun.bundle_id})"
+            exc.hint = _continue_hint(begun.bundle_id)
         raise
+    except KeyboardInterrupt as exc:
+        if spool is None:
+            raise
+        raise Interrupted("interrupted", hint=_continue_hint(begun.bundle_id)) from exc
     finally:
         transport.close()
     if spool:
         forget_spool(spool)
     return manifest, transport
+
+
+def _continue_hint(bundle_id: str) -> str:
+    return (
+        f"run the same command again (or airgap send --resume {bundle_id}); "
+        f"airgap spool drop {bundle_id} gives it up"
+    )
 
 
 def finish(bundle_id: str, place: Place, ledgers: Path) -> tuple[Manifest, Transport]:

@@ -3,7 +3,7 @@
 Importing the command modules registers their commands on the one typer app.
 """
 
-from airgap.client.cli import keys, ledger, server, transfer  # noqa: F401  (register commands)
+from airgap.client.cli import keys, ledger, server, spool, transfer  # noqa: F401  (register commands)
 from airgap.client.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -1,0 +1,130 @@
+"""What the spools hold: unfinished sends and partial downloads, to list and to drop.
+
+An interrupted ``airgap send`` to a drop box keeps its spool (``send/ID``: the record of the
+send, the age file key, the payload so far) until the same command finishes it; a download
+keeps what it got (``fetch/PLACE/ID.tar.zst.age``) until its bundle is imported. Neither
+expires on its own: one given up for good stays until it is dropped here. Nothing here talks
+to a server or an engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airgap.client.unfinished import LOCK, claim, recipe_of
+from airgap.shared.errors import StorageError, UsageError
+from airgap.shared.ids import ID_LENGTH, is_bundle_id, made_at
+from airgap.shared.manifest import payload_name
+
+
+@dataclass(frozen=True)
+class Held:
+    """One unfinished send (``kind`` "send") or partial download ("fetch") in the spool."""
+
+    bundle_id: str
+    kind: str
+    path: Path
+    size: int
+    destination: str = ""  # a send's drop box, as its record names it
+    content: tuple[str, ...] = ()  # a send's images or files
+    busy: bool = False  # an airgap is sending it right now
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromtimestamp(made_at(self.bundle_id), UTC)
+
+
+def held(cache: Path) -> list[Held]:
+    """Everything the spools under ``cache`` hold, oldest first."""
+    found = [*_sends(cache / "send"), *_downloads(cache / "fetch")]
+    return sorted(found, key=lambda h: (h.bundle_id, h.kind))
+
+
+def drop(cache: Path, bundle_id: str) -> list[Held]:
+    """Remove what the spools hold of ``bundle_id``; refuses a send that is running."""
+    if not is_bundle_id(bundle_id):
+        raise UsageError(f"{bundle_id!r} is not a bundle id", hint="airgap spool show lists them")
+    chosen = [h for h in held(cache) if h.bundle_id == bundle_id]
+    if not chosen:
+        raise UsageError(f"the spool holds nothing of bundle {bundle_id}")
+    for item in chosen:
+        if item.kind == "send":
+            if not claim(item.path):  # held from here on: no airgap starts on it meanwhile
+                raise StorageError(
+                    f"bundle {bundle_id} is being sent right now; not dropping its spool",
+                    hint="stop that airgap send first",
+                )
+            shutil.rmtree(item.path, ignore_errors=True)
+        else:
+            item.path.unlink(missing_ok=True)
+    return chosen
+
+
+def _sends(root: Path) -> list[Held]:
+    found = []
+    for folder in _entries(root):
+        if not folder.is_dir() or not is_bundle_id(folder.name):
+            continue
+        try:
+            recipe = recipe_of(folder)
+        except StorageError:
+            recipe = None  # unreadable: still listed, so that it can be dropped
+        content = (*recipe.images, *recipe.files) if recipe else ()
+        destination = recipe.destination if recipe else "?"
+        found.append(
+            Held(folder.name, "send", folder, _size(folder), destination, content, _busy(folder))
+        )
+    return found
+
+
+def _downloads(root: Path) -> list[Held]:
+    found = []
+    for place in _entries(root):
+        for path in _entries(place):
+            bundle_id = _payload_id(path.name)
+            if bundle_id and path.is_file():
+                found.append(Held(bundle_id, "fetch", path, _size(path)))
+    return found
+
+
+def _payload_id(name: str) -> str | None:
+    bundle_id = name[:ID_LENGTH]
+    if not is_bundle_id(bundle_id):
+        return None
+    names = (payload_name(bundle_id, encrypted=True), payload_name(bundle_id, encrypted=False))
+    return bundle_id if name in names else None
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise StorageError(f"spool {folder}: {exc.strerror or exc}") from exc
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _busy(folder: Path) -> bool:
+    """True when another airgap holds the send's lock (this one takes and gives it back)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR)
+    except OSError:
+        return False  # no lock file: nobody ever held it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock, if it was taken
+    return False

@@ -1,0 +1,115 @@
+"""``airgap spool show|drop``: a send killed mid-upload to a real vsftpd, listed, then given up;
+a partial download beside it; a running send that drop refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from airgap.client import spools
+from airgap.client.unfinished import Recipe, begin
+from airgap.shared.errors import StorageError, UsageError
+from airgap.shared.ids import made_at, new_bundle_id
+from tests import vsftpd
+from tests.conftest import run_airgap, spawn_airgap
+from tests.test_remote import _env, _wait_for, needs_vsftpd
+
+
+def test_a_bundle_id_tells_when_it_was_made() -> None:
+    assert made_at(new_bundle_id(now=1_700_000_000.123)) == pytest.approx(1_700_000_000.123)
+
+
+def test_listing_and_dropping_sends_and_downloads(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    sent, fetched = new_bundle_id(now=1_700_000_000), new_bundle_id(now=1_700_000_001)
+    recipe = Recipe("ftp://sender@127.0.0.1:2121/", ("age1x",), 1, images=("app:1.0",))
+    begin(cache / "send" / sent, recipe, None)  # holds its lock, as a running send does
+    (cache / "send" / sent / f"{sent}.tar.zst.age.part").write_bytes(b"x" * 1000)
+    download = cache / "fetch" / "0123456789abcdef" / f"{fetched}.tar.zst"
+    download.parent.mkdir(parents=True)
+    download.write_bytes(b"y" * 500)
+    (download.parent / "notes.txt").write_text("not a payload")
+
+    found = spools.held(cache)
+    assert [(h.bundle_id, h.kind) for h in found] == [(sent, "send"), (fetched, "fetch")]
+    assert found[0].content == ("app:1.0",) and found[0].destination == recipe.destination
+    assert found[0].busy  # this process holds it
+    assert found[0].size >= 1000 and found[1].size == 500
+
+    with pytest.raises(StorageError, match="being sent right now"):
+        spools.drop(cache, sent)
+    with pytest.raises(UsageError, match="nothing of bundle"):
+        spools.drop(cache, new_bundle_id())
+    with pytest.raises(UsageError, match="not a bundle id"):
+        spools.drop(cache, "../etc")
+    assert [h.path for h in spools.drop(cache, fetched)] == [download]
+    assert not download.exists() and (download.parent / "notes.txt").exists()
+
+
+@needs_vsftpd
+def test_a_send_killed_mid_upload_is_listed_then_dropped(keydir: Path, tmp_path: Path) -> None:
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(24 << 20))
+    with vsftpd.running(tmp_path / "ftp", max_rate=4 << 20) as ftp:
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        env = _env(tmp_path, ftp.password)
+        send = ["send", "--file", payload, "--server", url, "-R", keydir / "recipient.txt"]
+        send += ["--sign-key", keydir / "signing.key", "--json"]
+        sending = spawn_airgap(send, env=env)
+        spool = tmp_path / "cache" / "airgap" / "send"
+        _wait_for(lambda: any(Path(ftp.home).glob("*.part")), "the upload to start")
+
+        busy = run_airgap(["spool", "show", "--json"], env=env)
+        (item,) = json.loads(busy.stdout)["held"]
+        assert item["kind"] == "send" and item["busy"] is True
+        refused = run_airgap(["spool", "drop", item["id"]], env=env)
+        assert refused.returncode == 1 and "being sent right now" in refused.stderr
+
+        sending.send_signal(signal.SIGKILL)
+        sending.communicate(timeout=30)
+        shown = run_airgap(["spool", "show"], env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"{item['id']}  send  ")
+        assert f"{payload} to {url}" in shown.stdout
+        assert "sending now" not in shown.stdout
+        assert (spool / item["id"] / "payload.key").exists()
+
+        dropped = run_airgap(["spool", "drop", item["id"]], env=env)
+        assert dropped.returncode == 0, dropped.stderr
+        assert f"dropped {item['id']}" in dropped.stderr
+        assert not (spool / item["id"]).exists()
+        assert json.loads(run_airgap(["spool", "show", "--json"], env=env).stdout)["held"] == []
+
+        again = run_airgap(send, env=env)  # a new bundle, not the dropped one continued
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["id"] != item["id"]
+
+
+@needs_vsftpd
+def test_an_interrupted_send_stops_uploading_at_once(keydir: Path, tmp_path: Path) -> None:
+    """Ctrl-C while still encoding, the upload far behind: exit 130 without first uploading
+    what the spool holds (a rerun continues it: tests/test_remote.py)."""
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(32 << 20))
+    with vsftpd.running(tmp_path / "ftp", max_rate=1 << 20) as ftp:
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        env = _env(tmp_path, ftp.password)
+        send = ["send", "--file", payload, "--server", url, "-R", keydir / "recipient.txt"]
+        send += ["--sign-key", keydir / "signing.key", "--level", "19"]  # a slow encoding
+        sending = spawn_airgap(send, env=env)
+        spool = tmp_path / "cache" / "airgap" / "send"
+
+        def spooled() -> int:
+            return sum(p.stat().st_size for p in spool.rglob("*.part")) if spool.exists() else 0
+
+        _wait_for(lambda: spooled() >= 16 << 20, "the spool to run ahead of the upload")
+        sending.send_signal(signal.SIGINT)
+        _, err = sending.communicate(timeout=120)
+        assert sending.returncode == 130, err
+        assert b"interrupted" in err and b"airgap spool drop" in err
+        (partial,) = Path(ftp.home).glob("*.part")
+        assert partial.stat().st_size < spooled() - (4 << 20)  # it stopped, far behind
