@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from typing import IO
 
 from airgap.client.saved import MANIFEST_JSON, with_pax
-from airgap.client.thin import BLOCK, EXTENSIONS, ChunkReader, extended, header_of
+from airgap.client.thin import BLOCK, EXTENSIONS, ChunkReader, extended, header_of, spilling
 from airgap.shared.errors import EngineError
 
 _KEEP = 1 << 20  # configs and manifest.json are kept up to this size
@@ -110,10 +110,11 @@ def spool_layers(
         if diff_id is None or not info.isreg() or diff_id in found:
             reader.skip(padded)
             continue
-        digest, held = hashlib.sha256(), spill()
-        for piece in reader.pieces(info.size):
-            digest.update(piece)
-            held.write(piece)
+        with spilling():
+            digest, held = hashlib.sha256(), spill()
+            for piece in reader.pieces(info.size):
+                digest.update(piece)
+                held.write(piece)
         reader.skip(padded - info.size)
         if "sha256:" + digest.hexdigest() == diff_id:
             found[diff_id] = (info.size, held)

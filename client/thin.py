@@ -17,16 +17,18 @@ cannot be shown to be an omitted layer is sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import posixpath
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from airgap.client.saved import blob_digest, pax_records, with_pax
-from airgap.shared.errors import EngineError
+from airgap.shared.errors import EngineError, StorageError
 
 BLOCK = tarfile.BLOCKSIZE
 _LEGACY_LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")
@@ -147,7 +149,7 @@ def _hashed(
 ) -> Iterator[bytes]:
     """A legacy layer file: hashed into a spill file, then dropped or sent from there."""
     digest = hashlib.sha256()
-    with spill() as held:
+    with spilling(), spill() as held:
         for piece in reader.pieces(size):
             digest.update(piece)
             held.write(piece)
@@ -161,6 +163,19 @@ def _hashed(
         while piece := held.read(_PIECE):
             yield piece
         yield padding
+
+
+@contextlib.contextmanager
+def spilling() -> Iterator[None]:
+    """Around the temporary files that layers pass through ($TMPDIR): a full or unwritable
+    disk there is for the user to fix, and the error says where."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"a temporary file for a layer, in {tempfile.gettempdir()}: {exc.strerror or exc}",
+            hint="free space there, or set TMPDIR to a disk with room for the largest layer",
+        ) from exc
 
 
 class ChunkReader:

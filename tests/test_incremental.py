@@ -335,3 +335,34 @@ def test_a_thin_bundle_loads_on_another_kind_of_engine(
             assert _runs(receiver, made.ref(2)) == expected
         finally:
             _remove(receiver.client, made.repo)
+
+
+def test_a_full_tmpdir_in_a_thin_legacy_send_is_named_and_leaves_nothing_behind(
+    docker_client: Any, keydir: Path, tmp_path: Path
+) -> None:
+    """A legacy archive's layer files pass through $TMPDIR to be hashed: a full one is the
+    user's to fix, so the error says where (it was an "internal error"); the drop stays clean."""
+    if int(docker_client.version()["Version"].split(".")[0]) >= 25:
+        pytest.skip("this engine writes the OCI layout: layers are dropped by name, not hashed")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tiny)], check=True)
+    try:
+        with chain_on(docker_client, tmp_path, (1 << 20, 1 << 20)) as made:
+            side = Side(keydir, tmp_path, DockerEngine("default", docker_client))
+            side.send(made.ref(1))
+            before = sorted(p.name for p in side.drop.iterdir())
+            args = ["send", made.ref(2), "--to", side.drop, "-R", keydir / "recipient.txt"]
+            args += ["--sign-key", keydir / "signing.key", "--json"]
+            full = run_airgap(args, env={**side.env("sender"), "TMPDIR": str(tiny)})
+            assert full.returncode == 1, full.stderr
+            assert f"a temporary file for a layer, in {tiny}: No space left" in full.stderr
+            assert "TMPDIR" in full.stderr and "internal error" not in full.stderr
+            assert sorted(p.name for p in side.drop.iterdir()) == before
+            sent = run_airgap(args, env=side.env("sender"))
+            assert sent.returncode == 0, sent.stderr
+            assert _omitted(side, json.loads(sent.stdout)["id"])  # thin, as it should be
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)

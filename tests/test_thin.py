@@ -3,12 +3,14 @@ and spliced back where an engine insists on every file."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
 import pytest
@@ -20,6 +22,7 @@ from airgap.client.saved import LayerFile, SavedArchive
 from airgap.client.sendledger import FarSide
 from airgap.client.splice import spliced, spool_layers
 from airgap.client.thin import BLOCK, Dropped, ThinPlan, thin_archive
+from airgap.shared.errors import StorageError
 from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import ImageEntry
 
@@ -49,12 +52,18 @@ def _names(data: bytes) -> list[str]:
         return tar.getnames()
 
 
-def _cut(data: bytes, plan: ThinPlan, piece: int = 1 << 16) -> tuple[bytes, Dropped, int]:
+def _cut(
+    data: bytes,
+    plan: ThinPlan,
+    piece: int = 1 << 16,
+    spill: Callable[[], IO[bytes]] = tempfile.TemporaryFile,
+) -> tuple[bytes, Dropped, int]:
     dropped, spills = Dropped(), []
+    make = spill
 
     def spill() -> IO[bytes]:
         spills.append(1)
-        return tempfile.TemporaryFile()
+        return make()
 
     chunks: Iterator[bytes] = (data[i : i + piece] for i in range(0, len(data), piece))
     out = b"".join(thin_archive(chunks, plan, spill=spill, dropped=dropped))
@@ -203,6 +212,20 @@ def test_layers_are_spooled_out_of_one_save_only_when_their_hash_matches() -> No
     with held:
         held.seek(0)
         assert size == len(OLD) and held.read() == OLD
+
+
+class _FullDisk(io.BytesIO):
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_temporary_disk_is_named_not_a_bug() -> None:
+    """(A tiny $TMPDIR with a real engine: tests/test_incremental.py.)"""
+    with pytest.raises(StorageError, match=r"temporary file for a layer.*No space left") as info:
+        _cut(LEGACY, ThinPlan(frozenset({OLD_ID})), spill=_FullDisk)
+    assert info.value.hint and "TMPDIR" in info.value.hint
+    with pytest.raises(StorageError, match="No space left"):
+        spool_layers([OCI], [OLD_ID], _FullDisk)
 
 
 def _as_go_writes_big_files(archive: bytes, name: str) -> bytes:
