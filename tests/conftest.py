@@ -49,6 +49,20 @@ def receiving(keydir: Path, state: Path) -> list[str | Path]:
     return ["-i", keydir / "identity.txt", "--trust", keydir / "signing.pub", "--state-dir", state]
 
 
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (as mount takes it: "64k") at ``path``; the test is skipped when
+    not root, as only root may mount."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
 def run_airgap(
     args: Sequence[str | os.PathLike[str]],
     *,

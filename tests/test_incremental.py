@@ -25,7 +25,14 @@ import docker.errors
 import pytest
 
 from airgap.shared.layers import chain_ids
-from tests.conftest import DockerEngine, build_image, connect_engine, engine_hosts, run_airgap
+from tests.conftest import (
+    DockerEngine,
+    build_image,
+    connect_engine,
+    engine_hosts,
+    run_airgap,
+    small_disk,
+)
 from tests.server.conftest import Server, start_server
 
 LAYER = 10 * 1024 * 1024
@@ -344,25 +351,20 @@ def test_a_full_tmpdir_in_a_thin_legacy_send_is_named_and_leaves_nothing_behind(
     user's to fix, so the error says where (it was an "internal error"); the drop stays clean."""
     if int(docker_client.version()["Version"].split(".")[0]) >= 25:
         pytest.skip("this engine writes the OCI layout: layers are dropped by name, not hashed")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tiny tmpfs needs root")
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tiny)], check=True)
-    try:
-        with chain_on(docker_client, tmp_path, (1 << 20, 1 << 20)) as made:
-            side = Side(keydir, tmp_path, DockerEngine("default", docker_client))
-            side.send(made.ref(1))
-            before = sorted(p.name for p in side.drop.iterdir())
-            args = ["send", made.ref(2), "--to", side.drop, "-R", keydir / "recipient.txt"]
-            args += ["--sign-key", keydir / "signing.key", "--json"]
-            full = run_airgap(args, env={**side.env("sender"), "TMPDIR": str(tiny)})
-            assert full.returncode == 1, full.stderr
-            assert f"a temporary file for a layer, in {tiny}: No space left" in full.stderr
-            assert "TMPDIR" in full.stderr and "internal error" not in full.stderr
-            assert sorted(p.name for p in side.drop.iterdir()) == before
-            sent = run_airgap(args, env=side.env("sender"))
-            assert sent.returncode == 0, sent.stderr
-            assert _omitted(side, json.loads(sent.stdout)["id"])  # thin, as it should be
-    finally:
-        subprocess.run(["umount", str(tiny)], check=True)
+    with (
+        small_disk(tmp_path / "tiny", "256k") as tiny,
+        chain_on(docker_client, tmp_path, (1 << 20, 1 << 20)) as made,
+    ):
+        side = Side(keydir, tmp_path, DockerEngine("default", docker_client))
+        side.send(made.ref(1))
+        before = sorted(p.name for p in side.drop.iterdir())
+        args = ["send", made.ref(2), "--to", side.drop, "-R", keydir / "recipient.txt"]
+        args += ["--sign-key", keydir / "signing.key", "--json"]
+        full = run_airgap(args, env={**side.env("sender"), "TMPDIR": str(tiny)})
+        assert full.returncode == 1, full.stderr
+        assert f"a temporary file for a layer, in {tiny}: No space left" in full.stderr
+        assert "TMPDIR" in full.stderr and "internal error" not in full.stderr
+        assert sorted(p.name for p in side.drop.iterdir()) == before
+        sent = run_airgap(args, env=side.env("sender"))
+        assert sent.returncode == 0, sent.stderr
+        assert _omitted(side, json.loads(sent.stdout)["id"])  # thin, as it should be

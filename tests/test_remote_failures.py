@@ -16,7 +16,14 @@ import docker.errors
 import pytest
 
 from tests import vsftpd
-from tests.conftest import DockerEngine, build_image, receiving, run_airgap, spawn_airgap
+from tests.conftest import (
+    DockerEngine,
+    build_image,
+    receiving,
+    run_airgap,
+    small_disk,
+    spawn_airgap,
+)
 from tests.server.conftest import Server, start_server
 from tests.test_remote import _env, _fingerprint, _wait_for
 
@@ -133,12 +140,7 @@ def test_tampering_on_the_server_is_refused_and_nothing_is_loaded(
 def test_a_full_spool_disk_is_a_clear_error_and_the_next_run_works(
     image: Any, appliance: Server, keydir: Path, tmp_path: Path
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    cache = tmp_path / "small-cache"
-    cache.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)], check=True)
-    try:
+    with small_disk(tmp_path / "small-cache", "64k") as cache:
         args = [
             "send",
             TAG,
@@ -155,8 +157,6 @@ def test_a_full_spool_disk_is_a_clear_error_and_the_next_run_works(
         full = run_airgap(args, env=env)
         assert full.returncode == 1, full.stderr
         assert "not enough space" in full.stderr and "Traceback" not in full.stderr
-    finally:
-        subprocess.run(["umount", str(cache)], check=True)
     again = run_airgap(args, env=_env(tmp_path, appliance.password("sender")))
     assert again.returncode == 0, again.stderr
     assert len(list((appliance.root / "pub" / "outgoing").glob("*.minisig"))) == 1

@@ -50,15 +50,22 @@ def test_listing_and_dropping_sends_and_downloads(tmp_path: Path) -> None:
     assert not download.exists() and (download.parent / "notes.txt").exists()
 
 
+def _where(ftp: vsftpd.Vsftpd, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    return f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/", _env(tmp_path, ftp.password)
+
+
+def _send(payload: Path, url: str, keydir: Path, *extra: str) -> list[str | Path]:
+    send: list[str | Path] = ["send", "--file", payload, "--server", url]
+    return [*send, "-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key", *extra]
+
+
 @needs_vsftpd
 def test_a_send_killed_mid_upload_is_listed_then_dropped(keydir: Path, tmp_path: Path) -> None:
     payload = tmp_path / "big.bin"
     payload.write_bytes(os.urandom(24 << 20))
     with vsftpd.running(tmp_path / "ftp", max_rate=4 << 20) as ftp:
-        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
-        env = _env(tmp_path, ftp.password)
-        send = ["send", "--file", payload, "--server", url, "-R", keydir / "recipient.txt"]
-        send += ["--sign-key", keydir / "signing.key", "--json"]
+        url, env = _where(ftp, tmp_path)
+        send = _send(payload, url, keydir, "--json")
         sending = spawn_airgap(send, env=env)
         spool = tmp_path / "cache" / "airgap" / "send"
         _wait_for(lambda: any(Path(ftp.home).glob("*.part")), "the upload to start")
@@ -96,10 +103,8 @@ def test_an_interrupted_send_stops_uploading_at_once(keydir: Path, tmp_path: Pat
     payload = tmp_path / "big.bin"
     payload.write_bytes(os.urandom(32 << 20))
     with vsftpd.running(tmp_path / "ftp", max_rate=1 << 20) as ftp:
-        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
-        env = _env(tmp_path, ftp.password)
-        send = ["send", "--file", payload, "--server", url, "-R", keydir / "recipient.txt"]
-        send += ["--sign-key", keydir / "signing.key", "--level", "19"]  # a slow encoding
+        url, env = _where(ftp, tmp_path)
+        send = _send(payload, url, keydir, "--level", "19")  # a slow encoding
         sending = spawn_airgap(send, env=env)
         spool = tmp_path / "cache" / "airgap" / "send"
 
