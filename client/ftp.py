@@ -4,8 +4,10 @@
 directory (the URL's path): NLST, SIZE, RETR from an offset, STOR from an offset (REST + STOR,
 or APPE where a server refuses REST before STOR), RNFR/RNTO and DELE, plus the HASH extension
 where the server offers it. With ``ftps://`` it speaks explicit TLS (AUTH TLS, PROT P), and a
-pinned SHA-256 certificate fingerprint is checked before the password is sent. Passive mode
-only, and the data address is always the control connection's host, whatever PASV says.
+pinned SHA-256 certificate fingerprint is checked before the password is sent, and again on
+every data connection. Passive mode only, and the data address is always the control
+connection's host, whatever PASV says. Replies and listings are bounded in size and time, and
+one the client cannot parse is a transfer error: the server is not trusted either.
 
 It never retries: deciding what to do after a failure is the caller's business.
 """
@@ -19,6 +21,7 @@ import hmac
 import io
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,10 @@ DEFAULT_TIMEOUT = 60.0
 FILL = 1 << 20
 #: What ftplib raises when the connection, not the server, fails us.
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, EOFError)
+#: The most a reply may hold, all its lines (ftplib caps only each line, at 8 KiB).
+MAX_REPLY = 64 << 10
+#: The most a listing may hold: 16 MiB is ~400,000 bundle file names.
+MAX_LISTING = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,35 @@ class FtpTarget:
         return f"{self.scheme}://{self.user}@{self.host}:{self.port}{self.path}"
 
 
-class _PinnedTLS(ftplib.FTP_TLS):
+class _Bounded(ftplib.FTP):
+    """ftplib with a bound on a reply: at most :data:`MAX_REPLY` bytes, whole within the
+    timeout. ftplib reads the lines of a multi-line reply for as long as they come (a hostile
+    greeting grew a client to 4.8 GB in 12 s, before login or TLS)."""
+
+    def getmultiline(self) -> str:
+        deadline = time.monotonic() + (self.timeout or DEFAULT_TIMEOUT)
+        line = self.getline()
+        if line[3:4] == "-":
+            code = line[:3]
+            while True:
+                if len(line) > MAX_REPLY or time.monotonic() > deadline:
+                    raise ftplib.error_proto("a reply too long or too slow")
+                more = self.getline()
+                line += "\n" + more
+                if more[:3] == code and more[3:4] != "-":
+                    break
+        return line
+
+
+class _PinnedTLS(_Bounded, ftplib.FTP_TLS):
     """FTP_TLS that reuses the control connection's TLS session on data connections (vsftpd
-    and others require it) and never trusts the address in a PASV reply."""
+    and others require it), checks each one's certificate against the pin too (else a man in
+    the middle of a data connection reads listings, manifests and payloads), and never trusts
+    the address in a PASV reply."""
+
+    def __init__(self, *, pin: str, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(context=context, timeout=timeout)
+        self.pin = pin
 
     def ntransfercmd(
         self, cmd: str, rest: int | str | None = None
@@ -74,8 +107,23 @@ class _PinnedTLS(ftplib.FTP_TLS):
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
         if self._prot_p:  # type: ignore[attr-defined]
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
-            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+            try:
+                conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+                pinned = _pinned(conn, self.pin)
+            except BaseException:
+                conn.close()
+                raise
+            if not pinned:
+                conn.close()
+                raise ftplib.error_proto(
+                    "the data connection's TLS certificate does not match the pinned fingerprint"
+                )
         return conn, size
+
+
+def _pinned(sock: socket.socket | None, pin: str) -> bool:
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    return bool(der) and hmac.compare_digest(fingerprint(der or b""), pin)
 
 
 def _no_delay(sock: socket.socket) -> None:
@@ -139,19 +187,17 @@ class FtpTransport:
 
     def _client(self) -> ftplib.FTP:
         if self.target.scheme == "ftp":
-            return ftplib.FTP(timeout=self._timeout)
+            return _Bounded(timeout=self._timeout)
         context = ssl.create_default_context()
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         # The appliance's certificate is self-signed: trust comes from the pin, checked
         # in _check_pin before the password is sent.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        return _PinnedTLS(context=context, timeout=self._timeout)
+        return _PinnedTLS(pin=self._pin or "", context=context, timeout=self._timeout)
 
     def _check_pin(self, ftp: ftplib.FTP_TLS) -> None:
-        sock = ftp.sock
-        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        if not der or not hmac.compare_digest(fingerprint(der), self._pin or ""):
+        if not _pinned(ftp.sock, self._pin or ""):
             raise TransferError(
                 f"{self.target.host}: TLS certificate does not match the pinned fingerprint",
                 hint="check --tls-fingerprint against what airgap serve printed",
@@ -179,6 +225,11 @@ class FtpTransport:
         except NETWORK_ERRORS as exc:
             self._drop()
             raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc
+        except ValueError as exc:  # a reply ftplib could not decode (UTF-8) or parse (SIZE)
+            self._drop()
+            raise TransferError(
+                f"{what}: the server's reply makes no sense ({type(exc).__name__})"
+            ) from exc
 
     def _drop(self) -> None:
         if self._ftp is not None:
@@ -188,15 +239,30 @@ class FtpTransport:
     # -- transport operations ------------------------------------------------------------
 
     def list(self) -> list[str]:
+        """NLST, bounded: at most :data:`MAX_LISTING` bytes, whole within ten timeouts. A name
+        that is not UTF-8 cannot be a bundle's; it is listed with U+FFFD in its place."""
         ftp = self._connect()
+        received: list[bytes] = []
+        held = 0
+        deadline = time.monotonic() + 10 * self._timeout
+
+        def take(data: bytes) -> None:
+            nonlocal held
+            held += len(data)
+            if held > MAX_LISTING or time.monotonic() > deadline:
+                raise ftplib.error_proto(f"a listing longer than {MAX_LISTING >> 20} MiB or slow")
+            received.append(data)
+
         with self._errors("listing"):
             try:
-                names = ftp.nlst()
+                ftp.retrbinary("NLST", take)
             except ftplib.error_perm as exc:
                 if str(exc).startswith("550"):  # an empty directory, for some servers
                     return []
                 raise
-        return sorted(n.rsplit("/", 1)[-1] for n in names)
+        lines = b"".join(received).decode("utf-8", "replace").split("\n")
+        names = (line.rstrip("\r").rsplit("/", 1)[-1] for line in lines)
+        return sorted(n for n in names if n)
 
     def size(self, name: str) -> int | None:
         ftp = self._connect()

