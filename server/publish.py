@@ -8,9 +8,10 @@ bundle is *pending* (the upload may be resumed); anything else wrong sends all i
 
 :meth:`Publisher.check` hashes whole payloads through the server's
 :class:`~airgap.server.hashing.HashCache` (an upload hashed as it landed is not read again; a
-payload written since is): it runs on a worker thread, never on the FTP IO loop. While it works
-it holds the bundle's files in :class:`BusyFiles`, so no upload can change them between the
-hash and the move. The signature moves last, so a reader of
+payload written since is): it runs on a worker thread, never on the FTP IO loop. It holds the
+bundle's files in :class:`BusyFiles` from before the hash until after the move, so no upload
+can open one for writing in between, and one already open (it holds its file) makes the bundle
+pending until it ends. The signature moves last, so a reader of
 ``pub/outgoing`` never sees a signature without its payload.
 """
 
@@ -108,15 +109,29 @@ class Publisher:
         files = [manifest_path, signature_path]
         try:
             manifest = self._manifest(bundle_id, manifest_path, signature_path)
-            payload = area / manifest.payload.name
-            files.insert(0, payload)
-            outcome = self._payload(bundle_id, payload, manifest)
+        except _Quarantine as exc:
+            return self._quarantine(bundle_id, area, files, exc.reason)
+        payload = area / manifest.payload.name
+        # Held until the payload has moved: released after the hash, a resume could open it
+        # in between and go on writing to the published (or quarantined) file.
+        if not self.busy.claim([payload]):
+            return Outcome(bundle_id, "pending", "payload being written")
+        try:
+            return self._check_payload(bundle_id, area, [payload, *files], manifest)
+        finally:
+            self.busy.release([payload])
+
+    def _check_payload(
+        self, bundle_id: str, area: Path, files: list[Path], manifest: Manifest
+    ) -> Outcome:
+        """Publish or quarantine ``files`` (payload, manifest, signature), all claimed."""
+        try:
+            outcome = self._payload(bundle_id, files[0], manifest)
             if outcome is not None:
                 return outcome
             self._publish(bundle_id, files)
         except _Quarantine as exc:
-            self._quarantine(bundle_id, area, files, exc.reason)
-            return Outcome(bundle_id, "quarantined", exc.reason)
+            return self._quarantine(bundle_id, area, files, exc.reason)
         return Outcome(bundle_id, "published")
 
     def _manifest(self, bundle_id: str, manifest_path: Path, signature_path: Path) -> Manifest:
@@ -135,23 +150,18 @@ class Publisher:
 
     def _payload(self, bundle_id: str, payload: Path, manifest: Manifest) -> Outcome | None:
         """None if the payload is whole and right; an outcome to report otherwise."""
-        if not self.busy.claim([payload]):
-            return Outcome(bundle_id, "pending", "payload being written")
         try:
-            try:
-                before = os.lstat(payload)
-            except FileNotFoundError:
-                return Outcome(bundle_id, "pending", "payload not there yet")
-            if before.st_size < manifest.payload.size:
-                return Outcome(bundle_id, "pending", "payload shorter than the manifest says")
-            if before.st_size > manifest.payload.size:
-                raise _Quarantine("payload: longer than the manifest says")
-            digest, _, _ = self.hashes.digest(payload)
-            if digest != manifest.payload.sha256:
-                raise _Quarantine("payload: sha256 does not match the manifest")
-            return None
-        finally:
-            self.busy.release([payload])
+            before = os.lstat(payload)
+        except FileNotFoundError:
+            return Outcome(bundle_id, "pending", "payload not there yet")
+        if before.st_size < manifest.payload.size:
+            return Outcome(bundle_id, "pending", "payload shorter than the manifest says")
+        if before.st_size > manifest.payload.size:
+            raise _Quarantine("payload: longer than the manifest says")
+        digest, _, _ = self.hashes.digest(payload)
+        if digest != manifest.payload.sha256:
+            raise _Quarantine("payload: sha256 does not match the manifest")
+        return None
 
     def _publish(self, bundle_id: str, files: list[Path]) -> None:
         outgoing = self.layout.outgoing
@@ -162,7 +172,7 @@ class Publisher:
         _fsync_dir(outgoing)
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
 
-    def _quarantine(self, bundle_id: str, area: Path, files: list[Path], reason: str) -> None:
+    def _quarantine(self, bundle_id: str, area: Path, files: list[Path], reason: str) -> Outcome:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"{bundle_id}-{stamp}-{os.urandom(3).hex()}"
         # Assembled in state/ (same file system, private), then moved in whole with its reason.
@@ -174,6 +184,7 @@ class Publisher:
                 path.rename(staging / path.name)
         staging.rename(self.layout.quarantine / name)
         self.audit.record("quarantine", bundle=bundle_id, area=area.name, reason=reason)
+        return Outcome(bundle_id, "quarantined", reason)
 
 
 def _read_small(path: Path, limit: int) -> bytes:

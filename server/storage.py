@@ -6,7 +6,9 @@ The rules that pyftpdlib's STOR gets wrong for a drop box, free of any FTP libra
 - a resume at offset n first cuts the file at n, so no old tail survives past the new bytes;
 - REST past the end of the file is refused rather than leaving a hole;
 - an upload that would cross the sender's quota or the free-disk watermark stops with the bytes
-  written so far kept, so the upload resumes once there is room.
+  written so far kept, so the upload resumes once there is room;
+- the quota holds for the area, not for each upload: uploads open side by side in one area
+  count their bytes in one :class:`AreaUsage`.
 
 :class:`UploadFile` writes unbuffered: every byte it reports written is in the file, an error
 (ENOSPC, EDQUOT) surfaces in :meth:`UploadFile.write` and never later in ``close()``. Nothing is
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +74,54 @@ def free_bytes(path: str | Path) -> int:
     return info.f_bavail * info.f_frsize
 
 
+class AreaUsage:
+    """The bytes in one upload area: one count, shared by every upload open there.
+
+    Set from the disk each time an upload opens in the area (every byte an open upload wrote
+    is already in its file: writes are unbuffered, and all on the IO loop), then raised by each
+    write of each open upload, so uploads side by side see one another's bytes at once. A
+    delete or a publish lowers only the disk's figure: until the next upload opens, the count
+    errs on the side of the quota.
+    """
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
+class Areas:
+    """The :class:`AreaUsage` of each area with an upload open, by the directory's identity.
+
+    An area that no open upload holds is dropped (counted afresh from the disk next time).
+    Used on the IO loop only, as uploads open and write.
+    """
+
+    def __init__(self) -> None:
+        self._usage: weakref.WeakValueDictionary[tuple[int, int], AreaUsage]
+        self._usage = weakref.WeakValueDictionary()
+
+    def usage(self, area: Path) -> AreaUsage:
+        info = area.stat()
+        key = (info.st_dev, info.st_ino)
+        found = self._usage.get(key)
+        if found is None:
+            found = self._usage[key] = AreaUsage()
+        return found
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The quota an upload writes under: its area's shared count, and what that count is once
+    the upload has cut its file at its offset (applied by :func:`open_for_upload`)."""
+
+    area: AreaUsage
+    quota: int
+    used: int
+
+
 def budget(
-    upload: Target, offset: int, *, quota: int | None, min_free: int
-) -> int | Refusal | None:
-    """Bytes the upload may still write (None: no quota), or a 552 when there are none.
+    upload: Target, offset: int, *, quota: int | None, min_free: int, areas: Areas
+) -> Budget | Refusal | None:
+    """The quota the upload writes under (None: no quota), or a 552 when there is no room.
 
     ``quota`` is the area's limit in bytes (None: none); the area is the file's directory.
     """
@@ -84,29 +131,30 @@ def budget(
     if not quota:
         return None
     used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(area))
-    left = quota - (used - (upload.size - offset))
-    if left <= 0:
+    used -= upload.size - offset
+    if used >= quota:
         return Refusal("552 Quota exceeded; delete .part files or wait for publishing.")
-    return left
+    return Budget(areas.usage(area), quota, used)
 
 
 class UploadFile:
-    """The file a STOR/APPE writes: counts bytes, enforces the quota and the disk watermark."""
+    """The file a STOR/APPE writes: enforces its area's quota and the disk watermark."""
 
-    def __init__(self, fd: int, path: str, *, budget: int | None, min_free: int) -> None:
+    def __init__(self, fd: int, path: str, *, budget: Budget | None, min_free: int) -> None:
         self._fd = fd
         self.name = path
-        self._budget = budget
+        self._area = budget.area if budget is not None else None
+        self._quota = budget.quota if budget is not None else 0
         self._min_free = min_free
         self._since_check = 0
-        self.written = 0
 
     @property
     def closed(self) -> bool:
         return self._fd < 0
 
     def write(self, data: bytes) -> int:
-        if self._budget is not None and self.written + len(data) > self._budget:
+        area = self._area
+        if area is not None and area.used + len(data) > self._quota:
             raise OSError(errno.EDQUOT, "quota exceeded")
         self._since_check += len(data)
         if self._since_check >= SPACE_CHECK_EVERY:
@@ -116,7 +164,8 @@ class UploadFile:
         view = memoryview(data)
         while view:  # a short write (a disk filling up) writes the rest or raises ENOSPC
             count = os.write(self._fd, view)
-            self.written += count
+            if area is not None:
+                area.used += count
             view = view[count:]
         return len(data)
 
@@ -130,13 +179,15 @@ def open_for_upload(
     upload: Target,
     offset: int,
     *,
-    budget: int | None,
+    budget: Budget | None,
     min_free: int,
     hashes: HashCache | None = None,
 ) -> UploadFile:
     """Open for writing at ``offset``, the file cut there: a resume never keeps an old tail.
 
-    ``hashes`` forgets what it knew of the file, which is about to change.
+    The area's count is set from ``budget`` only once the file is open and cut, so an upload
+    refused here leaves the other uploads' count as it was. ``hashes`` forgets what it knew
+    of the file, which is about to change.
     """
     flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if upload.exists else os.O_CREAT | os.O_EXCL)
     fd = os.open(upload.path, flags, 0o640)
@@ -151,4 +202,6 @@ def open_for_upload(
     except BaseException:
         os.close(fd)
         raise
+    if budget is not None:
+        budget.area.used = budget.used
     return UploadFile(fd, upload.path, budget=budget, min_free=min_free)

@@ -4,6 +4,10 @@ An upload ending is only recorded (bytes and sha256, hashed off the loop) and ha
 bundle check: a socket that closed cleanly says nothing about whether the file is whole. The
 record's hash is the one a client's ``HASH`` and the bundle check then find in
 ``services.hashes``: a finished upload is read once to hash it.
+
+A file is claimed in ``services.busy`` from before it is opened for writing until after it is
+closed, so the publisher never moves a file with a writable handle open on it; every upload of
+an area counts its bytes in that area's one :class:`~airgap.server.storage.AreaUsage`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 from concurrent.futures import Future
 from pathlib import Path
+from typing import ClassVar
 
 from airgap.server import storage
 from airgap.server.ftp.session import Session
@@ -22,7 +27,9 @@ logger = logging.getLogger("airgap.server")
 
 
 class UploadCommands(Session):
-    _upload: str | None = None  # the path this session is writing, claimed in BusyFiles
+    _upload: storage.UploadFile | None = None  # what this session writes, claimed in BusyFiles
+    # One for the process, as the class is: areas are told apart by their directory's identity.
+    _areas: ClassVar[storage.Areas] = storage.Areas()
 
     def ftp_APPE(self, path: str) -> None:
         if self._restart_position:
@@ -48,12 +55,14 @@ class UploadCommands(Session):
         config = self.services.config
         sender = self.principal is not None and self.principal.role is Role.SENDER
         quota = config.quota_bytes if sender else None
-        budget = storage.budget(target, offset, quota=quota, min_free=config.min_free_bytes)
+        budget = storage.budget(
+            target, offset, quota=quota, min_free=config.min_free_bytes, areas=self._areas
+        )
         if isinstance(budget, storage.Refusal):
             self.respond(budget.reply)
             return
         if not self.services.busy.claim([Path(path)]):
-            self.respond("450 Another session is writing this file; try again later.")
+            self.respond("450 File busy: being written or published; try again later.")
             return
         try:
             upload = storage.open_for_upload(
@@ -67,8 +76,8 @@ class UploadCommands(Session):
             self.services.busy.release([Path(path)])
             self.respond(f"550 {exc.strerror}.")
             return
-        self._release_upload()
-        self._upload = path
+        self._release_upload()  # one this upload replaces, never to be written again
+        self._upload = upload
         self._record("upload-started", path, offset=offset)
         self._start_receiving(upload, "APPE" if append else "STOR")
 
@@ -83,9 +92,11 @@ class UploadCommands(Session):
             self._in_dtp_queue = (upload, cmd)
 
     def _release_upload(self) -> None:
+        """Close the file (pyftpdlib drops a queued one unclosed on REIN), then release it."""
         if self._upload is not None:
-            self.services.busy.release([Path(self._upload)])
-            self._upload = None
+            upload, self._upload = self._upload, None
+            upload.close()
+            self.services.busy.release([Path(upload.name)])
 
     def on_file_received(self, file: str) -> None:
         self._upload_ended(file, complete=True)

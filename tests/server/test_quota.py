@@ -1,0 +1,45 @@
+"""A sender's quota holds across every upload open in its area at once, not per upload."""
+
+from __future__ import annotations
+
+import contextlib
+import ftplib
+
+import pytest
+
+from tests.server.conftest import stor
+
+pytestmark = pytest.mark.timeout(60)
+
+QUOTA = 100_000
+
+
+def test_parallel_uploads_share_the_quota_and_keep_what_they_wrote(serve):
+    server = serve("--tls", "off", "--quota-bytes", str(QUOTA))
+    clients = [server.ftp("sender") for _ in range(3)]
+    data = b"z" * 60_000
+    conns = []
+    for number, client in enumerate(clients):  # all open before a byte arrives: each alone
+        client.voidcmd("TYPE I")  # would see an empty area and room for its 60 000 bytes
+        conns.append(client.transfercmd(f"STOR up{number}.part"))
+    replies = []
+    for client, conn in zip(clients, conns, strict=True):
+        with contextlib.suppress(OSError):  # a server that stopped reading may reset it
+            conn.sendall(data)
+        conn.close()
+        try:
+            replies.append(client.voidresp())
+        except ftplib.all_errors as exc:
+            replies.append(str(exc))
+    assert replies[0].startswith("226")
+    assert [reply[:3] for reply in replies[1:]] == ["552", "552"], replies
+    area = server.root / "pub/incoming/sender"
+    assert sum(path.stat().st_size for path in area.iterdir()) <= QUOTA
+    # What the stopped uploads wrote stays, and resumes once there is room.
+    client = clients[1]
+    client.delete("up0.part")
+    have = client.size("up1.part")
+    assert have is not None
+    stor(client, "up1.part", data[have:], rest=have)
+    assert (area / "up1.part").read_bytes() == data
+    assert sum(path.stat().st_size for path in area.iterdir()) <= QUOTA
