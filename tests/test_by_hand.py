@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -21,31 +22,28 @@ def _readme_block() -> str:
     return match.group(1)
 
 
-@pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS), reason=f"needs {', '.join(TOOLS)}")
-def test_readme_by_hand_recovery_works_as_written(tmp_path: Path, keydir: Path) -> None:
-    payload = tmp_path / "data.bin"
-    payload.write_bytes(bytes(range(256)) * 5000)
+def _send(tmp_path: Path, keydir: Path, payload: Path) -> tuple[Path, str]:
     drop = tmp_path / "drop"
-    sent = run_airgap(
-        [
-            "send",
-            "--file",
-            payload,
-            "--to",
-            drop,
-            "-R",
-            keydir / "recipient.txt",
-            "--sign-key",
-            keydir / "signing.key",
-            "--json",
-        ]
-    )
+    args: list[str | Path] = [
+        "send",
+        "--file",
+        payload,
+        "--to",
+        drop,
+        "-R",
+        keydir / "recipient.txt",
+    ]
+    sent = run_airgap([*args, "--sign-key", keydir / "signing.key", "--json"])
     assert sent.returncode == 0, sent.stderr
     bundle_id = re.search(r'"id": "(\w+)"', sent.stdout).group(1)  # type: ignore[union-attr]
     for name in ("signing.pub", "identity.txt"):
         shutil.copy(keydir / name, drop / name)
+    return drop, bundle_id
+
+
+def _by_hand(drop: Path, bundle_id: str) -> subprocess.CompletedProcess[str]:
     script = re.sub(r"^ID=\S+", f"ID={bundle_id}", _readme_block(), flags=re.M)
-    done = subprocess.run(
+    return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=drop,
         capture_output=True,
@@ -53,10 +51,47 @@ def test_readme_by_hand_recovery_works_as_written(tmp_path: Path, keydir: Path) 
         timeout=60,
         check=False,
     )
+
+
+needs_tools = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in TOOLS), reason=f"needs {', '.join(TOOLS)}"
+)
+
+
+@needs_tools
+def test_readme_by_hand_recovery_works_as_written(tmp_path: Path, keydir: Path) -> None:
+    payload = tmp_path / "data.bin"
+    payload.write_bytes(bytes(range(256)) * 5000)
+    drop, bundle_id = _send(tmp_path, keydir, payload)
+    done = _by_hand(drop, bundle_id)
     assert done.returncode == 0, done.stderr
-    assert "Signature and comment signature verified" in done.stderr + done.stdout
+    assert (drop / "trusted-comment.txt").read_text().startswith(f"airgap-bundle/1 id={bundle_id} ")
     assert f"{bundle_id}.tar.zst.age: OK" in done.stdout
     assert (drop / "unpacked" / "data.bin").read_bytes() == payload.read_bytes()
+
+
+@needs_tools
+def test_by_hand_takes_the_payload_hash_from_the_signed_comment_only(
+    tmp_path: Path, keydir: Path
+) -> None:
+    """Found in review: minisign reads four lines of a .minisig and ignores the rest, so a
+    line appended there naming a swapped payload's hash fooled a grep over the whole file."""
+    payload = tmp_path / "data.bin"
+    payload.write_bytes(b"the sender's own bytes\n")
+    drop, bundle_id = _send(tmp_path, keydir, payload)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "evil.txt").write_text("not from the sender\n")
+    swapped = drop / f"{bundle_id}.tar.zst.age"
+    pack = 'tar -C "$1" -c evil.txt | zstd -q | age -R "$2" > "$3"'
+    subprocess.run(["bash", "-c", pack, "-", evil, keydir / "recipient.txt", swapped], check=True)
+    digest = hashlib.sha256(swapped.read_bytes()).hexdigest()
+    with (drop / f"{bundle_id}.manifest.json.minisig").open("a") as signature:
+        signature.write(f"payload-sha256={digest}\n")
+    done = _by_hand(drop, bundle_id)
+    assert done.returncode != 0
+    assert "FAILED" in done.stdout + done.stderr
+    assert not (drop / "unpacked" / "evil.txt").exists()
 
 
 @pytest.mark.skipif(shutil.which("minisign") is None, reason="needs minisign")
