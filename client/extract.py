@@ -6,12 +6,18 @@ into place, each without replacing an existing file. That one hash binds every m
 so members are not hashed again here (the manifest's per-file sha256 is for people and
 tools). On any failure the staging directory is removed, so the output directory is left
 exactly as it was.
+
+Others may be able to write into the output directory (a shared 1777 tmpfs): no name there is
+written through or reused. Final names are made by link(2), which neither follows nor replaces
+an existing entry; across file systems each member is first copied into a new file of a random
+hidden name, created with O_EXCL and O_NOFOLLOW, and linked from there.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +31,7 @@ from airgap.shared.tarread import read_tar
 
 STAGING_PREFIX = ".airgap-staging-"
 COPY_CHUNK = 1024 * 1024
+COPY_PREFIX = ".airgap-copy-"
 
 
 def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path) -> list[Path]:
@@ -113,19 +120,43 @@ def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
 
 
 def _place(source: Path, target: Path) -> None:
-    """Link the verified file into place, never replacing one that appeared meanwhile; across
-    file systems, copy it to a hidden name in the output directory first."""
+    """Link the verified file into place, never replacing an entry that is there or appeared
+    meanwhile: link(2) fails on any existing name (a dangling symlink too) and follows none.
+    Across file systems, copy it first into a new file of a random hidden name in the output
+    directory, created exclusively and without following a link, and link that: the output
+    directory may be writable by others (a shared tmpfs), so no name there is ours to reuse."""
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)
+        return
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        hidden = target.with_name(f".{target.name}.airgap-copy")
-        shutil.copyfile(source, hidden)
+    fd, hidden = _new_hidden_file(target.parent)
+    try:
+        with os.fdopen(fd, "wb") as copy:
+            src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(src, "rb") as original:
+                shutil.copyfileobj(original, copy, COPY_CHUNK)
+            copy.flush()
+            os.link(hidden, target, follow_symlinks=False)
+            if not os.path.samestat(os.fstat(copy.fileno()), os.lstat(target)):
+                target.unlink()  # our hidden name was swapped: what we linked is not our copy
+                raise StorageError(f"{target.parent}: {hidden.name} was replaced while in use")
+    finally:
+        hidden.unlink(missing_ok=True)
+
+
+def _new_hidden_file(directory: Path) -> tuple[int, Path]:
+    """A new, empty file of a random hidden name in ``directory``, opened for writing; never an
+    entry someone prepared (O_EXCL), never through a link (O_NOFOLLOW)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        path = directory / f"{COPY_PREFIX}{secrets.token_hex(8)}"
         try:
-            os.link(hidden, target)
-        finally:
-            hidden.unlink(missing_ok=True)
+            return os.open(path, flags, 0o644), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name for a temporary copy", str(directory))
 
 
 def _remove_stale_staging(out_dir: Path) -> None:
