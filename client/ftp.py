@@ -19,6 +19,7 @@ import ftplib
 import hashlib
 import hmac
 import io
+import re
 import socket
 import ssl
 import time
@@ -28,7 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from airgap.shared.errors import LoginError, StorageError, TransferError, UsageError
+from airgap.shared.errors import (
+    CertificateMismatch,
+    LoginError,
+    StorageError,
+    TransferError,
+    UsageError,
+)
 
 DEFAULT_TIMEOUT = 60.0
 #: A download read returns once it has this much, or the end of the file.
@@ -51,7 +58,11 @@ class FtpTarget:
 
     @classmethod
     def parse(cls, url: str) -> FtpTarget:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:  # a port out of range, an unclosed [ ...
+            raise UsageError(f"{url!r} is not a valid URL ({exc})") from exc
         if parts.scheme not in ("ftp", "ftps") or not parts.hostname:
             raise UsageError(f"{url!r} is not an ftp:// or ftps:// URL")
         if parts.password is not None:
@@ -62,7 +73,7 @@ class FtpTarget:
         return cls(
             parts.scheme,
             parts.hostname,
-            parts.port or 21,
+            port or 21,
             unquote(parts.username or "anonymous"),
             unquote(parts.path) or "/",
         )
@@ -115,7 +126,7 @@ class _PinnedTLS(_Bounded, ftplib.FTP_TLS):
                 raise
             if not pinned:
                 conn.close()
-                raise ftplib.error_proto(
+                raise CertificateMismatch(
                     "the data connection's TLS certificate does not match the pinned fingerprint"
                 )
         return conn, size
@@ -130,6 +141,15 @@ def _no_delay(sock: socket.socket) -> None:
     """Small writes go out at once: a manifest's upload waited ~44 ms on Nagle's algorithm
     and the server's delayed ACK, twice per send (measured: 0.59 s -> 0.52 s for a 5 MB image)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def check_fingerprint(pin: str | None) -> None:
+    """Refuse a pin that cannot be one before anything connects (or asks for a password)."""
+    if pin is not None and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", pin):
+        raise UsageError(
+            f"--tls-fingerprint {pin!r} is not sha256: and 64 hex digits",
+            hint="copy it whole from what airgap serve printed",
+        )
 
 
 def fingerprint(der: bytes) -> str:
@@ -150,6 +170,7 @@ class FtpTransport:
                 "ftps:// needs the appliance's certificate fingerprint",
                 hint="pass --tls-fingerprint sha256:... as airgap serve printed it",
             )
+        check_fingerprint(pin)
         self.target = target
         self._password = password
         self._pin = pin.lower() if pin else None
@@ -198,7 +219,7 @@ class FtpTransport:
 
     def _check_pin(self, ftp: ftplib.FTP_TLS) -> None:
         if not _pinned(ftp.sock, self._pin or ""):
-            raise TransferError(
+            raise CertificateMismatch(
                 f"{self.target.host}: TLS certificate does not match the pinned fingerprint",
                 hint="check --tls-fingerprint against what airgap serve printed",
             )
@@ -221,7 +242,13 @@ class FtpTransport:
                 raise LoginError(f"{self.describe()}: login refused ({text})") from exc
             if text.startswith("552"):
                 raise StorageError(f"{what}: the drop box is full or over quota ({text})") from exc
+            if what == "connecting":  # e.g. "550 SSL/TLS required": asking again won't change it
+                hint = "use ftps://" if self.target.scheme == "ftp" and "TLS" in text else None
+                raise LoginError(f"{what}: refused by the server ({text})", hint=hint) from exc
             raise TransferError(f"{what}: refused by the server ({text})") from exc
+        except CertificateMismatch as exc:
+            self._drop()
+            raise CertificateMismatch(f"{what}: {exc.message}", hint=exc.hint) from exc
         except NETWORK_ERRORS as exc:
             self._drop()
             raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from airgap.client.private import private_dir
 from airgap.shared import age, minisign
 from airgap.shared.errors import KeyFileError, StorageError, UsageError
 from airgap.shared.keys import KeyFile
@@ -71,8 +72,8 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
             f"{directory} already holds {', '.join(existing)}",
             hint="use --force to replace them (the old keys are lost), or another --out",
         )
+    private_dir(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for key_file in files:
             _write_atomically(directory / key_file.name, key_file.text.encode(), key_file.mode)
     except OSError as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.client.credentials import password_for
-from airgap.client.ftp import FtpTarget, FtpTransport
+from airgap.client.ftp import FtpTarget, FtpTransport, check_fingerprint
 from airgap.client.spool import Backoff, SpooledTransport, cache_dir
 from airgap.client.transport import DirectoryTransport, Transport
 from airgap.shared.errors import StorageError, UsageError
@@ -52,6 +52,7 @@ def open_place(place: Place, flag: str, *, spool: Path | None = None) -> Transpo
     if place.directory is not None:
         return DirectoryTransport(place.directory)
     target = FtpTarget.parse(place.server or "")
+    check_fingerprint(place.fingerprint)
     remote = FtpTransport(target, password_for(target), pin=place.fingerprint)
     folder = spool or cache_dir() / "fetch" / place.key()
     return SpooledTransport(remote, folder, backoff=Backoff(attempts=_attempts()))

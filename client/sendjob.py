@@ -144,12 +144,12 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
         raise
     except TransferError as exc:
         if spool is not None:
-            exc.hint = _continue_hint(begun.bundle_id)
+            exc.hint = _continue_hint(begun.bundle_id, by.place)
         raise
     except KeyboardInterrupt as exc:
         if spool is None:
             raise
-        raise Interrupted("interrupted", hint=_continue_hint(begun.bundle_id)) from exc
+        raise Interrupted("interrupted", hint=_continue_hint(begun.bundle_id, by.place)) from exc
     finally:
         transport.close()
     if spool:
@@ -157,9 +157,10 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     return manifest, transport
 
 
-def _continue_hint(bundle_id: str) -> str:
+def _continue_hint(bundle_id: str, place: Place) -> str:
     return (
-        f"run the same command again (or airgap send --resume {bundle_id}); "
+        f"run the same command again, or airgap send --resume {bundle_id} --server "
+        f"{place.server} (with --sign-key if it was still encoding); "
         f"airgap spool drop {bundle_id} gives it up"
     )
 
@@ -171,6 +172,11 @@ def finish(bundle_id: str, place: Place, ledgers: Path) -> tuple[Manifest, Trans
         raise StorageError("--resume finishes a send to a drop box")
     try:
         manifest = resume_send(bundle_id, transport)
+    except TransferError as exc:
+        exc.hint = _continue_hint(bundle_id, place)
+        raise
+    except KeyboardInterrupt as exc:
+        raise Interrupted("interrupted", hint=_continue_hint(bundle_id, place)) from exc
     finally:
         transport.close()
     if manifest.images:

@@ -26,8 +26,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
 
+from airgap.client.private import private_dir
 from airgap.client.transport import PARTIAL_SUFFIX, Transport
-from airgap.shared.errors import LoginError, StorageError, TransferError
+from airgap.shared.errors import StorageError, TransferError
 
 CHUNK = 1 << 20
 
@@ -45,16 +46,18 @@ class Backoff:
 
 def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
     """Run ``action``; after a transfer failure wait and try again, up to the backoff's end.
-    A refused login is not retried: guessing again would only earn a ban."""
+    A failure that is not transient (a refused login, a certificate that is not the pinned
+    one) is not retried: guessing again would only earn a ban, or talk to an impostor again."""
     for delay in [*backoff.delays(), None]:
         try:
             return action()
-        except (LoginError, UploadRefused):
-            raise
         except TransferError as exc:
+            if not exc.transient:
+                raise
             if delay is None:
                 raise TransferError(
-                    f"{what}: gave up after {backoff.attempts} attempts ({exc.message})",
+                    f"{what}: gave up after {backoff.attempts} attempt"
+                    f"{'s' if backoff.attempts != 1 else ''} ({exc.message})",
                     hint="run the same command again later: it resumes where it stopped",
                 ) from exc
             time.sleep(delay)
@@ -64,21 +67,6 @@ def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "airgap"
-
-
-def private_dir(path: Path) -> Path:
-    """``path``, made 0700 with every folder above it that did not exist yet."""
-    missing = []
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    try:
-        for folder in reversed(missing):
-            folder.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
-    return path
 
 
 class SpooledTransport:
@@ -251,6 +239,8 @@ class ContinueMismatch(StorageError):
 
 class UploadRefused(TransferError):
     """An upload that trying again cannot mend: not retried."""
+
+    transient = False
 
 
 class VouchedWriter(io.BufferedWriter):

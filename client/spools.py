@@ -24,19 +24,16 @@ from airgap.shared.manifest import payload_name
 
 @dataclass(frozen=True)
 class Held:
-    """One unfinished send (``kind`` "send") or partial download ("fetch") in the spool."""
+    """One unfinished send (``kind`` "send") or partial download ("download") in the spool."""
 
     bundle_id: str
     kind: str
     path: Path
     size: int
+    when: datetime  # a send: when it began (its id's time); a download: its last write
     destination: str = ""  # a send's drop box, as its record names it
     content: tuple[str, ...] = ()  # a send's images or files
     busy: bool = False  # an airgap is sending it right now
-
-    @property
-    def started(self) -> datetime:
-        return datetime.fromtimestamp(made_at(self.bundle_id), UTC)
 
 
 def held(cache: Path) -> list[Held]:
@@ -76,8 +73,18 @@ def _sends(root: Path) -> list[Held]:
             recipe = None  # unreadable: still listed, so that it can be dropped
         content = (*recipe.images, *recipe.files) if recipe else ()
         destination = recipe.destination if recipe else "?"
+        began = datetime.fromtimestamp(made_at(folder.name), UTC)
         found.append(
-            Held(folder.name, "send", folder, _size(folder), destination, content, _busy(folder))
+            Held(
+                folder.name,
+                "send",
+                folder,
+                _size(folder),
+                began,
+                destination,
+                content,
+                _busy(folder),
+            )
         )
     return found
 
@@ -88,7 +95,9 @@ def _downloads(root: Path) -> list[Held]:
         for path in _entries(place):
             bundle_id = _payload_id(path.name)
             if bundle_id and path.is_file():
-                found.append(Held(bundle_id, "fetch", path, _size(path)))
+                info = path.stat()
+                written = datetime.fromtimestamp(info.st_mtime, UTC)
+                found.append(Held(bundle_id, "download", path, info.st_size, written))
     return found
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from airgap.client.spool import private_dir
+from airgap.client.private import private_dir
 from airgap.shared import age
 from airgap.shared.age_header import Stanza
 from airgap.shared.errors import StorageError, UsageError

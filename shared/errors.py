@@ -136,10 +136,22 @@ class MissingLayersError(VerificationError):
 
 class TransferError(AirgapError):
     exit_code = ExitCode.TRANSFER
+    #: Whether trying again may help (a dropped connection) or not (a refusal that stands).
+    transient = True
 
 
 class LoginError(TransferError):
-    """Wrong account or password: retrying would only earn a ban."""
+    """Wrong account or password, or a server that refuses this login: retrying would only
+    earn a ban."""
+
+    transient = False
+
+
+class CertificateMismatch(TransferError):
+    """The server showed another certificate than the pinned one: maybe a man in the middle;
+    asking again changes nothing."""
+
+    transient = False
 
 
 class EngineError(AirgapError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,3 +96,16 @@ def test_config_errors_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         config.load(bad)
     assert config.load(tmp_path / "absent.toml") == config.Settings()
+
+
+def test_init_makes_its_folders_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Found in review: under umask 000 trusted/ came out world-writable, and fetch trusts
+    every .pub file in it: any local user could add a signer."""
+    script = 'umask 000; exec "$@"'
+    command = [sys.executable, "-m", "airgap.client", "init", "--role", "receiver"]
+    command += ["--dir", str(tmp_path / "side")]
+    made = subprocess.run(["sh", "-c", script, "-", *command], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    for folder in ("side", "side/trusted", "side/keys"):
+        assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE((tmp_path / "side/keys/signing.key").stat().st_mode) == 0o600

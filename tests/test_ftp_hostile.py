@@ -41,6 +41,7 @@ class Hostile:
         self.listing = listing or (lambda send: send(b"a.txt\r\n"))
         self.control_tls, self.data_tls = control_tls, data_tls
         self.data_sessions: list[bool] = []  # for each TLS data connection: was it accepted
+        self.sessions = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
@@ -54,6 +55,7 @@ class Hostile:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            self.sessions += 1
             with contextlib.ExitStack() as held:
                 held.enter_context(conn)
                 with contextlib.suppress(OSError):  # the client hung up, as it should on nonsense
@@ -222,3 +224,39 @@ def test_a_data_connection_with_another_certificate_is_refused(
     honest = hostile(control_tls=pinned, data_tls=pinned)
     with _transport(honest, "ftps", pin) as ftp:
         assert ftp.list() == ["a.txt"]
+
+
+def test_an_impostor_certificate_is_refused_at_once_not_retried(
+    hostile: Callable[..., Hostile], keydir: Path, tmp_path: Path
+) -> None:
+    """A certificate that is not the pinned one may be a man in the middle: asking him five
+    times more over 31 s, then hinting "run it again later", was the wrong answer."""
+    _, pin = _tls(tmp_path, "pinned")
+    impostor, _ = _tls(tmp_path, "impostor")
+    server = hostile(control_tls=impostor)
+    url = f"ftps://user@127.0.0.1:{server.port}/"
+    listed = run_airgap(
+        ["ls", "--server", url, "--tls-fingerprint", pin, "--trust", keydir / "signing.pub"],
+        env={"AIRGAP_PASSWORD": "x", "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert listed.returncode == 4, listed.stderr
+    assert "does not match the pinned fingerprint" in listed.stderr
+    assert "gave up" not in listed.stderr and server.sessions == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "pin", "message"),
+    [
+        ("ftp://u@127.0.0.1:99999/", None, "is not a valid URL"),
+        ("ftp://u@[::1/", None, "is not a valid URL"),
+        ("ftps://u@127.0.0.1:2121/", "abc", "is not sha256: and 64 hex digits"),
+        ("ftps://u@127.0.0.1:2121/", "a" * 64, "is not sha256: and 64 hex digits"),
+    ],
+)
+def test_a_malformed_url_or_fingerprint_is_a_usage_error(
+    keydir: Path, url: str, pin: str | None, message: str
+) -> None:
+    args: list[str | Path] = ["ls", "--server", url, "--trust", keydir / "signing.pub"]
+    listed = run_airgap([*args, *(["--tls-fingerprint", pin] if pin else [])])
+    assert listed.returncode == 2, listed.stderr
+    assert message in listed.stderr and "internal error" not in listed.stderr

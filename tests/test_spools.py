@@ -35,7 +35,7 @@ def test_listing_and_dropping_sends_and_downloads(tmp_path: Path) -> None:
     (download.parent / "notes.txt").write_text("not a payload")
 
     found = spools.held(cache)
-    assert [(h.bundle_id, h.kind) for h in found] == [(sent, "send"), (fetched, "fetch")]
+    assert [(h.bundle_id, h.kind) for h in found] == [(sent, "send"), (fetched, "download")]
     assert found[0].content == ("app:1.0",) and found[0].destination == recipe.destination
     assert found[0].busy  # this process holds it
     assert found[0].size >= 1000 and found[1].size == 500

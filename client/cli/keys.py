@@ -16,6 +16,7 @@ from airgap.client.cli.app import (
     say,
     secret,
 )
+from airgap.client.private import private_dir
 from airgap.shared.errors import UsageError
 from airgap.shared.keys import KeyFile, KeySet
 
@@ -68,7 +69,7 @@ def init(
         KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
     ]
     keyfiles.write_key_files(directory, extra, force=force)
-    (directory / "trusted").mkdir(exist_ok=True)
+    private_dir(directory / "trusted")
     say(f"wrote keys and config.toml to {directory}")
     if role == "sender":
         say(f"carry {directory}/keys/signing.pub to each receiver (into its trusted/);")

@@ -23,7 +23,7 @@ app.add_typer(spool_app, name="spool")
 def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
-    """List what the spool holds: bundle id, kind, size, content and destination."""
+    """List unfinished sends (size, content, destination) and partial downloads (size)."""
     found = held(cache_dir())
     if as_json:
         emit({"spool": str(cache_dir()), "held": [_obj(h) for h in found]})
@@ -54,9 +54,9 @@ def drop_(
 
 
 def _line(h: Held) -> str:
-    when = h.started.strftime("%Y-%m-%d %H:%M UTC")
-    if h.kind == "fetch":
-        return f"download  {_mib(h.size)}, since {when}"
+    when = h.when.strftime("%Y-%m-%d %H:%M UTC")
+    if h.kind == "download":
+        return f"download  {_mib(h.size)}, last written {when}"
     content = ", ".join(printable(c) for c in h.content) or "?"
     state = " (sending now)" if h.busy else ""
     return f"send  {_mib(h.size)}, since {when}: {content} to {printable(h.destination)}{state}"
@@ -71,7 +71,7 @@ def _obj(h: Held) -> dict[str, object]:
         "id": h.bundle_id,
         "kind": h.kind,
         "bytes": h.size,
-        "started": h.started.isoformat(),
+        "when": h.when.isoformat(),
         "content": list(h.content),
         "destination": h.destination,
         "busy": h.busy,

@@ -205,9 +205,10 @@ def _trusted(paths: Sequence[Path]) -> list[Path]:
 
 def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: bool) -> None:
     left_out = len(manifest.omitted)
+    has = "it" if left_out == 1 else "them"
     say(
         f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {transport.describe()}"
-        + (f" ({plural(left_out, 'layer')} left out: the far side has them)" if left_out else "")
+        + (f" ({plural(left_out, 'layer')} left out: the far side has {has})" if left_out else "")
     )
     if as_json:
         wire = transport.sent if isinstance(transport, SpooledTransport) else None
