@@ -4,7 +4,9 @@ Whole means: the signature and the manifest have arrived, the manifest parses (a
 signers configured, a trusted key signed it, naming this very bundle and payload), and the
 payload has exactly the manifest's size and sha256. Until the payload reaches that size the
 bundle is *pending* (the upload may be resumed); anything else wrong sends all its files to
-``quarantine/ID-STAMP/`` with ``reason.txt``, never to receivers.
+``quarantine/ID-STAMP/`` with ``reason.txt``, never to receivers. A refused manifest or
+signature takes the payload along under both names a payload can have, as it cannot be trusted
+to name it.
 
 :meth:`Publisher.check` hashes whole payloads through the server's
 :class:`~airgap.server.hashing.HashCache` (an upload hashed as it landed is not read again; a
@@ -31,7 +33,7 @@ from airgap.shared import minisign
 from airgap.shared.bundle import open_manifest
 from airgap.shared.errors import VerificationError
 from airgap.shared.ids import is_bundle_id
-from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest
+from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest, payload_name
 
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
@@ -110,7 +112,7 @@ class Publisher:
         try:
             manifest = self._manifest(bundle_id, manifest_path, signature_path)
         except _Quarantine as exc:
-            return self._quarantine(bundle_id, area, files, exc.reason)
+            return self._refuse(bundle_id, area, files, exc.reason)
         payload = area / manifest.payload.name
         # Held until the payload has moved: released after the hash, a resume could open it
         # in between and go on writing to the published (or quarantined) file.
@@ -120,6 +122,22 @@ class Publisher:
             return self._check_payload(bundle_id, area, [payload, *files], manifest)
         finally:
             self.busy.release([payload])
+
+    def _refuse(self, bundle_id: str, area: Path, files: list[Path], reason: str) -> Outcome:
+        """Quarantine a refused manifest with whatever payload its bundle has.
+
+        The manifest cannot be trusted to name the payload, so both names a payload can have
+        go. One still open for writing makes the whole bundle pending, never split: its
+        upload's end checks the bundle again, whereas a payload left behind here would stay
+        in the sender's area (and quota) for good, with no signature to ever check it again.
+        """
+        payloads = [area / payload_name(bundle_id, encrypted=e) for e in (True, False)]
+        if not self.busy.claim(payloads):
+            return Outcome(bundle_id, "pending", "payload being written")
+        try:
+            return self._quarantine(bundle_id, area, [*payloads, *files], reason)
+        finally:
+            self.busy.release(payloads)
 
     def _check_payload(
         self, bundle_id: str, area: Path, files: list[Path], manifest: Manifest

@@ -1,17 +1,17 @@
 """``airgap serve``: prepare the root on first start, then run the drop box until a signal.
 
 On first start it creates the layout, a self-signed certificate and one ``sender`` and one
-``receiver`` account with random passwords, written to ``state/credentials.txt`` (0600) and
-printed once on stderr. It then prints ``airgap: serving ftp://HOST:PORT/ root=...`` with the
-real bound port (``--listen HOST:0`` picks one), and serves until SIGTERM or SIGINT; partial
-uploads stay on disk, resumable. Bundles left in incoming areas are checked again at start.
-Passwords are printed only on the first start and never logged.
+``receiver`` account with random passwords, written to ``state/credentials.txt`` (0600, until
+``airgap user`` changes them) and printed once on stderr. It then prints ``airgap: serving
+ftp://HOST:PORT/ root=...`` with the real bound port (``--listen HOST:0`` picks one), and
+serves until SIGTERM or SIGINT; partial uploads stay on disk, resumable. Bundles left in
+incoming areas are checked again at start. Passwords are printed only on the first start and
+never logged.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from airgap.server import ftp
+from airgap.server import credentials, ftp
 from airgap.server.audit import AuditLog
 from airgap.server.config import AnonymousMode, ServeConfig, TlsMode
 from airgap.server.hashing import HashCache
@@ -53,10 +53,7 @@ def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
         password = generate_password()
         users.add(name, role, password)
         lines.append(f"{name} {role.value} {password}")
-    fd = os.open(layout.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("# user role password (generated on first start; change with airgap user)\n")
-        out.write("\n".join(lines) + "\n")
+    credentials.create(layout.credentials_file, lines)
     say(f"airgap: created accounts (also in {layout.credentials_file}, mode 0600):")
     for line in lines:
         say(f"airgap:   {line}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,9 +16,16 @@ from airgap.client.cli.app import (
 )
 from airgap.shared.errors import UsageError
 
+if TYPE_CHECKING:  # the server is imported only by the commands that run it
+    from airgap.server.layout import Layout
+    from airgap.server.users import UserDB
+
+DEFAULT_ROOT = Path("airgap-data")  # as airgap.server.config.ServeConfig.root
 RootOption = Annotated[
     Path | None,
-    typer.Option("--root", envvar="AIRGAP_SERVE_ROOT", help="Server root (default ./airgap-data)."),
+    typer.Option(
+        "--root", envvar="AIRGAP_SERVE_ROOT", help=f"Server root (default ./{DEFAULT_ROOT})."
+    ),
 ]
 
 
@@ -28,7 +35,10 @@ def serve(
     config_file: Annotated[
         Path | None, typer.Option("--config", help="TOML file with settings (flags win).")
     ] = None,
-    root: Annotated[Path | None, typer.Option("--root", help="Server root directory.")] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help=f"Server root directory (default ./{DEFAULT_ROOT})."),
+    ] = None,
     listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT (port 0: any).")] = None,
     passive_ports: Annotated[
         str | None, typer.Option("--passive-ports", help="Passive data ports A-B.")
@@ -95,13 +105,34 @@ user_app = typer.Typer(help="Manage the accounts of `airgap serve`.", no_args_is
 app.add_typer(user_app, name="user")
 
 
-def _user_db(root: Path | None) -> Any:
-    from airgap.server.layout import resolved
+def _layout(root: Path | None, *, provision: bool = False) -> Layout:
+    """The root ``airgap serve`` prepared: a mistyped --root must not become a second one.
+
+    ``provision`` (user add): an empty directory also does, for accounts made before the
+    first start, which then makes none of its own.
+    """
+    from airgap.server.layout import existing
+
+    return existing(root or DEFAULT_ROOT, provision=provision)
+
+
+def _user_db(layout: Layout) -> UserDB:
     from airgap.server.users import UserDB
 
-    layout = resolved(root or Path("airgap-data"))
-    layout.create()
     return UserDB(layout.users_file)
+
+
+def _forget_generated(layout: Layout, name: str) -> None:
+    """A password no longer true leaves credentials.txt, so nobody logs in with a stale one."""
+    from airgap.server import credentials
+
+    path = layout.credentials_file
+    if not credentials.forget(path, name):
+        return
+    if path.exists():
+        say(f"removed the stale password of {name} from {path}")
+    else:
+        say(f"removed {path}: it held no other password")
 
 
 def _new_password(from_stdin: bool) -> tuple[str, bool]:
@@ -132,9 +163,11 @@ def user_add(
         chosen = Role(role)
     except ValueError as exc:
         raise UsageError(f"role {role!r} is not sender or receiver") from exc
+    layout = _layout(root, provision=True)
     password, generated = _new_password(password_stdin)
-    _user_db(root).add(name, chosen, password)
+    _user_db(layout).add(name, chosen, password)
     say(f"added {chosen.value} {name}")
+    _forget_generated(layout, name)  # a line left by an older airgap for a removed account
     if generated:
         print(f"password: {password}")
 
@@ -143,7 +176,7 @@ def user_add(
 @guarded
 def user_list(root: RootOption = None) -> None:
     """List accounts and their roles."""
-    for user in sorted(_user_db(root).load().values(), key=lambda u: u.name):
+    for user in sorted(_user_db(_layout(root)).load().values(), key=lambda u: u.name):
         print(f"{user.name}\t{user.role.value}")
 
 
@@ -151,8 +184,10 @@ def user_list(root: RootOption = None) -> None:
 @guarded
 def user_remove(name: Annotated[str, typer.Argument()], root: RootOption = None) -> None:
     """Remove an account (its files stay)."""
-    _user_db(root).remove(name)
+    layout = _layout(root)
+    _user_db(layout).remove(name)
     say(f"removed {name}")
+    _forget_generated(layout, name)
 
 
 @user_app.command("passwd")
@@ -163,8 +198,10 @@ def user_passwd(
     root: RootOption = None,
 ) -> None:
     """Set a new password; without --password-stdin a random one is printed once."""
+    layout = _layout(root)
     password, generated = _new_password(password_stdin)
-    _user_db(root).set_password(name, password)
+    _user_db(layout).set_password(name, password)
     say(f"changed the password of {name}")
+    _forget_generated(layout, name)
     if generated:
         print(f"password: {password}")

@@ -1,0 +1,66 @@
+"""``airgap user`` through the real CLI: it keeps credentials.txt true and never makes a root."""
+
+from __future__ import annotations
+
+import ftplib
+import stat
+
+import pytest
+
+from airgap.server.config import ServeConfig
+from tests.conftest import run_airgap
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_passwd_and_remove_take_stale_passwords_out_of_credentials(serve):
+    server = serve("--tls", "off")
+    credentials = server.root / "state/credentials.txt"
+    old = server.password("sender")
+    changed = run_airgap(["user", "passwd", "sender", "--root", server.root])
+    assert changed.returncode == 0, changed.stderr
+    new = changed.stdout.split("password: ")[1].strip()
+    assert old not in credentials.read_text() and new not in credentials.read_text()
+    assert f"removed the stale password of sender from {credentials}" in changed.stderr
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    with pytest.raises(KeyError):
+        server.password("sender")
+    server.ftp("receiver", server.password("receiver")).quit()  # the other line stays true
+    server.ftp("sender", new).quit()
+    with pytest.raises(ftplib.error_perm):
+        server.ftp("sender", old)
+
+    removed = run_airgap(["user", "remove", "receiver", "--root", server.root])
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed {credentials}" in removed.stderr
+    assert not credentials.exists()
+
+
+def test_user_commands_refuse_a_root_that_serve_never_made(serve, tmp_path):
+    missing = tmp_path / "typo"
+    cluttered = tmp_path / "home"
+    cluttered.mkdir()
+    (cluttered / "notes.txt").write_text("not an appliance")
+    commands = (["list"], ["add", "alice", "--role", "sender"], ["passwd", "a"], ["remove", "a"])
+    for root in (missing, cluttered):
+        for command in commands:
+            refused = run_airgap(["user", *command, "--root", root])
+            assert refused.returncode == 2, (command, refused.stderr)
+            assert f"airgap serve --root {root}" in refused.stderr
+    assert not missing.exists()
+    assert [p.name for p in cluttered.iterdir()] == ["notes.txt"]
+
+    fresh = tmp_path / "volume"  # an empty directory: accounts before the first start
+    fresh.mkdir()
+    added = run_airgap(["user", "add", "alice", "--role", "sender", "--root", fresh])
+    assert added.returncode == 0, added.stderr
+    server = serve("--tls", "off", root=fresh)
+    server.ftp("alice", added.stdout.split("password: ")[1].strip()).quit()
+    assert not (fresh / "state/credentials.txt").exists()  # no accounts of its own
+
+
+def test_serve_help_shows_the_default_root():
+    helped = run_airgap(["serve", "--help"], env={"COLUMNS": "200"})
+    assert helped.returncode == 0
+    root_line = next(line for line in helped.stdout.splitlines() if "--root" in line)
+    assert f"(default ./{ServeConfig().root})" in root_line
