@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from airgap.client.private import private_dir
@@ -44,14 +44,34 @@ def load_identities(paths: Sequence[Path]) -> list[age.X25519Identity]:
 
 
 def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X25519Recipient]:
-    found = [age.X25519Recipient.parse(v) for v in values]
+    found = []
+    for value in values:
+        with _naming(f"--recipient {value[:24]!r}"):
+            found.append(age.X25519Recipient.parse(value))
     for path in files:
-        found += age.parse_recipients(read_key_text(path, "recipients file"))
+        text = read_key_text(path, "recipients file")
+        with _naming(str(path)):
+            found += age.parse_recipients(text)
     return found
 
 
 def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.SecretKey:
-    return minisign.SecretKey.parse(read_key_text(path, "signing key"), passphrase=passphrase)
+    text = read_key_text(path, "signing key")
+    if text.startswith("untrusted comment: minisign public key"):
+        raise KeyFileError(
+            f"signing key {path} is a public key",
+            hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
+        )
+    return minisign.SecretKey.parse(text, passphrase=passphrase)
+
+
+@contextlib.contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Errors about a key say which key: the option or the file it came from."""
+    try:
+        yield
+    except (KeyFileError, UsageError) as exc:
+        raise type(exc)(f"{where}: {exc.message}", hint=exc.hint) from exc
 
 
 def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:

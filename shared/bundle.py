@@ -22,6 +22,7 @@ from airgap.shared.errors import (
     PlaintextHashError,
     SegmentHashError,
     SignatureError,
+    UsageError,
 )
 from airgap.shared.manifest import (
     DEFAULT_SEGMENT,
@@ -205,6 +206,14 @@ def decode(
     check = Chain([Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"), plaintext])
     payload = rechunk(segments, PIECE)
     if manifest.encryption.scheme != "none":
+        if not identities:
+            to_passphrase = manifest.encryption.passphrase
+            raise UsageError(
+                "the bundle is encrypted and there is no identity to decrypt it",
+                hint="set AIRGAP_PASSPHRASE: it is encrypted to a passphrase"
+                if to_passphrase
+                else "pass --identity identity.txt",
+            )
         payload = run(payload, age.AgeDecryptor(identities))
     with closing(threaded(payload, [zstd_decompress])) as chunks:  # stops the threads on any exit
         for chunk in chunks:

@@ -209,6 +209,14 @@ def test_send_refuses_bad_input_clearly(tmp_path: Path, keydir: Path) -> None:
     assert directory.returncode == 2 and "not a regular file" in directory.stderr
     bad_recipient = run_airgap([*base, "--sign-key", keydir / "signing.key", "-r", "age1nope"])
     assert bad_recipient.returncode == 1 and "Traceback" not in bad_recipient.stderr
+    assert "--recipient 'age1nope': malformed Bech32" in bad_recipient.stderr
+    (tmp_path / "empty.txt").write_text("# nobody yet\n")
+    empty = run_airgap([*base, "--sign-key", keydir / "signing.key", "-R", tmp_path / "empty.txt"])
+    assert f"{tmp_path / 'empty.txt'}: recipients file holds no recipient" in empty.stderr
+    public = run_airgap(
+        [*base, "--sign-key", keydir / "signing.pub", "-R", keydir / "recipient.txt"]
+    )
+    assert public.returncode == 1 and "is a public key" in public.stderr
     no_passphrase = run_airgap([*base, "--sign-key", keydir / "signing.key", "--passphrase"])
     assert no_passphrase.returncode == 2 and "AIRGAP_PASSPHRASE" in no_passphrase.stderr
     assert not (tmp_path / "drop").exists() or not list((tmp_path / "drop").iterdir())
@@ -261,3 +269,17 @@ def test_ls_shows_bundles_their_state_and_never_raw_escapes(tmp_path: Path, keyd
     rows = {row["id"]: row for row in json.loads(checked.stdout)["bundles"]}
     assert rows[bundle_id]["state"] == "invalid"
     assert [r["state"] for i, r in rows.items() if i != bundle_id] == ["verified"]
+
+
+def test_a_passphrase_bundle_without_a_passphrase_says_so(tmp_path: Path, keydir: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    send = ["send", "--to", tmp_path / "drop", "--file", tmp_path / "f", "--passphrase"]
+    sent = run_airgap(
+        [*send, "--sign-key", keydir / "signing.key"], env={"AIRGAP_PASSPHRASE": "pw"}
+    )
+    assert sent.returncode == 0, sent.stderr
+    fetch = ["fetch", "--from", tmp_path / "drop", "--trust", keydir / "signing.pub"]
+    fetched = run_airgap([*fetch, "--output-dir", tmp_path / "out", "--state-dir", tmp_path / "s"])
+    assert fetched.returncode == 2, fetched.stderr
+    assert "no identity to decrypt it" in fetched.stderr
+    assert "set AIRGAP_PASSPHRASE: it is encrypted to a passphrase" in fetched.stderr
