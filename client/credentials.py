@@ -38,8 +38,14 @@ def _netrc(target: FtpTarget) -> str | None:
         return None
     try:
         entry = netrc.netrc(str(path)).authenticators(target.host)
+        mode = path.stat().st_mode
     except (netrc.NetrcParseError, OSError) as exc:
         raise KeyFileError(f"{path}: cannot be read as a netrc file") from exc
     if entry is None or (entry[0] and entry[0] != target.user):
         return None
+    if mode & 0o077 and entry[2]:  # as ftp(1) does: a password others can read is not used
+        raise KeyFileError(
+            f"{path} holds a password and others may read or write it",
+            hint=f"chmod 600 {path}",
+        )
     return entry[2]

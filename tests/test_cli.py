@@ -283,3 +283,21 @@ def test_a_passphrase_bundle_without_a_passphrase_says_so(tmp_path: Path, keydir
     assert fetched.returncode == 2, fetched.stderr
     assert "no identity to decrypt it" in fetched.stderr
     assert "set AIRGAP_PASSPHRASE: it is encrypted to a passphrase" in fetched.stderr
+
+
+def test_a_netrc_others_can_read_is_refused_and_plain_ftp_is_warned_of(
+    tmp_path: Path, keydir: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login sender password s3cret-netrc\n")
+    ls = ["ls", "--server", "ftp://sender@127.0.0.1:9/", "--trust", keydir / "signing.pub"]
+    env = {"NETRC": str(netrc), "AIRGAP_RETRIES": "1"}
+    netrc.chmod(0o644)
+    open_netrc = run_airgap(ls, env=env)
+    assert open_netrc.returncode == 1, open_netrc.stderr
+    assert "others may read or write it" in open_netrc.stderr
+    assert f"chmod 600 {netrc}" in open_netrc.stderr and "s3cret" not in open_netrc.stderr
+    netrc.chmod(0o600)
+    private = run_airgap(ls, env=env)  # the password is taken; nothing listens on port 9
+    assert private.returncode == 4, private.stderr
+    assert "warning: ftp:// sends the password in clear" in private.stderr

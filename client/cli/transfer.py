@@ -191,8 +191,15 @@ def _place(
 ) -> Place:
     """Flags first; the configured drop box only when neither a directory nor a server is given."""
     if directory is None and server is None and configured:
-        return Place(None, configured, fingerprint or configured_pin)
-    return Place(directory, server, fingerprint)
+        place = Place(None, configured, fingerprint or configured_pin)
+    else:
+        place = Place(directory, server, fingerprint)
+    if place.server is not None and place.server.lower().startswith("ftp://"):
+        say(
+            "airgap: warning: ftp:// sends the password in clear; use ftps:// where the "
+            "server offers TLS (bundles stay signed, and encrypted unless --no-encrypt)"
+        )
+    return place
 
 
 def _trusted(paths: Sequence[Path]) -> list[Path]:
