@@ -12,6 +12,8 @@ refused.
 from __future__ import annotations
 
 import contextlib
+import json
+import posixpath
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +29,7 @@ from airgap.client.thin import Dropped, thin_archive
 from airgap.client.transport import Transport
 from airgap.shared import minisign
 from airgap.shared.bundle import EncodeOptions
-from airgap.shared.errors import VerificationError
+from airgap.shared.errors import EngineError, VerificationError
 from airgap.shared.manifest import ImageEntry, Manifest, OmittedLayer
 from airgap.shared.pipeline import threaded
 
@@ -108,6 +110,66 @@ def withhold_last(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield held
 
 
+INDEX_JSON = "index.json"
+REPOSITORIES = "repositories"
+_NAMES = {MANIFEST_JSON, INDEX_JSON, REPOSITORIES}
+
+
+def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
+    """The archive's chunks, untouched; at its end, an error if it names an image other than
+    the manifest does. ``docker load`` applies every name an archive carries (manifest.json's
+    RepoTags, the OCI index's image names, legacy ``repositories``), so a signed archive could
+    otherwise move a tag the manifest never mentions. Raised before the last piece goes (see
+    :func:`withhold_last`), the error leaves the engine with nothing loaded."""
+    archive = SavedArchive(_NAMES)
+    for chunk in chunks:
+        try:
+            archive.update(chunk)
+        except EngineError as exc:  # what SavedArchive says of a save, said of a bundle
+            raise VerificationError("the bundle's archive is not a tar archive") from exc
+        yield chunk
+    named = {_familiar(ref) for image in manifest.images for ref in image.refs}
+    if unnamed := sorted(r for r in map(_familiar, archive_refs(archive)) if r not in named):
+        raise VerificationError(
+            f"docker save archive: it would also tag {', '.join(unnamed)}, "
+            "which the signed manifest does not name"
+        )
+
+
+def archive_refs(archive: SavedArchive) -> set[str]:
+    """Every image name in an archive's manifest.json, index.json and repositories. One of
+    those files the archive holds in another form (``./manifest.json``, a link, too large to
+    keep) or that does not parse counts as a name no manifest gives."""
+    members = archive.members
+    found: set[str] = set()
+    held = [*archive.sizes, *archive.links]
+    if any(posixpath.normpath(n) in _NAMES and n not in members for n in held):
+        found.add("(names airgap cannot read)")
+    try:
+        if MANIFEST_JSON in members:
+            for entry in json.loads(members[MANIFEST_JSON]):
+                found.update(entry.get("RepoTags") or [])
+        if INDEX_JSON in members:
+            for entry in json.loads(members[INDEX_JSON]).get("manifests") or []:
+                name = (entry.get("annotations") or {}).get("io.containerd.image.name")
+                if name:
+                    found.add(name)
+        if REPOSITORIES in members:
+            for repo, tags in json.loads(members[REPOSITORIES]).items():
+                found.update(f"{repo}:{tag}" for tag in tags)
+    except (ValueError, TypeError, AttributeError):
+        found.add("(names airgap cannot read)")
+    return {ref for ref in found if isinstance(ref, str)}
+
+
+def _familiar(ref: str) -> str:
+    """``docker.io/library/app:1.0`` as Docker shows it: ``app:1.0``."""
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
 def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) -> list[str]:
     """Load a verified image bundle; return the refs now pointing at its images."""
     refs = [(ref, image) for image in manifest.images for ref in image.refs]
@@ -120,7 +182,7 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
         # bytes at its own pace, never holds up the hashing and decompressing meanwhile. If the
         # engine fails first, closing stops those threads before the decode is closed.
         with contextlib.closing(threaded(plaintext, [])) as decoded:
-            engine.load(withhold_last(decoded), size=size)
+            engine.load(withhold_last(named_only(decoded, manifest)), size=size)
     for ref, image in refs:
         got = engine.image_id(ref)
         if not _is(engine, ref, got, image):

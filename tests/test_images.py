@@ -23,10 +23,13 @@ import docker.errors
 import pytest
 
 from airgap.client.engine import Engine
-from airgap.client.images import load_images, withhold_last
+from airgap.client.images import archive_refs, load_images, withhold_last
+from airgap.client.keyfiles import load_recipients
 from airgap.client.saved import SavedArchive
+from airgap.client.send import send_stream
+from airgap.client.transport import DirectoryTransport
 from airgap.shared import minisign
-from airgap.shared.bundle import sign_manifest
+from airgap.shared.bundle import EncodeOptions, sign_manifest
 from airgap.shared.errors import EngineError, PlaintextHashError
 from airgap.shared.manifest import Manifest
 from tests.conftest import (
@@ -310,6 +313,9 @@ def test_an_engine_failing_mid_load_stops_the_decode_before_its_caller_closes_it
     are stopped before fetch closes the decode (a running generator cannot be closed)."""
 
     def decode() -> Iterator[bytes]:
+        head = tarfile.TarInfo("layer.tar")
+        head.size = 1 << 40
+        yield head.tobuf()
         while True:
             time.sleep(0.001)  # busy inside the generator, as hashing and decrypting keep it
             yield b"x" * 1024
@@ -469,3 +475,102 @@ def test_fetch_by_image_ref_takes_the_newest_bundle_that_carries_it(
         assert again.returncode == 0 and "nothing to do" in again.stderr
         missing = run_airgap([*args[:1], f"{repo}:nope", *args[2:]], env=env)
         assert missing.returncode == 2 and "no published bundle" in missing.stderr
+
+
+def _imported(client: Any, ref: str) -> str:
+    """An image of one small file, made by `docker import`: it shares no layer with others."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("victim.txt")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"victim"))
+    repository, tag = ref.rsplit(":", 1)
+    client.api.import_image_from_data(out.getvalue(), repository=repository, tag=tag)
+    return ref
+
+
+def _renamed(archive: bytes, extra: str) -> bytes:
+    """``archive`` with one more name for its image: in manifest.json's RepoTags and, in an
+    OCI layout, as an index entry, which is how each engine's load learns names."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isreg() else None  # type: ignore[union-attr]
+            if member.name == "manifest.json" and data is not None:
+                entries = json.loads(data)
+                entries[0]["RepoTags"].append(extra)
+                data = json.dumps(entries).encode()
+            if member.name == "index.json" and data is not None:
+                index = json.loads(data)
+                twin = json.loads(json.dumps(index["manifests"][0]))
+                twin.setdefault("annotations", {})["io.containerd.image.name"] = extra
+                index["manifests"].append(twin)
+                data = json.dumps(index).encode()
+            if data is not None:
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_archive_naming_more_than_the_manifest_moves_no_tag(
+    docker_engine: DockerEngine, two_images: list[Any], keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a signed bundle whose archive also tagged its image `VICTIM` loaded,
+    and VICTIM, never named in the manifest, pointed at the new image from then on."""
+    client, engine = docker_engine.client, Engine(docker_engine.client)
+    first = two_images[0].tags[0]
+    victim = f"{first.split(':')[0]}-victim:latest"
+    held = client.images.get(_imported(client, victim))  # no kin of the bundle's images
+    try:
+        archive = _renamed(b"".join(engine.save([first])), victim)
+        (entry,) = engine.describe([first])
+        entry = replace(entry, config=_config_digest(client, first))
+        key = minisign.SecretKey.parse((keydir / "signing.key").read_text())
+        recipients = load_recipients([], [keydir / "recipient.txt"])
+        drop = tmp_path / "drop"
+        send_stream(
+            [archive],
+            DirectoryTransport(drop),
+            options=EncodeOptions(recipients),
+            key=key,
+            images=[entry],
+        )
+        _gone(client, *two_images)
+        fetched = _fetch(keydir, drop, tmp_path / "state", env=docker_engine.env)
+        assert fetched.returncode == 3, fetched.stderr
+        assert f"it would also tag {victim}, which the signed manifest does not name" in (
+            fetched.stderr
+        )
+        assert client.images.get(victim).id == held.id
+        _absent(client, *two_images)
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(victim)
+
+
+def test_names_an_archive_gives_are_read_in_every_form() -> None:
+    def archive(*members: tuple[str, bytes]) -> SavedArchive:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        saved = SavedArchive({"manifest.json", "index.json", "repositories"})
+        saved.update(out.getvalue())
+        return saved
+
+    tags = json.dumps([{"RepoTags": ["app:1.0"]}]).encode()
+    index = json.dumps(
+        {"manifests": [{"annotations": {"io.containerd.image.name": "docker.io/library/app:2"}}]}
+    ).encode()
+    repositories = json.dumps({"old": {"v1": "abc"}}).encode()
+    found = archive(("manifest.json", tags), ("index.json", index), ("repositories", repositories))
+    assert archive_refs(found) == {"app:1.0", "docker.io/library/app:2", "old:v1"}
+    assert archive_refs(archive(("./manifest.json", tags))) == {"(names airgap cannot read)"}
+    assert archive_refs(archive(("manifest.json", b"{not json"))) == {"(names airgap cannot read)"}
