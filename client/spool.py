@@ -329,7 +329,11 @@ class _SpooledUpload(io.RawIOBase):
         self._file.close()
         self.uploader.finished.set()
         self.uploader.wake()
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException:  # Ctrl-C while the upload catches up: it stops too, at once
+            self.uploader.abort()
+            raise
         super().close()
         self.uploader.raise_failure()
 

@@ -97,9 +97,12 @@ def test_a_send_killed_mid_upload_is_listed_then_dropped(keydir: Path, tmp_path:
 
 
 @needs_vsftpd
-def test_an_interrupted_send_stops_uploading_at_once(keydir: Path, tmp_path: Path) -> None:
-    """Ctrl-C while still encoding, the upload far behind: exit 130 without first uploading
-    what the spool holds (a rerun continues it: tests/test_remote.py)."""
+@pytest.mark.parametrize("spooled_first", [16 << 20, 32 << 20], ids=["encoding", "encoded"])
+def test_an_interrupted_send_stops_uploading_at_once(
+    keydir: Path, tmp_path: Path, spooled_first: int
+) -> None:
+    """Ctrl-C while still encoding, or once encoded while the upload catches up: exit 130
+    without first uploading what the spool holds (a rerun continues it: test_remote.py)."""
     payload = tmp_path / "big.bin"
     payload.write_bytes(os.urandom(32 << 20))
     with vsftpd.running(tmp_path / "ftp", max_rate=1 << 20) as ftp:
@@ -111,7 +114,7 @@ def test_an_interrupted_send_stops_uploading_at_once(keydir: Path, tmp_path: Pat
         def spooled() -> int:
             return sum(p.stat().st_size for p in spool.rglob("*.part")) if spool.exists() else 0
 
-        _wait_for(lambda: spooled() >= 16 << 20, "the spool to run ahead of the upload")
+        _wait_for(lambda: spooled() >= spooled_first, "the spool to run ahead of the upload")
         sending.send_signal(signal.SIGINT)
         _, err = sending.communicate(timeout=120)
         assert sending.returncode == 130, err
