@@ -33,6 +33,8 @@ class Place:
                 hint=f"{flag} /media/usb for removable media, --server ftps://user@host:2121/ "
                 "for a drop box",
             )
+        if self.directory is not None and self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(f"{flag} {self.directory}: not a directory")
 
     def describe(self) -> str:
         """The place as a ledger names it: the URL without secrets, or the absolute directory."""

@@ -217,6 +217,9 @@ def test_send_refuses_bad_input_clearly(tmp_path: Path, keydir: Path) -> None:
         [*base, "--sign-key", keydir / "signing.pub", "-R", keydir / "recipient.txt"]
     )
     assert public.returncode == 1 and "is a public key" in public.stderr
+    to_file = ["send", "--to", tmp_path / "f", "--file", tmp_path / "f", "--no-encrypt"]
+    not_dir = run_airgap([*to_file, "--sign-key", keydir / "signing.key"])
+    assert not_dir.returncode == 2 and f"--to {tmp_path / 'f'}: not a directory" in not_dir.stderr
     no_passphrase = run_airgap([*base, "--sign-key", keydir / "signing.key", "--passphrase"])
     assert no_passphrase.returncode == 2 and "AIRGAP_PASSPHRASE" in no_passphrase.stderr
     assert not (tmp_path / "drop").exists() or not list((tmp_path / "drop").iterdir())
