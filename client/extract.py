@@ -66,12 +66,14 @@ def _unpack(plaintext: Iterator[bytes], entries: dict[str, FileEntry], staging: 
                 handle.write(item)
                 continue
             if handle is not None:
-                handle.close()
+                _durable(handle)
             entry = check_member(item, entries)
             if entry.name in seen:
                 raise UnsafeArchiveError(f"archive: {entry.name!r} appears twice")
             seen.add(entry.name)
             handle = _create(staging / entry.name)
+        if handle is not None:
+            _durable(handle)
     except OSError as exc:
         raise StorageError(f"unpacking: {exc.strerror or exc}") from exc
     finally:
@@ -80,6 +82,23 @@ def _unpack(plaintext: Iterator[bytes], entries: dict[str, FileEntry], staging: 
     missing = set(entries) - seen
     if missing:
         raise UnsafeArchiveError(f"archive: lacks {', '.join(sorted(missing))}")
+
+
+def _durable(handle: BinaryIO) -> None:
+    """Flush and fsync a member, then close it: the ledger records the bundle as imported once
+    this returns, so a crash after it must not lose the file's bytes."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _sync_dir(directory: Path) -> None:
+    """The directory's new entries, durable: the names as well as the bytes."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _create(target: Path) -> BinaryIO:
@@ -110,6 +129,7 @@ def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
             target = out_dir / name
             _place(staging / name, target)
             placed.append(target)
+        _sync_dir(out_dir)
     except BaseException as exc:  # an interrupt too: all or nothing
         for path in placed:
             path.unlink(missing_ok=True)
@@ -138,6 +158,7 @@ def _place(source: Path, target: Path) -> None:
             with os.fdopen(src, "rb") as original:
                 shutil.copyfileobj(original, copy, COPY_CHUNK)
             copy.flush()
+            os.fsync(copy.fileno())
             os.link(hidden, target, follow_symlinks=False)
             if not os.path.samestat(os.fstat(copy.fileno()), os.lstat(target)):
                 target.unlink()  # our hidden name was swapped: what we linked is not our copy

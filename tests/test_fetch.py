@@ -286,3 +286,27 @@ def test_a_highly_compressible_payload_decodes_in_bounded_pieces(tmp_path: Path)
         for piece in plaintext:
             largest = max(largest, len(piece))
     assert largest <= 1 << 20
+
+
+def test_every_file_and_the_folder_are_durable_before_the_ledger_says_imported(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the ledger line must not lose what it records: the unpacked file's bytes
+    and its name are fsynced before the import is recorded (a rerun would skip the bundle)."""
+    events: list[tuple[str, int]] = []
+    real_fsync, real_record = os.fsync, Ledger.record
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def record(self: Ledger, *args: object, **kwargs: object) -> None:
+        events.append(("record", 0))
+        real_record(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Ledger, "record", record)
+    assert _fetch(bundle_dir, tmp_path / "out", tmp_path / "state") is None
+    synced_before = {ino for kind, ino in events[: events.index(("record", 0))] if kind == "fsync"}
+    assert (tmp_path / "out" / "source.bin").stat().st_ino in synced_before
+    assert (tmp_path / "out").stat().st_ino in synced_before
