@@ -46,6 +46,9 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, EOFError)
 MAX_REPLY = 64 << 10
 #: The most a listing may hold: 16 MiB is ~400,000 bundle file names.
 MAX_LISTING = 16 << 20
+#: A download that brings fewer bytes than this in a whole timeout has stalled: a server can
+#: send a byte now and then to defeat a timeout on each read. Far below any real link.
+STALL_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def _no_delay(sock: socket.socket) -> None:
 
 def check_fingerprint(pin: str | None) -> None:
     """Refuse a pin that cannot be one before anything connects (or asks for a password)."""
-    if pin is not None and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", pin):
+    if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin, re.IGNORECASE):
         raise UsageError(
             f"--tls-fingerprint {pin!r} is not sha256: and 64 hex digits",
             hint="copy it whole from what airgap serve printed",
@@ -331,7 +334,8 @@ class FtpTransport:
         with self._errors(f"downloading {name}"):
             ftp.voidcmd("TYPE I")  # a listing switched to ASCII
             conn = ftp.transfercmd(f"RETR {name}", rest=offset or None)
-        return io.BufferedReader(_DataReader(self, conn, name), buffer_size=1 << 20)
+        reader = _DataReader(self, conn, name, window=self._timeout)
+        return io.BufferedReader(reader, buffer_size=1 << 20)
 
     def writer(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
         """Upload from ``offset``: REST + STOR (the server keeps the first ``offset`` bytes), or
@@ -367,9 +371,13 @@ class FtpTransport:
 
 
 class _DataReader(io.RawIOBase):
-    def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
+    def __init__(
+        self, owner: FtpTransport, conn: socket.socket, name: str, *, window: float
+    ) -> None:
         self._owner, self._conn, self._name = owner, conn, name
         self._error: OSError | None = None  # met after some bytes: raised by the next call
+        self._window, self._since, self._counted = window, time.monotonic(), 0
+        self._broken = False
         _no_delay(conn)
 
     def readable(self) -> bool:
@@ -385,27 +393,45 @@ class _DataReader(io.RawIOBase):
                 if self._error is not None:
                     raise self._error
                 got = self._conn.recv_into(view[filled:])
+                self._pace(got)
             except OSError as exc:
                 if filled:
                     self._error = exc  # the bytes first; the next call reports the error
                     return filled
-                self._owner._drop()
+                self._failed()
                 raise TransferError(f"downloading {self._name}: {exc}") from exc
             if not got:
                 break
             filled += got
         return filled
 
+    def _pace(self, got: int) -> None:
+        """At least :data:`STALL_BYTES` in every window of one timeout, or a TimeoutError."""
+        self._counted += got
+        now = time.monotonic()
+        if now - self._since >= self._window:
+            if self._counted < STALL_BYTES:
+                raise TimeoutError(f"under {STALL_BYTES} bytes in {self._window:g} s: stalled")
+            self._since, self._counted = now, 0
+
+    def _failed(self) -> None:
+        """The transfer is lost: no final reply is waited for (on a dropped connection that
+        meant logging in again to wait a whole timeout for nothing)."""
+        self._owner._drop()
+        self._broken = True
+
     def close(self) -> None:
         if not self.closed:
             _close_data(self._conn)
             super().close()
-            self._owner._finish(self._name, "downloading")
+            if not self._broken:
+                self._owner._finish(self._name, "downloading")
 
 
 class _DataWriter(io.RawIOBase):
     def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
         self._owner, self._conn, self._name = owner, conn, name
+        self._broken = False
         _no_delay(conn)
 
     def writable(self) -> bool:
@@ -416,6 +442,7 @@ class _DataWriter(io.RawIOBase):
             self._conn.sendall(data)
         except OSError as exc:
             self._owner._drop()
+            self._broken = True  # as for a download: no final reply to wait for
             raise TransferError(f"uploading {self._name}: {exc}") from exc
         return len(data)
 
@@ -423,7 +450,8 @@ class _DataWriter(io.RawIOBase):
         if not self.closed:
             _close_data(self._conn)
             super().close()
-            self._owner._finish(self._name, "uploading")
+            if not self._broken:
+                self._owner._finish(self._name, "uploading")
 
 
 def _close_data(conn: socket.socket) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,12 +34,14 @@ class Hostile:
         greeting: Callable[[Send], None] | None = None,
         replies: dict[str, bytes] | None = None,
         listing: Callable[[Send], None] | None = None,
+        download: Callable[[Send], None] | None = None,
         control_tls: ssl.SSLContext | None = None,
         data_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.greeting = greeting or (lambda send: send(b"220 hostile\r\n"))
         self.replies = replies or {}
         self.listing = listing or (lambda send: send(b"a.txt\r\n"))
+        self.download = download or (lambda send: send(b"hello"))
         self.control_tls, self.data_tls = control_tls, data_tls
         self.data_sessions: list[bool] = []  # for each TLS data connection: was it accepted
         self.sessions = 0
@@ -78,6 +81,13 @@ class Hostile:
                 passive = held.enter_context(socket.create_server(("127.0.0.1", 0)))
                 port = passive.getsockname()[1]
                 sock.sendall(f"227 Passive (127,0,0,1,{port >> 8},{port & 255})\r\n".encode())
+            elif cmd == "RETR" and passive is not None:
+                sock.sendall(b"150 here\r\n")
+                data = held.enter_context(passive.accept()[0])
+                with contextlib.suppress(OSError):
+                    self.download(data.sendall)
+                data.close()
+                sock.sendall(b"226 done\r\n")
             elif cmd == "NLST" and passive is not None:
                 sock.sendall(b"150 here\r\n")
                 self._list(held.enter_context(passive.accept()[0]), held)
@@ -260,3 +270,31 @@ def test_a_malformed_url_or_fingerprint_is_a_usage_error(
     listed = run_airgap([*args, *(["--tls-fingerprint", pin] if pin else [])])
     assert listed.returncode == 2, listed.stderr
     assert message in listed.stderr and "internal error" not in listed.stderr
+
+
+def test_a_fingerprint_in_capitals_is_still_one(keydir: Path) -> None:
+    args: list[str | Path] = ["ls", "--server", "ftps://u@127.0.0.1:9/"]
+    args += ["--tls-fingerprint", "SHA256:" + "AB" * 32, "--trust", keydir / "signing.pub"]
+    listed = run_airgap(args, env={"AIRGAP_PASSWORD": "x", "AIRGAP_RETRIES": "1"})
+    assert listed.returncode == 4, listed.stderr  # accepted; nothing listens on port 9
+
+
+def test_a_download_trickled_a_byte_at_a_time_is_a_stall(hostile: Callable[..., Hostile]) -> None:
+    """Each read gets a byte before its timeout, so only a floor on the rate ends it."""
+
+    def trickle(send: Send) -> None:
+        for _ in range(100):
+            send(b"x")
+            time.sleep(0.3)
+
+    server = hostile(download=trickle)
+    target = FtpTarget.parse(f"ftp://user@127.0.0.1:{server.port}/")
+    started = time.monotonic()
+    with (
+        contextlib.closing(FtpTransport(target, "secret", timeout=2)) as ftp,
+        pytest.raises(TransferError, match="under 1024 bytes in 2 s: stalled"),
+        ftp.reader("payload") as handle,  # its close waits for no reply: the transfer is lost
+    ):
+        while handle.read(1 << 20):
+            pass
+    assert time.monotonic() - started < 6
