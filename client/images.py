@@ -143,7 +143,8 @@ def archive_refs(archive: SavedArchive) -> set[str]:
     members = archive.members
     found: set[str] = set()
     held = [*archive.sizes, *archive.links]
-    if any(posixpath.normpath(n) in _NAMES and n not in members for n in held):
+    # Where docker load's untar puts a member: "/manifest.json" lands on manifest.json too.
+    if archive.unreadable or any(_landing(n) in _NAMES and n not in members for n in held):
         found.add("(names airgap cannot read)")
     try:
         if MANIFEST_JSON in members:
@@ -151,15 +152,21 @@ def archive_refs(archive: SavedArchive) -> set[str]:
                 found.update(entry.get("RepoTags") or [])
         if INDEX_JSON in members:
             for entry in json.loads(members[INDEX_JSON]).get("manifests") or []:
-                name = (entry.get("annotations") or {}).get("io.containerd.image.name")
-                if name:
-                    found.add(name)
+                notes = entry.get("annotations") or {}
+                found.add(notes.get("io.containerd.image.name") or "")
+                ref = notes.get("org.opencontainers.image.ref.name") or ""
+                if "/" in ref or ":" in ref:  # a whole reference, not a tag: a name too
+                    found.add(ref)
         if REPOSITORIES in members:
             for repo, tags in json.loads(members[REPOSITORIES]).items():
                 found.update(f"{repo}:{tag}" for tag in tags)
     except (ValueError, TypeError, AttributeError):
         found.add("(names airgap cannot read)")
-    return {ref for ref in found if isinstance(ref, str)}
+    return {ref for ref in found if isinstance(ref, str) and ref}
+
+
+def _landing(name: str) -> str:
+    return posixpath.normpath(name.lstrip("/"))
 
 
 def _familiar(ref: str) -> str:

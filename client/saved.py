@@ -22,6 +22,7 @@ from airgap.shared.manifest import ImageEntry
 MANIFEST_JSON = "manifest.json"
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _PAX = "\0pax"  # a pax header is kept under this name, which no member can have
+_GNU = {tarfile.GNUTYPE_LONGNAME: "\0gnu-path", tarfile.GNUTYPE_LONGLINK: "\0gnu-linkpath"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class SavedArchive:
         self._keep: str | None = None
         self._size = 0
         self._pax: dict[str, str] = {}  # the records of a pax header, for the next member
+        self.unreadable = False  # an extended header too large to keep: a name went unread
         self._ended = False
 
     def update(self, chunk: bytes) -> None:
@@ -105,6 +107,9 @@ class SavedArchive:
                 data = bytes(self._pending[: self._size])
                 if self._keep == _PAX:
                     self._pax = pax_records(data)
+                elif self._keep in _GNU.values():  # a GNU long name, for the next member
+                    key = self._keep.removeprefix("\0gnu-")
+                    self._pax = {key: data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
                 else:
                     self.members[self._keep] = data
             self._pending.clear()
@@ -121,8 +126,11 @@ class SavedArchive:
             raise EngineError(f"docker save: not a tar archive airgap can read ({exc})") from exc
         info, self._pax = with_pax(info, self._pax), {}
         name = info.name
-        if info.type == tarfile.XHDTYPE and info.size <= self._limit:
-            self._keep = _PAX
+        if info.type == tarfile.XHDTYPE or info.type in _GNU:
+            if info.size > self._limit:  # the next member's name is not known here
+                self.unreadable = True
+            else:
+                self._keep = _PAX if info.type == tarfile.XHDTYPE else _GNU[info.type]
         elif name in self._wanted and info.size <= self._limit:
             self._keep = name
         if info.isreg():

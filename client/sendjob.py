@@ -158,9 +158,10 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
 
 
 def _continue_hint(bundle_id: str, place: Place) -> str:
+    pin = f" --tls-fingerprint {place.fingerprint}" if place.fingerprint else ""
     return (
         f"run the same command again, or airgap send --resume {bundle_id} --server "
-        f"{place.server} (with --sign-key if it was still encoding); "
+        f"{place.server}{pin} (with --sign-key if it was still encoding); "
         f"airgap spool drop {bundle_id} gives it up"
     )
 

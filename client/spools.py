@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,13 +50,14 @@ def drop(cache: Path, bundle_id: str) -> list[Held]:
     chosen = [h for h in held(cache) if h.bundle_id == bundle_id]
     if not chosen:
         raise UsageError(f"the spool holds nothing of bundle {bundle_id}")
+    for item in chosen:  # first every claim, so that a refusal leaves all of it in place
+        if item.kind == "send" and not claim(item.path):  # held until this process ends
+            raise StorageError(
+                f"bundle {bundle_id} is being sent right now; not dropping its spool",
+                hint="stop that airgap send first",
+            )
     for item in chosen:
         if item.kind == "send":
-            if not claim(item.path):  # held from here on: no airgap starts on it meanwhile
-                raise StorageError(
-                    f"bundle {bundle_id} is being sent right now; not dropping its spool",
-                    hint="stop that airgap send first",
-                )
             shutil.rmtree(item.path, ignore_errors=True)
         else:
             item.path.unlink(missing_ok=True)
@@ -94,8 +96,11 @@ def _downloads(root: Path) -> list[Held]:
     for place in _entries(root):
         for path in _entries(place):
             bundle_id = _payload_id(path.name)
-            if bundle_id and path.is_file():
-                info = path.stat()
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue  # imported and dropped just now
+            if bundle_id and stat.S_ISREG(info.st_mode):
                 written = datetime.fromtimestamp(info.st_mtime, UTC)
                 found.append(Held(bundle_id, "download", path, info.st_size, written))
     return found
@@ -119,9 +124,15 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes under ``path``; a file that a finishing send or fetch removes meanwhile is 0."""
+    total = 0
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        try:
+            info = item.lstat()
+        except FileNotFoundError:
+            continue
+        total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 def _busy(folder: Path) -> bool:

@@ -573,4 +573,32 @@ def test_names_an_archive_gives_are_read_in_every_form() -> None:
     found = archive(("manifest.json", tags), ("index.json", index), ("repositories", repositories))
     assert archive_refs(found) == {"app:1.0", "docker.io/library/app:2", "old:v1"}
     assert archive_refs(archive(("./manifest.json", tags))) == {"(names airgap cannot read)"}
+    assert archive_refs(archive(("/manifest.json", tags))) == {"(names airgap cannot read)"}
     assert archive_refs(archive(("manifest.json", b"{not json"))) == {"(names airgap cannot read)"}
+    full = json.dumps(
+        {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "x/y:3"}}]}
+    )
+    assert archive_refs(archive(("index.json", full.encode()))) == {"x/y:3"}
+    bare = json.dumps({"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "3"}}]})
+    assert archive_refs(archive(("index.json", bare.encode()))) == set()
+
+
+def test_a_gnu_long_name_is_the_name_docker_load_uses() -> None:
+    """Found in review: a GNU long-name header saying manifest.json before a member headed
+    harmless.txt is manifest.json to Go's tar reader, and was harmless.txt to ours."""
+
+    def padded(data: bytes) -> bytes:
+        return data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+    tags = json.dumps([{"RepoTags": ["app:1", "victim:latest"]}]).encode()
+    long = tarfile.TarInfo("././@LongLink")
+    long.type, long.size = tarfile.GNUTYPE_LONGNAME, len(b"manifest.json\0")
+    member = tarfile.TarInfo("harmless.txt")
+    member.size = len(tags)
+    stream = long.tobuf(format=tarfile.GNU_FORMAT) + padded(b"manifest.json\0")
+    stream += member.tobuf(format=tarfile.GNU_FORMAT) + padded(tags) + bytes(1024)
+    with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
+        assert tar.getnames() == ["manifest.json"]  # Python's reader agrees with Go's
+    saved = SavedArchive({"manifest.json", "index.json", "repositories"})
+    saved.update(stream)
+    assert archive_refs(saved) == {"app:1", "victim:latest"}

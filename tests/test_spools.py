@@ -24,7 +24,7 @@ def test_a_bundle_id_tells_when_it_was_made() -> None:
 
 
 def test_listing_and_dropping_sends_and_downloads(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+    cache = tmp_path / "xdg" / "airgap"
     sent, fetched = new_bundle_id(now=1_700_000_000), new_bundle_id(now=1_700_000_001)
     recipe = Recipe("ftp://sender@127.0.0.1:2121/", ("age1x",), 1, images=("app:1.0",))
     begin(cache / "send" / sent, recipe, None)  # holds its lock, as a running send does
@@ -48,6 +48,21 @@ def test_listing_and_dropping_sends_and_downloads(tmp_path: Path) -> None:
         spools.drop(cache, "../etc")
     assert [h.path for h in spools.drop(cache, fetched)] == [download]
     assert not download.exists() and (download.parent / "notes.txt").exists()
+
+    # A download of the send being sent stays with it; --all drops all else, and says so.
+    download = download.parent / f"{sent}.tar.zst.age"
+    download.write_bytes(b"z")
+    with pytest.raises(StorageError, match="being sent right now"):
+        spools.drop(cache, sent)
+    assert download.exists()
+    other = new_bundle_id(now=1_700_000_002)
+    begin_elsewhere = cache / "send" / other
+    begin_elsewhere.mkdir(parents=True)
+    dropped = run_airgap(["spool", "drop", "--all"], env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert dropped.returncode == 1, dropped.stderr
+    assert f"airgap: bundle {sent} is being sent right now" in dropped.stderr
+    assert f"dropped {other}" in dropped.stderr and "1 bundle not dropped" in dropped.stderr
+    assert not begin_elsewhere.exists() and download.exists()
 
 
 def _where(ftp: vsftpd.Vsftpd, tmp_path: Path) -> tuple[str, dict[str, str]]:

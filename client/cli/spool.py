@@ -9,7 +9,7 @@ import typer
 from airgap.client.cli.app import app, emit, guarded, plural, printable, say
 from airgap.client.spool import cache_dir
 from airgap.client.spools import Held, drop, held
-from airgap.shared.errors import UsageError
+from airgap.shared.errors import AirgapError, StorageError, UsageError
 
 spool_app = typer.Typer(
     help="Unfinished sends and partial downloads that a rerun continues.",
@@ -44,13 +44,25 @@ def drop_(
     if every == bool(bundle_ids):
         raise UsageError("name bundle ids to drop, or pass --all")
     chosen = sorted({h.bundle_id for h in held(cache_dir())}) if every else bundle_ids or []
+    refused: list[AirgapError] = []
     for bundle_id in chosen:
-        for h in drop(cache_dir(), bundle_id):
+        try:
+            dropped = drop(cache_dir(), bundle_id)
+        except StorageError as exc:  # one being sent: the others still go
+            say(f"airgap: {exc.message}")
+            refused.append(exc)
+            continue
+        for h in dropped:
             say(f"dropped {h.bundle_id}: {_line(h)}")
             if h.kind == "send":
                 say(f"  the drop box may still hold its partial upload ({h.bundle_id}.*)")
     if not chosen:
         say("nothing to drop")
+    if refused:
+        raise StorageError(
+            f"{plural(len(refused), 'bundle')} not dropped: being sent right now",
+            hint=refused[0].hint,
+        )
 
 
 def _line(h: Held) -> str:
