@@ -9,10 +9,10 @@ place. This module never logs or prints a password; it is the only one that read
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from airgap.server import secretfile
 from airgap.shared.errors import StorageError
 
 HEADER = "# user role password (generated on first start; change with airgap user)\n"
@@ -45,7 +45,7 @@ def forget(path: Path, name: str) -> bool:
         if not any(_account(line) for line in kept):
             path.unlink()
         else:
-            _replace(path, "".join(kept))
+            secretfile.replace(path, "".join(kept))
     except OSError as exc:
         raise StorageError(f"writing {path}: {exc.strerror or exc}") from exc
     return True
@@ -55,17 +55,3 @@ def _account(line: str) -> str | None:
     """The account a line is about; None for a comment or a blank line."""
     fields = line.split()
     return fields[0] if fields and not fields[0].startswith("#") else None
-
-
-def _replace(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

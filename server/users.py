@@ -12,14 +12,13 @@ import enum
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airgap.server import secretfile
 from airgap.shared.errors import StorageError, UsageError
 
 # 2**15 x 8 x 1: 32 MiB and ~0.1 s per check; slow enough to hurt guessing, fast for a login.
@@ -144,17 +143,7 @@ class UserDB:
         data = json.dumps(_dump(users), indent=2, sort_keys=True) + "\n"
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".users.")
-            try:
-                os.fchmod(fd, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                Path(tmp).replace(self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            secretfile.replace(self.path, data)
         except OSError as exc:
             raise StorageError(f"writing {self.path}: {exc.strerror or exc}") from exc
 
