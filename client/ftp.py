@@ -191,7 +191,7 @@ class FtpTransport:
             return self._ftp
         ftp = self._client()
         try:
-            with self._errors("connecting"):
+            with self._errors("connecting", login=True):
                 ftp.connect(self.target.host, self.target.port)
                 if ftp.sock is not None:
                     _no_delay(ftp.sock)
@@ -236,7 +236,9 @@ class FtpTransport:
             self._ftp = None
 
     @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, what: str, *, login: bool = False) -> Iterator[None]:
+        """FTP failures as airgap errors. With ``login``, a refusal (a 5xx such as "550 SSL/TLS
+        required") stands: it is not transient, as asking again won't change it."""
         try:
             yield
         except ftplib.error_perm as exc:
@@ -245,7 +247,7 @@ class FtpTransport:
                 raise LoginError(f"{self.describe()}: login refused ({text})") from exc
             if text.startswith("552"):
                 raise StorageError(f"{what}: the drop box is full or over quota ({text})") from exc
-            if what == "connecting":  # e.g. "550 SSL/TLS required": asking again won't change it
+            if login:
                 hint = "use ftps://" if self.target.scheme == "ftp" and "TLS" in text else None
                 raise LoginError(f"{what}: refused by the server ({text})", hint=hint) from exc
             raise TransferError(f"{what}: refused by the server ({text})") from exc
@@ -370,15 +372,40 @@ class FtpTransport:
             ftp.voidresp()
 
 
-class _DataReader(io.RawIOBase):
+class _DataConnection(io.RawIOBase):
+    """One transfer's data connection. Closing it waits for the server's final reply, unless
+    the transfer broke: then there is none to wait for (on a dropped control connection that
+    meant logging in again to wait a whole timeout for nothing)."""
+
+    verb = ""
+
+    def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
+        self._owner, self._conn, self._name = owner, conn, name
+        self._broken = False
+        _no_delay(conn)
+
+    def _failed(self, exc: OSError) -> TransferError:
+        self._owner._drop()
+        self._broken = True
+        return TransferError(f"{self.verb} {self._name}: {exc}")
+
+    def close(self) -> None:
+        if not self.closed:
+            _close_data(self._conn)
+            super().close()
+            if not self._broken:
+                self._owner._finish(self._name, self.verb)
+
+
+class _DataReader(_DataConnection):
+    verb = "downloading"
+
     def __init__(
         self, owner: FtpTransport, conn: socket.socket, name: str, *, window: float
     ) -> None:
-        self._owner, self._conn, self._name = owner, conn, name
+        super().__init__(owner, conn, name)
         self._error: OSError | None = None  # met after some bytes: raised by the next call
         self._window, self._since, self._counted = window, time.monotonic(), 0
-        self._broken = False
-        _no_delay(conn)
 
     def readable(self) -> bool:
         return True
@@ -398,8 +425,7 @@ class _DataReader(io.RawIOBase):
                 if filled:
                     self._error = exc  # the bytes first; the next call reports the error
                     return filled
-                self._failed()
-                raise TransferError(f"downloading {self._name}: {exc}") from exc
+                raise self._failed(exc) from exc
             if not got:
                 break
             filled += got
@@ -414,25 +440,9 @@ class _DataReader(io.RawIOBase):
                 raise TimeoutError(f"under {STALL_BYTES} bytes in {self._window:g} s: stalled")
             self._since, self._counted = now, 0
 
-    def _failed(self) -> None:
-        """The transfer is lost: no final reply is waited for (on a dropped connection that
-        meant logging in again to wait a whole timeout for nothing)."""
-        self._owner._drop()
-        self._broken = True
 
-    def close(self) -> None:
-        if not self.closed:
-            _close_data(self._conn)
-            super().close()
-            if not self._broken:
-                self._owner._finish(self._name, "downloading")
-
-
-class _DataWriter(io.RawIOBase):
-    def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
-        self._owner, self._conn, self._name = owner, conn, name
-        self._broken = False
-        _no_delay(conn)
+class _DataWriter(_DataConnection):
+    verb = "uploading"
 
     def writable(self) -> bool:
         return True
@@ -441,17 +451,8 @@ class _DataWriter(io.RawIOBase):
         try:
             self._conn.sendall(data)
         except OSError as exc:
-            self._owner._drop()
-            self._broken = True  # as for a download: no final reply to wait for
-            raise TransferError(f"uploading {self._name}: {exc}") from exc
+            raise self._failed(exc) from exc
         return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            _close_data(self._conn)
-            super().close()
-            if not self._broken:
-                self._owner._finish(self._name, "uploading")
 
 
 def _close_data(conn: socket.socket) -> None:

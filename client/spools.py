@@ -9,15 +9,13 @@ to a server or an engine.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airgap.client.unfinished import LOCK, claim, recipe_of
+from airgap.client.unfinished import claim, in_use, recipe_of
 from airgap.shared.errors import StorageError, UsageError
 from airgap.shared.ids import ID_LENGTH, is_bundle_id, made_at
 from airgap.shared.manifest import payload_name
@@ -85,7 +83,7 @@ def _sends(root: Path) -> list[Held]:
                 began,
                 destination,
                 content,
-                _busy(folder),
+                in_use(folder),
             )
         )
     return found
@@ -133,18 +131,3 @@ def _size(path: Path) -> int:
             continue
         total += info.st_size if stat.S_ISREG(info.st_mode) else 0
     return total
-
-
-def _busy(folder: Path) -> bool:
-    """True when another airgap holds the send's lock (this one takes and gives it back)."""
-    try:
-        fd = os.open(folder / LOCK, os.O_RDWR)
-    except OSError:
-        return False  # no lock file: nobody ever held it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the lock, if it was taken
-    return False

@@ -106,6 +106,21 @@ def claim(spool: Path) -> bool:
     return True
 
 
+def in_use(folder: Path) -> bool:
+    """True when another airgap holds the send's lock (this one takes and gives it back)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR)
+    except OSError:
+        return False  # no lock file: nobody ever held it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock, if it was taken
+    return False
+
+
 def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
     """Record a send before its first byte is encoded (and hold its spool)."""
     private_dir(spool)
