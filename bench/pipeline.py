@@ -17,6 +17,7 @@ from pathlib import Path
 
 from airgap.client.fetch import open_bundle, plaintext_of
 from airgap.client.keyfiles import load_identities, load_recipients, load_trusted
+from airgap.client.memory import keep_freed_pieces
 from airgap.client.send import send_stream
 from airgap.client.transport import DirectoryTransport, published_ids
 from airgap.shared import minisign
@@ -48,6 +49,7 @@ def decode_bundle(drop: Path, keys: Path, output: Path) -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_pieces()  # as the CLI does
     if sys.argv[1] == "encode":
         level = int(sys.argv[5]) if len(sys.argv) > 5 else DEFAULT_ZSTD_LEVEL
         encode_file(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), level)

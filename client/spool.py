@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
 
 from airgap.client.private import private_dir
-from airgap.client.transport import PARTIAL_SUFFIX, Transport
+from airgap.client.transport import PARTIAL_SUFFIX, READ_BUFFER, Transport
 from airgap.shared.errors import StorageError, TransferError
 
 CHUNK = 1 << 20
@@ -129,7 +129,7 @@ class SpooledTransport:
             return handle
         raw = _SpooledDownload(self, name, size, self.spool / name)
         raw.seek(offset)
-        return io.BufferedReader(raw, buffer_size=CHUNK)
+        return io.BufferedReader(raw, buffer_size=READ_BUFFER)
 
     def writer(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
         if offset:

@@ -25,6 +25,10 @@ from airgap.shared.manifest import is_plain_name
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
 PARTIAL_SUFFIX = ".part"
+#: The buffer of a transport's file reader. It is smaller than the pieces a payload is read in
+#: (1 MiB), because a BufferedReader copies every read no larger than its buffer through that
+#: buffer, and hands larger ones straight to the file.
+READ_BUFFER = 64 * 1024
 
 
 class Writable(Protocol):
@@ -122,7 +126,7 @@ class DirectoryTransport:
                 os.close(fd)
                 raise
             raw.seek(offset)
-            return io.BufferedReader(raw, buffer_size=1 << 20)
+            return io.BufferedReader(raw, buffer_size=READ_BUFFER)
 
     def writer(self, name: str, *, offset: int = 0) -> Writable:
         """Write from ``offset``: 0 creates the file anew; a resume cuts the file there."""

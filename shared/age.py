@@ -305,7 +305,8 @@ class AgeDecryptor:
         """Stanza types in the header, in order; empty until the header is parsed."""
         return tuple(s.type for s in self._header.stanzas) if self._header else ()
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: bytes | memoryview) -> bytes:
+        """Takes a view too: nothing of ``data`` is kept past the call but a copy."""
         self._check_usable()
         out: list[bytes] = []
         try:

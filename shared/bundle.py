@@ -44,6 +44,7 @@ from airgap.shared.stages import (
     ZstdCompress,
     rechunk,
     run,
+    views,
     zstd_decompress,
 )
 from airgap.shared.version import __version__
@@ -166,9 +167,11 @@ def open_manifest(data: bytes, signature: bytes, trusted: Sequence[minisign.Publ
 
 def verified_segments(
     readinto: Callable[[memoryview], int | None], payload: Payload
-) -> Iterator[bytes]:
+) -> Iterator[memoryview]:
     """Read the payload a segment at a time; yield a segment, in pieces, only after its hash
-    matched. One segment buffer is reused, so memory stays at one segment whatever the size.
+    matched. One segment buffer is reused, so memory stays at one segment whatever the size,
+    and a piece is a view of it: good until the next piece is asked for, and copied by a
+    consumer that keeps it longer.
 
     Each piece is hashed as soon as it is read, while it is still in the core's cache. The
     signed segment hashes cover every byte of the payload exactly once (the manifest checks
@@ -188,24 +191,29 @@ def verified_segments(
             raise SegmentHashError(
                 f"payload: segment {index} does not match its signed sha256", segment=index
             )
-        for piece in pieces:
-            yield bytes(piece)
+        yield from pieces
     if _fill(readinto, buffer[:1]):
         raise PayloadSizeError("payload: longer than the manifest says")
 
 
 def decode(
-    segments: Iterable[bytes], manifest: Manifest, identities: Sequence[age.Identity]
+    segments: Iterable[bytes | memoryview],
+    manifest: Manifest,
+    identities: Sequence[age.Identity],
 ) -> Generator[bytes, None, None]:
     """Yield plaintext chunks; raise after the last one unless size and sha256 match.
+    A piece of ``segments`` need only stay good until the next one is asked for.
 
     Decryption runs on the thread that reads and verifies the segments, decompression on its
     own, and the plaintext is counted and hashed on the caller's thread as it is handed over.
     """
     plaintext = Sha256()
     check = Chain([Limit(manifest.plaintext_size, PlaintextHashError, "plaintext"), plaintext])
-    payload = rechunk(segments, PIECE)
-    if manifest.encryption.scheme != "none":
+    pieces = views(segments, PIECE)  # not copies: a copy of the payload costs as much as a hash
+    if manifest.encryption.scheme == "none":
+        # Decompressed on another thread: a piece must outlive the reading of the next one.
+        payload: Iterable[bytes] = map(bytes, pieces)
+    else:
         if not identities:
             to_passphrase = manifest.encryption.passphrase
             raise UsageError(
@@ -214,7 +222,7 @@ def decode(
                 if to_passphrase
                 else "pass --identity identity.txt",
             )
-        payload = run(payload, age.AgeDecryptor(identities))
+        payload = run(pieces, age.AgeDecryptor(identities))
     with closing(threaded(payload, [zstd_decompress])) as chunks:  # stops the threads on any exit
         for chunk in chunks:
             yield check.update(chunk)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import IO, Protocol, cast, runtime_checkable
+from typing import IO, Protocol, TypeVar, cast, runtime_checkable
 
 import zstandard
 
@@ -179,7 +179,20 @@ class Limit:
         return b""
 
 
-def run(chunks: Iterable[bytes], stage: Stage) -> Iterator[bytes]:
+Data = TypeVar("Data", bytes, memoryview)
+Taken = TypeVar("Taken", bytes, memoryview, contravariant=True)
+
+
+class Takes(Protocol[Taken]):
+    """A stage as :func:`run` sees it, which may also take views (of a buffer it must not
+    keep: the view is good only for the call)."""
+
+    def update(self, data: Taken) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+def run(chunks: Iterable[Data], stage: Takes[Data]) -> Iterator[bytes]:
     """Push ``chunks`` through ``stage`` and yield the non-empty outputs, drained at the end."""
     for chunk in chunks:
         out = stage.update(chunk)
@@ -199,3 +212,11 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         view = memoryview(chunk)
         for start in range(0, len(view), size):
             yield bytes(view[start : start + size])
+
+
+def views(chunks: Iterable[bytes | memoryview], size: int) -> Iterator[memoryview]:
+    """Like :func:`rechunk`, but copies nothing: each piece is a view of what came in."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), size):
+            yield view[start : start + size]

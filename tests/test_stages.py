@@ -21,6 +21,7 @@ from airgap.shared.stages import (
     Sha256,
     ZstdCompress,
     run,
+    views,
     zstd_decompress,
 )
 
@@ -81,6 +82,14 @@ def test_zstd_output_is_bounded_whatever_the_ratio() -> None:
     assert len(zeros) < 64 * 1024  # 256 MiB of zeros compress to almost nothing
     sizes = [len(piece) for piece in zstd_decompress(iter([zeros]), piece=1 << 20)]
     assert sum(sizes) == 256 << 20 and max(sizes) <= 1 << 20
+
+
+def test_views_slice_without_copying() -> None:
+    buffer = bytearray(b"abcdefgh")
+    pieces = list(views([b"xyz", memoryview(buffer), b""], 3))
+    assert [bytes(p) for p in pieces] == [b"xyz", b"abc", b"def", b"gh"]
+    buffer[0:1] = b"A"  # a view, not a copy: it shows what its buffer holds now
+    assert bytes(pieces[1]) == b"Abc"
 
 
 def test_limit_refuses_growth() -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, ParamSpec
 
 import typer
 
+from airgap.client.memory import keep_freed_pieces
 from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
 from airgap.shared.version import __version__
 
@@ -148,6 +149,7 @@ def _fail(exc: AirgapError) -> NoReturn:
 
 def main() -> NoReturn:
     """Entry point: the one place where errors become messages and exit codes."""
+    keep_freed_pieces()
     try:
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
     except AirgapError as exc:
