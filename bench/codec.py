@@ -6,7 +6,7 @@
 The corpus is 1 GiB of real binaries and text (a tar of /usr/lib/x86_64-linux-gnu and
 /usr/lib/jvm, cut at 1 GiB), read from the page cache. Outputs go to tmpfs (/dev/shm) when
 there is room, so both sides are measured on CPU, not on the disk's writeback mood. Every
-figure is the median of three runs, each in its own process:
+figure is the median of five runs, each in its own process, the sides taking turns:
 
 * pipeline: the bundle pipeline on the corpus bytes as plaintext, as for an image (plaintext
   sha256, zstd, age, payload sha256 and segment hashes, manifest, signature) and back
@@ -35,7 +35,7 @@ PY = [sys.executable]
 AIRGAP = [*PY, "-m", "airgap.client"]
 PIPELINE = [*PY, "-m", "bench.pipeline"]
 SOURCES = ["usr/lib/x86_64-linux-gnu", "usr/lib/jvm", "usr/lib", "usr/share"]
-ROUNDS = 3
+ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,17 @@ def keys() -> Path:
     return directory
 
 
-def rounds(once: Callable[[], tuple[Run, Run, int]]) -> tuple[Run, Run, int]:
-    results = [once() for _ in range(ROUNDS)]
-    return median([r[0] for r in results]), median([r[1] for r in results]), results[0][2]
+Once = Callable[[], tuple[Run, Run, int]]
+
+
+def rounds(*sides: Once) -> list[tuple[Run, Run, int]]:
+    """Each side once per round, in turn, so that a machine that speeds up or slows down
+    during the benchmark (shared hosts do) weighs on every side alike."""
+    results = [[once() for once in sides] for _ in range(ROUNDS)]
+    return [
+        (median([r[i][0] for r in results]), median([r[i][1] for r in results]), results[0][i][2])
+        for i in range(len(sides))
+    ]
 
 
 def shell_once(path: Path, key_dir: Path) -> tuple[Run, Run, int]:
@@ -167,9 +175,11 @@ def main() -> None:
         f"outputs in {SCRATCH}; median of {ROUNDS} runs\n"
     )
 
-    s_enc, s_dec, s_size = rounds(lambda: shell_once(data, key_dir))
-    p_enc, p_dec, p_size = rounds(lambda: pipeline_once(data, key_dir))
-    c_enc, c_dec, _ = rounds(lambda: cli_once([data], key_dir))
+    (s_enc, s_dec, s_size), (p_enc, p_dec, p_size), (c_enc, c_dec, _) = rounds(
+        lambda: shell_once(data, key_dir),
+        lambda: pipeline_once(data, key_dir),
+        lambda: cli_once([data], key_dir),
+    )
     shell_enc, shell_dec = mb / s_enc.seconds, mb / s_dec.seconds
     print("throughput, MB/s of plaintext (shell: `zstd -1 -T0 | age -r`, `age -d | zstd -d`):")
     ours = mb / p_enc.seconds

@@ -305,22 +305,22 @@ class AgeDecryptor:
         """Stanza types in the header, in order; empty until the header is parsed."""
         return tuple(s.type for s in self._header.stanzas) if self._header else ()
 
-    def update(self, data: bytes | memoryview) -> bytes:
-        """Takes a view too: nothing of ``data`` is kept past the call but a copy."""
+    def update(self, data: bytes | memoryview) -> bytearray:
+        """Takes a view too: nothing of ``data`` is kept past the call but a copy. Returns the
+        plaintext of every chunk this input completes, in a buffer no one else holds (opening
+        the chunks into it, rather than joining them, saves a copy of the payload)."""
         self._check_usable()
-        out: list[bytes] = []
         try:
             view = memoryview(data)
             if self._header is None:
                 view = self._read_header(view)
-            if self._header is not None:
-                self._read_payload(view, out)
+            if self._header is None:
+                return bytearray()
+            return self._read_payload(view)
         except VerificationError as exc:
             # Errors are sticky: a failed stream never continues, and finish() reports the cause.
             self._error = exc
-            if not any(out):
-                raise
-        return b"".join(out)
+            raise
 
     def finish(self) -> bytes:
         self._check_usable()
@@ -365,45 +365,67 @@ class AgeDecryptor:
                 return file_key
         raise NoIdentityMatchError("no identity opens the age file key")
 
-    def _read_payload(self, view: memoryview, out: list[bytes]) -> None:
+    def _read_payload(self, view: memoryview) -> bytearray:
         buffer = self._buffer
         if self._cipher is None:
             room = NONCE_SIZE - len(buffer)
             buffer += view[:room]
             view = view[room:]
             if len(buffer) < NONCE_SIZE:
-                return
+                return bytearray()
             self._cipher = _payload_cipher(self._file_key, bytes(buffer))
             buffer.clear()
+        chunks: list[bytes | memoryview] = []
         if buffer:
             room = ENCRYPTED_CHUNK_SIZE - len(buffer)
             buffer += view[:room]
             view = view[room:]
             if len(buffer) < ENCRYPTED_CHUNK_SIZE:
-                return
-            out.append(self._open_full(buffer))
+                return bytearray()
+            chunks.append(bytes(buffer))
             buffer.clear()
         # Open whole chunks straight from the caller's buffer; keep only a partial one.
         count = len(view) // ENCRYPTED_CHUNK_SIZE
-        for index in range(count):
-            start = index * ENCRYPTED_CHUNK_SIZE
-            out.append(self._open_full(view[start : start + ENCRYPTED_CHUNK_SIZE]))
+        chunks += (
+            view[i * ENCRYPTED_CHUNK_SIZE : (i + 1) * ENCRYPTED_CHUNK_SIZE] for i in range(count)
+        )
         rest = view[count * ENCRYPTED_CHUNK_SIZE :]
-        if rest and self._last_seen:
-            raise PayloadAuthError("age payload: data after the final chunk")
+        out = bytearray(len(chunks) * CHUNK_SIZE)
+        opened = 0
+        try:
+            for chunk in chunks:
+                self._open_full(chunk, out, opened)
+                opened += CHUNK_SIZE
+            if rest and self._last_seen:
+                raise PayloadAuthError("age payload: data after the final chunk")
+        except VerificationError as exc:
+            if not opened:
+                raise
+            # Return what authenticated, as a reader returns data first; the next call raises.
+            # The cut also drops whatever a failed chunk left unauthenticated in the buffer.
+            del out[opened:]
+            self._error = exc
+            return out
         buffer += rest
+        return out
 
-    def _open_full(self, chunk: bytearray | memoryview) -> bytes:
-        """Open a full-size chunk: normally not the last, but a full final chunk is allowed."""
+    def _open_full(self, chunk: bytes | memoryview, out: bytearray, at: int) -> None:
+        """Open a full-size chunk into ``out[at:]``: normally not the last, but a full final
+        chunk is allowed."""
         if self._last_seen:
             raise PayloadAuthError("age payload: data after the final chunk")
-        try:
-            plaintext = self._cipher_open(chunk, last=False)
-        except InvalidTag:
-            plaintext = self._open_or_fail(chunk, last=True)
-            self._last_seen = True
+        with memoryview(out) as whole, whole[at : at + CHUNK_SIZE] as into:
+            try:
+                self._cipher_into(chunk, into, last=False)
+            except InvalidTag:
+                try:
+                    self._cipher_into(chunk, into, last=True)
+                except InvalidTag:
+                    raise PayloadAuthError(
+                        f"age payload: chunk {self._counter} fails authentication"
+                    ) from None
+                self._last_seen = True
         self._counter += 1
-        return plaintext
 
     def _open_final(self, chunk: bytes) -> bytes:
         if not chunk:
@@ -425,9 +447,17 @@ class AgeDecryptor:
             ) from None
 
     def _cipher_open(self, chunk: bytes | bytearray | memoryview, *, last: bool) -> bytes:
+        return self._opener().decrypt(_chunk_nonce(self._counter, last=last), chunk, None)
+
+    def _cipher_into(
+        self, chunk: bytes | bytearray | memoryview, into: memoryview, *, last: bool
+    ) -> None:
+        self._opener().decrypt_into(_chunk_nonce(self._counter, last=last), chunk, None, into)
+
+    def _opener(self) -> ChaCha20Poly1305:
         if self._cipher is None:  # unreachable: chunks are only read after the nonce
             raise AgeHeaderError("age file ends before the payload nonce")
-        return self._cipher.decrypt(_chunk_nonce(self._counter, last=last), chunk, None)
+        return self._cipher
 
 
 def encrypt(data: bytes, recipients: Sequence[Recipient]) -> bytes:
@@ -437,4 +467,4 @@ def encrypt(data: bytes, recipients: Sequence[Recipient]) -> bytes:
 
 def decrypt(data: bytes, identities: Sequence[Identity]) -> bytes:
     decryptor = AgeDecryptor(identities)
-    return decryptor.update(data) + decryptor.finish()
+    return bytes(decryptor.update(data) + decryptor.finish())

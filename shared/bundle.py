@@ -212,7 +212,7 @@ def decode(
     pieces = views(segments, PIECE)  # not copies: a copy of the payload costs as much as a hash
     if manifest.encryption.scheme == "none":
         # Decompressed on another thread: a piece must outlive the reading of the next one.
-        payload: Iterable[bytes] = map(bytes, pieces)
+        payload: Iterable[bytes | bytearray] = map(bytes, pieces)
     else:
         if not identities:
             to_passphrase = manifest.encryption.passphrase

@@ -56,7 +56,7 @@ class _Link:
         self._changed = threading.Condition()
 
     def put(self, item: object) -> bool:
-        size = len(item) if isinstance(item, bytes) else 0
+        size = _size(item)
         with self._changed:
             while self._items and self._held + size > self._capacity and not self._stop.is_set():
                 self._changed.wait(_RECHECK)
@@ -75,7 +75,7 @@ class _Link:
             if self._stop.is_set():
                 return _STOP
             item = self._items.popleft()
-            self._held -= len(item) if isinstance(item, bytes) else 0
+            self._held -= _size(item)
             self._changed.notify_all()
             return item
 
@@ -84,7 +84,12 @@ class _Link:
             self._changed.notify_all()
 
 
-def _feed(source: Iterable[bytes], out: _Link) -> None:
+def _size(item: object) -> int:
+    """What an item holds: a stage may hand on a bytearray of its own as well as bytes."""
+    return len(item) if isinstance(item, bytes | bytearray) else 0
+
+
+def _feed(source: Iterable[bytes | bytearray], out: _Link) -> None:
     try:
         for chunk in source:
             if chunk and not out.put(chunk):
@@ -103,7 +108,7 @@ def _inputs(inbox: _Link) -> Iterator[bytes]:
             raise _Stopped
         if isinstance(item, _Failed):
             raise _Upstream(item)
-        yield cast(bytes, item)
+        yield cast(bytes, item)  # or a bytearray its maker no longer touches: both read alike
 
 
 def _work(step: Step, inbox: _Link, out: _Link) -> None:
@@ -128,7 +133,7 @@ def _work(step: Step, inbox: _Link, out: _Link) -> None:
 
 
 def threaded(
-    source: Iterable[bytes],
+    source: Iterable[bytes | bytearray],
     steps: Sequence[Step],
     *,
     capacity: int = 4 << 20,

@@ -184,15 +184,16 @@ Taken = TypeVar("Taken", bytes, memoryview, contravariant=True)
 
 
 class Takes(Protocol[Taken]):
-    """A stage as :func:`run` sees it, which may also take views (of a buffer it must not
-    keep: the view is good only for the call)."""
+    """A stage as :func:`run` sees it: it may also take views (of a buffer it must not keep:
+    the view is good only for the call), and hand on a bytearray of its own (which it no
+    longer touches) rather than copy it into bytes."""
 
-    def update(self, data: Taken) -> bytes: ...
+    def update(self, data: Taken) -> bytes | bytearray: ...
 
     def finish(self) -> bytes: ...
 
 
-def run(chunks: Iterable[Data], stage: Takes[Data]) -> Iterator[bytes]:
+def run(chunks: Iterable[Data], stage: Takes[Data]) -> Iterator[bytes | bytearray]:
     """Push ``chunks`` through ``stage`` and yield the non-empty outputs, drained at the end."""
     for chunk in chunks:
         out = stage.update(chunk)
