@@ -399,11 +399,10 @@ class AgeDecryptor:
             if rest and self._last_seen:
                 raise PayloadAuthError("age payload: data after the final chunk")
         except VerificationError as exc:
+            del out[opened:]
             if not opened:
                 raise
             # Return what authenticated, as a reader returns data first; the next call raises.
-            # The cut also drops whatever a failed chunk left unauthenticated in the buffer.
-            del out[opened:]
             self._error = exc
             return out
         buffer += rest
@@ -421,6 +420,9 @@ class AgeDecryptor:
                 try:
                     self._cipher_into(chunk, into, last=True)
                 except InvalidTag:
+                    # decrypt_into wrote the chunk before its tag failed: wipe it, so that no
+                    # object (the buffer, a frame an exception keeps) holds unauthenticated data.
+                    into[:] = bytes(CHUNK_SIZE)
                     raise PayloadAuthError(
                         f"age payload: chunk {self._counter} fails authentication"
                     ) from None

@@ -290,6 +290,39 @@ def test_error_is_sticky() -> None:
         stranger.finish()
 
 
+def _held_by(exc: BaseException) -> list[object]:
+    """Every local of every frame of age.py an exception (and those it chains) keeps alive."""
+    found: list[object] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        trace = seen.__traceback__
+        while trace is not None:
+            if trace.tb_frame.f_code.co_filename == age.__file__:
+                found += trace.tb_frame.f_locals.values()
+            trace = trace.tb_next
+        seen = seen.__context__
+    return found
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_a_failed_chunk_leaves_no_plaintext_behind(chunks: int) -> None:
+    """decrypt_into writes a chunk before it checks the tag: a chunk that fails must not
+    stay readable anywhere, not in the buffer returned nor in a frame the error keeps."""
+    secret = b"TOP-SECRET-" * (chunks * CHUNK_SIZE // 11 + 1)
+    ciphertext = bytearray(age.encrypt(secret[: chunks * CHUNK_SIZE], [IDENTITY.recipient]))
+    ciphertext[-100] ^= 1  # in the last chunk
+    decryptor = AgeDecryptor([IDENTITY])
+    released = b""
+    with pytest.raises(PayloadAuthError) as caught:
+        released += decryptor.update(bytes(ciphertext))
+        decryptor.finish()
+    assert len(released) == (chunks - 1) * CHUNK_SIZE
+    held = [bytes(v) for v in _held_by(caught.value) if isinstance(v, bytes | bytearray)]
+    assert held  # the frames are there to look at (a released view holds nothing)
+    for value in held:
+        assert b"TOP-SECRET" not in value[(chunks - 1) * CHUNK_SIZE :]
+
+
 # Keys
 
 

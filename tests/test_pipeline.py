@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,6 +44,25 @@ def test_threaded_equals_in_line(n: int, capacity: int) -> None:
     assert got == expected
     round_trip = threaded(iter([got]), [zstd_decompress], capacity=capacity)
     assert b"".join(round_trip) == b"".join(_source(n))
+
+
+def test_links_bound_bytearrays_too() -> None:
+    """A stage may hand on a bytearray of its own (age decryption does): the links count it
+    like bytes, so a fast source cannot run ahead of a slow consumer without bound."""
+    made = 0
+
+    def source() -> Iterator[bytearray]:
+        nonlocal made
+        for _ in range(1000):
+            made += 1
+            yield bytearray(100_000)
+
+    outputs = threaded(source(), [Sha256()], capacity=1 << 20)
+    next(outputs)
+    time.sleep(0.5)  # ample time for the source to make all 1000 if nothing held it back
+    # Two links of 1 MiB hold about ten pieces each, and each thread holds one more.
+    assert made <= 30, made
+    outputs.close()
 
 
 def test_errors_keep_their_type_and_no_thread_is_left() -> None:

@@ -149,8 +149,8 @@ def _fail(exc: AirgapError) -> NoReturn:
 
 def main() -> NoReturn:
     """Entry point: the one place where errors become messages and exit codes."""
-    keep_freed_pieces()
     try:
+        keep_freed_pieces()
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
     except AirgapError as exc:
         _fail(exc)
