@@ -55,6 +55,7 @@ class ServeConfig:
     quota_bytes: int = 0  # per sender area; 0 = none
     min_free_bytes: int = 256 * 1024 * 1024  # refuse uploads below this much free disk
     max_rate: int = 0  # bytes per second, each way, per data connection; 0 = unlimited
+    partial_expiry: int = 7 * 24 * 3600  # seconds a .part may sit untouched; 0 = kept for ever
     workers: int = 2  # threads for hashing and publishing
 
 
@@ -138,6 +139,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "quota_bytes": _int,
     "min_free_bytes": _int,
     "max_rate": _int,
+    "partial_expiry": _int,
     "workers": _int,
 }
 #: "listen" sets host and port together.

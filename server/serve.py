@@ -4,7 +4,8 @@ On first start it creates the layout, a self-signed certificate and one ``sender
 ``receiver`` account with random passwords, written to ``state/credentials.txt`` (0600, until
 ``airgap user`` changes them) and printed once on stderr. It then prints ``airgap: serving
 ftp://HOST:PORT/ root=...`` with the real bound port (``--listen HOST:0`` picks one), and
-serves until SIGTERM or SIGINT; partial uploads stay on disk, resumable. Bundles left in
+serves until SIGTERM or SIGINT; partial uploads stay on disk, resumable (until unwritten for
+``--partial-expiry`` seconds, see :mod:`airgap.server.sweep`). Bundles left in
 incoming areas are checked again at start. Passwords are printed only on the first start and
 never logged.
 """
@@ -16,10 +17,11 @@ import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from airgap.server import credentials, ftp
+from airgap.server import credentials, ftp, sweep
 from airgap.server.audit import AuditLog
 from airgap.server.config import AnonymousMode, ServeConfig, TlsMode
 from airgap.server.hashing import HashCache
@@ -108,6 +110,12 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         say(f"airgap: tls {config.tls.value}; certificate {prints.certificate}")
         say(f"airgap: public key pin (curl --pinnedpubkey) {prints.public_key}")
     pool.submit(services.publisher.scan)
+    if config.partial_expiry:
+        expire = partial(
+            sweep.sweep_logged, layout, busy=busy, audit=audit, older_than=config.partial_expiry
+        )
+        pool.submit(expire)
+        ioloop.call_every(sweep.interval(config.partial_expiry), pool.submit, expire)
     audit.record(
         "start", host=host, port=port, tls=config.tls.value, anonymous=config.anonymous.value
     )

@@ -73,6 +73,14 @@ def serve(
             help="Throttle each data connection, each way; 0: no limit.",
         ),
     ] = None,
+    partial_expiry: Annotated[
+        int | None,
+        typer.Option(
+            "--partial-expiry",
+            metavar="SECONDS",
+            help="Delete .part uploads untouched this long (default 7 days); 0: never.",
+        ),
+    ] = None,
 ) -> None:
     """Run the FTP drop box (first start: makes a certificate and two accounts)."""
     from airgap.server.config import load_config
@@ -96,6 +104,7 @@ def serve(
         "quota_bytes": quota_bytes,
         "min_free_bytes": min_free_bytes,
         "max_rate": max_rate,
+        "partial_expiry": partial_expiry,
     }
     config = load_config(flags, environ=os.environ, config_file=config_file)
     run_server(config, say)

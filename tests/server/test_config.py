@@ -24,6 +24,8 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     defaults = load_config({}, environ={})
     assert (defaults.host, defaults.port) == ("127.0.0.1", 2121)
     assert defaults.root == Path("airgap-data")
+    assert defaults.partial_expiry == 7 * 24 * 3600  # an abandoned upload goes after a week
+    assert load_config({}, environ={"AIRGAP_SERVE_PARTIAL_EXPIRY": "0"}).partial_expiry == 0
 
 
 def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:

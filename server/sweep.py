@@ -1,0 +1,105 @@
+"""Partial uploads left behind: a ``.part`` nobody has written for ``--partial-expiry`` seconds
+is deleted, so that an abandoned send stops holding its sender's quota and the disk.
+
+A sender that comes back later loses nothing it cannot redo: its client asks the size of the
+partial, finds none, and uploads from the start out of its own spool. A partial that an upload
+holds open is claimed in :class:`~airgap.server.limits.BusyFiles` and is never touched, nor is
+anything but a regular file named ``*.part`` directly in an upload area (``pub/incoming`` and
+the senders' areas in it). Every deletion is an audit record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from airgap.server.audit import AuditLog
+from airgap.server.layout import Layout
+from airgap.server.limits import BusyFiles
+from airgap.server.policy import PARTIAL_SUFFIX
+
+logger = logging.getLogger("airgap.server")
+
+
+def _areas(layout: Layout) -> Iterator[Path]:
+    """``pub/incoming`` (anonymous uploads) and every sender's area in it."""
+    yield layout.incoming
+    with os.scandir(layout.incoming) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield Path(entry.path)
+
+
+def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, os.stat_result]]:
+    """Regular ``*.part`` files of the upload areas last written before ``now - older_than``."""
+    found = []
+    for area in _areas(layout):
+        for entry in _entries(area):
+            if not entry.name.endswith(PARTIAL_SUFFIX):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed meanwhile: the upload finished
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < now - older_than:
+                found.append((Path(entry.path), info))
+    return found
+
+
+def _entries(area: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(area) as entries:
+            return list(entries)
+    except FileNotFoundError:  # an area removed meanwhile
+        return []
+
+
+def sweep(
+    layout: Layout,
+    *,
+    busy: BusyFiles,
+    audit: AuditLog,
+    older_than: float,
+    now: float | None = None,
+) -> list[Path]:
+    """Delete the stale partials no upload holds; return what was deleted."""
+    now = time.time() if now is None else now
+    deleted = []
+    for path, info in stale(layout, older_than=older_than, now=now):
+        if not busy.claim([path]):
+            continue  # being written right now: not stale after all
+        try:
+            again = path.lstat()
+            # Written, or replaced by another file, since it was found: leave it.
+            if (again.st_ino, again.st_mtime_ns) != (info.st_ino, info.st_mtime_ns):
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        finally:
+            busy.release([path])
+        deleted.append(path)
+        audit.record(
+            "expire",
+            file=str(path.relative_to(layout.root)),
+            bytes=info.st_size,
+            idle_seconds=int(now - info.st_mtime),
+        )
+    return deleted
+
+
+def sweep_logged(layout: Layout, *, busy: BusyFiles, audit: AuditLog, older_than: float) -> None:
+    """:func:`sweep` on a worker thread: a failure is logged, and the next sweep tries again."""
+    try:
+        sweep(layout, busy=busy, audit=audit, older_than=older_than)
+    except OSError as exc:
+        logger.error("sweeping partial uploads failed: %s", exc)
+
+
+def interval(older_than: float) -> float:
+    """How often to look: a tenth of the expiry, between a second and an hour."""
+    return min(3600.0, max(1.0, older_than / 10))

@@ -1,0 +1,127 @@
+"""Partial uploads nobody writes any more expire; everything else in the root stays."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from airgap.server.audit import AuditLog
+from airgap.server.layout import Layout
+from airgap.server.limits import BusyFiles
+from airgap.server.sweep import sweep
+from tests.server.conftest import stor
+
+pytestmark = pytest.mark.timeout(60)
+
+DAY = 24 * 3600
+
+
+def _aged(path: Path, data: bytes, *, days: float) -> Path:
+    path.write_bytes(data)
+    then = time.time() - days * DAY
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def _records(layout: Layout, event: str) -> list[dict[str, object]]:
+    lines = layout.audit_file.read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+def test_only_stale_regular_partials_in_upload_areas_go(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "root")
+    layout.create()
+    area = layout.incoming / "sender"
+    area.mkdir()
+    old = _aged(area / "A.tar.zst.age.part", b"x" * 1000, days=8)
+    anonymous = _aged(layout.incoming / "image.tar.part", b"y" * 10, days=8)
+    fresh = _aged(area / "B.tar.zst.age.part", b"z", days=1)
+    finished = _aged(area / "C.tar.zst.age", b"w", days=30)
+    published = _aged(layout.outgoing / "D.tar.zst.age.part", b"v", days=30)
+    outside = _aged(tmp_path / "victim.part", b"secret", days=30)
+    link = area / "E.tar.zst.age.part"
+    link.symlink_to(outside)
+    os.utime(link, (0, 0), follow_symlinks=False)
+    folder = area / "F.part"
+    folder.mkdir()
+    os.utime(folder, (0, 0))
+    busy = BusyFiles()
+    held = _aged(area / "G.tar.zst.age.part", b"u", days=9)
+    assert busy.claim([held])  # an upload has it open, stalled
+
+    audit = AuditLog(layout.audit_file)
+    deleted = sweep(layout, busy=busy, audit=audit, older_than=7 * DAY)
+    audit.close()
+
+    assert sorted(deleted) == sorted([old, anonymous])
+    assert not old.exists() and not anonymous.exists()
+    for kept in (fresh, finished, published, outside, folder, held):
+        assert kept.exists(), kept
+    assert link.is_symlink() and outside.read_bytes() == b"secret"
+    records = {r["file"]: r for r in _records(layout, "expire")}
+    assert set(records) == {"pub/incoming/sender/A.tar.zst.age.part", "pub/incoming/image.tar.part"}
+    assert records["pub/incoming/sender/A.tar.zst.age.part"]["bytes"] == 1000
+    assert int(str(records["pub/incoming/image.tar.part"]["idle_seconds"])) >= 8 * DAY - 60
+    assert not busy.is_busy(old) and busy.is_busy(held)
+
+
+def test_a_partial_written_after_it_was_found_stale_stays(tmp_path: Path) -> None:
+    """The sweep looks again (same inode, same mtime) before it deletes: an upload resuming
+    between the two looks keeps its partial."""
+    layout = Layout(tmp_path / "root")
+    layout.create()
+    late = _aged(layout.incoming / "Y.part", b"y", days=8)
+    audit = AuditLog(layout.audit_file)
+    real_lstat = Path.lstat
+
+    def written_meanwhile(self: Path) -> os.stat_result:
+        if self == late:
+            with late.open("ab") as handle:
+                handle.write(b"resumed")
+        return real_lstat(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "lstat", written_meanwhile)
+        assert sweep(layout, busy=BusyFiles(), audit=audit, older_than=7 * DAY) == []
+    audit.close()
+    assert late.read_bytes() == b"yresumed"
+    assert _records(layout, "expire") == []
+
+
+def test_the_appliance_expires_an_abandoned_upload_and_the_sender_starts_again(serve):
+    server = serve("--tls", "off", "--partial-expiry", "2")
+    client = server.ftp("sender")
+    area = server.root / "pub/incoming/sender"
+    stor(client, "01ABANDONED.tar.zst.age.part", b"a" * 5000)
+    assert client.size("01ABANDONED.tar.zst.age.part") == 5000
+    deadline = time.monotonic() + 20
+    while "expire" not in server.audit() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the record comes once the file is gone
+    assert not (area / "01ABANDONED.tar.zst.age.part").exists()
+    (record,) = [r for r in map(json.loads, server.audit().splitlines()) if r["event"] == "expire"]
+    assert record["file"] == "pub/incoming/sender/01ABANDONED.tar.zst.age.part"
+    assert record["bytes"] == 5000
+    # The sender's client finds no partial and uploads from the start.
+    with contextlib.suppress(Exception):
+        client.voidcmd("NOOP")
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    with pytest.raises(Exception, match="550"):
+        client.size("01ABANDONED.tar.zst.age.part")
+    assert stor(client, "01ABANDONED.tar.zst.age.part", b"b" * 10).startswith("226")
+
+
+def test_zero_keeps_partials_for_ever(serve):
+    server = serve("--tls", "off", "--partial-expiry", "0")
+    client = server.ftp("sender")
+    stor(client, "01KEPT.tar.zst.age.part", b"k" * 100)
+    part = server.root / "pub/incoming/sender/01KEPT.tar.zst.age.part"
+    os.utime(part, (0, 0))  # last written in 1970
+    time.sleep(2.5)
+    assert part.exists()
+    assert "expire" not in server.audit()
