@@ -1,10 +1,11 @@
 """age v1 encryption (https://age-encryption.org/v1): keys, key files and the payload stages.
 
-``AgeEncryptor`` and ``AgeDecryptor`` are streaming stages (``update(chunk) -> bytes``,
-``finish() -> bytes``) that own only their buffer: they never open files, never touch a
-terminal, and never run the ``age`` binary. X25519 and scrypt recipients are supported;
-armor and post-quantum recipients are not. Messages name the failed check and never contain
-key material, passphrases or plaintext. The header and its stanzas live in ``age_header``.
+``AgeEncryptor`` and ``AgeDecryptor`` are streaming stages (``update(chunk)``, ``finish()``;
+the decryptor's ``update`` hands back a bytearray of its own) that own only their buffer: they
+never open files, never touch a terminal, and never run the ``age`` binary. X25519 and scrypt
+recipients are supported; armor and post-quantum recipients are not. Messages name the failed
+check and never contain key material, passphrases or plaintext. The header and its stanzas
+live in ``age_header``.
 """
 
 from __future__ import annotations
