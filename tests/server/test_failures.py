@@ -22,6 +22,7 @@ from airgap.client.transport import DirectoryTransport
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.keys import KeySet
 from tests.server.conftest import Server, begin_stor, stor, stor_refused, wait_for
+from tests.server.test_publish_and_clients import payload_of
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.timeout(60)
@@ -56,10 +57,6 @@ def big_bundle(tmp_path: Path, keys: KeySet, size: int = 3 * MiB) -> tuple[str, 
         [source], DirectoryTransport(out), options=EncodeOptions([]), key=keys.signing
     )
     return manifest.id, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-
-
-def payload_of(files: dict[str, bytes]) -> str:
-    return next(n for n in files if n.endswith(".zst"))
 
 
 def upload_all_but_payload(server: Server, files: dict[str, bytes]) -> ftplib.FTP:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.server.conftest import Server, stor, wait_for
 from tests.server.test_limits import tls_client
-from tests.server.test_publish_and_clients import make_bundle, upload_bundle
+from tests.server.test_publish_and_clients import make_bundle, payload_of, upload_bundle
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.timeout(60)
@@ -124,7 +124,7 @@ def test_a_bundle_is_published_without_reading_its_payload_again(serve, tmp_path
     """The payload was hashed for its audit record: the bundle check finds that digest."""
     server = serve("--tls", "off", prelude=COUNT_READS)
     bundle_id, files = make_bundle(tmp_path, keyset)
-    payload = next(name for name in files if name.endswith(".zst"))
+    payload = payload_of(files)
     upload_bundle(server, files)
     outgoing = server.root / "pub/outgoing"
     assert wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists())
@@ -170,7 +170,7 @@ def test_a_file_changed_after_upload_is_hashed_afresh(serve):
 def test_a_payload_changed_after_upload_is_quarantined(serve, tmp_path, keyset):
     server = serve("--tls", "off", prelude=COUNT_READS)
     bundle_id, files = make_bundle(tmp_path, keyset)
-    payload = next(name for name in files if name.endswith(".zst"))
+    payload = payload_of(files)
     client = server.ftp("sender")
     stor(client, payload + ".part", files[payload])
     client.rename(payload + ".part", payload)

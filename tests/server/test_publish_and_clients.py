@@ -31,6 +31,11 @@ def make_bundle(tmp_path: Path, keys: KeySet) -> tuple[str, dict[str, bytes]]:
     return manifest.id, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
+def payload_of(files: dict[str, bytes]) -> str:
+    """The payload's name among a bundle's files."""
+    return next(n for n in files if n.endswith(".zst"))
+
+
 def upload_bundle(server: Server, files: dict[str, bytes], *, payload: bytes | None = None) -> None:
     client = server.ftp("sender")
     ordered = sorted(files, key=lambda n: (n.endswith(".minisig"), n.endswith(".json")))
@@ -51,7 +56,7 @@ def test_good_bundle_is_published_and_downloaded(serve, tmp_path, keyset, keydir
     assert sorted(receiver.nlst()) == sorted(files)
     for name, data in files.items():
         assert retr(receiver, name) == data
-    payload = next(n for n in files if n.endswith(".zst"))
+    payload = payload_of(files)
     assert retr(receiver, payload, rest=100) == files[payload][100:]
     assert not any((server.root / "pub/incoming/sender").iterdir())
     receiver.delete(payload)
@@ -64,7 +69,7 @@ def test_good_bundle_is_published_and_downloaded(serve, tmp_path, keyset, keydir
 def test_wrong_payload_hash_goes_to_quarantine(serve, tmp_path, keyset):
     server = serve("--tls", "off")
     _, files = make_bundle(tmp_path, keyset)
-    payload = next(v for n, v in files.items() if n.endswith(".zst"))
+    payload = files[payload_of(files)]
     upload_bundle(server, files, payload=bytes([payload[0] ^ 1]) + payload[1:])
     quarantine = server.root / "quarantine"
     assert wait_for(lambda: any(quarantine.iterdir()))
@@ -94,7 +99,7 @@ def test_untrusted_signature_goes_to_quarantine(serve, tmp_path, keyset):
 def test_upload_cut_midway_is_never_published_and_resumes(serve, tmp_path, keyset):
     server = serve("--tls", "off")
     _, files = make_bundle(tmp_path, keyset)
-    payload_name = next(n for n in files if n.endswith(".zst"))
+    payload_name = payload_of(files)
     payload = files[payload_name]
     client = server.ftp("sender")
     for name in files:  # manifest and signature first: only the payload's size is missing

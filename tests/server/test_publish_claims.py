@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.server.conftest import Server, begin_stor, wait_for
-from tests.server.test_publish_and_clients import make_bundle, upload_bundle
+from tests.server.test_publish_and_clients import make_bundle, payload_of, upload_bundle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +47,7 @@ def test_a_payload_being_published_cannot_be_resumed(serve, tmp_path, keyset):
     go = tmp_path / "go"
     server = serve("--tls", "off", prelude=hold_publishing(go))
     bundle_id, files = make_bundle(tmp_path, keyset)
-    payload = next(name for name in files if name.endswith(".zst"))
+    payload = payload_of(files)
     upload_bundle(server, files)
     assert wait_for(lambda: f"airgap-test: publishing {bundle_id}" in server.stderr)
     # Checked and hashed, not moved yet: a resume now would write into the published file.
@@ -72,7 +72,7 @@ def test_a_payload_being_published_cannot_be_resumed(serve, tmp_path, keyset):
 def test_an_open_upload_defers_publishing_until_it_ends(serve, tmp_path, keyset):
     server = serve("--tls", "off")
     bundle_id, files = make_bundle(tmp_path, keyset)
-    payload = next(name for name in files if name.endswith(".zst"))
+    payload = payload_of(files)
     data = files[payload]
     client = server.ftp("sender")
     client.voidcmd("TYPE I")

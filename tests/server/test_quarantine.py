@@ -8,7 +8,7 @@ import pytest
 
 from airgap.shared.keys import KeySet
 from tests.server.conftest import Server, begin_stor, wait_for
-from tests.server.test_publish_and_clients import make_bundle, upload_bundle
+from tests.server.test_publish_and_clients import make_bundle, payload_of, upload_bundle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +42,7 @@ def test_refused_bundle_waits_for_an_open_payload_upload(serve, tmp_path, keyset
     """Quarantined without its payload, the payload would be stranded: the bundle waits."""
     server = untrusted_server(serve, tmp_path)
     bundle_id, files = make_bundle(tmp_path, keyset)
-    payload = next(name for name in files if name.endswith(".zst"))
+    payload = payload_of(files)
     client = server.ftp("sender")
     client.voidcmd("TYPE I")
     conn = begin_stor(client, payload)
