@@ -25,34 +25,33 @@ from airgap.server.policy import PARTIAL_SUFFIX
 logger = logging.getLogger("airgap.server")
 
 
-def _areas(layout: Layout) -> Iterator[Path]:
-    """``pub/incoming`` (anonymous uploads) and every sender's area in it."""
-    yield layout.incoming
-    with os.scandir(layout.incoming) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                yield Path(entry.path)
-
-
 def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, os.stat_result]]:
     """Regular ``*.part`` files of the upload areas last written before ``now - older_than``."""
     found = []
-    for area in _areas(layout):
-        for entry in _entries(area):
-            if not entry.name.endswith(PARTIAL_SUFFIX):
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:  # renamed meanwhile: the upload finished
-                continue
-            if stat.S_ISREG(info.st_mode) and info.st_mtime < now - older_than:
-                found.append((Path(entry.path), info))
+    for entry in _upload_entries(layout):
+        if not entry.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # renamed meanwhile: the upload finished
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_mtime < now - older_than:
+            found.append((Path(entry.path), info))
     return found
 
 
-def _entries(area: Path) -> list[os.DirEntry[str]]:
+def _upload_entries(layout: Layout) -> Iterator[os.DirEntry[str]]:
+    """What ``pub/incoming`` holds (anonymous uploads, the senders' areas) and what each
+    sender's area holds."""
+    for entry in _entries(layout.incoming):
+        yield entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from _entries(Path(entry.path))
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
     try:
-        with os.scandir(area) as entries:
+        with os.scandir(directory) as entries:
             return list(entries)
     except FileNotFoundError:  # an area removed meanwhile
         return []
@@ -64,10 +63,9 @@ def sweep(
     busy: BusyFiles,
     audit: AuditLog,
     older_than: float,
-    now: float | None = None,
 ) -> list[Path]:
     """Delete the stale partials no upload holds; return what was deleted."""
-    now = time.time() if now is None else now
+    now = time.time()
     deleted = []
     for path, info in stale(layout, older_than=older_than, now=now):
         if not busy.claim([path]):

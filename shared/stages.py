@@ -209,10 +209,8 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     for chunk in chunks:
         if len(chunk) <= size:
             yield chunk
-            continue
-        view = memoryview(chunk)
-        for start in range(0, len(view), size):
-            yield bytes(view[start : start + size])
+        else:
+            yield from map(bytes, views([chunk], size))
 
 
 def views(chunks: Iterable[bytes | memoryview], size: int) -> Iterator[memoryview]:
