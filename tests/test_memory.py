@@ -44,7 +44,7 @@ def test_glibc_takes_the_thresholds() -> None:
 def test_decoding_reuses_the_pages_it_freed(tmp_path: Path) -> None:
     keys, drop, source = tmp_path / "keys", tmp_path / "drop", tmp_path / "source.bin"
     assert run_airgap(["keygen", "--out", keys]).returncode == 0
-    source.write_bytes(os.urandom(128 << 20))
+    source.write_bytes(os.urandom(256 << 20))
     recipient, signing = keys / "recipient.txt", keys / "signing.key"
     sent = run_airgap(
         ["send", "--file", source, "--to", drop, "-R", recipient, "--sign-key", signing]
@@ -61,5 +61,6 @@ def test_decoding_reuses_the_pages_it_freed(tmp_path: Path) -> None:
         return int(done.stdout)
 
     default, kept = faults("default"), faults("keep")
-    # 128 MiB of payload: glibc's defaults take fresh pages for much of it again.
+    # 256 MiB of payload: glibc's defaults take fresh pages for much of it again (3.6-4.4x
+    # the faults here; 1.8x once, under load, with 128 MiB, which made this test flaky).
     assert kept * 2 < default, (kept, default)
