@@ -20,11 +20,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
-import docker
-import docker.errors
-import requests
-from docker.context import ContextAPI
-
 from airgap.client.saved import MANIFEST_JSON, SavedArchive
 from airgap.shared.errors import EngineError, UsageError
 from airgap.shared.layers import all_chain_ids
@@ -41,6 +36,9 @@ class Engine:
     @classmethod
     def from_env(cls) -> Engine:
         """The engine DOCKER_HOST, else the current Docker CLI context, points at."""
+        import docker  # here, as the SDK's other imports: it takes a tenth of a second to load,
+        # and most commands (keygen, ls, verify, --help, fetch --output-dir) never use it
+
         with _errors(f"connecting to the Docker engine at {_endpoint()}"):
             client = docker.from_env(timeout=TIMEOUT)
             client.ping()
@@ -53,14 +51,11 @@ class Engine:
         """The manifest entries of ``refs``; an unknown image is a usage error."""
         entries: dict[str, ImageEntry] = {}
         for ref in refs:
-            try:
-                image = self._client.images.get(ref)
-            except docker.errors.ImageNotFound as exc:
+            image = self._image(ref)
+            if image is None:
                 raise UsageError(
                     f"no image {ref!r} in the Docker engine", hint="check `docker images`"
-                ) from exc
-            except (docker.errors.DockerException, requests.RequestException) as exc:
-                raise EngineError(f"inspecting {ref}: {exc}") from exc
+                )
             known = entries[image.id].refs if image.id in entries else ()
             refs = known if ref in known else (*known, ref)
             entries[image.id] = ImageEntry(image.id, refs, tuple(image.attrs["RootFS"]["Layers"]))
@@ -124,21 +119,29 @@ class Engine:
         return configs[0] if len(configs) == 1 else None
 
     def image_id(self, ref: str) -> str | None:
-        try:
-            return str(self._client.images.get(ref).id)
-        except docker.errors.ImageNotFound:
-            return None
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineError(f"inspecting {ref}: {exc}") from exc
+        image = self._image(ref)
+        return None if image is None else str(image.id)
+
+    def _image(self, ref: str) -> Any:
+        """The SDK's image ``ref`` names, or None if the engine has none."""
+        from docker.errors import ImageNotFound
+
+        with _errors(f"inspecting {ref}"):
+            try:
+                return self._client.images.get(ref)
+            except ImageNotFound:
+                return None
 
     def layers(self) -> dict[str, list[str]]:
         """Every image of this engine -> its layer diff ids, bottom first."""
         api = self._client.api
         with _errors("listing images"):
             ids = {str(summary["Id"]) for summary in api.images(all=True)}
+        from docker.errors import ImageNotFound
+
         found = {}
         for image_id in sorted(ids):
-            with _errors(f"inspecting {image_id}"), suppress(docker.errors.ImageNotFound):
+            with _errors(f"inspecting {image_id}"), suppress(ImageNotFound):
                 rootfs = api.inspect_image(image_id).get("RootFS") or {}
                 found[image_id] = [str(layer) for layer in rootfs.get("Layers") or []]
         return found
@@ -160,7 +163,9 @@ class Engine:
             self._client.api.tag(image_id, repository, tag or "latest", force=True)
 
     def untag(self, ref: str) -> None:
-        with _errors(f"removing tag {ref}"), suppress(docker.errors.ImageNotFound):
+        from docker.errors import ImageNotFound
+
+        with _errors(f"removing tag {ref}"), suppress(ImageNotFound):
             self._client.api.remove_image(ref, noprune=True)
 
 
@@ -168,18 +173,24 @@ def _endpoint() -> str:
     """Where the SDK will connect, as the Docker CLI would say it (for messages only)."""
     if os.environ.get("DOCKER_HOST"):
         return os.environ["DOCKER_HOST"]
+    from docker.context import ContextAPI
+    from docker.errors import DockerException
+
     try:
         context = ContextAPI.kwargs_from_context()
-    except (docker.errors.DockerException, OSError, ValueError):
+    except (DockerException, OSError, ValueError):
         context = {}
     return str(context.get("base_url") or "unix:///var/run/docker.sock")
 
 
 @contextmanager
 def _errors(what: str) -> Iterator[None]:
+    from docker.errors import DockerException
+    from requests import RequestException
+
     try:
         yield
-    except (docker.errors.DockerException, requests.RequestException) as exc:
+    except (DockerException, RequestException) as exc:
         raise EngineError(
             f"{what}: {exc}", hint="is the Docker engine running? (DOCKER_HOST, docker info)"
         ) from exc

@@ -7,6 +7,7 @@ import json
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,26 @@ def test_version_and_help() -> None:
     assert helped.returncode == 0
     for command in ("keygen", "send", "fetch", "verify"):
         assert command in helped.stdout
+
+
+@pytest.mark.parametrize("args", [["--version"], ["keygen", "--out", "KEYS"]])
+def test_commands_that_need_no_engine_do_not_load_the_docker_sdk(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """The SDK (with requests and urllib3) takes a tenth of a second to import: only the
+    commands that talk to an engine should pay it."""
+    argv = ["airgap", *(str(tmp_path / a) if a == "KEYS" else a for a in args)]
+    probe = (
+        f"import sys; sys.argv = {argv!r}\n"
+        "from airgap.client.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
 
 
 def test_keygen_writes_secret_files_0600_and_refuses_to_overwrite(tmp_path: Path) -> None:
