@@ -90,7 +90,9 @@ images: wheelhouse ## Build airgap-server and airgap-client images, offline (--n
 	        -t airgap-$$side:$(VERSION) -t airgap-$$side:latest \
 	        -f containers/$$side/Dockerfile containers || exit 1; \
 	    echo "built airgap-$$side:$(VERSION) on $$base"; \
-	done
+	done; \
+	$(DOCKER) images -q --filter dangling=true --filter label=airgap.stage=install \
+	    | tail -n +2 | xargs -r $(DOCKER) rmi >/dev/null
 
 .PHONY: demo
 demo: $(BIN)/airgap ## The main job on this machine: appliance, send an image, remove, fetch, run.

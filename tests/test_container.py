@@ -95,7 +95,18 @@ def build_side(docker_client: Any, side: str, tag: str) -> Any:
     if previous not in (None, image.id):  # an older build would pile up, untagged, run after run
         with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(previous)
+    remove_old_install_stages(docker_client)
     return image
+
+
+def remove_old_install_stages(docker_client: Any) -> None:
+    """As `make images` does: the install stage of every build with a new wheel stays behind,
+    untagged; all but the newest (the cache of the next build) go."""
+    stages = docker_client.images.list(filters={"dangling": True, "label": "airgap.stage=install"})
+    stages.sort(key=lambda image: str(image.attrs["Created"]), reverse=True)
+    for stage in stages[1:]:
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(stage.id)
 
 
 @pytest.fixture(scope="module")
