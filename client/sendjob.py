@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,52 @@ def encoded(bundle_id: str) -> bool:
 
 def unfinished(bundle_id: str) -> Recipe | None:
     return recipe_of(send_spool(bundle_id))
+
+
+def changed(bundle_id: str, recipe: Recipe) -> str | None:
+    """What ``recipe`` names now that the wholly encoded, interrupted send ``bundle_id`` does
+    not hold (an image rebuilt or retagged, a file edited), or None if it still holds it all.
+    Continuing such a send would publish the content as it was when the send began."""
+    manifest = Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+    if recipe.images:
+        engine = Engine.from_env()
+        try:
+            held = {image.id for image in manifest.images}
+            for ref in recipe.images:
+                now = engine.image_id(ref)
+                if now not in held:
+                    return f"{ref} is now {'no image' if now is None else now}"
+        finally:
+            engine.close()
+        return None
+    entries = {entry.name: entry for entry in manifest.files}
+    for name in recipe.files:
+        path, entry = Path(name), entries.get(Path(name).name)
+        try:
+            with path.open("rb") as handle:
+                same = (
+                    entry is not None
+                    and os.fstat(handle.fileno()).st_size == entry.size
+                    and hashlib.file_digest(handle, "sha256").hexdigest() == entry.sha256
+                )
+        except OSError as exc:
+            return f"{path}: {exc.strerror or exc}"
+        if not same:
+            return f"{path} has changed"
+    return None
+
+
+def drop_encoded(bundle_id: str, place: Place) -> None:
+    """Give up a wholly encoded, interrupted send: its spool and what it uploaded go."""
+    manifest = Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+    transport = open_place(place, "--to", spool=send_spool(bundle_id))
+    try:
+        for name in (manifest.payload.name + PARTIAL_SUFFIX, manifest.payload.name):
+            with contextlib.suppress(TransferError):  # unsigned, it never publishes anyway
+                transport.delete(name)
+    finally:
+        transport.close()
+    forget_spool(send_spool(bundle_id))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Continuing an interrupted passphrase send through a stock vsftpd: only with the passphrase
-it was encrypted to, and never into a new bundle under a passphrase nobody chose."""
+"""Continuing an interrupted send through a stock vsftpd: a passphrase send only with the
+passphrase it was encrypted to, never into a new bundle under a passphrase nobody chose, and
+never once what it sends has changed since."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import vsftpd
-from tests.conftest import run_airgap
+from tests.conftest import DockerEngine, build_image, receiving, run_airgap
 from tests.test_remote import _env, needs_vsftpd
 
 pytestmark = needs_vsftpd
@@ -115,6 +117,85 @@ def test_a_send_in_progress_is_not_continued_by_another(keydir: Path, tmp_path: 
         finally:
             holder.kill()
             holder.communicate()
+
+
+def _send_signed(
+    ftp: vsftpd.Vsftpd,
+    keydir: Path,
+    tmp_path: Path,
+    what: list[str | Path],
+    password: str,
+    env: dict[str, str],
+) -> subprocess.CompletedProcess[str]:
+    """A send encrypted to the receiver's key (keydir's recipient) and signed."""
+    url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+    args = [*what, "--server", url, "-R", keydir / "recipient.txt"]
+    return run_airgap(
+        ["send", *args, "--sign-key", keydir / "signing.key", "--json"],
+        env={**_env(tmp_path, password, AIRGAP_RETRIES="1"), **env},
+    )
+
+
+def test_an_edited_file_is_sent_anew_not_continued(keydir: Path, tmp_path: Path) -> None:
+    """The payload of the interrupted send is whole in the spool, but the file has changed
+    since: finishing the upload would publish the old content under today's send."""
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"version 1\n" * 30_000)
+    what: list[str | Path] = ["--file", report]
+    with vsftpd.running(tmp_path / "ftp") as ftp:
+        assert _send_signed(ftp, keydir, tmp_path, what, "not the password", {}).returncode == 4
+        old = _interrupted(tmp_path)
+        report.write_bytes(b"version 2\n" * 30_000)  # same size, other bytes
+
+        again = _send_signed(ftp, keydir, tmp_path, what, ftp.password, {})
+        assert again.returncode == 0, again.stderr
+        assert f"not continuing bundle {old}: {report} has changed" in again.stderr
+        new = json.loads(again.stdout)["id"]
+        assert new != old
+        assert not (tmp_path / "cache" / "airgap" / "send" / old).exists()
+        assert not [p for p in ftp.home.iterdir() if p.name.startswith(old)]
+
+        out = tmp_path / "out"
+        fetched = run_airgap(
+            ["fetch", "--from", ftp.home, "--output-dir", out, *receiving(keydir, tmp_path / "st")]
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert (out / "report.txt").read_bytes() == report.read_bytes()
+
+
+@pytest.mark.docker
+def test_a_rebuilt_image_is_sent_anew_not_continued(
+    docker_engine: DockerEngine, keydir: Path, tmp_path: Path
+) -> None:
+    tag = f"airgap-resume-{os.getpid()}:1"
+    first = build_image(docker_engine.client, tag, extra='LABEL build="1"\n')
+    try:
+        with vsftpd.running(tmp_path / "ftp") as ftp:
+            refused = _send_signed(ftp, keydir, tmp_path, [tag], "not it", docker_engine.env)
+            assert refused.returncode == 4, refused.stderr
+            old = _interrupted(tmp_path)
+            second = build_image(docker_engine.client, tag, extra='LABEL build="2"\n')
+            assert second.id != first.id
+
+            again = _send_signed(ftp, keydir, tmp_path, [tag], ftp.password, docker_engine.env)
+            assert again.returncode == 0, again.stderr
+            assert f"not continuing bundle {old}: {tag} is now {second.id}" in again.stderr
+            new = json.loads(again.stdout)["id"]
+            manifest = json.loads((ftp.home / f"{new}.manifest.json").read_text())
+            assert [image["id"] for image in manifest["content"]["images"]] == [second.id]
+            assert not [p for p in ftp.home.iterdir() if p.name.startswith(old)]
+
+            unchanged = _send_signed(ftp, keydir, tmp_path, [tag], "not it", docker_engine.env)
+            assert unchanged.returncode == 4
+            kept = _interrupted(tmp_path)
+            resumed = _send_signed(ftp, keydir, tmp_path, [tag], ftp.password, docker_engine.env)
+            assert resumed.returncode == 0, resumed.stderr
+            assert f"continuing the interrupted send of bundle {kept}" in resumed.stderr
+    finally:
+        docker_engine.client.images.remove(tag, force=True)
+        for image in (first,):
+            with contextlib.suppress(Exception):
+                docker_engine.client.images.remove(image.id, force=True)
 
 
 _HOLD = """

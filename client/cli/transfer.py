@@ -166,6 +166,13 @@ def send(
         begun = sendjob.Start(resume, payload_key, continuing=True)
     else:
         begun = sendjob.start(recipe, recipients, place)
+        if begun.continuing and sendjob.encoded(begun.bundle_id):
+            why = sendjob.changed(begun.bundle_id, recipe)
+            if why is not None:
+                say(f"airgap: not continuing bundle {begun.bundle_id}: {why}")
+                say("airgap: sending a new bundle instead")
+                sendjob.drop_encoded(begun.bundle_id, place)
+                begun = sendjob.start(recipe, recipients, place)
     if begun.continuing:
         say(f"continuing the interrupted send of bundle {begun.bundle_id}")
         if sendjob.encoded(begun.bundle_id):
