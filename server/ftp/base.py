@@ -60,6 +60,9 @@ if TYPE_CHECKING:
         _current_type: str
         _in_dtp_queue: tuple[Any, str] | None
         _extra_feats: list[str]
+        producer_fifo: Any  # asynchat's queue of output not yet sent
+
+        def push(self, data: bytes) -> None: ...
 
         def respond(self, resp: str) -> None: ...
         def close(self) -> None: ...

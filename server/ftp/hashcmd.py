@@ -1,7 +1,7 @@
 """``HASH`` (draft-bryan-ftpext-hash): SHA-256 only, with the optional ``RANG``.
 
 The digest is computed on a worker thread (and cached by :class:`~airgap.server.hashing.
-HashCache`); the session reads no further commands until it answers, as for a login.
+HashCache`); the session runs no further commands until it answers, as for a login.
 """
 
 from __future__ import annotations
@@ -54,16 +54,13 @@ class HashCommands(Session):
         stop = None if end is None else end + 1
         shown = self.fs.fs2ftp(path)
         hashes = self.services.hashes
-        self.del_channel()
 
         def answer(future: Future[tuple[str, int, int]]) -> None:
-            if self._closed:
-                return
-            self.add_channel()
             if future.exception() is not None:
                 self.respond("550 Cannot hash this file.")
-                return
-            digest, first, last = future.result()
-            self.respond(f"213 SHA-256 {first}-{max(last - 1, first)} {digest} {shown}")
+            else:
+                digest, first, last = future.result()
+                self.respond(f"213 SHA-256 {first}-{max(last - 1, first)} {digest} {shown}")
+            self._resume()
 
-        self.services.run(lambda: hashes.digest(Path(path), start, stop), answer)
+        self._check(lambda: hashes.digest(Path(path), start, stop), answer)

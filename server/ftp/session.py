@@ -2,13 +2,18 @@
 
 Every command that names a path asks :func:`airgap.server.policy.decide` first, with the path
 made relative to the root by :class:`~airgap.server.ftp.fs.AirgapFS`. Logins are checked on a
-worker thread; until the answer comes back the session reads no further commands. PASS lines
-never reach the audit log, and pyftpdlib is never handed the password to keep.
+worker thread; until the answer comes back the session reads no more input, and the lines a
+client sent ahead in the same packets wait, a few at most, to run one by one after it (a packet
+of 2,000 PASS lines is one check, not 2,000). PASS lines never reach the audit log, and
+pyftpdlib is never handed the password to keep. A client that does not read its replies is
+disconnected rather than have them pile up in memory.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,10 @@ from airgap.server.policy import Op, Parts, Principal, decide, rename_allowed
 from airgap.server.publish import bundle_id_of
 
 MAX_LINE = 2048
+#: Lines a client may send ahead while a login or HASH is being checked; more closes it.
+MAX_HELD_LINES = 16
+#: Replies a client may leave unread (each a push; the longest is HELP's kilobyte or so).
+MAX_UNREAD_REPLIES = 512
 REFUSED_COMMANDS = ("MKD", "XMKD", "RMD", "XRMD", "STOU", "SITE CHMOD", "MFMT", "SITE")
 
 
@@ -29,6 +38,7 @@ class Session(SessionAPI):
     services: Services
     principal: Principal | None = None
     _overlong = False
+    _held: deque[bytes] | None = None  # while a check runs: lines received, not yet run
 
     # --- connection and command lines
 
@@ -65,7 +75,66 @@ class Session(SessionAPI):
             self._in_buffer_len = 0
             self.respond("500 Command too long.")
             return
+        if self._held is not None:
+            line = b"".join(self._in_buffer)
+            self._in_buffer = []
+            self._in_buffer_len = 0
+            if len(self._held) >= MAX_HELD_LINES:
+                self._drop("commands sent ahead of a check")
+                return
+            self._held.append(line)
+            return
         super().found_terminator()
+
+    def push(self, data: bytes) -> None:
+        if len(self.producer_fifo) >= MAX_UNREAD_REPLIES:
+            self._drop("replies not read")
+            return
+        super().push(data)
+
+    def _drop(self, reason: str) -> None:
+        if not self._closed:
+            self.services.audit.record("refused", ip=self.remote_ip, reason=reason)
+            self.close()
+
+    def _check(self, work: Callable[[], Any], answer: Callable[[Future[Any]], None]) -> None:
+        """Run ``work`` on a worker thread, then ``answer`` on the loop; no command runs in
+        between, whatever the client sends ahead. ``answer`` calls :meth:`_resume` once it has
+        replied (or closes the session)."""
+        self.del_channel()
+        self._held = deque()
+
+        def job() -> Any:
+            if self._closed:  # a client gone meanwhile costs no scrypt and no hashing
+                return None
+            return work()
+
+        def done(future: Future[Any]) -> None:
+            if not self._closed:
+                self.add_channel()
+                answer(future)
+
+        self.services.run(job, done)
+
+    def _resume(self) -> None:
+        """After a check's reply: read again, and run the lines that came meanwhile, in order,
+        until one starts another check (which then holds the rest)."""
+        held, self._held = self._held or deque(), None
+        partial = self._in_buffer, self._in_buffer_len  # the start of a line not ended yet
+        while held and not self._closed and not self._checking():
+            line = held.popleft()
+            self._in_buffer, self._in_buffer_len = [line], len(line)
+            super().found_terminator()
+        if held and self._checking():  # the rest waits for that check
+            self._keep_ahead(held)
+        self._in_buffer, self._in_buffer_len = partial
+
+    def _checking(self) -> bool:
+        return self._held is not None
+
+    def _keep_ahead(self, lines: deque[bytes]) -> None:
+        if self._held is not None:
+            self._held.extendleft(reversed(lines))
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         if any(c in line for c in "\0\r\n"):
@@ -101,14 +170,9 @@ class Session(SessionAPI):
                 anonymous=services.config.anonymous,
             )
 
-        # No more commands are read until the check is answered (as pyftpdlib does for delays).
-        self.del_channel()
-        services.run(check, self._login_checked)
+        self._check(check, self._login_checked)
 
     def _login_checked(self, future: Future[Principal | None]) -> None:
-        if self._closed:
-            return
-        self.add_channel()
         ip = self.remote_ip
         principal = future.result() if future.exception() is None else None
         audit = self.services.audit
@@ -130,6 +194,7 @@ class Session(SessionAPI):
         audit.record("login", ip=ip, user=principal.name, role=principal.label)
         # The password is not kept: pyftpdlib would store it in the session otherwise.
         self.handle_auth_success(str(home), "", "Logged in.")
+        self._resume()
 
     def _login_refused(self) -> None:
         if self._closed:
@@ -141,6 +206,7 @@ class Session(SessionAPI):
             self.close_when_done()
         else:
             self.respond("530 Authentication failed.")
+            self._resume()
 
     # --- the policy
 

@@ -1,0 +1,88 @@
+"""Clients that send ahead: lines pipelined behind a login or HASH wait their turn, a few at
+most, and a client that never reads its replies is let go instead of filling memory."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+from tests.server.conftest import Server, stor
+
+
+def _records(server: Server, event: str) -> list[dict[str, object]]:
+    return [r for r in map(json.loads, server.audit().splitlines()) if r.get("event") == event]
+
+
+def _replies(raw: socket.socket, count: int) -> list[bytes]:
+    """The first ``count`` reply lines (single-line replies only)."""
+    data = b""
+    while data.count(b"\r\n") < count:
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n")[:count]
+
+
+def test_lines_sent_behind_a_login_run_after_it_in_order(serve) -> None:
+    server = serve("--tls", "off")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        assert raw.recv(1024).startswith(b"220")
+        password = server.password("sender")
+        raw.sendall(f"USER sender\r\nPASS {password}\r\nTYPE I\r\nNOOP\r\n".encode())
+        codes = [line[:3] for line in _replies(raw, 4)]
+    assert codes == [b"331", b"230", b"200", b"200"]
+
+
+def test_lines_sent_behind_a_hash_wait_for_its_answer(serve) -> None:
+    server = serve("--tls", "off")
+    stor(server.ftp("sender"), "x.part", b"x" * 100_000)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        assert raw.recv(1024).startswith(b"220")
+        password = server.password("sender")
+        raw.sendall(f"USER sender\r\nPASS {password}\r\n".encode())
+        assert [line[:3] for line in _replies(raw, 2)] == [b"331", b"230"]
+        raw.sendall(b"HASH x.part\r\nRANG 0 9\r\nHASH x.part\r\nNOOP\r\n")
+        codes = [line[:3] for line in _replies(raw, 4)]
+    assert codes == [b"213", b"350", b"213", b"200"]
+
+
+def test_a_packet_of_logins_costs_one_check_not_thousands(serve) -> None:
+    """2,000 USER/PASS pairs in one write: each PASS used to queue a password check on the
+    shared workers, and real logins waited minutes behind them."""
+    server = serve("--tls", "off")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        assert raw.recv(1024).startswith(b"220")
+        raw.sendall(b"USER nobody\r\nPASS wrong\r\n" * 2000)
+        time.sleep(0.5)
+    started = time.monotonic()
+    client = server.ftp("receiver")  # ftplib's timeout is 20 s
+    client.voidcmd("NOOP")
+    assert time.monotonic() - started < 20
+    assert len(_records(server, "login-failed")) <= 1
+    refused = _records(server, "refused")
+    assert [r["reason"] for r in refused] == ["commands sent ahead of a check"]
+
+
+def test_a_client_that_reads_no_replies_is_disconnected(serve) -> None:
+    server = serve("--tls", "off")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(5)
+    raw.connect(("127.0.0.1", server.port))
+    sent, deadline = 0, time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:  # about 2 MB at most before the server has had enough
+            raw.sendall(b"HELP\r\n" * 1000)
+            sent += 6000
+    except OSError:  # reset or timed out: the server stopped reading, or closed
+        pass
+    finally:
+        raw.close()
+    for _ in range(100):
+        if _records(server, "refused"):
+            break
+        time.sleep(0.1)
+    assert [r["reason"] for r in _records(server, "refused")] == ["replies not read"], sent
+    server.ftp("receiver").voidcmd("NOOP")
