@@ -178,7 +178,9 @@ def _fetch_new(
         if bundle_id in run.done and bundle_id not in run.tried:
             if only:
                 error = ReplayError(
-                    f"bundle {bundle_id} was imported here before; refusing it again"
+                    "imported here before; refusing it again",
+                    hint="to import it once more, open it by hand (README: Opening a bundle "
+                    "by hand) or fetch with another --state-dir",
                 )
                 run.outcomes.append(Outcome(bundle_id, error=error))
             continue

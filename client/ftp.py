@@ -254,6 +254,15 @@ class FtpTransport:
         except CertificateMismatch as exc:
             self._drop()
             raise CertificateMismatch(f"{what}: {exc.message}", hint=exc.hint) from exc
+        except ftplib.error_temp as exc:
+            self._drop()
+            if "failed logins" in str(exc):  # the appliance's ban: asking again extends it
+                raise LoginError(
+                    f"{self.describe()}: refused after failed logins from here ({exc})",
+                    hint="check the password, and wait for the ban to end (the server's "
+                    "--ban-seconds) before trying again",
+                ) from exc
+            raise TransferError(f"{what}: {exc}") from exc
         except NETWORK_ERRORS as exc:
             self._drop()
             raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc

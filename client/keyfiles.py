@@ -90,7 +90,7 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
     if existing and not force:
         raise StorageError(
             f"{directory} already holds {', '.join(existing)}",
-            hint="use --force to replace them (the old keys are lost), or another --out",
+            hint="use --force to replace them (the old keys are lost), or another directory",
         )
     private_dir(directory)
     try:

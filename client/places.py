@@ -33,6 +33,11 @@ class Place:
                 hint=f"{flag} /media/usb for removable media, --server ftps://user@host:2121/ "
                 "for a drop box",
             )
+        if self.fingerprint and (self.server or "").lower().startswith("ftp://"):
+            raise UsageError(
+                "--tls-fingerprint pins the certificate of an ftps:// server; this URL is ftp://",
+                hint="use ftps://, which the pin then checks",
+            )
         if self.directory is not None and self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"{flag} {self.directory}: not a directory")
 

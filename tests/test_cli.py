@@ -309,6 +309,14 @@ def test_a_passphrase_bundle_without_a_passphrase_says_so(tmp_path: Path, keydir
     assert "set AIRGAP_PASSPHRASE: it is encrypted to a passphrase" in fetched.stderr
 
 
+def test_a_pin_with_a_plain_ftp_url_is_refused(keydir: Path) -> None:
+    pin = "sha256:" + "ab" * 32
+    ls = ["ls", "--server", "ftp://sender@127.0.0.1:9/", "--tls-fingerprint", pin]
+    refused = run_airgap([*ls, "--trust", keydir / "signing.pub"])
+    assert refused.returncode == 2, refused.stderr
+    assert "this URL is ftp://" in refused.stderr and "use ftps://" in refused.stderr
+
+
 def test_a_netrc_others_can_read_is_refused_and_plain_ftp_is_warned_of(
     tmp_path: Path, keydir: Path
 ) -> None:

@@ -161,6 +161,11 @@ def test_an_edited_file_is_sent_anew_not_continued(keydir: Path, tmp_path: Path)
         )
         assert fetched.returncode == 0, fetched.stderr
         assert (out / "report.txt").read_bytes() == report.read_bytes()
+        by_id = ["fetch", new, "--from", ftp.home, "--output-dir", tmp_path / "out2"]
+        again = run_airgap([*by_id, *receiving(keydir, tmp_path / "st")])
+        assert again.returncode == 3, again.stderr
+        assert f"bundle {new}: imported here before; refusing it again" in again.stderr
+        assert "hint: to import it once more, open it by hand" in again.stderr
 
 
 @pytest.mark.docker

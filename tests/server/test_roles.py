@@ -101,6 +101,19 @@ def test_wrong_passwords_lead_to_a_ban(serve):
         server.ftp("sender")
     assert '"event": "ban"' in server.audit()
     assert "wrong password" not in server.audit() + server.stderr
+    # The CLI, banned, says so at once: no retries (each would be refused, or extend the ban).
+    from tests.conftest import run_airgap
+
+    started, refusals = time.monotonic(), server.audit().count('"reason": "banned"')
+    listed = run_airgap(
+        ["ls", "--server", f"ftp://sender@127.0.0.1:{server.port}/"],
+        env={"AIRGAP_PASSWORD": server.password("sender")},
+    )
+    assert listed.returncode == 4, listed.stderr
+    assert "refused after failed logins from here" in listed.stderr
+    assert "wait for the ban to end" in listed.stderr
+    assert time.monotonic() - started < 10  # six attempts with backoff take about 31 s
+    assert server.audit().count('"reason": "banned"') == refusals + 1
 
 
 def test_user_commands_change_who_logs_in(serve, tmp_path):
