@@ -139,12 +139,16 @@ def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
 def archive_refs(archive: SavedArchive) -> set[str]:
     """Every image name in an archive's manifest.json, index.json and repositories. One of
     those files the archive holds in another form (``./manifest.json``, a link, too large to
-    keep) or that does not parse counts as a name no manifest gives."""
+    keep, twice) or that does not parse counts as a name no manifest gives."""
     members = archive.members
     found: set[str] = set()
     held = [*archive.sizes, *archive.links]
     # Where docker load's untar puts a member: "/manifest.json" lands on manifest.json too.
-    if archive.unreadable or any(_landing(n) in _NAMES and n not in members for n in held):
+    if (
+        archive.unreadable
+        or archive.repeated & _NAMES
+        or any(_landing(n) in _NAMES and n not in members for n in held)
+    ):
         found.add("(names airgap cannot read)")
     try:
         if MANIFEST_JSON in members:

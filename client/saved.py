@@ -49,7 +49,9 @@ class SavedArchive:
         self._keep: str | None = None
         self._size = 0
         self._pax: dict[str, str] = {}  # the records of a pax header, for the next member
-        self.unreadable = False  # an extended header too large to keep: a name went unread
+        self.unreadable = False  # a name went unread: an extended header too large, or chained
+        self.repeated: set[str] = set()  # wanted names that more than one member lands on
+        self._landed: set[str] = set()
         self._ended = False
 
     def update(self, chunk: bytes) -> None:
@@ -124,9 +126,18 @@ class SavedArchive:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
             raise EngineError(f"docker save: not a tar archive airgap can read ({exc})") from exc
+        extended = info.type == tarfile.XHDTYPE or info.type in _GNU
+        if extended and self._pax:  # a GNU long name and a pax path: readers disagree on which
+            self.unreadable = True
         info, self._pax = with_pax(info, self._pax), {}
         name = info.name
-        if info.type == tarfile.XHDTYPE or info.type in _GNU:
+        if not extended:  # the last of several members that land on one name is the one used
+            landing = posixpath.normpath(name.lstrip("/"))
+            if landing in self._wanted:
+                if landing in self._landed:
+                    self.repeated.add(landing)
+                self._landed.add(landing)
+        if extended:
             if info.size > self._limit:  # the next member's name is not known here
                 self.unreadable = True
             else:

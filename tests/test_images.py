@@ -581,6 +581,38 @@ def test_names_an_archive_gives_are_read_in_every_form() -> None:
     assert archive_refs(archive(("index.json", full.encode()))) == {"x/y:3"}
     bare = json.dumps({"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "3"}}]})
     assert archive_refs(archive(("index.json", bare.encode()))) == set()
+    # Found in review: a later copy too large to keep was not read, and it is the one that
+    # lands (the earlier kept copy named only what the manifest gives).
+    victim = json.dumps([{"RepoTags": ["app:1.0", "victim/prod:latest"]}]).encode()
+    padded = victim + b" " * (1 << 20)
+    unread = "(names airgap cannot read)"
+    assert unread in archive_refs(archive(("manifest.json", tags), ("manifest.json", padded)))
+    assert unread in archive_refs(archive(("manifest.json", tags), ("./manifest.json", victim)))
+    assert unread in archive_refs(archive(("manifest.json", tags), ("manifest.json", tags)))
+
+
+def test_a_gnu_long_name_chained_with_a_pax_path_is_not_read_either_way() -> None:
+    """Found in review: GNU long name "manifest.json", then a pax header saying
+    "harmless.json", then the member: Python's tarfile (and Go's, it seems) take the GNU
+    name, and ours took the pax one."""
+
+    def padded(data: bytes) -> bytes:
+        return data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+    tags = json.dumps([{"RepoTags": ["app:1", "victim:latest"]}]).encode()
+    long = tarfile.TarInfo("././@LongLink")
+    long.type, long.size = tarfile.GNUTYPE_LONGNAME, len(b"manifest.json\0")
+    record = b"22 path=harmless.json\n"
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(record)
+    member = tarfile.TarInfo("placeholder")
+    member.size = len(tags)
+    stream = long.tobuf(format=tarfile.GNU_FORMAT) + padded(b"manifest.json\0")
+    stream += pax.tobuf(format=tarfile.USTAR_FORMAT) + padded(record)
+    stream += member.tobuf(format=tarfile.USTAR_FORMAT) + padded(tags) + bytes(1024)
+    saved = SavedArchive({"manifest.json", "index.json", "repositories"})
+    saved.update(stream)
+    assert archive_refs(saved) == {"(names airgap cannot read)"}
 
 
 def test_a_gnu_long_name_is_the_name_docker_load_uses() -> None:
