@@ -31,6 +31,10 @@ from airgap.server.hashing import HashCache
 
 #: How often (bytes written) an upload checks the free-disk watermark again.
 SPACE_CHECK_EVERY = 4 * 1024 * 1024
+#: The most entries an upload area may hold for a new file to be created in it. A sender needs
+#: three a bundle, and a bundle leaves the area as soon as it is whole; the cap bounds what one
+#: sender can make the appliance keep (empty files count against no quota) and scan.
+MAX_AREA_FILES = 1000
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,18 @@ class Budget:
     area: AreaUsage
     quota: int
     used: int
+
+
+def crowded(upload: Target) -> Refusal | None:
+    """A 552 when the area of a new file already holds :data:`MAX_AREA_FILES` entries."""
+    with os.scandir(Path(upload.path).parent) as entries:
+        for count, _ in enumerate(entries, 1):
+            if count >= MAX_AREA_FILES:
+                return Refusal(
+                    f"552 This area holds {MAX_AREA_FILES} files already; finish or delete "
+                    "some, or wait for publishing."
+                )
+    return None
 
 
 def budget(

@@ -1,11 +1,13 @@
-"""Partial uploads left behind: a ``.part`` nobody has written for ``--partial-expiry`` seconds
-is deleted, so that an abandoned send stops holding its sender's quota and the disk.
+"""Uploads left behind: a ``.part`` nobody has written for ``--partial-expiry`` seconds is
+deleted, so that an abandoned send stops holding its sender's quota and the disk; so is any
+file of a sender's area that long unwritten (a payload whose manifest and signature never
+came: a whole bundle is published, out of the area, as soon as its signature arrives).
 
 A sender that comes back later loses nothing it cannot redo: its client asks the size of the
-partial, finds none, and uploads from the start out of its own spool. A partial that an upload
+partial, finds none, and uploads from the start out of its own spool. A file that an upload
 holds open is claimed in :class:`~airgap.server.limits.BusyFiles` and is never touched, nor is
-anything but a regular file named ``*.part`` directly in an upload area (``pub/incoming`` and
-the senders' areas in it). Every deletion is an audit record.
+anything but a regular file directly in an upload area, nor a finished anonymous upload in
+``pub/incoming`` itself (there, the area is the exchange). Every deletion is an audit record.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ logger = logging.getLogger("airgap.server")
 
 
 def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, os.stat_result]]:
-    """Regular ``*.part`` files of the upload areas last written before ``now - older_than``."""
+    """The regular files of the senders' areas, and ``*.part`` files of ``pub/incoming``, last
+    written before ``now - older_than``."""
     found = []
-    for entry in _upload_entries(layout):
-        if not entry.name.endswith(PARTIAL_SUFFIX):
+    for entry, senders in _upload_entries(layout):
+        if not senders and not entry.name.endswith(PARTIAL_SUFFIX):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
@@ -40,13 +43,13 @@ def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, 
     return found
 
 
-def _upload_entries(layout: Layout) -> Iterator[os.DirEntry[str]]:
+def _upload_entries(layout: Layout) -> Iterator[tuple[os.DirEntry[str], bool]]:
     """What ``pub/incoming`` holds (anonymous uploads, the senders' areas) and what each
-    sender's area holds."""
+    sender's area holds, each with whether it is in a sender's area."""
     for entry in _entries(layout.incoming):
-        yield entry
+        yield entry, False
         if entry.is_dir(follow_symlinks=False):
-            yield from _entries(Path(entry.path))
+            yield from ((inner, True) for inner in _entries(Path(entry.path)))
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:
@@ -64,7 +67,7 @@ def sweep(
     audit: AuditLog,
     older_than: float,
 ) -> list[Path]:
-    """Delete the stale partials no upload holds; return what was deleted."""
+    """Delete the stale uploads no upload holds; return what was deleted."""
     now = time.time()
     deleted = []
     for path, info in stale(layout, older_than=older_than, now=now):

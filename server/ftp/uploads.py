@@ -52,6 +52,9 @@ class UploadCommands(Session):
         if isinstance(offset, storage.Refusal):
             self.respond(offset.reply)
             return
+        if not target.exists and (refused := storage.crowded(target)) is not None:
+            self.respond(refused.reply)
+            return
         config = self.services.config
         sender = self.principal is not None and self.principal.role is Role.SENDER
         quota = config.quota_bytes if sender else None

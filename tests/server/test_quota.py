@@ -43,3 +43,23 @@ def test_parallel_uploads_share_the_quota_and_keep_what_they_wrote(serve):
     stor(client, "up1.part", data[have:], rest=have)
     assert (area / "up1.part").read_bytes() == data
     assert sum(path.stat().st_size for path in area.iterdir()) <= QUOTA
+
+
+def test_an_area_full_of_files_takes_no_new_one_but_finishes_those_it_has(serve):
+    """Found in review: empty files count against no quota, and pipelined STORs without a
+    data connection made 3,000 of them a second, each never expiring."""
+    from airgap.server.storage import MAX_AREA_FILES
+
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    stor(client, "A.part", b"start")
+    area = server.root / "pub/incoming/sender"
+    for number in range(MAX_AREA_FILES - 1):
+        (area / f"empty{number:04}").touch()
+    with pytest.raises(ftplib.error_perm, match=f"552 This area holds {MAX_AREA_FILES} files"):
+        stor(client, "B.part", b"new")
+    assert not (area / "B.part").exists()
+    assert stor(client, "A.part", b"-resumed", rest=5).startswith("226")
+    assert (area / "A.part").read_bytes() == b"start-resumed"
+    (area / "empty0000").unlink()
+    assert stor(client, "B.part", b"new").startswith("226")

@@ -1,4 +1,5 @@
-"""Partial uploads nobody writes any more expire; everything else in the root stays."""
+"""Uploads nobody writes any more expire (partials anywhere, and whatever a sender's area
+holds); everything else in the root stays."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _records(layout: Layout, event: str) -> list[dict[str, object]]:
     return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
-def test_only_stale_regular_partials_in_upload_areas_go(tmp_path: Path) -> None:
+def test_only_stale_uploads_go(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "root")
     layout.create()
     area = layout.incoming / "sender"
@@ -41,7 +42,10 @@ def test_only_stale_regular_partials_in_upload_areas_go(tmp_path: Path) -> None:
     old = _aged(area / "A.tar.zst.age.part", b"x" * 1000, days=8)
     anonymous = _aged(layout.incoming / "image.tar.part", b"y" * 10, days=8)
     fresh = _aged(area / "B.tar.zst.age.part", b"z", days=1)
-    finished = _aged(area / "C.tar.zst.age", b"w", days=30)
+    # A payload renamed whole whose manifest and signature never came (found in review: it
+    # held the sender's quota for good, and the sender may not delete it).
+    unpublished = _aged(area / "C.tar.zst.age", b"w", days=30)
+    shared = _aged(layout.incoming / "book.tar", b"t", days=30)  # the anonymous exchange
     published = _aged(layout.outgoing / "D.tar.zst.age.part", b"v", days=30)
     outside = _aged(tmp_path / "victim.part", b"secret", days=30)
     link = area / "E.tar.zst.age.part"
@@ -58,13 +62,17 @@ def test_only_stale_regular_partials_in_upload_areas_go(tmp_path: Path) -> None:
     deleted = sweep(layout, busy=busy, audit=audit, older_than=7 * DAY)
     audit.close()
 
-    assert sorted(deleted) == sorted([old, anonymous])
+    assert sorted(deleted) == sorted([old, anonymous, unpublished])
     assert not old.exists() and not anonymous.exists()
-    for kept in (fresh, finished, published, outside, folder, held):
+    for kept in (fresh, shared, published, outside, folder, held):
         assert kept.exists(), kept
     assert link.is_symlink() and outside.read_bytes() == b"secret"
     records = {r["file"]: r for r in _records(layout, "expire")}
-    assert set(records) == {"pub/incoming/sender/A.tar.zst.age.part", "pub/incoming/image.tar.part"}
+    assert set(records) == {
+        "pub/incoming/sender/A.tar.zst.age.part",
+        "pub/incoming/image.tar.part",
+        "pub/incoming/sender/C.tar.zst.age",
+    }
     assert records["pub/incoming/sender/A.tar.zst.age.part"]["bytes"] == 1000
     assert int(str(records["pub/incoming/image.tar.part"]["idle_seconds"])) >= 8 * DAY - 60
     assert not busy.is_busy(old) and busy.is_busy(held)
