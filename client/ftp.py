@@ -23,6 +23,7 @@ import re
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from airgap.shared.errors import (
     TransferError,
     UsageError,
 )
+from airgap.shared.pipeline import interrupted
 
 DEFAULT_TIMEOUT = 60.0
 #: A download read returns once it has this much, or the end of the file.
@@ -384,13 +386,15 @@ class FtpTransport:
 class _DataConnection(io.RawIOBase):
     """One transfer's data connection. Closing it waits for the server's final reply, unless
     the transfer broke: then there is none to wait for (on a dropped control connection that
-    meant logging in again to wait a whole timeout for nothing)."""
+    meant logging in again to wait a whole timeout for nothing), or the process is being
+    interrupted."""
 
     verb = ""
 
     def __init__(self, owner: FtpTransport, conn: socket.socket, name: str) -> None:
         self._owner, self._conn, self._name = owner, conn, name
         self._broken = False
+        _TRANSFERS.add(conn)
         _no_delay(conn)
 
     def _failed(self, exc: OSError) -> TransferError:
@@ -402,7 +406,9 @@ class _DataConnection(io.RawIOBase):
         if not self.closed:
             _close_data(self._conn)
             super().close()
-            if not self._broken:
+            if interrupted():  # Ctrl-C: no waiting for the reply of a transfer cut short
+                self._owner._drop()
+            elif not self._broken:
                 self._owner._finish(self._name, self.verb)
 
 
@@ -462,6 +468,18 @@ class _DataWriter(_DataConnection):
         except OSError as exc:
             raise self._failed(exc) from exc
         return len(data)
+
+
+#: The data connections open now, for :func:`cut_transfers`.
+_TRANSFERS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def cut_transfers() -> None:
+    """Shut every open data connection down (on Ctrl-C): a read or write blocked on one, in
+    whatever thread, returns at once instead of when the network next moves."""
+    for conn in list(_TRANSFERS):
+        with contextlib.suppress(OSError):  # the plain socket's: an SSLSocket's would unwrap
+            socket.socket.shutdown(conn, socket.SHUT_RDWR)
 
 
 def _close_data(conn: socket.socket) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 from airgap.client.private import private_dir
 from airgap.client.transport import PARTIAL_SUFFIX, READ_BUFFER, Transport
 from airgap.shared.errors import StorageError, TransferError
+from airgap.shared.pipeline import interrupted
 
 CHUNK = 1 << 20
 
@@ -47,12 +48,13 @@ class Backoff:
 def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
     """Run ``action``; after a transfer failure wait and try again, up to the backoff's end.
     A failure that is not transient (a refused login, a certificate that is not the pinned
-    one) is not retried: guessing again would only earn a ban, or talk to an impostor again."""
+    one) is not retried: guessing again would only earn a ban, or talk to an impostor again;
+    nor is anything once the process is being interrupted (its transfers were cut)."""
     for delay in [*backoff.delays(), None]:
         try:
             return action()
         except TransferError as exc:
-            if not exc.transient:
+            if not exc.transient or interrupted():
                 raise
             if delay is None:
                 raise TransferError(

@@ -6,6 +6,11 @@ a few MiB per link. A step is either a :class:`Stage` (``update``/``finish``) or
 an iterator-to-iterator function, for work whose output must be pulled in bounded pieces
 (decompression). Exceptions keep their type and reach the consumer; closing the consumer's
 iterator early, or an error anywhere, stops every thread before :func:`threaded` returns.
+
+Except when the process is being interrupted (:func:`interrupting`, which the CLI calls on
+Ctrl-C): a thread may be blocked in a read from a slow network for as long as a segment takes
+to arrive, and an interrupted command must not wait for it. The threads are then left to end
+with the process.
 """
 
 from __future__ import annotations
@@ -25,6 +30,17 @@ _STOP = object()
 #: How long a waiting thread sleeps before it looks at the stop flag on its own; stopping
 #: also wakes every waiter at once, so this is only a safety net.
 _RECHECK = 1.0
+_INTERRUPTED = threading.Event()
+
+
+def interrupting() -> None:
+    """The process is being interrupted: from now on, no pipeline waits for its threads."""
+    _INTERRUPTED.set()
+
+
+def interrupted() -> bool:
+    """Whether :func:`interrupting` was called: cleanup that waits on a peer should not."""
+    return _INTERRUPTED.is_set()
 
 
 class _Failed:
@@ -161,6 +177,7 @@ def threaded(
         for link in links:
             link.wake()
         for thread in threads:
-            thread.join()
+            while thread.is_alive() and not _INTERRUPTED.is_set():
+                thread.join(0.05)
     if failed is not None:
         raise failed

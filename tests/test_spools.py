@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,40 @@ def test_an_interrupted_send_stops_uploading_at_once(
         assert b"interrupted" in err and b"airgap spool drop" in err
         (partial,) = Path(ftp.home).glob("*.part")
         assert partial.stat().st_size < spooled() - (4 << 20)  # it stopped, far behind
+
+
+@needs_vsftpd
+def test_an_interrupted_fetch_stops_at_once_then_resumes(keydir: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-download: the thread that reads and verifies segments was blocked in a read
+    of the slow link, and the exit waited for it (a 16 MiB segment at the link's pace). Now
+    the transfer is cut and nothing waits; the rerun goes on from the spool."""
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(20 << 20))
+    with vsftpd.running(tmp_path / "ftp", max_rate=2 << 20) as ftp:
+        url, env = _where(ftp, tmp_path)
+        drop = Path(ftp.home)
+        keys = ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
+        sent = run_airgap(["send", "--file", payload, "--to", drop, *keys])
+        assert sent.returncode == 0, sent.stderr
+        out, state = tmp_path / "out", tmp_path / "state"
+        fetch = ["fetch", "--server", url, "-i", keydir / "identity.txt"]
+        fetch += ["--trust", keydir / "signing.pub", "--output-dir", out, "--state-dir", state]
+        fetching = spawn_airgap(fetch, env=env)
+        spool = tmp_path / "cache" / "airgap" / "fetch"
+
+        def spooled() -> int:
+            return sum(p.stat().st_size for p in spool.rglob("*.age")) if spool.exists() else 0
+
+        _wait_for(lambda: spooled() >= 3 << 20, "the download to be under way")
+        fetching.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, err = fetching.communicate(timeout=60)
+        waited = time.monotonic() - started
+        assert fetching.returncode == 130, err
+        assert waited < 3, f"{waited:.1f} s: the rest of the segment came first ({spooled()} B)"
+        assert spooled() < 16 << 20
+        assert not out.exists() or not any(out.iterdir())
+
+        again = run_airgap(fetch, env=env)
+        assert again.returncode == 0, again.stderr
+        assert (out / "big.bin").read_bytes() == payload.read_bytes()

@@ -134,4 +134,16 @@ def running(work: Path, *, tls: bool = False, max_rate: int = 0) -> Iterator[Vsf
         proc.wait(timeout=10)
         if proc.stdout:
             proc.stdout.close()
+        _end_sessions()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _end_sessions() -> None:
+    """vsftpd serves each connection in processes of its own, which the listener's end
+    leaves running: a throttled one whose client went away (Ctrl-C) only notices at its next
+    write. The next test's usermod refuses a user with processes."""
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pkill", "-KILL", "-u", USER], check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of {USER} outlive SIGKILL")
+        time.sleep(0.05)

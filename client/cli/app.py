@@ -12,15 +12,19 @@ import functools
 import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, NoReturn, ParamSpec
 
 import typer
 
+from airgap.client.ftp import cut_transfers
 from airgap.client.memory import keep_freed_pieces
 from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
+from airgap.shared.pipeline import interrupted, interrupting
 from airgap.shared.version import __version__
 
 P = ParamSpec("P")
@@ -147,12 +151,21 @@ def _fail(exc: AirgapError) -> NoReturn:
     sys.exit(int(exc.exit_code))
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    interrupting()  # threads blocked on a slow network are not waited for
+    cut_transfers()  # and no thread stays blocked on one
+    raise KeyboardInterrupt
+
+
 def main() -> NoReturn:
     """Entry point: the one place where errors become messages and exit codes."""
     try:
+        signal.signal(signal.SIGINT, _interrupt)
         keep_freed_pieces()
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
     except AirgapError as exc:
+        if interrupted() and not isinstance(exc, Interrupted):  # a transfer Ctrl-C cut
+            exc = Interrupted("interrupted", hint=exc.hint)
         _fail(exc)
     except KeyboardInterrupt:
         _fail(Interrupted("interrupted"))
