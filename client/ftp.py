@@ -265,6 +265,12 @@ class FtpTransport:
                     "--ban-seconds) before trying again",
                 ) from exc
             raise TransferError(f"{what}: {exc}") from exc
+        except socket.gaierror as exc:  # a name that does not resolve will not by waiting
+            self._drop()
+            raise UnknownHost(
+                f"{what}: cannot find {self.target.host} ({exc.strerror or exc})",
+                hint="check the host name in the URL",
+            ) from exc
         except NETWORK_ERRORS as exc:
             self._drop()
             raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc
@@ -468,6 +474,12 @@ class _DataWriter(_DataConnection):
         except OSError as exc:
             raise self._failed(exc) from exc
         return len(data)
+
+
+class UnknownHost(TransferError):
+    """The server's name does not resolve: not retried."""
+
+    transient = False
 
 
 #: The data connections open now, for :func:`cut_transfers`.

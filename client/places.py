@@ -16,6 +16,7 @@ from pathlib import Path
 from airgap.client.credentials import password_for
 from airgap.client.ftp import FtpTarget, FtpTransport, check_fingerprint
 from airgap.client.spool import Backoff, SpooledTransport, cache_dir
+from airgap.client.terminal import say
 from airgap.client.transport import DirectoryTransport, Transport
 from airgap.shared.errors import StorageError, UsageError
 
@@ -62,7 +63,8 @@ def open_place(place: Place, flag: str, *, spool: Path | None = None) -> Transpo
     check_fingerprint(place.fingerprint)
     remote = FtpTransport(target, password_for(target), pin=place.fingerprint)
     folder = spool or cache_dir() / "fetch" / place.key()
-    return SpooledTransport(remote, folder, backoff=Backoff(attempts=_attempts()))
+    backoff = Backoff(attempts=_attempts(), notify=lambda news: say(f"airgap: {news}"))
+    return SpooledTransport(remote, folder, backoff=backoff)
 
 
 def _attempts() -> int:

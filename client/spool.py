@@ -40,6 +40,8 @@ class Backoff:
     first: float = 1.0
     factor: float = 2.0
     ceiling: float = 30.0
+    #: Told of each retry before its wait (the CLI prints it on stderr), or None.
+    notify: Callable[[str], None] | None = None
 
     def delays(self) -> list[float]:
         return [min(self.ceiling, self.first * self.factor**i) for i in range(self.attempts - 1)]
@@ -60,8 +62,10 @@ def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
                 raise TransferError(
                     f"{what}: gave up after {backoff.attempts} attempt"
                     f"{'s' if backoff.attempts != 1 else ''} ({exc.message})",
-                    hint="run the same command again later: it resumes where it stopped",
+                    hint="run the same command again later (a transfer resumes where it stopped)",
                 ) from exc
+            if backoff.notify is not None:
+                backoff.notify(f"{exc.message}; trying again in {delay:g} s")
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -309,6 +309,26 @@ def test_a_passphrase_bundle_without_a_passphrase_says_so(tmp_path: Path, keydir
     assert "set AIRGAP_PASSPHRASE: it is encrypted to a passphrase" in fetched.stderr
 
 
+def test_an_unknown_host_is_not_retried_and_retries_are_told(keydir: Path) -> None:
+    """Found in review: both took about 31 s of silence (six attempts), then a hint about
+    resuming that made no sense for `ls`."""
+    trust = ["--trust", keydir / "signing.pub"]
+    unknown = run_airgap(
+        ["ls", "--server", "ftp://u@nosuchhost.invalid:21/", *trust],
+        env={"AIRGAP_PASSWORD": "x"},
+    )
+    assert unknown.returncode == 4, unknown.stderr
+    assert "cannot find nosuchhost.invalid" in unknown.stderr
+    assert "check the host name" in unknown.stderr and "trying again" not in unknown.stderr
+    refused = run_airgap(
+        ["ls", "--server", "ftp://u@127.0.0.1:1/", *trust],
+        env={"AIRGAP_PASSWORD": "x", "AIRGAP_RETRIES": "2"},
+    )
+    assert refused.returncode == 4, refused.stderr
+    assert "Connection refused; trying again in 1 s" in refused.stderr
+    assert "gave up after 2 attempts" in refused.stderr
+
+
 def test_a_pin_with_a_plain_ftp_url_is_refused(keydir: Path) -> None:
     pin = "sha256:" + "ab" * 32
     ls = ["ls", "--server", "ftp://sender@127.0.0.1:9/", "--tls-fingerprint", pin]

@@ -23,6 +23,7 @@ import typer
 
 from airgap.client.ftp import cut_transfers
 from airgap.client.memory import keep_freed_pieces
+from airgap.client.terminal import say
 from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
 from airgap.shared.pipeline import interrupted, interrupting
 from airgap.shared.version import __version__
@@ -37,12 +38,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
 )
-
-
-def say(message: str) -> None:
-    """Lines for the user on stderr. Errors quote servers and bundles, so nothing but
-    printable characters and line breaks reaches the terminal (no escape sequences)."""
-    print("\n".join(printable(line) for line in message.split("\n")), file=sys.stderr)
 
 
 def guarded(command: Callable[P, None]) -> Callable[P, None]:
@@ -137,11 +132,6 @@ IdentityOption = Annotated[
 FromOption = Annotated[
     Path | None, typer.Option("--from", help="Directory holding bundles (removable media).")
 ]
-
-
-def printable(text: str) -> str:
-    """Text from a bundle, safe for a terminal: no escape sequences reach it."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _fail(exc: AirgapError) -> NoReturn:

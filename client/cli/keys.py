@@ -9,14 +9,9 @@ from typing import Annotated
 import typer
 
 from airgap.client import config, keyfiles
-from airgap.client.cli.app import (
-    FingerprintOption,
-    app,
-    guarded,
-    say,
-    secret,
-)
+from airgap.client.cli.app import FingerprintOption, app, guarded, secret
 from airgap.client.private import private_dir
+from airgap.client.terminal import say
 from airgap.shared.errors import UsageError
 from airgap.shared.keys import KeyFile, KeySet
 

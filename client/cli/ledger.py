@@ -15,11 +15,10 @@ from airgap.client.cli.app import (
     emit,
     guarded,
     plural,
-    printable,
-    say,
 )
 from airgap.client.places import Place
 from airgap.client.sendledger import Summary, summaries
+from airgap.client.terminal import printable, say
 from airgap.shared.errors import UsageError
 
 ledger_app = typer.Typer(

@@ -9,11 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from airgap.client.cli.app import (
-    app,
-    guarded,
-    say,
-)
+from airgap.client.cli.app import app, guarded
+from airgap.client.terminal import say
 from airgap.shared.errors import UsageError
 
 if TYPE_CHECKING:  # the server is imported only by the commands that run it

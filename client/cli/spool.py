@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from airgap.client.cli.app import app, emit, guarded, plural, printable, say
+from airgap.client.cli.app import app, emit, guarded, plural
 from airgap.client.spool import cache_dir
 from airgap.client.spools import Held, drop, held
+from airgap.client.terminal import printable, say
 from airgap.shared.errors import AirgapError, StorageError, UsageError
 
 spool_app = typer.Typer(

@@ -26,8 +26,6 @@ from airgap.client.cli.app import (
     emit,
     guarded,
     plural,
-    printable,
-    say,
     secret,
 )
 from airgap.client.engine import Engine
@@ -36,6 +34,7 @@ from airgap.client.places import Place, open_place, send_spool
 from airgap.client.progress import counted
 from airgap.client.sendledger import audience
 from airgap.client.spool import ContinueMismatch, SpooledTransport
+from airgap.client.terminal import printable, say
 from airgap.client.transport import Transport
 from airgap.client.unfinished import Recipe, claim, key_of, stand_ins
 from airgap.shared import age
