@@ -81,6 +81,10 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         say("airgap: WARNING: only; never on a network you do not fully control.")
     if config.tls is TlsMode.OFF:
         say("airgap: warning: --tls off: passwords and data cross the network in clear")
+    if trusted:
+        say(f"airgap: publishing bundles signed by {', '.join(k.key_id_hex for k in trusted)}")
+    else:
+        say("airgap: warning: no --trusted-signer: bundles signed by any key are published")
     ioloop = ftp.new_ioloop()
     audit = AuditLog(layout.audit_file)
     busy = BusyFiles()

@@ -48,6 +48,9 @@ def upload_bundle(server: Server, files: dict[str, bytes], *, payload: bytes | N
 
 def test_good_bundle_is_published_and_downloaded(serve, tmp_path, keyset, keydir):
     server = serve("--tls", "off", "--trusted-signer", str(keydir / "signing.pub"))
+    key_id = (keydir / "signing.pub").read_text().split()[-2]  # "... public key ID\nRW..."
+    assert f"airgap: publishing bundles signed by {key_id}" in server.stderr
+    assert "no --trusted-signer" not in server.stderr
     bundle_id, files = make_bundle(tmp_path, keyset)
     upload_bundle(server, files)
     outgoing = server.root / "pub/outgoing"

@@ -20,6 +20,7 @@ def test_first_start_makes_accounts_certificate_and_private_files(serve):
         assert stat.S_IMODE((state / secret).stat().st_mode) == 0o600
     assert server.password("sender") not in (state / "users.json").read_text()
     assert "certificate sha256:" not in server.stderr  # tls off: no certificate line
+    assert "warning: no --trusted-signer: bundles signed by any key are published" in server.stderr
     assert server.password("sender") not in server.audit()
 
 
