@@ -11,6 +11,7 @@ from airgap.server.config import AnonymousMode
 from airgap.server.layout import Layout
 from airgap.server.policy import Principal
 from airgap.server.users import PasswordHash, Role, UserDB
+from airgap.shared.errors import ServerError
 
 ANONYMOUS = ("anonymous", "ftp")
 _DUMMY_HASH = PasswordHash.make("not a password of anyone")  # equal work for unknown users
@@ -36,5 +37,16 @@ def authenticate(
     if not user.password.matches(password):
         return None
     if user.role is Role.SENDER:
-        layout.sender_area(user.name).mkdir(mode=0o755, exist_ok=True)
+        make_area(layout, user.name)
     return Principal(user.name, user.role)
+
+
+def make_area(layout: Layout, name: str) -> None:
+    """The sender's area, made if missing. Something else under its name (an anonymous upload
+    called that, with anonymous uploads on) is the operator's to clear, not a wrong password."""
+    area = layout.sender_area(name)
+    try:
+        area.mkdir(mode=0o755)
+    except FileExistsError:
+        if area.is_symlink() or not area.is_dir():
+            raise ServerError(f"{area}, the area of sender {name}, is not a directory") from None

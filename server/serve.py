@@ -27,6 +27,7 @@ from airgap.server.config import AnonymousMode, ServeConfig, TlsMode
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout, resolved
 from airgap.server.limits import BusyFiles, LoginGuard
+from airgap.server.login import make_area
 from airgap.server.publish import Publisher
 from airgap.server.tlscert import ensure_certificate, fingerprints
 from airgap.server.users import Role, UserDB, generate_password
@@ -45,6 +46,12 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
     ensure_certificate(layout.tls_cert, layout.tls_key, addresses=addresses)
     if not layout.users_file.exists():
         _first_users(layout, say)
+    for user in UserDB(layout.users_file).load().values():
+        if user.role is Role.SENDER:  # now, before anonymous uploads could take the name
+            try:
+                make_area(layout, user.name)
+            except (ServerError, OSError) as exc:
+                say(f"airgap: warning: {exc}; sender {user.name} cannot log in")
     return layout
 
 

@@ -170,6 +170,12 @@ def user_add(
     except ValueError as exc:
         raise UsageError(f"role {role!r} is not sender or receiver") from exc
     layout = _layout(root, provision=True)
+    area = layout.sender_area(name)
+    if chosen is Role.SENDER and (area.is_symlink() or (area.exists() and not area.is_dir())):
+        raise UsageError(
+            f"{area}, where sender {name}'s area goes, is a file (an anonymous upload?)",
+            hint="move it away first, or choose another name",
+        )
     password, generated = _new_password(password_stdin)
     _user_db(layout).add(name, chosen, password)
     say(f"added {chosen.value} {name}")

@@ -11,6 +11,7 @@ disconnected rather than have them pile up in memory.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from airgap.server.ftp.loop import Services
 from airgap.server.login import authenticate
 from airgap.server.policy import Op, Parts, Principal, decide, rename_allowed
 from airgap.server.publish import bundle_id_of
+
+logger = logging.getLogger("airgap.server")
 
 MAX_LINE = 2048
 #: Lines a client may send ahead while a login or HASH is being checked; more closes it.
@@ -174,8 +177,14 @@ class Session(SessionAPI):
 
     def _login_checked(self, future: Future[Principal | None]) -> None:
         ip = self.remote_ip
-        principal = future.result() if future.exception() is None else None
         audit = self.services.audit
+        if (failure := future.exception()) is not None:  # the server's fault, not the client's
+            logger.error("login of %r: %s", self.username, failure)
+            audit.record("refused", ip=ip, user=self.username, reason="server error")
+            self.respond("421 This account cannot be served now; tell the operator.")
+            self.close_when_done()
+            return
+        principal = future.result()
         if principal is None:
             audit.record("login-failed", ip=ip, user=self.username)
             self.username = ""

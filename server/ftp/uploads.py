@@ -48,6 +48,9 @@ class UploadCommands(Session):
         resuming = target.exists and (append or rest > 0)
         if not self._allowed(Op.RESUME if resuming else Op.CREATE, path):
             return
+        if self._takes_an_area(path):
+            self.respond("553 That name is a sender's area.")
+            return
         offset = target.offset(append=append, rest=rest)
         if isinstance(offset, storage.Refusal):
             self.respond(offset.reply)
@@ -83,6 +86,17 @@ class UploadCommands(Session):
         self._upload = upload
         self._record("upload-started", path, offset=offset)
         self._start_receiving(upload, "APPE" if append else "STOR")
+
+    def _takes_an_area(self, path: str) -> bool:
+        """An anonymous upload named as an account, in ``pub/incoming``: where that sender's
+        area goes (made at its first login), which the file would keep it from."""
+        services = self.services
+        return (
+            self.principal is not None
+            and self.principal.role is None
+            and Path(path).parent == services.layout.incoming
+            and services.users.get(Path(path).name) is not None
+        )
 
     def _start_receiving(self, upload: storage.UploadFile, cmd: str) -> None:
         """What pyftpdlib's ftp_STOR does once it has a file object."""

@@ -117,6 +117,38 @@ def test_wrong_passwords_lead_to_a_ban(serve):
     assert server.audit().count('"reason": "banned"') == refusals + 1
 
 
+def test_anonymous_uploads_cannot_take_a_senders_area(serve, tmp_path):
+    """Found in review: an anonymous upload named as a sender who had not logged in yet took
+    the place of its area, and the sender's right password then counted as failed logins
+    until a ban."""
+    from tests.conftest import run_airgap
+
+    server = serve("--tls", "off", "--anonymous", "upload")
+    root = str(server.root)
+    added = run_airgap(["user", "add", "bob", "--role", "sender", "--root", root])
+    assert added.returncode == 0, added.stderr
+    password = added.stdout.split("password: ")[1].strip()
+    anonymous = server.ftp("anonymous", "x@y")
+    with pytest.raises(ftplib.error_perm, match="553"):
+        stor(anonymous, "pub/incoming/bob", b"squat")
+    server.ftp("bob", password).quit()
+    assert (server.root / "pub/incoming/bob").is_dir()
+
+    # A file already there (left before the account was made): not a wrong password.
+    (server.root / "pub/incoming/carol").write_bytes(b"old upload")
+    refused = run_airgap(["user", "add", "carol", "--role", "sender", "--root", root])
+    assert refused.returncode == 2 and "is a file (an anonymous upload?)" in refused.stderr
+    (server.root / "pub/incoming/carol").unlink()
+    added = run_airgap(["user", "add", "carol", "--role", "sender", "--root", root])
+    password = added.stdout.split("password: ")[1].strip()
+    (server.root / "pub/incoming/carol").write_bytes(b"placed behind airgap's back")
+    for _ in range(3):
+        with pytest.raises(ftplib.error_temp, match="421 This account cannot be served now"):
+            server.ftp("carol", password)
+    assert '"event": "ban"' not in server.audit() and "login-failed" not in server.audit()
+    assert "is not a directory" in server.stderr
+
+
 def test_user_commands_change_who_logs_in(serve, tmp_path):
     from tests.conftest import run_airgap
 
