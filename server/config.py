@@ -21,6 +21,7 @@ from airgap.shared.errors import UsageError
 
 ENV_PREFIX = "AIRGAP_SERVE_"
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 
 
 class TlsMode(enum.StrEnum):
@@ -118,8 +119,15 @@ def _address(value: Any) -> str:
     return text
 
 
-def _enum(kind: Callable[[str], T]) -> Callable[[Any], T]:
-    return lambda value: kind(_text(value).lower())
+def _enum(kind: type[E]) -> Callable[[Any], E]:
+    def parse(value: Any) -> E:
+        text = _text(value).lower()
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"choose {', '.join(str(m.value) for m in kind)}") from None
+
+    return parse
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {

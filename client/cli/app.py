@@ -123,7 +123,11 @@ QuietOption = Annotated[
 ]
 TrustOption = Annotated[
     list[Path] | None,
-    typer.Option("--trust", envvar="AIRGAP_TRUST", help="A trusted sender's signing.pub."),
+    typer.Option(
+        "--trust",
+        envvar="AIRGAP_TRUST",
+        help="A trusted sender's signing.pub, or a folder of them.",
+    ),
 ]
 IdentityOption = Annotated[
     list[Path] | None,

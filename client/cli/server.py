@@ -194,7 +194,9 @@ def user_list(root: RootOption = None) -> None:
 
 @user_app.command("remove")
 @guarded
-def user_remove(name: Annotated[str, typer.Argument()], root: RootOption = None) -> None:
+def user_remove(
+    name: Annotated[str, typer.Argument(help="The account to remove.")], root: RootOption = None
+) -> None:
     """Remove an account (its files stay)."""
     layout = _layout(root)
     _user_db(layout).remove(name)
@@ -206,7 +208,9 @@ def user_remove(name: Annotated[str, typer.Argument()], root: RootOption = None)
 @guarded
 def user_passwd(
     name: Annotated[str, typer.Argument()],
-    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
     root: RootOption = None,
 ) -> None:
     """Set a new password; without --password-stdin a random one is printed once."""

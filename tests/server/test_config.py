@@ -35,6 +35,8 @@ def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:
         load_config({}, environ={}, config_file=toml)
     with pytest.raises(UsageError, match="bad"):
         load_config({"listen": "nowhere"}, environ={})
+    with pytest.raises(UsageError, match=r"bad tls 'yes': choose required, optional, off$"):
+        load_config({"tls": "yes"}, environ={})
 
 
 def test_the_server_uses_the_file_and_the_flag_wins(tmp_path: Path) -> None:
