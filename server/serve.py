@@ -12,6 +12,7 @@ never logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -78,6 +79,11 @@ def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
     return keys
 
 
+def _submit(pool: ThreadPoolExecutor, work: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
+        pool.submit(work)
+
+
 def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     _logging()
     layout = prepare(config, say)
@@ -120,12 +126,14 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     if config.tls is not TlsMode.OFF:
         say(f"airgap: tls {config.tls.value}; certificate {prints.certificate}")
         say(f"airgap: public key pin (curl --pinnedpubkey) {prints.public_key}")
-    pool.submit(services.publisher.scan)
+    scanned = pool.submit(services.publisher.scan)
     if config.partial_expiry:
         expire = partial(
             sweep.sweep_logged, layout, busy=busy, audit=audit, older_than=config.partial_expiry
         )
-        pool.submit(expire)
+        # Only once bundles left whole across a restart are published: files with old times
+        # (a restored root, a clock that jumped) would look abandoned to the sweep.
+        scanned.add_done_callback(lambda _: _submit(pool, expire))
         ioloop.call_every(sweep.interval(config.partial_expiry), pool.submit, expire)
     audit.record(
         "start", host=host, port=port, tls=config.tls.value, anonymous=config.anonymous.value

@@ -23,14 +23,18 @@ from airgap.server.audit import AuditLog
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
 from airgap.server.policy import PARTIAL_SUFFIX
+from airgap.server.publish import bundle_id_of
 
 logger = logging.getLogger("airgap.server")
 
 
 def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, os.stat_result]]:
-    """The regular files of the senders' areas, and ``*.part`` files of ``pub/incoming``, last
-    written before ``now - older_than``."""
-    found = []
+    """``*.part`` files of ``pub/incoming``, and the regular files of the senders' areas, last
+    written before ``now - older_than``; in a sender's area, only when no file of the same
+    bundle was written since (a client resuming a send writes its manifest, say, beside a
+    payload whole for days)."""
+    files = []
+    newest: dict[tuple[str, str], float] = {}  # (area, bundle id or name) -> latest write
     for entry, senders in _upload_entries(layout):
         if not senders and not entry.name.endswith(PARTIAL_SUFFIX):
             continue
@@ -38,9 +42,13 @@ def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, 
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:  # renamed meanwhile: the upload finished
             continue
-        if stat.S_ISREG(info.st_mode) and info.st_mtime < now - older_than:
-            found.append((Path(entry.path), info))
-    return found
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        group = (str(Path(entry.path).parent), bundle_id_of(entry.name) or entry.name)
+        newest[group] = max(newest.get(group, 0.0), info.st_mtime)
+        files.append((entry, info, group))
+    cutoff = now - older_than
+    return [(Path(e.path), info) for e, info, group in files if newest[group] < cutoff]
 
 
 def _upload_entries(layout: Layout) -> Iterator[tuple[os.DirEntry[str], bool]]:

@@ -75,7 +75,8 @@ def serve(
         typer.Option(
             "--partial-expiry",
             metavar="SECONDS",
-            help="Delete .part uploads untouched this long (default 7 days); 0: never.",
+            help="Delete .part uploads, and files of a sender's area, untouched this long "
+            "(default 7 days); 0: never.",
         ),
     ] = None,
 ) -> None:

@@ -46,6 +46,10 @@ def test_only_stale_uploads_go(tmp_path: Path) -> None:
     # held the sender's quota for good, and the sender may not delete it).
     unpublished = _aged(area / "C.tar.zst.age", b"w", days=30)
     shared = _aged(layout.incoming / "book.tar", b"t", days=30)  # the anonymous exchange
+    # A payload whole for weeks beside the manifest its client resumed with today: kept.
+    bundle = "01M8H7DFPER3EW629M96A8Y05V"
+    resumed = _aged(area / f"{bundle}.tar.zst.age", b"r", days=30)
+    resumed_manifest = _aged(area / f"{bundle}.manifest.json.part", b"{", days=0)
     published = _aged(layout.outgoing / "D.tar.zst.age.part", b"v", days=30)
     outside = _aged(tmp_path / "victim.part", b"secret", days=30)
     link = area / "E.tar.zst.age.part"
@@ -64,7 +68,7 @@ def test_only_stale_uploads_go(tmp_path: Path) -> None:
 
     assert sorted(deleted) == sorted([old, anonymous, unpublished])
     assert not old.exists() and not anonymous.exists()
-    for kept in (fresh, shared, published, outside, folder, held):
+    for kept in (fresh, shared, published, outside, folder, held, resumed, resumed_manifest):
         assert kept.exists(), kept
     assert link.is_symlink() and outside.read_bytes() == b"secret"
     records = {r["file"]: r for r in _records(layout, "expire")}
@@ -122,6 +126,31 @@ def test_the_appliance_expires_an_abandoned_upload_and_the_sender_starts_again(s
     with pytest.raises(Exception, match="550"):
         client.size("01ABANDONED.tar.zst.age.part")
     assert stor(client, "01ABANDONED.tar.zst.age.part", b"b" * 10).startswith("226")
+
+
+def test_a_whole_bundle_with_old_times_is_published_at_start_not_expired(
+    serve, tmp_path, keyset, keydir
+):
+    """Found in review: the first sweep ran beside the publisher's start-up scan, and a
+    bundle left whole across a restart, with old times (a restored root), was deleted about
+    half the time instead of published."""
+    from tests.server.test_publish_and_clients import make_bundle
+
+    root = tmp_path / "root"
+    serve("--tls", "off", root=root).stop()  # the layout, the accounts
+    area = root / "pub/incoming/sender"
+    area.mkdir(exist_ok=True)
+    _, files = make_bundle(tmp_path, keyset)
+    for name, data in files.items():
+        _aged(area / name, data, days=8)
+    server = serve("--tls", "off", "--trusted-signer", str(keydir / "signing.pub"), root=root)
+    outgoing = root / "pub/outgoing"
+    deadline = time.monotonic() + 20
+    while len(list(outgoing.iterdir())) < len(files) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(p.name for p in outgoing.iterdir()) == sorted(files)
+    time.sleep(1)  # the sweep, after the scan
+    assert "expire" not in server.audit()
 
 
 def test_zero_keeps_partials_for_ever(serve):
