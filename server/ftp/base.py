@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         _in_dtp_queue: tuple[Any, str] | None
         _extra_feats: list[str]
         producer_fifo: Any  # asynchat's queue of output not yet sent
+        socket: socket.socket
 
         def push(self, data: bytes) -> None: ...
 

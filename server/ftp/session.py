@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -26,6 +27,7 @@ from airgap.server.policy import Op, Parts, Principal, decide, rename_allowed
 from airgap.server.publish import bundle_id_of
 
 logger = logging.getLogger("airgap.server")
+_GONE = object()  # what a check skipped for a client that has gone returns
 
 MAX_LINE = 2048
 #: Lines a client may send ahead while a login or HASH is being checked; more closes it.
@@ -41,7 +43,7 @@ class Session(SessionAPI):
     services: Services
     principal: Principal | None = None
     _overlong = False
-    _held: deque[bytes] | None = None  # while a check runs: lines received, not yet run
+    _held: deque[bytes | None] | None = None  # while a check runs: lines not yet run
 
     # --- connection and command lines
 
@@ -72,24 +74,31 @@ class Session(SessionAPI):
             self._in_buffer_len = 0
 
     def found_terminator(self) -> None:
-        if self._overlong:
-            self._overlong = False
-            self._in_buffer = []
-            self._in_buffer_len = 0
-            self.respond("500 Command too long.")
+        if self._closed:  # dropped mid-read: the rest of what was read goes unanswered
             return
+        line: bytes | None = None if self._overlong else b"".join(self._in_buffer)
+        self._overlong = False
+        self._in_buffer = []
+        self._in_buffer_len = 0
         if self._held is not None:
-            line = b"".join(self._in_buffer)
-            self._in_buffer = []
-            self._in_buffer_len = 0
             if len(self._held) >= MAX_HELD_LINES:
                 self._drop("commands sent ahead of a check")
                 return
             self._held.append(line)
             return
+        self._run(line)
+
+    def _run(self, line: bytes | None) -> None:
+        """Answer one command line (None: one too long to keep)."""
+        if line is None:
+            self.respond("500 Command too long.")
+            return
+        self._in_buffer, self._in_buffer_len = [line], len(line)
         super().found_terminator()
 
     def push(self, data: bytes) -> None:
+        if self._closed:
+            return
         if len(self.producer_fifo) >= MAX_UNREAD_REPLIES:
             self._drop("replies not read")
             return
@@ -108,26 +117,44 @@ class Session(SessionAPI):
         self._held = deque()
 
         def job() -> Any:
-            if self._closed:  # a client gone meanwhile costs no scrypt and no hashing
-                return None
+            if self._closed or self._peer_gone():  # a client gone costs no scrypt, no hashing
+                return _GONE
             return work()
 
         def done(future: Future[Any]) -> None:
-            if not self._closed:
-                self.add_channel()
-                answer(future)
+            if self._closed:
+                return
+            if future.exception() is None and future.result() is _GONE:
+                self.close()
+                return
+            self.add_channel()
+            answer(future)
 
         self.services.run(job, done)
 
+    def _peer_gone(self) -> bool:
+        """Whether the client closed its side (the loop does not read while a check waits)."""
+        try:  # a copy of the descriptor: the socket may be pyOpenSSL's, which cannot peek
+            with socket.socket(fileno=os.dup(self.socket.fileno())) as peer:
+                ahead = peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):  # reset, or closed meanwhile
+            return True
+        return ahead == b""
+
     def _resume(self) -> None:
         """After a check's reply: read again, and run the lines that came meanwhile, in order,
-        until one starts another check (which then holds the rest)."""
+        until one starts another check (which then holds the rest). A line that fails ends
+        the session, as it would have unheld."""
         held, self._held = self._held or deque(), None
         partial = self._in_buffer, self._in_buffer_len  # the start of a line not ended yet
-        while held and not self._closed and not self._checking():
-            line = held.popleft()
-            self._in_buffer, self._in_buffer_len = [line], len(line)
-            super().found_terminator()
+        try:
+            while held and not self._closed and not self._checking():
+                self._run(held.popleft())
+        except Exception:
+            self.handle_error()
+            return
         if held and self._checking():  # the rest waits for that check
             self._keep_ahead(held)
         self._in_buffer, self._in_buffer_len = partial
@@ -135,7 +162,7 @@ class Session(SessionAPI):
     def _checking(self) -> bool:
         return self._held is not None
 
-    def _keep_ahead(self, lines: deque[bytes]) -> None:
+    def _keep_ahead(self, lines: deque[bytes | None]) -> None:
         if self._held is not None:
             self._held.extendleft(reversed(lines))
 
@@ -225,7 +252,11 @@ class Session(SessionAPI):
         if rel is None or principal is None:
             self.respond("550 No such file or directory.")
             return False
-        is_dir = Path(path).is_dir() and not Path(path).is_symlink()
+        try:
+            is_dir = Path(path).is_dir() and not Path(path).is_symlink()
+        except OSError:  # a name too long for the file system, say
+            self.respond("550 No such file or directory.")
+            return False
         decision = decide(principal, op, rel, is_dir=is_dir)
         if not decision.allowed:
             self.respond(f"550 Not allowed: {decision.reason}.")

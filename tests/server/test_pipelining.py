@@ -35,6 +35,33 @@ def test_lines_sent_behind_a_login_run_after_it_in_order(serve) -> None:
     assert codes == [b"331", b"230", b"200", b"200"]
 
 
+def test_an_overlong_or_failing_line_behind_a_check_is_answered_in_its_turn(serve) -> None:
+    """Found in review: a line too long to keep was answered at once, before the login's
+    reply; a held line whose command failed (a name too long for the file system) lost the
+    lines after it and left the session hanging."""
+    server = serve("--tls", "off")
+    stor(server.ftp("sender"), "x.part", b"x" * 1000)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        assert raw.recv(1024).startswith(b"220")
+        password = server.password("sender")
+        lines = f"USER sender\r\nPASS {password}\r\nNOOP\r\n{'X' * 3000}\r\nNOOP\r\n"
+        raw.sendall(lines.encode())
+        assert [line[:3] for line in _replies(raw, 5)] == [b"331", b"230", b"200", b"500", b"200"]
+        raw.sendall(f"HASH x.part\r\nSIZE {'a' * 300}\r\nNOOP\r\nPWD\r\n".encode())
+        assert [line[:3] for line in _replies(raw, 4)] == [b"213", b"550", b"200", b"257"]
+    assert "Traceback" not in server.stderr
+
+
+def test_a_client_gone_before_its_check_costs_no_check(serve) -> None:
+    server = serve("--tls", "off", "--max-login-failures", "100")
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+            assert raw.recv(1024).startswith(b"220")
+            raw.sendall(b"USER sender\r\nPASS wrong\r\n")
+    time.sleep(2)
+    assert len(_records(server, "login-failed")) < 5
+
+
 def test_lines_sent_behind_a_hash_wait_for_its_answer(serve) -> None:
     server = serve("--tls", "off")
     stor(server.ftp("sender"), "x.part", b"x" * 100_000)
@@ -85,4 +112,5 @@ def test_a_client_that_reads_no_replies_is_disconnected(serve) -> None:
             break
         time.sleep(0.1)
     assert [r["reason"] for r in _records(server, "refused")] == ["replies not read"], sent
+    assert "Traceback" not in server.stderr and "unhandled" not in server.stderr
     server.ftp("receiver").voidcmd("NOOP")
