@@ -96,12 +96,12 @@ def changed(bundle_id: str, recipe: Recipe) -> str | None:
     Continuing such a send would publish the content as it was when the send began."""
     manifest = Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
     if recipe.images:
+        held = {ref: image.id for image in manifest.images for ref in image.refs}
         engine = Engine.from_env()
         try:
-            held = {image.id for image in manifest.images}
             for ref in recipe.images:
                 now = engine.image_id(ref)
-                if now not in held:
+                if now is None or held.get(ref) != now:
                     return f"{ref} is now {'no image' if now is None else now}"
         finally:
             engine.close()
@@ -124,13 +124,15 @@ def changed(bundle_id: str, recipe: Recipe) -> str | None:
 
 
 def drop_encoded(bundle_id: str, place: Place) -> None:
-    """Give up a wholly encoded, interrupted send: its spool and what it uploaded go."""
+    """Give up a wholly encoded, interrupted send: its spool goes, and its partial upload.
+    Once whole, the payload stays until the appliance expires it (a sender may delete only
+    partials there): without a signature, it is never published."""
     manifest = Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
+    remote = transport.remote if isinstance(transport, SpooledTransport) else transport
     try:
-        for name in (manifest.payload.name + PARTIAL_SUFFIX, manifest.payload.name):
-            with contextlib.suppress(TransferError):  # unsigned, it never publishes anyway
-                transport.delete(name)
+        with contextlib.suppress(TransferError):  # tried once: none there is fine too
+            remote.delete(manifest.payload.name + PARTIAL_SUFFIX)
     finally:
         transport.close()
     forget_spool(send_spool(bundle_id))

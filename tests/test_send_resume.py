@@ -9,13 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests import vsftpd
-from tests.conftest import DockerEngine, build_image, receiving, run_airgap
-from tests.test_remote import _env, needs_vsftpd
+from tests.conftest import DockerEngine, build_image, receiving, run_airgap, spawn_airgap
+from tests.server.conftest import start_server
+from tests.test_remote import _env, _wait_for, needs_vsftpd
 
 pytestmark = needs_vsftpd
 
@@ -210,3 +212,42 @@ fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
 time.sleep(60)
 """
+
+
+def test_a_changed_file_drops_the_old_partial_on_the_appliance(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """The old send's partial upload goes from the appliance too (a sender may delete only
+    partials there), tried once: the review found each refused delete retried for a minute."""
+    report = tmp_path / "report.bin"
+    report.write_bytes(os.urandom(3 << 20))
+    server = start_server(tmp_path / "root", "--tls", "off", "--max-rate", str(1 << 20))
+    try:
+        url = f"ftp://sender@127.0.0.1:{server.port}/"
+        env = _env(tmp_path, server.password("sender"))
+        keys = ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
+        send = ["send", "--file", report, "--server", url, *keys, "--json"]
+        sending = spawn_airgap(send, env=env)
+        spools, area = tmp_path / "cache" / "airgap" / "send", server.root / "pub/incoming/sender"
+
+        def encoded_and_uploading() -> bool:
+            whole = [p for p in spools.glob("*/*.manifest.json")] if spools.exists() else []
+            partial = [p for p in area.glob("*.part") if p.stat().st_size > 0]
+            return bool(whole and partial)
+
+        _wait_for(encoded_and_uploading, "the payload encoded and its upload under way")
+        sending.kill()
+        sending.communicate()
+        old = _interrupted(tmp_path)
+        report.write_bytes(os.urandom(1 << 20))
+
+        started = time.monotonic()
+        again = run_airgap(send, env=env, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert f"not continuing bundle {old}: {report} has changed" in again.stderr
+        assert time.monotonic() - started < 20  # a 1 MiB upload at 1 MiB/s, no minute of retries
+        assert not list(area.glob(f"{old}.*"))
+        new = json.loads(again.stdout)["id"]
+        assert (server.root / "pub/outgoing" / f"{new}.manifest.json.minisig").exists()
+    finally:
+        server.stop()
