@@ -123,13 +123,15 @@ class Budget:
 
 
 def crowded(upload: Target) -> Refusal | None:
-    """A 552 when the area of a new file already holds :data:`MAX_AREA_FILES` entries."""
+    """A 552 when the area of a new file already holds :data:`MAX_AREA_FILES` files (the
+    senders' areas in ``pub/incoming`` do not count)."""
     with os.scandir(Path(upload.path).parent) as entries:
-        for count, _ in enumerate(entries, 1):
+        files = (e for e in entries if not e.is_dir(follow_symlinks=False))
+        for count, _ in enumerate(files, 1):
             if count >= MAX_AREA_FILES:
                 return Refusal(
-                    f"552 This area holds {MAX_AREA_FILES} files already; finish or delete "
-                    "some, or wait for publishing."
+                    f"552 This area holds {MAX_AREA_FILES} files already; wait for publishing, "
+                    "or for unfinished uploads to expire."
                 )
     return None
 
