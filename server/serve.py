@@ -13,7 +13,9 @@ never logged.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -79,6 +81,21 @@ def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
     return keys
 
 
+def _hold(layout: Layout) -> int:
+    """One appliance per root: two would publish, sweep and count quotas over each other."""
+    path = layout.state / "serve.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ServerError(
+            f"another airgap serve is running on {layout.root}",
+            hint="stop it first, or give this one another --root",
+        ) from None
+    return fd
+
+
 def _submit(pool: ThreadPoolExecutor, work: Callable[[], None]) -> None:
     with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
         pool.submit(work)
@@ -87,6 +104,7 @@ def _submit(pool: ThreadPoolExecutor, work: Callable[[], None]) -> None:
 def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     _logging()
     layout = prepare(config, say)
+    _hold(layout)  # the descriptor stays open, and the lock held, as long as the process
     trusted = load_trusted(config.trusted_signers)
     if config.anonymous is AnonymousMode.READ_WRITE:
         say("airgap: WARNING: --anonymous read-write: ANYONE can upload, list and download")

@@ -260,3 +260,21 @@ def test_sigterm_stops_cleanly(serve):
     assert server.stop() == 0
     assert '"event": "stop"' in server.audit()
     assert Path(server.root / "pub/incoming/sender").is_dir()
+
+
+def test_a_second_appliance_on_the_same_root_is_refused(serve):
+    import subprocess
+    import sys
+
+    server = serve("--tls", "off")
+    where = ["--root", str(server.root), "--listen", "127.0.0.1:0", "--tls", "off"]
+    second = subprocess.run(
+        [sys.executable, "-m", "airgap.client", "serve", *where],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 1, second.stderr
+    assert f"another airgap serve is running on {server.root}" in second.stderr
+    server.ftp("sender").voidcmd("NOOP")  # the first serves on
