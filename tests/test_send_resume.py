@@ -214,6 +214,31 @@ time.sleep(60)
 """
 
 
+@pytest.mark.docker
+def test_a_ref_moved_to_another_image_of_the_bundle_is_a_change(
+    docker_engine: DockerEngine, keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: the check asked only whether a ref's image was among the bundle's,
+    so `docker tag app:2 app:1` between the runs went unseen."""
+    one, two = f"airgap-retag-{os.getpid()}:1", f"airgap-retag-{os.getpid()}:2"
+    client = docker_engine.client
+    build_image(client, one, extra='LABEL n="1"\n')
+    second = build_image(client, two, extra='LABEL n="2"\n')
+    try:
+        with vsftpd.running(tmp_path / "ftp") as ftp:
+            refused = _send_signed(ftp, keydir, tmp_path, [one, two], "not it", docker_engine.env)
+            assert refused.returncode == 4, refused.stderr
+            old = _interrupted(tmp_path)
+            client.images.get(two).tag(one)
+            again = _send_signed(ftp, keydir, tmp_path, [one, two], ftp.password, docker_engine.env)
+            assert again.returncode == 0, again.stderr
+            assert f"not continuing bundle {old}: {one} is now {second.id}" in again.stderr
+    finally:
+        for ref in (one, two):
+            with contextlib.suppress(Exception):
+                client.images.remove(ref, force=True)
+
+
 def test_a_changed_file_drops_the_old_partial_on_the_appliance(
     keydir: Path, tmp_path: Path
 ) -> None:
