@@ -230,12 +230,17 @@ class FtpTransport:
             )
 
     def close(self) -> None:
-        if self._ftp is not None:
-            try:
-                self._ftp.quit()
-            except NETWORK_ERRORS:
-                self._ftp.close()
-            self._ftp = None
+        ftp, self._ftp = self._ftp, None
+        if ftp is None:
+            return
+        if interrupted():  # Ctrl-C: no goodbye, and another thread may be dropping it too
+            with contextlib.suppress(OSError, AttributeError):
+                ftp.close()
+            return
+        try:
+            ftp.quit()
+        except NETWORK_ERRORS:
+            ftp.close()
 
     @contextmanager
     def _errors(self, what: str, *, login: bool = False) -> Iterator[None]:

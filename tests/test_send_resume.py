@@ -222,7 +222,7 @@ def test_a_ref_moved_to_another_image_of_the_bundle_is_a_change(
     so `docker tag app:2 app:1` between the runs went unseen."""
     one, two = f"airgap-retag-{os.getpid()}:1", f"airgap-retag-{os.getpid()}:2"
     client = docker_engine.client
-    build_image(client, one, extra='LABEL n="1"\n')
+    first = build_image(client, one, extra='LABEL n="1"\n')
     second = build_image(client, two, extra='LABEL n="2"\n')
     try:
         with vsftpd.running(tmp_path / "ftp") as ftp:
@@ -233,8 +233,8 @@ def test_a_ref_moved_to_another_image_of_the_bundle_is_a_change(
             again = _send_signed(ftp, keydir, tmp_path, [one, two], ftp.password, docker_engine.env)
             assert again.returncode == 0, again.stderr
             assert f"not continuing bundle {old}: {one} is now {second.id}" in again.stderr
-    finally:
-        for ref in (one, two):
+    finally:  # by id too: the first image lost its tag, and would stay behind a child of
+        for ref in (one, two, first.id):  # the base that other tests remove
             with contextlib.suppress(Exception):
                 client.images.remove(ref, force=True)
 
