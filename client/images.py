@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import posixpath
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from typing import IO
 
 from airgap.client.engine import Engine
 from airgap.client.incremental import omitted_layers, thin_plan
-from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name
+from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name, landed_as
 from airgap.client.send import Resuming, Watch, send_stream
 from airgap.client.sendledger import FarSide
 from airgap.client.splice import no_copy, spliced, spool_layers
@@ -143,11 +142,10 @@ def archive_refs(archive: SavedArchive) -> set[str]:
     members = archive.members
     found: set[str] = set()
     held = [*archive.sizes, *archive.links]
-    # Where docker load's untar puts a member: "/manifest.json" lands on manifest.json too.
     if (
         archive.unreadable
         or archive.repeated & _NAMES
-        or any(_landing(n) in _NAMES and n not in members for n in held)
+        or any(landed_as(n) in _NAMES and n not in members for n in held)
     ):
         found.add("(names airgap cannot read)")
     try:
@@ -167,10 +165,6 @@ def archive_refs(archive: SavedArchive) -> set[str]:
     except (ValueError, TypeError, AttributeError):
         found.add("(names airgap cannot read)")
     return {ref for ref in found if isinstance(ref, str) and ref}
-
-
-def _landing(name: str) -> str:
-    return posixpath.normpath(name.lstrip("/"))
 
 
 def _familiar(ref: str) -> str:

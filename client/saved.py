@@ -131,12 +131,11 @@ class SavedArchive:
             self.unreadable = True
         info, self._pax = with_pax(info, self._pax), {}
         name = info.name
-        if not extended:  # the last of several members that land on one name is the one used
-            landing = posixpath.normpath(name.lstrip("/"))
-            if landing in self._wanted:
-                if landing in self._landed:
-                    self.repeated.add(landing)
-                self._landed.add(landing)
+        # Of several members that land on one name, the last is the one an untar leaves.
+        if not extended and (landing := landed_as(name)) in self._wanted:
+            if landing in self._landed:
+                self.repeated.add(landing)
+            self._landed.add(landing)
         if extended:
             if info.size > self._limit:  # the next member's name is not known here
                 self.unreadable = True
@@ -157,6 +156,11 @@ class SavedArchive:
         self._header = False
         if self._need == 0:
             self._next_part()
+
+
+def landed_as(name: str) -> str:
+    """Where an untar puts member ``name``: "/manifest.json" lands on manifest.json too."""
+    return posixpath.normpath(name.lstrip("/"))
 
 
 def blob_name(digest: str) -> str:

@@ -94,7 +94,7 @@ def changed(bundle_id: str, recipe: Recipe) -> str | None:
     """What ``recipe`` names now that the wholly encoded, interrupted send ``bundle_id`` does
     not hold (an image rebuilt or retagged, a file edited), or None if it still holds it all.
     Continuing such a send would publish the content as it was when the send began."""
-    manifest = Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+    manifest = _spooled_manifest(bundle_id)
     if recipe.images:
         held = {ref: image.id for image in manifest.images for ref in image.refs}
         engine = Engine.from_env()
@@ -123,11 +123,15 @@ def changed(bundle_id: str, recipe: Recipe) -> str | None:
     return None
 
 
+def _spooled_manifest(bundle_id: str) -> Manifest:
+    return Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+
+
 def drop_encoded(bundle_id: str, place: Place) -> None:
     """Give up a wholly encoded, interrupted send: its spool goes, and its partial upload.
     Once whole, the payload stays until the appliance expires it (a sender may delete only
     partials there): without a signature, it is never published."""
-    manifest = Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+    manifest = _spooled_manifest(bundle_id)
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
     remote = transport.remote if isinstance(transport, SpooledTransport) else transport
     try:

@@ -177,7 +177,7 @@ def threaded(
         for link in links:
             link.wake()
         for thread in threads:
-            while thread.is_alive() and not _INTERRUPTED.is_set():
-                thread.join(0.05)
+            if not _INTERRUPTED.is_set():  # a Ctrl-C while joining ends the wait as well
+                thread.join()
     if failed is not None:
         raise failed
