@@ -10,7 +10,7 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from airgap.client.extract import extract_files
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Ledger
+from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
@@ -66,15 +67,9 @@ class Destination:
     engine: Callable[[], Engine] | None = None  # called only for an image bundle
     consume: bool = False  # delete the bundle from the source once imported
     keep: Path | None = None  # keep a copy of each verified bundle here
-    watch: Callable[[Iterable[bytes], int], Iterable[bytes]] | None = None  # progress
-
-    def _watched(self, plaintext: Iterator[bytes], manifest: Manifest) -> Iterator[bytes]:
-        if self.watch is None:
-            return plaintext
-        return iter(self.watch(plaintext, manifest.plaintext_size))
+    quiet: bool = True  # no progress bars
 
     def receive(self, plaintext: Iterator[bytes], manifest: Manifest) -> tuple[str, ...]:
-        plaintext = self._watched(plaintext, manifest)
         if manifest.images:
             if self.engine is None:
                 raise UsageError("this bundle holds images: it needs a Docker engine")
@@ -120,11 +115,16 @@ def _check_size(transport: Transport, manifest: Manifest) -> None:
 
 
 def plaintext_of(
-    transport: Transport, manifest: Manifest, identities: Sequence[age.Identity]
+    transport: Transport,
+    manifest: Manifest,
+    identities: Sequence[age.Identity],
+    *,
+    meter: Meter = UNSEEN,
 ) -> Generator[bytes, None, None]:
+    """The verified plaintext; ``meter`` counts the payload's bytes as they are read."""
     _check_size(transport, manifest)
     with _verified_kept(transport, manifest), transport.reader(manifest.payload.name) as handle:
-        segments = verified_segments(handle.readinto, manifest.payload)
+        segments = verified_segments(counted_reads(handle.readinto, meter), manifest.payload)
         yield from decode(segments, manifest, identities)
 
 
@@ -215,9 +215,7 @@ class _Run:
         try:
             manifest, data = open_bundle(transport, bundle_id, self.trusted)
             self._layers_for(manifest, (*waiting, bundle_id))
-            # closing(): a refused bundle stops its pipeline threads at once
-            with closing(plaintext_of(transport, manifest, self.identities)) as plaintext:
-                imported = into.receive(plaintext, manifest)
+            imported = self._receive(manifest)
             if into.keep is not None:
                 _keep(transport, manifest, into.keep)
             self.ledger.record(
@@ -233,6 +231,17 @@ class _Run:
                 transport.forget(manifest.payload.name)
         except AirgapError as exc:
             self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+
+    def _receive(self, manifest: Manifest) -> tuple[str, ...]:
+        quiet = self.into.quiet
+        what = "loading" if manifest.images else "unpacking"
+        with (
+            Meter("downloading", quiet=quiet, total=manifest.payload.size) as payload,
+            Meter(what, quiet=quiet, total=manifest.plaintext_size, line=1) as plain,
+            # closing(): a refused bundle stops its pipeline threads at once
+            closing(plaintext_of(self.transport, manifest, self.identities, meter=payload)) as it,
+        ):
+            return self.into.receive(counted(it, plain), manifest)
 
     def _layers_for(self, manifest: Manifest, waiting: tuple[str, ...]) -> None:
         """Before a thin bundle is loaded: every layer it leaves out must be in the engine,

@@ -21,7 +21,7 @@ from typing import IO
 from airgap.client.engine import Engine
 from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name, landed_as
-from airgap.client.send import Resuming, Watch, send_stream
+from airgap.client.send import UNWATCHED, Meters, Resuming, send_stream
 from airgap.client.sendledger import FarSide
 from airgap.client.splice import no_copy, spliced, spool_layers
 from airgap.client.thin import Dropped, thin_archive
@@ -48,7 +48,7 @@ def send_images(
     key: minisign.SecretKey,
     far: FarSide | None = None,
     resuming: Resuming | None = None,
-    watch: Watch | None = None,
+    meters: Meters = UNWATCHED,
 ) -> SentImages:
     """One bundle of ``refs``, without the layers ``far`` says the receiver holds."""
     far = far or FarSide()
@@ -79,7 +79,7 @@ def send_images(
         images=entries,
         omitted=omitted,
         resuming=resuming,
-        watch=watch,
+        meters=meters,
     )
     return SentImages(manifest, files)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from airgap.client.progress import UNSEEN, Meter, counted
 from airgap.client.spool import ContinueMismatch, SpooledTransport, VouchedWriter
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
@@ -29,8 +30,17 @@ from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import FileEntry, ImageEntry, Manifest, OmittedLayer, payload_name
 
 READ_CHUNK = 1024 * 1024
-#: Sees the plaintext go by (a progress bar), changing nothing.
-Watch = Callable[[Iterable[bytes]], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Meters:
+    """The progress bars of a send: plaintext encoded, payload uploaded."""
+
+    encoded: Meter = UNSEEN
+    uploaded: Meter = UNSEEN
+
+
+UNWATCHED = Meters()
 
 
 def file_members(paths: Sequence[Path]) -> list[Member]:
@@ -71,7 +81,7 @@ def send_files(
     options: EncodeOptions,
     key: minisign.SecretKey,
     resuming: Resuming | None = None,
-    watch: Watch | None = None,
+    meters: Meters = UNWATCHED,
 ) -> Manifest:
     members = file_members(paths)
     entries: list[FileEntry] = []
@@ -83,7 +93,7 @@ def send_files(
         key=key,
         files=entries,
         resuming=resuming,
-        watch=watch,
+        meters=meters,
     )
 
 
@@ -103,7 +113,7 @@ class Resuming:
             raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
 
 
-def resume_send(bundle_id: str, transport: SpooledTransport) -> Manifest:
+def resume_send(bundle_id: str, transport: SpooledTransport, *, meter: Meter = UNSEEN) -> Manifest:
     """Finish an interrupted send from its spool: the payload from the server's size of its
     partial file, then the manifest, and the signature last."""
     spool = transport.spool
@@ -119,7 +129,7 @@ def resume_send(bundle_id: str, transport: SpooledTransport) -> Manifest:
         payload = spool / (manifest.payload.name + PARTIAL_SUFFIX)
     if not payload.exists() or payload.stat().st_size != manifest.payload.size:
         raise StorageError(f"the spool of bundle {bundle_id} lacks its payload")
-    transport.upload_file(manifest.payload.name, payload)
+    transport.upload_file(manifest.payload.name, payload, meter=meter)
     transport.upload_file(bundle_id + MANIFEST_SUFFIX, data_path)
     transport.upload_file(bundle_id + SIGNATURE_SUFFIX, spool / (bundle_id + SIGNATURE_SUFFIX))
     return manifest
@@ -135,19 +145,19 @@ def send_stream(
     images: Sequence[ImageEntry] = (),
     omitted: Sequence[OmittedLayer] = (),
     resuming: Resuming | None = None,
-    watch: Watch | None = None,
+    meters: Meters = UNWATCHED,
 ) -> Manifest:
-    """One bundle of ``plaintext`` (``watch`` sees it go by, for a progress bar).
+    """One bundle of ``plaintext``.
 
     ``files``, ``images`` and ``omitted`` are read only after the stream is drained, so a
     producer may fill them in as it goes. A failed send removes its partial payload, unless
     ``resuming``: then the manifest and signature are kept in the spool as soon as the payload
     is encoded (before its upload has finished), and the partial stays."""
     bundle_id = resuming.bundle_id if resuming else new_bundle_id()
-    encoder, payload = encode(watch(plaintext) if watch else plaintext, options)
+    encoder, payload = encode(counted(plaintext, meters.encoded), options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
     try:
-        with _writer(transport, partial, resuming) as out:
+        with _writer(transport, partial, resuming, meters.uploaded) as out:
             for chunk in payload:
                 out.write(chunk)
             manifest = encoder.manifest(
@@ -173,10 +183,10 @@ def send_stream(
     return manifest
 
 
-def _writer(transport: Transport, name: str, resuming: Resuming | None) -> Writable:
+def _writer(transport: Transport, name: str, resuming: Resuming | None, meter: Meter) -> Writable:
     if isinstance(transport, SpooledTransport):
         continuing = resuming is not None and resuming.continuing
-        return transport.vouched_writer(name, continuing=continuing)
+        return transport.vouched_writer(name, continuing=continuing, meter=meter)
     return transport.writer(name)
 
 

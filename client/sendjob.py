@@ -10,18 +10,17 @@ wholly encoded before the interruption only needs its upload finished (:func:`fi
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.client.engine import Engine
 from airgap.client.images import learn_layer_files, send_images
 from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
-from airgap.client.progress import counted
-from airgap.client.send import Resuming, resume_send, send_files
+from airgap.client.progress import Meter
+from airgap.client.send import Meters, Resuming, resume_send, send_files
 from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
 from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
@@ -160,7 +159,6 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     options = EncodeOptions(
         by.recipients, level=recipe.level, threads=os.cpu_count() or 1, key=begun.key
     )
-    watch = functools.partial(counted, what="sending", total=None, quiet=by.quiet)
     room = spool or by.place.directory or Path()
     try:
         if recipe.images:
@@ -171,27 +169,31 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
                 if recipe.bases:
                     far = far.knowing(engine.describe(recipe.bases))
                     far = learn_layer_files(engine, recipe.bases, far)
-                check_space(room, engine.size(recipe.images))
-                sent = send_images(
-                    recipe.images,
-                    transport,
-                    engine=engine,
-                    options=options,
-                    key=key,
-                    far=far,
-                    resuming=resuming,
-                    watch=watch,
-                )
+                size = engine.size(recipe.images)
+                check_space(room, size)
+                with _meters(by, spool, size) as meters:
+                    sent = send_images(
+                        recipe.images,
+                        transport,
+                        engine=engine,
+                        options=options,
+                        key=key,
+                        far=far,
+                        resuming=resuming,
+                        meters=meters,
+                    )
             finally:
                 engine.close()
             manifest = sent.manifest
             ledger.record(manifest, sent.files)
         else:
             paths = [Path(p) for p in recipe.files]
-            check_space(room, sum(p.stat().st_size for p in paths if p.is_file()))
-            manifest = send_files(
-                paths, transport, options=options, key=key, resuming=resuming, watch=watch
-            )
+            size = sum(p.stat().st_size for p in paths if p.is_file())
+            check_space(room, size)
+            with _meters(by, spool, size) as meters:
+                manifest = send_files(
+                    paths, transport, options=options, key=key, resuming=resuming, meters=meters
+                )
     except ContinueMismatch:
         _abandon(transport, begun.bundle_id, encrypted=bool(by.recipients))
         raise
@@ -210,6 +212,17 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     return manifest, transport
 
 
+@contextlib.contextmanager
+def _meters(by: Sender, spool: Path | None, size: int) -> Iterator[Meters]:
+    """Bars for the plaintext (``size``: about what it will be) and, to a drop box, the upload."""
+    with Meter("encoding", quiet=by.quiet, total=size or None) as encoded:
+        if spool is None:
+            yield Meters(encoded)
+            return
+        with Meter("uploading", quiet=by.quiet, line=1) as uploaded:
+            yield Meters(encoded, uploaded)
+
+
 def _continue_hint(bundle_id: str, place: Place) -> str:
     pin = f" --tls-fingerprint {place.fingerprint}" if place.fingerprint else ""
     return (
@@ -219,13 +232,16 @@ def _continue_hint(bundle_id: str, place: Place) -> str:
     )
 
 
-def finish(bundle_id: str, place: Place, ledgers: Path) -> tuple[Manifest, Transport]:
+def finish(
+    bundle_id: str, place: Place, ledgers: Path, *, quiet: bool = True
+) -> tuple[Manifest, Transport]:
     """Upload what an interrupted send encoded wholly: payload, manifest, signature."""
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
     if not isinstance(transport, SpooledTransport):
         raise StorageError("--resume finishes a send to a drop box")
     try:
-        manifest = resume_send(bundle_id, transport)
+        with Meter("uploading", quiet=quiet) as meter:
+            manifest = resume_send(bundle_id, transport, meter=meter)
     except TransferError as exc:
         exc.hint = _continue_hint(bundle_id, place)
         raise

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast, runtime_checkable
 
 from airgap.client.private import private_dir
+from airgap.client.progress import UNSEEN, Meter
 from airgap.client.transport import PARTIAL_SUFFIX, READ_BUFFER, Transport
 from airgap.shared.errors import StorageError, TransferError
 from airgap.shared.pipeline import interrupted
@@ -142,21 +143,26 @@ class SpooledTransport:
             raise TransferError("a spooled upload always starts a file from its beginning")
         return io.BufferedWriter(_SpooledUpload(self, name, self.spool / name), buffer_size=CHUNK)
 
-    def vouched_writer(self, name: str, *, continuing: bool = False) -> VouchedWriter:
+    def vouched_writer(
+        self, name: str, *, continuing: bool = False, meter: Meter = UNSEEN
+    ) -> VouchedWriter:
         """A writer whose caller knows the sha256 of what it writes (an encoder does) and
         says so with :meth:`VouchedWriter.vouch` before closing: the server's ``HASH`` is
         checked against that, and the upload does not hash the bytes a second time.
 
         When ``continuing``, the writer repeats an interrupted one: what the spool already
         holds is compared, not written (a difference is :class:`ContinueMismatch`), the rest
-        appended, and the upload resumes from the server's size meanwhile."""
-        upload = _SpooledUpload(self, name, self.spool / name, continuing=continuing, vouched=True)
+        appended, and the upload resumes from the server's size meanwhile. ``meter`` counts
+        the bytes uploaded."""
+        upload = _SpooledUpload(
+            self, name, self.spool / name, continuing=continuing, vouched=True, meter=meter
+        )
         return VouchedWriter(upload, buffer_size=CHUNK)
 
-    def upload_file(self, name: str, local: Path) -> None:
+    def upload_file(self, name: str, local: Path, *, meter: Meter = UNSEEN) -> None:
         """Make the remote ``name`` hold exactly ``local``'s bytes: resume ``name.part`` from
         the server's size, then rename it."""
-        uploader = _Uploader(self, name + PARTIAL_SUFFIX, local, final=name)
+        uploader = _Uploader(self, name + PARTIAL_SUFFIX, local, final=name, meter=meter)
         uploader.finished.set()
         uploader.run()
         uploader.raise_failure()
@@ -281,6 +287,7 @@ class _SpooledUpload(io.RawIOBase):
         *,
         continuing: bool = False,
         vouched: bool = False,
+        meter: Meter = UNSEEN,
     ) -> None:
         try:
             self._file = path.open("r+b" if continuing and path.exists() else "wb")
@@ -290,7 +297,12 @@ class _SpooledUpload(io.RawIOBase):
         self._at = 0
         # While continuing, only bytes compared with the new encoding go up.
         self.uploader = _Uploader(
-            owner, name, path, limit=(lambda: self._at) if continuing else None, vouching=vouched
+            owner,
+            name,
+            path,
+            limit=(lambda: self._at) if continuing else None,
+            vouching=vouched,
+            meter=meter,
         )
         self._thread = threading.Thread(target=self.uploader.run, daemon=True)
         self._thread.start()
@@ -333,6 +345,7 @@ class _SpooledUpload(io.RawIOBase):
             # tail is not part of it, so none of it goes up (the caller reports the mismatch).
             self.uploader.abort()
         self._file.close()
+        self.uploader.meter.expect(self._at)
         self.uploader.finished.set()
         self.uploader.wake()
         try:
@@ -357,8 +370,10 @@ class _Uploader:
         *,
         limit: Callable[[], int] | None = None,
         vouching: bool = False,
+        meter: Meter = UNSEEN,
     ) -> None:
         self.owner, self.partial, self.local, self.final = owner, partial, local, final
+        self.meter = meter
         self.name = final or partial
         self.finished = threading.Event()  # set when the local file has all its bytes
         self._limit = limit  # how far the upload may go before the file is finished
@@ -395,12 +410,16 @@ class _Uploader:
         remote = self.owner.remote
         total = self.local.stat().st_size if self.finished.is_set() else None
         if self.final and total is not None and remote.size(self.final) == total:
+            self.meter.reach(total)
             return  # already there, from an earlier run
         offset = remote.size(self.partial)
         if offset is not None and (offset == 0 or (total is not None and offset > total)):
             remote.delete(self.partial)  # nothing to keep: start anew (STOR never overwrites)
             offset = None
         offset = offset or 0
+        if total is not None:
+            self.meter.expect(total)
+        self.meter.reach(offset)
         server = _hashing(remote)
         digest = self._hash_prefix(offset) if server and not self._vouching else None
         with self.local.open("rb") as source, remote.writer(self.partial, offset=offset) as out:
@@ -414,6 +433,7 @@ class _Uploader:
                         digest.update(chunk)
                     out.write(chunk)
                     self.owner.sent += len(chunk)
+                    self.meter.add(len(chunk))
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
                     break
                 else:

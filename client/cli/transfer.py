@@ -31,7 +31,6 @@ from airgap.client.cli.app import (
 from airgap.client.engine import Engine
 from airgap.client.ledger import Ledger
 from airgap.client.places import Place, open_place, send_spool
-from airgap.client.progress import counted
 from airgap.client.sendledger import audience
 from airgap.client.spool import ContinueMismatch, SpooledTransport
 from airgap.client.terminal import printable, say
@@ -107,7 +106,7 @@ def send(
         if send_spool(resume).is_dir() and not claim(send_spool(resume)):
             raise UsageError(f"bundle {resume} is being sent by another airgap right now")
         if sendjob.encoded(resume):
-            manifest, transport = sendjob.finish(resume, place, ledgers)
+            manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
         stored = sendjob.unfinished(resume)
@@ -175,7 +174,7 @@ def send(
     if begun.continuing:
         say(f"continuing the interrupted send of bundle {begun.bundle_id}")
         if sendjob.encoded(begun.bundle_id):
-            manifest, transport = sendjob.finish(begun.bundle_id, place, ledgers)
+            manifest, transport = sendjob.finish(begun.bundle_id, place, ledgers, quiet=quiet)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
     by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet)
@@ -342,9 +341,7 @@ def fetch(
                 engine,
                 consume=consume,
                 keep=keep,
-                watch=lambda chunks, total: counted(
-                    chunks, what="fetching", total=total, quiet=quiet
-                ),
+                quiet=quiet,
             ),
             identities=_identities(identity or []),
             trusted=trusted,
