@@ -353,3 +353,24 @@ def test_a_netrc_others_can_read_is_refused_and_plain_ftp_is_warned_of(
     private = run_airgap(ls, env=env)  # the password is taken; nothing listens on port 9
     assert private.returncode == 4, private.stderr
     assert "warning: ftp:// sends the password in clear" in private.stderr
+
+
+def test_any_failure_after_an_interrupt_is_reported_as_the_interrupt() -> None:
+    """A thread the interrupt cut short may fail in a way airgap does not name (CI met an
+    AttributeError from a connection being dropped twice): still exit 130, not "internal
+    error"."""
+    script = (
+        "import importlib\n"
+        "cli = importlib.import_module('airgap.client.cli.app')\n"
+        "from airgap.shared.pipeline import interrupting\n"
+        "def cut_short():\n"
+        "    interrupting()\n"
+        "    raise AttributeError('NoneType has no attribute sendall')\n"
+        "cli.app = cut_short\n"
+        "cli.main()\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 130, ran.stderr
+    assert ran.stderr == "airgap: error: interrupted\n"

@@ -155,6 +155,7 @@ def main() -> NoReturn:
     """Entry point: the one place where errors become messages and exit codes."""
     try:
         signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)  # docker stop, a service manager, kill
         keep_freed_pieces()
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
     except AirgapError as exc:
@@ -167,6 +168,8 @@ def main() -> NoReturn:
         # A bug of ours. No traceback by default: its locals and messages may hold secrets.
         if os.environ.get("AIRGAP_DEBUG") == "1":
             raise
+        if interrupted():  # a thread the interrupt cut short failed on its way out
+            _fail(Interrupted("interrupted"))
         _fail(
             AirgapError(
                 f"internal error ({type(exc).__name__}); this is a bug in airgap",
