@@ -39,7 +39,9 @@ def read_key_text(path: Path, what: str) -> str:
 def load_identities(paths: Sequence[Path]) -> list[age.X25519Identity]:
     found: list[age.X25519Identity] = []
     for path in paths:
-        found += age.parse_identities(read_key_text(path, "identity file"))
+        text = read_key_text(path, "identity file")
+        with _naming(str(path), text, "an age identity"):
+            found += age.parse_identities(text)
     return found
 
 
@@ -50,7 +52,7 @@ def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X2
             found.append(age.X25519Recipient.parse(value))
     for path in files:
         text = read_key_text(path, "recipients file")
-        with _naming(str(path)):
+        with _naming(str(path), text, "an age recipient"):
             found += age.parse_recipients(text)
     return found
 
@@ -62,16 +64,36 @@ def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.Se
             f"signing key {path} is a public key",
             hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
         )
-    return minisign.SecretKey.parse(text, passphrase=passphrase)
+    with _naming(f"signing key {path}", text, "a minisign secret key"):
+        return minisign.SecretKey.parse(text, passphrase=passphrase)
+
+
+#: How each kind of key file starts (after age's comment lines), and the option it goes with.
+_KINDS = (
+    ("AGE-SECRET-KEY-1", "an age identity", "--identity"),
+    ("untrusted comment: minisign public key", "a minisign public key", "--trust"),
+    ("untrusted comment: minisign", "a minisign secret key", "--sign-key"),
+    ("age1", "an age recipient", "--recipient or --recipients-file"),
+)
 
 
 @contextlib.contextmanager
-def _naming(where: str) -> Iterator[None]:
-    """Errors about a key say which key: the option or the file it came from."""
+def _naming(where: str, text: str = "", wanted: str = "") -> Iterator[None]:
+    """Errors about a key say which key: the option or the file it came from; and a key file
+    of another kind says which kind it is and where it goes."""
     try:
         yield
     except (KeyFileError, UsageError) as exc:
-        raise type(exc)(f"{where}: {exc.message}", hint=exc.hint) from exc
+        hint = exc.hint
+        kind = _kind_of(text)
+        if kind is not None and kind[0] != wanted:
+            hint = f"it holds {kind[0]}, which goes with {kind[1]}"
+        raise type(exc)(f"{where}: {exc.message}", hint=hint) from exc
+
+
+def _kind_of(text: str) -> tuple[str, str] | None:
+    first = next((s for s in map(str.strip, text.splitlines()) if s and s[0] != "#"), "")
+    return next(((kind, option) for start, kind, option in _KINDS if first.startswith(start)), None)
 
 
 def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
@@ -81,7 +103,12 @@ def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
             hint="pass --trust signing.pub (the sender's public key); "
             "airgap never accepts bundles from just anyone",
         )
-    return [minisign.PublicKey.parse(read_key_text(p, "trusted key")) for p in paths]
+    trusted = []
+    for path in paths:
+        text = read_key_text(path, "trusted key")
+        with _naming(f"trusted key {path}", text, "a minisign public key"):
+            trusted.append(minisign.PublicKey.parse(text))
+    return trusted
 
 
 def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -> None:

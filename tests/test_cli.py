@@ -374,3 +374,35 @@ def test_any_failure_after_an_interrupt_is_reported_as_the_interrupt() -> None:
     )
     assert ran.returncode == 130, ran.stderr
     assert ran.stderr == "airgap: error: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "kind"),
+    [
+        ("--sign-key", "identity.txt", "an age identity, which goes with --identity"),
+        ("-R", "signing.pub", "a minisign public key, which goes with --trust"),
+        ("-i", "signing.key", "a minisign secret key, which goes with --sign-key"),
+        ("--trust", "recipient.txt", "an age recipient, which goes with --recipient or"),
+    ],
+)
+def test_a_key_file_of_another_kind_is_named_and_sent_where_it_goes(
+    keydir: Path, tmp_path: Path, option: str, given: str, kind: str
+) -> None:
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "box").mkdir()
+    right = {
+        "--sign-key": keydir / "signing.key",
+        "-R": keydir / "recipient.txt",
+        "-i": keydir / "identity.txt",
+        "--trust": keydir / "signing.pub",
+    }
+    keys = [a for o, path in right.items() for a in (o, keydir / given if o == option else path)]
+    if option in ("--sign-key", "-R"):
+        args = ["send", "--file", tmp_path / "f", "--to", tmp_path / "box", *keys[:4]]
+    else:
+        args = ["fetch", "--from", tmp_path / "box", "--output-dir", tmp_path / "out", *keys[4:]]
+    ran = run_airgap(args)
+    assert ran.returncode == 1, ran.stderr
+    assert f"airgap: error: {'signing key ' if option == '--sign-key' else ''}" in ran.stderr
+    assert str(keydir / given) in ran.stderr.splitlines()[0], ran.stderr
+    assert f"airgap: hint: it holds {kind}" in ran.stderr, ran.stderr
