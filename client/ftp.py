@@ -79,12 +79,13 @@ class FtpTarget:
             parts.scheme,
             parts.hostname,
             port or 21,
-            unquote(parts.username or "anonymous"),
+            unquote(parts.username or ""),  # none given: see credentials.login_for
             unquote(parts.path) or "/",
         )
 
     def describe(self) -> str:
-        return f"{self.scheme}://{self.user}@{self.host}:{self.port}{self.path}"
+        user = self.user or "anonymous"
+        return f"{self.scheme}://{user}@{self.host}:{self.port}{self.path}"
 
 
 class _Bounded(ftplib.FTP):

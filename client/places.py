@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap.client.credentials import password_for
+from airgap.client.credentials import login_for
 from airgap.client.ftp import FtpTarget, FtpTransport, check_fingerprint
 from airgap.client.spool import Backoff, SpooledTransport, cache_dir
 from airgap.client.terminal import say
@@ -61,7 +61,8 @@ def open_place(place: Place, flag: str, *, spool: Path | None = None) -> Transpo
         return DirectoryTransport(place.directory)
     target = FtpTarget.parse(place.server or "")
     check_fingerprint(place.fingerprint)
-    remote = FtpTransport(target, password_for(target), pin=place.fingerprint)
+    target, password = login_for(target)
+    remote = FtpTransport(target, password, pin=place.fingerprint)
     folder = spool or cache_dir() / "fetch" / place.key()
     backoff = Backoff(attempts=_attempts(), notify=lambda news: say(f"airgap: {news}"))
     return SpooledTransport(remote, folder, backoff=backoff)

@@ -288,3 +288,27 @@ def test_a_spooled_segment_that_fails_its_hash_is_fetched_again_next_time(
         assert (tmp_path / "out" / "big.bin").read_bytes() == payload.read_bytes()
         rests = [int(n) for n in re.findall(r'"REST (\d+)"', log.read_text()[before:])]
         assert rests == [16 << 20]  # from the segment that failed, not from the start
+
+
+def test_a_url_without_a_user_logs_in_as_the_netrc_says(
+    appliance: Server, keydir: Path, tmp_path: Path
+) -> None:
+    """As ftp(1) and curl do: the netrc's login for the host, else anonymous."""
+    url = f"ftps://127.0.0.1:{appliance.port}/"
+    ls = ["ls", "--server", url, "--tls-fingerprint", _fingerprint(appliance)]
+    ls += ["--trust", keydir / "signing.pub", "--json"]
+    netrc = tmp_path / "netrc"
+    netrc.write_text(
+        f"machine 127.0.0.1 login receiver password {appliance.password('receiver')}\n"
+    )
+    netrc.chmod(0o600)
+    env = {"NETRC": str(netrc), "AIRGAP_RETRIES": "1", "XDG_CACHE_HOME": str(tmp_path / "c")}
+    listed = run_airgap(ls, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"bundles": []}
+    assert '"event": "login", "ip": "127.0.0.1", "role": "receiver"' in appliance.audit()
+
+    netrc.write_text("machine elsewhere login receiver password x\n")
+    anonymous = run_airgap(ls, env=env)
+    assert anonymous.returncode == 4, anonymous.stderr
+    assert "anonymous@127.0.0.1" in anonymous.stderr
