@@ -39,8 +39,14 @@ class Place:
                 "--tls-fingerprint pins the certificate of an ftps:// server; this URL is ftp://",
                 hint="use ftps://, which the pin then checks",
             )
-        if self.directory is not None and self.directory.exists() and not self.directory.is_dir():
-            raise UsageError(f"{flag} {self.directory}: not a directory")
+        if self.directory is not None and not self.directory.is_dir():
+            if self.directory.exists():
+                raise UsageError(f"{flag} {self.directory}: not a directory")
+            # Never made here: an unmounted stick's mount point would take the bundle.
+            raise UsageError(
+                f"{flag} {self.directory}: no such directory",
+                hint="mount the media there, or create the directory first",
+            )
 
     def describe(self) -> str:
         """The place as a ledger names it: the URL without secrets, or the absolute directory."""

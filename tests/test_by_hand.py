@@ -24,6 +24,7 @@ def _readme_block() -> str:
 
 def _send(tmp_path: Path, keydir: Path, payload: Path) -> tuple[Path, str]:
     drop = tmp_path / "drop"
+    drop.mkdir()
     args: list[str | Path] = [
         "send",
         "--file",
@@ -98,6 +99,7 @@ def test_by_hand_takes_the_payload_hash_from_the_signed_comment_only(
 def test_by_hand_check_refuses_a_modified_manifest(tmp_path: Path, keydir: Path) -> None:
     (tmp_path / "f").write_text("x")
     drop = tmp_path / "drop"
+    drop.mkdir()
     sent = run_airgap(
         [
             "send",

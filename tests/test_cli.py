@@ -106,6 +106,12 @@ def test_keygen_signing_key_works_with_minisign(tmp_path: Path) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _media(tmp_path: Path) -> None:
+    """The removable media most tests here send to, mounted (send --to makes no directory)."""
+    (tmp_path / "drop").mkdir()
+
+
 def _send(
     keydir: Path, drop: Path, files: list[Path], *extra: str, env: dict[str, str] | None = None
 ) -> str:
@@ -178,6 +184,7 @@ def test_wrong_key_or_passphrase_is_exit_3_and_writes_nothing(tmp_path: Path, ke
     assert other.returncode == 0
     (tmp_path / "g").write_text("secret")
     drop2 = tmp_path / "drop2"
+    drop2.mkdir()
     _send(keydir, drop2, [tmp_path / "g"], "-R", str(keydir / "recipient.txt"))
     no_match = _fetch(
         keydir, drop2, tmp_path / "out", "-i", str(tmp_path / "other" / "identity.txt")
@@ -406,3 +413,17 @@ def test_a_key_file_of_another_kind_is_named_and_sent_where_it_goes(
     assert f"airgap: error: {'signing key ' if option == '--sign-key' else ''}" in ran.stderr
     assert str(keydir / given) in ran.stderr.splitlines()[0], ran.stderr
     assert f"airgap: hint: it holds {kind}" in ran.stderr, ran.stderr
+
+
+def test_a_send_to_a_missing_directory_is_refused(tmp_path: Path, keydir: Path) -> None:
+    """An unmounted stick's mount point would otherwise take the bundle, on the wrong disk."""
+    (tmp_path / "f").write_text("x")
+    stick = tmp_path / "media" / "usb"
+    send = ["send", "--file", tmp_path / "f", "--to", stick, "--no-encrypt"]
+    sent = run_airgap([*send, "--sign-key", keydir / "signing.key"])
+    assert sent.returncode == 2, sent.stderr
+    assert f"--to {stick}: no such directory" in sent.stderr
+    assert "mount the media there" in sent.stderr
+    assert not (tmp_path / "media").exists()
+    fetched = run_airgap(["fetch", "--from", stick, "--trust", keydir / "signing.pub"])
+    assert fetched.returncode == 2 and f"--from {stick}: no such directory" in fetched.stderr

@@ -324,6 +324,7 @@ def test_a_bundle_sent_through_the_container_is_published_and_fetched(
 ) -> None:
     report = tmp_path / "report.bin"
     report.write_bytes(secrets.token_bytes(300_000))
+    (tmp_path / "bundle").mkdir()
     made = run_airgap(
         [
             "send",

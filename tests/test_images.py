@@ -74,6 +74,12 @@ def two_images(docker_engine: DockerEngine, repo: str) -> Iterator[list[Any]]:
         yield images
 
 
+@pytest.fixture(autouse=True)
+def _media(tmp_path: Path) -> None:
+    """The removable media the tests here send to, mounted (send --to makes no directory)."""
+    (tmp_path / "drop").mkdir()
+
+
 def _send(keydir: Path, drop: Path, *refs: str, env: dict[str, str], encrypt: bool = True) -> str:
     to = ["-R", keydir / "recipient.txt"] if encrypt else ["--no-encrypt"]
     sent = run_airgap(

@@ -43,6 +43,7 @@ def test_glibc_takes_the_thresholds() -> None:
 
 def test_decoding_reuses_the_pages_it_freed(tmp_path: Path) -> None:
     keys, drop, source = tmp_path / "keys", tmp_path / "drop", tmp_path / "source.bin"
+    drop.mkdir()
     assert run_airgap(["keygen", "--out", keys]).returncode == 0
     source.write_bytes(os.urandom(256 << 20))
     recipient, signing = keys / "recipient.txt", keys / "signing.key"
