@@ -112,7 +112,8 @@ def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
 
 
 def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -> None:
-    """Write every file or none: existing keys are refused before anything is written."""
+    """Write every file or none: existing keys are refused before anything is written. A name
+    may hold a folder (``keys/identity.txt``); each folder is made private."""
     existing = [f.name for f in files if (directory / f.name).exists()]
     if existing and not force:
         raise StorageError(
@@ -122,7 +123,9 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
     private_dir(directory)
     try:
         for key_file in files:
-            _write_atomically(directory / key_file.name, key_file.text.encode(), key_file.mode)
+            path = directory / key_file.name
+            private_dir(path.parent)
+            _write_atomically(path, key_file.text.encode(), key_file.mode)
     except OSError as exc:
         raise StorageError(f"writing keys to {directory}: {exc.strerror or exc}") from exc
 

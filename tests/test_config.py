@@ -44,6 +44,7 @@ def test_init_then_plain_send_and_fetch(tmp_path: Path) -> None:
     assert again.returncode == 1 and "--force" in again.stderr
     _exchange(tmp_path / "s", tmp_path / "r")
     (tmp_path / "notes.txt").write_text("configured")
+    (tmp_path / "usb").mkdir()
     sent = run_airgap(
         ["send", "--file", tmp_path / "notes.txt", "--to", tmp_path / "usb"], env=sender
     )
@@ -109,3 +110,37 @@ def test_init_makes_its_folders_private_whatever_the_umask(tmp_path: Path) -> No
     for folder in ("side", "side/trusted", "side/keys"):
         assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o700, folder
     assert stat.S_IMODE((tmp_path / "side/keys/signing.key").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--server", "ftps://sender@dropbox:99999/"], "is not a valid URL"),
+        (["--server", "sftp://sender@dropbox/"], "is not an ftp:// or ftps:// URL"),
+        (["--server", "ftp://s@h/", "--tls-fingerprint", "sha256:" + "ab" * 32], "is ftp://"),
+        (["--server", "ftps://s@h/", "--tls-fingerprint", "sha256:ab"], "64 hex digits"),
+        (["--tls-fingerprint", "sha256:" + "ab" * 32], "the --server it goes with"),
+    ],
+)
+def test_init_refuses_a_bad_server_before_writing_anything(
+    tmp_path: Path, extra: list[str], said: str
+) -> None:
+    made = run_airgap(["init", "--role", "sender", "--dir", tmp_path / "side", *extra])
+    assert made.returncode == 2 and said in made.stderr, made.stderr
+    assert not (tmp_path / "side").exists()
+
+
+def test_init_writes_all_or_nothing_and_says_how_a_dir_is_read(tmp_path: Path) -> None:
+    side = tmp_path / "side"
+    made = run_airgap(["init", "--role", "receiver", "--dir", side])
+    assert made.returncode == 0, made.stderr
+    assert f"AIRGAP_CONFIG={side / 'config.toml'} set" in made.stderr
+    shutil.rmtree(side / "keys")  # the config is left: a second init must not mix them
+    again = run_airgap(["init", "--role", "receiver", "--dir", side])
+    assert again.returncode == 1 and "config.toml" in again.stderr, again.stderr
+    assert not (side / "keys").exists()
+    default = _init(tmp_path / "home", "sender")  # the default place needs no variable
+    assert (
+        "AIRGAP_CONFIG"
+        not in run_airgap(["init", "--role", "sender", "--force"], env=default).stderr
+    )
