@@ -6,7 +6,8 @@
       pub/incoming/          the drop box; anonymous uploads land here (when allowed)
       pub/incoming/NAME/     one area per sender account, its FTP home
       pub/outgoing/          published bundles only, flat: the receivers' FTP home
-      quarantine/ID-STAMP/   bundles that failed verification, with reason.txt
+      quarantine/NAME/ID-STAMP/  bundles from sender NAME that failed verification, with
+                             reason.txt (anonymous uploads: quarantine/anonymous/)
       state/users.json       accounts and scrypt password hashes (0600)
       state/credentials.txt  passwords generated on first start, until changed (0600)
       state/audit.jsonl      the audit log, one JSON object a line
@@ -47,6 +48,12 @@ class Layout:
     @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
+
+    def quarantine_of(self, area: Path) -> Path:
+        """Where the refused bundles of ``area`` wait for the operator: a folder per sender
+        (its bundles count against its quota there too), ``anonymous`` for anonymous uploads,
+        a name no account may take."""
+        return self.quarantine / ("anonymous" if area == self.incoming else area.name)
 
     @property
     def state(self) -> Path:

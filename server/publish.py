@@ -4,7 +4,7 @@ Whole means: the signature and the manifest have arrived, the manifest parses (a
 signers configured, a trusted key signed it, naming this very bundle and payload), and the
 payload has exactly the manifest's size and sha256. Until the payload reaches that size the
 bundle is *pending* (the upload may be resumed); anything else wrong sends all its files to
-``quarantine/ID-STAMP/`` with ``reason.txt``, never to receivers. A refused manifest or
+``quarantine/SENDER/ID-STAMP/`` with ``reason.txt``, never to receivers. A refused manifest or
 signature takes the payload along under both names a payload can have, as it cannot be trusted
 to name it.
 
@@ -200,7 +200,9 @@ class Publisher:
         for path in files:
             if path.exists():
                 path.rename(staging / path.name)
-        staging.rename(self.layout.quarantine / name)
+        held = self.layout.quarantine_of(area)
+        held.mkdir(mode=0o700, exist_ok=True)
+        staging.rename(held / name)
         self.audit.record("quarantine", bundle=bundle_id, area=area.name, reason=reason)
         return Outcome(bundle_id, "quarantined", reason)
 

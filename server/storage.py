@@ -21,6 +21,7 @@ touches a socket and never follows a symbolic link.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import weakref
@@ -35,6 +36,8 @@ SPACE_CHECK_EVERY = 4 * 1024 * 1024
 #: three a bundle, and a bundle leaves the area as soon as it is whole; the cap bounds what one
 #: sender can make the appliance keep (empty files count against no quota) and scan.
 MAX_AREA_FILES = 1000
+#: The most refused bundles of one area the quarantine keeps before the area takes no upload.
+MAX_QUARANTINED = 100
 
 
 @dataclass(frozen=True)
@@ -136,21 +139,56 @@ def crowded(upload: Target) -> Refusal | None:
     return None
 
 
+def quarantined(folder: Path, *, weigh: bool) -> int | Refusal:
+    """The bytes a sender's quarantine ``folder`` holds (0 unless ``weigh``), or a 552 once it
+    holds :data:`MAX_QUARANTINED` bundles: nothing more goes in until the operator has looked.
+    Without this, bundles refused by the publisher left the sender's area, and its quota, and
+    a sender could fill the disk one refused bundle at a time."""
+    try:
+        with os.scandir(folder) as entries:
+            bundles = list(itertools.islice(entries, MAX_QUARANTINED))
+    except FileNotFoundError:
+        return 0
+    if len(bundles) >= MAX_QUARANTINED:
+        return Refusal(
+            f"552 {MAX_QUARANTINED} of this area's bundles are in quarantine; the operator of "
+            "the drop box must look at them first."
+        )
+    total = 0
+    for bundle in bundles if weigh else ():
+        if bundle.is_dir(follow_symlinks=False):
+            with os.scandir(bundle.path) as files:
+                total += sum(f.stat(follow_symlinks=False).st_size for f in files)
+    return total
+
+
 def budget(
-    upload: Target, offset: int, *, quota: int | None, min_free: int, areas: Areas
+    upload: Target,
+    offset: int,
+    *,
+    quota: int | None,
+    min_free: int,
+    areas: Areas,
+    held: int = 0,
 ) -> Budget | Refusal | None:
     """The quota the upload writes under (None: no quota), or a 552 when there is no room.
 
     ``quota`` is the area's limit in bytes (None: none); the area is the file's directory.
+    ``held``: the area's bytes in quarantine, which count against its quota too.
     """
     area = Path(upload.path).parent
     if free_bytes(area) < min_free:
         return Refusal("552 Not enough disk space on the server; resume later.")
     if not quota:
         return None
-    used = sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(area))
+    used = held + sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(area))
     used -= upload.size - offset
     if used >= quota:
+        if held:
+            return Refusal(
+                f"552 Quota exceeded, {held} bytes of it by bundles in quarantine; the "
+                "operator of the drop box must look at them."
+            )
         return Refusal("552 Quota exceeded; delete .part files or wait for publishing.")
     return Budget(areas.usage(area), quota, used)
 

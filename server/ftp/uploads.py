@@ -61,8 +61,18 @@ class UploadCommands(Session):
         config = self.services.config
         sender = self.principal is not None and self.principal.role is Role.SENDER
         quota = config.quota_bytes if sender else None
+        area = self.services.layout.quarantine_of(Path(path).parent)
+        held = storage.quarantined(area, weigh=bool(quota))
+        if isinstance(held, storage.Refusal):
+            self.respond(held.reply)
+            return
         budget = storage.budget(
-            target, offset, quota=quota, min_free=config.min_free_bytes, areas=self._areas
+            target,
+            offset,
+            quota=quota,
+            min_free=config.min_free_bytes,
+            areas=self._areas,
+            held=held,
         )
         if isinstance(budget, storage.Refusal):
             self.respond(budget.reply)

@@ -145,6 +145,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
+def quarantined(server: Server, area: str = "sender") -> list[Path]:
+    """The bundles of ``area`` in quarantine (each a folder with its files and reason.txt)."""
+    folder = server.root / "quarantine" / area
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.conftest import Server, stor, wait_for
+from tests.server.conftest import Server, quarantined, stor, wait_for
 from tests.server.test_limits import tls_client
 from tests.server.test_publish_and_clients import make_bundle, payload_of, upload_bundle
 
@@ -178,9 +178,8 @@ def test_a_payload_changed_after_upload_is_quarantined(serve, tmp_path, keyset):
     for name in sorted(n for n in files if n != payload):  # the manifest, then the signature
         stor(client, name + ".part", files[name])
         client.rename(name + ".part", name)
-    quarantine = server.root / "quarantine"
-    assert wait_for(lambda: any(quarantine.iterdir()))
-    (held,) = quarantine.iterdir()
+    assert wait_for(lambda: quarantined(server))
+    (held,) = quarantined(server)
     assert held.name.startswith(bundle_id)
     assert "sha256" in (held / "reason.txt").read_text()
     assert not any((server.root / "pub/outgoing").iterdir())

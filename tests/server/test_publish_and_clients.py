@@ -15,7 +15,15 @@ from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.keys import KeySet
-from tests.server.conftest import Server, begin_stor, retr, stor, stor_refused, wait_for
+from tests.server.conftest import (
+    Server,
+    begin_stor,
+    quarantined,
+    retr,
+    stor,
+    stor_refused,
+    wait_for,
+)
 
 LFTP = shutil.which("lftp")
 CURL = shutil.which("curl")
@@ -74,9 +82,8 @@ def test_wrong_payload_hash_goes_to_quarantine(serve, tmp_path, keyset):
     _, files = make_bundle(tmp_path, keyset)
     payload = files[payload_of(files)]
     upload_bundle(server, files, payload=bytes([payload[0] ^ 1]) + payload[1:])
-    quarantine = server.root / "quarantine"
-    assert wait_for(lambda: any(quarantine.iterdir()))
-    (held,) = quarantine.iterdir()
+    assert wait_for(lambda: quarantined(server))
+    (held,) = quarantined(server)
     assert "sha256" in (held / "reason.txt").read_text()
     assert not any((server.root / "pub/outgoing").iterdir())
     assert server.ftp("receiver").nlst() == []
@@ -88,9 +95,8 @@ def test_untrusted_signature_goes_to_quarantine(serve, tmp_path, keyset):
     server = serve("--tls", "off", "--trusted-signer", str(other))
     bundle_id, files = make_bundle(tmp_path, keyset)
     upload_bundle(server, files)
-    quarantine = server.root / "quarantine"
-    assert wait_for(lambda: any(quarantine.iterdir()))
-    (held,) = quarantine.iterdir()
+    assert wait_for(lambda: quarantined(server))
+    (held,) = quarantined(server)
     assert held.name.startswith(bundle_id)
     assert (
         "signature" in (held / "reason.txt").read_text()

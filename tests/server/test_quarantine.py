@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from airgap.shared.keys import KeySet
-from tests.server.conftest import Server, begin_stor, wait_for
+from tests.server.conftest import Server, begin_stor, stor, stor_refused, wait_for
+from tests.server.conftest import quarantined as held_back
 from tests.server.test_publish_and_clients import make_bundle, payload_of, upload_bundle
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def untrusted_server(serve, tmp_path: Path) -> Server:
+QUARANTINE_OF_TWO = "import airgap.server.storage as storage\nstorage.MAX_QUARANTINED = 2\n"
+
+
+def untrusted_server(serve, tmp_path: Path, prelude: str = "") -> Server:
     other = tmp_path / "other.pub"
     other.write_text(KeySet.generate().signing.public_key.encode())
-    return serve("--tls", "off", "--trusted-signer", str(other))
+    return serve("--tls", "off", "--trusted-signer", str(other), prelude=prelude)
 
 
 def quarantined(server: Server) -> Path | None:
-    held = list((server.root / "quarantine").iterdir())
+    held = held_back(server)
     return held[0] if len(held) == 1 else None
 
 
@@ -60,3 +65,33 @@ def test_refused_bundle_waits_for_an_open_payload_upload(serve, tmp_path, keyset
     assert held is not None
     assert (held / payload).read_bytes() == half
     assert list((server.root / "pub/incoming/sender").iterdir()) == []
+
+
+def test_bundles_in_quarantine_count_against_their_senders_quota(serve, tmp_path, keyset):
+    """Found in review: a refused bundle left the sender's area, and with it the quota, so a
+    sender (or a thief of its password, without the signing key) could fill the disk one
+    refused bundle at a time."""
+    other = tmp_path / "other.pub"
+    other.write_text(KeySet.generate().signing.public_key.encode())
+    server = serve("--tls", "off", "--trusted-signer", str(other), "--quota-bytes", "200000")
+    _, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files, payload=os.urandom(150_000))
+    assert wait_for(lambda: quarantined(server) is not None)
+    assert quarantined(server).parent == server.root / "quarantine" / "sender"
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    assert stor_refused(client, "next.part", os.urandom(100_000)).startswith("552")
+    assert stor(client, "small.part", b"x" * 10_000).startswith("226")  # what is left is room
+
+
+def test_an_area_with_too_many_bundles_in_quarantine_takes_no_upload(serve, tmp_path, keyset):
+    server = untrusted_server(serve, tmp_path, prelude=QUARANTINE_OF_TWO)
+    for number in (1, 2):
+        (tmp_path / str(number)).mkdir()
+        _, files = make_bundle(tmp_path / str(number), keyset)
+        upload_bundle(server, files)
+        assert wait_for(lambda count=number: len(held_back(server)) == count)
+    client = server.ftp("sender")
+    reply = stor_refused(client, "third.part", b"x")
+    assert reply.startswith("552") and "2 of this area's bundles are in quarantine" in reply
+    assert server.ftp("receiver").nlst() == []  # the other accounts go on
