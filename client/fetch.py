@@ -128,11 +128,11 @@ def plaintext_of(
         yield from decode(segments, manifest, identities)
 
 
-def payload_only(transport: Transport, manifest: Manifest) -> None:
+def payload_only(transport: Transport, manifest: Manifest, *, meter: Meter = UNSEEN) -> None:
     """Size and every segment hash, without a key to decrypt."""
     _check_size(transport, manifest)
     with _verified_kept(transport, manifest), transport.reader(manifest.payload.name) as handle:
-        for _ in verified_segments(handle.readinto, manifest.payload):
+        for _ in verified_segments(counted_reads(handle.readinto, meter), manifest.payload):
             pass
 
 
@@ -311,17 +311,22 @@ def verify_bundles(
     identities: Sequence[age.Identity],
     trusted: Sequence[minisign.PublicKey],
     only: Sequence[str] = (),
+    quiet: bool = True,
 ) -> list[Outcome]:
+    """Every check a fetch makes, importing nothing; ``quiet``: no progress bar."""
     outcomes = []
     for bundle_id in _selected(transport, published_ids(transport.list()), only, trusted):
         try:
             manifest, _ = open_bundle(transport, bundle_id, trusted)
-            if identities or manifest.encryption.scheme == "none":
-                with closing(plaintext_of(transport, manifest, identities)) as plaintext:
-                    for _ in plaintext:
-                        pass
-            else:
-                payload_only(transport, manifest)
+            size = manifest.payload.size
+            with Meter("verifying", quiet=quiet, total=size) as meter:
+                if identities or manifest.encryption.scheme == "none":
+                    plaintext = plaintext_of(transport, manifest, identities, meter=meter)
+                    with closing(plaintext):
+                        for _ in plaintext:
+                            pass
+                else:
+                    payload_only(transport, manifest, meter=meter)
             outcomes.append(Outcome(bundle_id, manifest))
         except AirgapError as exc:
             outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))

@@ -1,7 +1,7 @@
 """Progress bars: on a terminal a send shows its encoding and its upload, a fetch its download
-and its unpacking, each with bytes, rate and (once the total is known) percentage and ETA; with
---quiet, or when stderr is not a terminal, nothing. Through a real appliance slowed to 4 MB/s,
-so that the upload outlasts the encoding."""
+and its unpacking, a verify its download, each with bytes, rate and (once the total is known)
+percentage and ETA; with --quiet, or when stderr is not a terminal, nothing. Through a real
+appliance slowed to 4 MB/s, so that the upload outlasts the encoding."""
 
 from __future__ import annotations
 
@@ -120,9 +120,18 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
         assert _percentages(shown, "unpacking"), shown[-2000:]
 
         second = json.loads(quiet_out)["id"]
-        unseen = run_airgap([*fetch, second, "--output-dir", tmp_path / "two"], env=receiver)
+        verify = ["verify", *fetch[1:], second, "--json"]
+        code, verified, shown = _on_a_terminal(verify, receiver)
+        assert code == 0 and json.loads(verified)["bundles"][0]["id"] == second, shown
+        assert max(_percentages(shown, "verifying")) >= 50, shown[-2000:]
+
+        unseen = run_airgap(
+            [*fetch, second, "--output-dir", tmp_path / "two", "--json"], env=receiver
+        )
         assert unseen.returncode == 0, unseen.stderr
         assert "downloading" not in unseen.stderr and "unpacking" not in unseen.stderr
+        # What verify downloaded stayed in the spool: checked again, not downloaded again.
+        assert json.loads(unseen.stdout)["bytes_on_wire"] == 0
         for out in ("one", "two"):
             assert (tmp_path / out / "data.bin").read_bytes() == (
                 tmp_path / "data.bin"

@@ -367,6 +367,7 @@ def verify(
     server: ServerOption = None,
     fingerprint: FingerprintOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Check bundles without importing (with --identity, decrypt and check the plaintext too)."""
     cfg = config.load().fetch
@@ -375,7 +376,11 @@ def verify(
     transport = open_place(place, "--from")
     try:
         outcomes = fetching.verify_bundles(
-            transport, identities=_identities(identity or []), trusted=trusted, only=ids or []
+            transport,
+            identities=_identities(identity or []),
+            trusted=trusted,
+            only=ids or [],
+            quiet=quiet,
         )
     finally:
         transport.close()
