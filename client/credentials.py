@@ -36,7 +36,10 @@ def password_for(target: FtpTarget) -> str:
     if target.user == "anonymous":
         return "airgap@"
     if sys.stdin.isatty():
-        return getpass.getpass(f"password for {target.user}@{target.host}: ")
+        try:
+            return getpass.getpass(f"password for {target.user}@{target.host}: ")
+        except EOFError as exc:  # Ctrl-D
+            raise UsageError(f"no password for {target.user}@{target.host}: none typed") from exc
     raise UsageError(
         f"no password for {target.user}@{target.host}",
         hint="set AIRGAP_PASSWORD, add the host to ~/.netrc, or run on a terminal",

@@ -3,7 +3,10 @@ round trips in every encryption mode, and no secret in any output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import shutil
 import stat
 import subprocess
@@ -427,3 +430,28 @@ def test_a_send_to_a_missing_directory_is_refused(tmp_path: Path, keydir: Path) 
     assert not (tmp_path / "media").exists()
     fetched = run_airgap(["fetch", "--from", stick, "--trust", keydir / "signing.pub"])
     assert fetched.returncode == 2 and f"--from {stick}: no such directory" in fetched.stderr
+
+
+def test_end_of_input_at_a_password_prompt_is_a_plain_usage_error(keydir: Path) -> None:
+    """Ctrl-D at the prompt: our error and exit 2, not typer's "Aborted." (exit 1)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    env["NETRC"] = str(keydir / "no-netrc")
+    args = ["ls", "--server", "ftp://someone@127.0.0.1:9/", "--trust", str(keydir / "signing.pub")]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: the pseudo-terminal is its controlling terminal, as a user's is
+        os.execve(sys.executable, [sys.executable, "-m", "airgap.client", *args], env)  # noqa: S606
+    seen = b""
+    try:
+        while b"password for someone@127.0.0.1: " not in seen:
+            seen += os.read(terminal, 1024)
+        os.write(terminal, b"\x04")
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(terminal, 1024):
+                seen += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(terminal)
+    shown = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 2, shown
+    assert "airgap: error: no password for someone@127.0.0.1: none typed" in shown
+    assert "Aborted" not in shown

@@ -37,6 +37,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain text: usage errors as lines, not boxes drawn with Rich
 )
 
 
@@ -76,9 +77,12 @@ def secret(env: str, prompt: str, *, confirm: bool = False) -> Callable[[], byte
         if value is None:
             if not sys.stdin.isatty():
                 raise UsageError(f"{prompt} needed", hint=f"set {env} or run on a terminal")
-            value = getpass.getpass(f"{prompt}: ")
-            if confirm and getpass.getpass(f"{prompt} (again): ") != value:
-                raise UsageError("the two passphrases differ")
+            try:
+                value = getpass.getpass(f"{prompt}: ")
+                if confirm and getpass.getpass(f"{prompt} (again): ") != value:
+                    raise UsageError("the two passphrases differ")
+            except EOFError as exc:  # Ctrl-D
+                raise UsageError(f"{prompt} needed: none typed") from exc
         if not value:
             raise UsageError(f"{prompt} is empty")
         return value.encode()
