@@ -37,7 +37,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,  # plain text: usage errors as lines, not boxes drawn with Rich
 )
 
 
