@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from airgap.client.engine import Engine
 from airgap.client.images import learn_layer_files, send_images
 from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
 from airgap.client.progress import Meter
+from airgap.client.refusals import take_refusals
 from airgap.client.send import Meters, Resuming, resume_send, send_files
 from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
 from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
@@ -148,6 +149,7 @@ class Sender:
     signing: minisign.SecretKey
     ledgers: Path
     quiet: bool = False
+    tell: Callable[[str], None] = lambda news: None  # what a person should know (CLI: stderr)
 
 
 def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
@@ -161,6 +163,8 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     )
     room = spool or by.place.directory or Path()
     try:
+        if spool is not None:
+            _refused_before(transport, by)
         if recipe.images:
             ledger = SendLedger(by.ledgers, by.place.describe(), audience(by.recipients))
             engine = Engine.from_env()
@@ -221,6 +225,15 @@ def _meters(by: Sender, spool: Path | None, size: int) -> Iterator[Meters]:
             return
         with Meter("uploading", quiet=by.quiet, line=1) as uploaded:
             yield Meters(encoded, uploaded)
+
+
+def _refused_before(transport: Transport, by: Sender) -> None:
+    for bundle_id in take_refusals(transport, by.ledgers, by.place.describe()):
+        by.tell(
+            f"airgap: warning: the drop box refused bundle {bundle_id}, sent earlier, so it never "
+            "reached the receivers (its operator has the reason); send what it held again "
+            "(no later send leaves its layers out)"
+        )
 
 
 def _continue_hint(bundle_id: str, place: Place) -> str:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +104,17 @@ class SendLedger:
             )
             _write(self.path, data)
 
+    def drop(self, bundle_ids: Collection[str]) -> None:
+        """Those bundles never reached the far side (the drop box refused them): the layers
+        they carried, as the ledger has it, are no longer counted as there."""
+        with self._locked():
+            data = _read(self.path)
+            if data is None:
+                return
+            data["layers"] = {c: b for c, b in data["layers"].items() if b not in bundle_ids}
+            data["bundles"] = [b for b in data["bundles"] if b not in bundle_ids]
+            _write(self.path, data)
+
     def forget(self) -> bool:
         try:
             self.path.unlink()
@@ -125,6 +136,13 @@ class SendLedger:
             yield
         finally:
             os.close(fd)
+
+
+def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str]) -> None:
+    """:meth:`SendLedger.drop` in the ledger of every audience of ``destination``."""
+    for summary in summaries(directory):
+        if summary.destination == destination:
+            SendLedger(directory, destination, summary.audience).drop(bundle_ids)
 
 
 def summaries(directory: Path) -> list[Summary]:

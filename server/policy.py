@@ -5,9 +5,10 @@ already normalised and proven to stay inside the root by the caller. The rules:
 
 - a **sender** lives in ``pub/incoming/NAME``: it creates files there, resumes them (REST+STOR,
   APPE), asks SIZE/MDTM/HASH of them, renames ``X.part`` to ``X`` and deletes its ``.part``
-  files. It never downloads, never makes directories and never sees another area. Files that a
-  bundle check accepted or refused are moved out of its area, so no completed file is ever
-  within its reach.
+  files, and the ``ID.refused`` notices the publisher leaves for its refused bundles. It never
+  downloads, never makes directories and never sees another area. Files that a bundle check
+  accepted or refused are moved out of its area, so no completed file is ever within its
+  reach.
 - a **receiver** lives in ``pub/outgoing`` (published bundles only): it lists, downloads and
   deletes there, and nothing else.
 - **anonymous** (only if enabled) starts at the root and may enter ``pub`` and
@@ -27,6 +28,8 @@ from airgap.server.config import AnonymousMode
 from airgap.server.users import Role
 
 PARTIAL_SUFFIX = ".part"
+#: What the publisher leaves in a sender's area for each of its bundles it quarantined.
+REFUSED_SUFFIX = ".refused"
 MAX_NAME_BYTES = 255
 Parts = tuple[str, ...]
 
@@ -113,6 +116,8 @@ def _sender(op: Op, rel: Parts, home: Parts, *, is_dir: bool) -> bool:
         return False
     if op in (Op.LIST, Op.STAT, Op.CREATE, Op.RESUME, Op.RENAME_TO):
         return True
+    if op is Op.DELETE and rel[-1].endswith(REFUSED_SUFFIX):
+        return True  # the publisher's word that a bundle was refused, once read
     return op in (Op.RENAME_FROM, Op.DELETE) and rel[-1].endswith(PARTIAL_SUFFIX)
 
 

@@ -19,6 +19,7 @@ pending until it ends. The signature moves last, so a reader of
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -29,11 +30,14 @@ from airgap.server.audit import AuditLog
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
+from airgap.server.policy import REFUSED_SUFFIX
 from airgap.shared import minisign
 from airgap.shared.bundle import open_manifest
 from airgap.shared.errors import VerificationError
 from airgap.shared.ids import is_bundle_id
 from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest, payload_name
+
+logger = logging.getLogger("airgap.server")
 
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
@@ -204,7 +208,22 @@ class Publisher:
         held.mkdir(mode=0o700, exist_ok=True)
         staging.rename(held / name)
         self.audit.record("quarantine", bundle=bundle_id, area=area.name, reason=reason)
+        if area != self.layout.incoming:
+            _tell_sender(area, bundle_id)
         return Outcome(bundle_id, "quarantined", reason)
+
+
+def _tell_sender(area: Path, bundle_id: str) -> None:
+    """Leave ``ID.refused`` (empty) in the sender's area: its client's next send sees it in a
+    listing, warns, stops counting the bundle's layers as delivered and deletes it. The
+    reason stays with the operator, in the quarantine."""
+    try:
+        fd = os.open(
+            area / (bundle_id + REFUSED_SUFFIX), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644
+        )
+        os.close(fd)
+    except OSError as exc:  # the bundle is quarantined all the same; the sender is not told
+        logger.warning("bundle %s: could not tell its sender: %s", bundle_id, exc.strerror)
 
 
 def _read_small(path: Path, limit: int) -> bytes:

@@ -368,3 +368,48 @@ def test_a_full_tmpdir_in_a_thin_legacy_send_is_named_and_leaves_nothing_behind(
         sent = run_airgap(args, env=side.env("sender"))
         assert sent.returncode == 0, sent.stderr
         assert _omitted(side, json.loads(sent.stdout)["id"])  # thin, as it should be
+
+
+@pytest.mark.docker
+def test_a_bundle_the_appliance_refused_is_carried_again_by_the_next_send(
+    keydir: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    """The appliance quarantines a bundle signed by a key it does not trust and leaves the
+    sender a notice: the next send says so and carries that bundle's layers again, rather
+    than leaving them out for a receiver that never got them."""
+    stranger = tmp_path / "stranger"
+    assert run_airgap(["keygen", "--out", stranger]).returncode == 0
+    with chain_on(docker_client, tmp_path, (1 << 20, 1 << 20)) as made:
+        side = Appliance(keydir, tmp_path, DockerEngine("default", docker_client))
+        try:
+            args = ["send", made.ref(1), *side.where("sender"), "-R", keydir / "recipient.txt"]
+            refused = run_airgap(
+                [*args, "--sign-key", stranger / "signing.key", "--json"], env=side.env("sender")
+            )
+            assert refused.returncode == 0, refused.stderr
+            first = json.loads(refused.stdout)["id"]
+            assert side.server is not None
+            notice = side.server.root / "pub" / "incoming" / "sender" / f"{first}.refused"
+            deadline = time.monotonic() + 30
+            while not notice.exists():
+                assert time.monotonic() < deadline, "the appliance left no notice"
+                time.sleep(0.05)
+
+            again = run_airgap(
+                [args[0], made.ref(2), *args[2:], "--sign-key", keydir / "signing.key", "--json"],
+                env=side.env("sender"),
+            )
+            assert again.returncode == 0, again.stderr
+            assert f"the drop box refused bundle {first}, sent earlier" in again.stderr
+            second = json.loads(again.stdout)["id"]
+            side.published(second)
+            assert not notice.exists()  # read, and gone
+            assert _omitted(side, second) == {}  # all its layers, the first one's too
+            _remove(docker_client, made.repo)
+            fetched = side.fetch()
+            assert fetched.returncode == 0, fetched.stderr
+            assert [b["id"] for b in json.loads(fetched.stdout)["bundles"]] == [second]
+            assert _same_image(side.engine, made.ref(2), made.images[1])
+        finally:
+            if side.server is not None:
+                side.server.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from airgap.client.saved import LayerFile
-from airgap.client.sendledger import SendLedger, audience, summaries
+from airgap.client.sendledger import SendLedger, audience, drop_bundles, summaries
 from airgap.shared import age
 from airgap.shared.errors import StorageError
 from airgap.shared.ids import new_bundle_id
@@ -82,3 +82,28 @@ def test_the_audience_names_recipients_in_a_stable_order() -> None:
     )
     assert audience([]) == ("none",)
     assert audience([age.ScryptRecipient(b"pass")]) == ("passphrase",)
+
+
+def test_a_refused_bundle_stops_counting_in_every_audience_of_its_destination(
+    tmp_path: Path,
+) -> None:
+    box = "ftps://sender@box:2121/"
+    alice, bob = SendLedger(tmp_path, box, ("age1alice",)), SendLedger(tmp_path, box, ("age1bob",))
+    usb = SendLedger(tmp_path, "/media/usb", ("age1alice",))
+    first, other = _manifest(LAYERS[:2]), _manifest(LAYERS[:1])
+    bottom, middle, top = chain_ids(LAYERS)
+    thin = _manifest(LAYERS, (OmittedLayer(bottom, first.id), OmittedLayer(middle, first.id)))
+    for ledger in (alice, usb):
+        ledger.record(first, {})
+        ledger.record(thin, {})
+    bob.record(first, {})
+    bob.record(other, {})
+
+    drop_bundles(tmp_path, box, [first.id])
+    assert alice.far_side().layers == {top: thin.id}  # what the thin bundle leaned on, too
+    assert bob.far_side().layers == {bottom: other.id}  # the same layer, carried by another
+    assert usb.far_side().layers == {bottom: first.id, middle: first.id, top: thin.id}
+    (summary,) = [
+        s for s in summaries(tmp_path) if s.audience == ("age1alice",) and s.destination == box
+    ]
+    assert summary.bundles == (thin.id,)

@@ -177,7 +177,7 @@ def send(
             manifest, transport = sendjob.finish(begun.bundle_id, place, ledgers, quiet=quiet)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
-    by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet)
+    by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet, tell=say)
     try:
         manifest, transport = sendjob.run(recipe, begun, by)
     except ContinueMismatch as exc:

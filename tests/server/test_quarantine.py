@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ftplib
 import os
 from pathlib import Path
 
@@ -39,7 +40,16 @@ def test_untrusted_bundle_takes_its_payload_to_quarantine(serve, tmp_path, keyse
     assert sorted(p.name for p in held.iterdir()) == sorted([*files, "reason.txt"])
     for name, data in files.items():
         assert (held / name).read_bytes() == data
-    assert list((server.root / "pub/incoming/sender").iterdir()) == []
+    # Only the notice for the sender stays: it may list and delete it, never read it.
+    notice = f"{bundle_id}.refused"
+    assert wait_for(lambda: (server.root / "pub/incoming/sender" / notice).exists())
+    assert [p.name for p in (server.root / "pub/incoming/sender").iterdir()] == [notice]
+    client = server.ftp("sender")
+    assert client.nlst() == [notice]
+    with pytest.raises(ftplib.error_perm, match="550"):
+        client.retrbinary(f"RETR {notice}", lambda data: None)
+    client.delete(notice)
+    assert client.nlst() == []
     assert not any((server.root / "pub/outgoing").iterdir())
 
 
@@ -64,7 +74,8 @@ def test_refused_bundle_waits_for_an_open_payload_upload(serve, tmp_path, keyset
     held = quarantined(server)
     assert held is not None
     assert (held / payload).read_bytes() == half
-    assert list((server.root / "pub/incoming/sender").iterdir()) == []
+    left = [p.name for p in (server.root / "pub/incoming/sender").iterdir()]
+    assert left == [f"{bundle_id}.refused"]  # the notice only
 
 
 def test_bundles_in_quarantine_count_against_their_senders_quota(serve, tmp_path, keyset):
