@@ -57,7 +57,7 @@ class ServeConfig:
     min_free_bytes: int = 256 * 1024 * 1024  # refuse uploads below this much free disk
     max_rate: int = 0  # bytes per second, each way, per data connection; 0 = unlimited
     partial_expiry: int = 7 * 24 * 3600  # seconds an unfinished upload may sit; 0 = for ever
-    workers: int = 2  # threads for hashing and publishing
+    workers: int = 2  # threads for hashing and publishing, and as many for password checks
 
 
 #: setting name -> parser of its text (flags and environment) or TOML value.

@@ -121,6 +121,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     busy = BusyFiles()
     hashes = HashCache()  # shared: an upload hashed as it landed is a hit for HASH and publish
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="airgap-worker")
+    logins = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="airgap-login")
     services = ftp.Services(
         config=config,
         layout=layout,
@@ -131,6 +132,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         hashes=hashes,
         audit=audit,
         pool=pool,
+        logins=logins,
         mailbox=ftp.Mailbox(ioloop),
     )
     try:
@@ -159,6 +161,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     say(f"airgap: serving ftp://{_url_host(host)}:{port}/ root={layout.root}")
     _run(server, ioloop)
     # Queued work finishes: the audit records (bytes, sha256) of uploads cut by the stop.
+    logins.shutdown(wait=False, cancel_futures=True)
     pool.shutdown(wait=True, cancel_futures=False)
     audit.record("stop")
     audit.close()

@@ -87,12 +87,20 @@ class Services:
     publisher: Publisher
     hashes: HashCache
     audit: AuditLog
-    pool: ThreadPoolExecutor
+    pool: ThreadPoolExecutor  # hashing and publishing
+    logins: ThreadPoolExecutor  # password checks: never queued behind a long hash
     mailbox: Mailbox
 
-    def run(self, work: Callable[[], Any], done: Callable[[Future[Any]], None]) -> None:
-        """``work`` on a worker thread, then ``done(future)`` back on the IO loop."""
-        future = self.pool.submit(work)
+    def run(
+        self,
+        work: Callable[[], Any],
+        done: Callable[[Future[Any]], None],
+        *,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """``work`` on a worker thread (of ``pool``, else the hashing one), then
+        ``done(future)`` back on the IO loop."""
+        future = (pool or self.pool).submit(work)
         future.add_done_callback(lambda f: self.mailbox.post(lambda: done(f)))
 
     def check_bundle(self, area: Path, bundle_id: str) -> None:

@@ -16,7 +16,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +109,16 @@ class Session(SessionAPI):
             self.services.audit.record("refused", ip=self.remote_ip, reason=reason)
             self.close()
 
-    def _check(self, work: Callable[[], Any], answer: Callable[[Future[Any]], None]) -> None:
-        """Run ``work`` on a worker thread, then ``answer`` on the loop; no command runs in
-        between, whatever the client sends ahead. ``answer`` calls :meth:`_resume` once it has
-        replied (or closes the session)."""
+    def _check(
+        self,
+        work: Callable[[], Any],
+        answer: Callable[[Future[Any]], None],
+        *,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """Run ``work`` on a worker thread (of ``pool``, else the hashing one), then ``answer``
+        on the loop; no command runs in between, whatever the client sends ahead. ``answer``
+        calls :meth:`_resume` once it has replied (or closes the session)."""
         self.del_channel()
         self._held = deque()
 
@@ -130,7 +136,7 @@ class Session(SessionAPI):
             self.add_channel()
             answer(future)
 
-        self.services.run(job, done)
+        self.services.run(job, done, pool=pool)
 
     def _peer_gone(self) -> bool:
         """Whether the client closed its side (the loop does not read while a check waits)."""
@@ -200,7 +206,7 @@ class Session(SessionAPI):
                 anonymous=services.config.anonymous,
             )
 
-        self._check(check, self._login_checked)
+        self._check(check, self._login_checked, pool=services.logins)
 
     def _login_checked(self, future: Future[Principal | None]) -> None:
         ip = self.remote_ip

@@ -114,3 +114,33 @@ def test_a_client_that_reads_no_replies_is_disconnected(serve) -> None:
     assert [r["reason"] for r in _records(server, "refused")] == ["replies not read"], sent
     assert "Traceback" not in server.stderr and "unhandled" not in server.stderr
     server.ftp("receiver").voidcmd("NOOP")
+
+
+SLOW_HASHES = """
+import time
+from airgap.server.hashing import HashCache
+_digest = HashCache.digest
+def _slow(self, *args, **kwargs):
+    time.sleep(6)
+    return _digest(self, *args, **kwargs)
+HashCache.digest = _slow
+"""
+
+
+def test_a_login_never_waits_behind_hashing(serve) -> None:
+    """Found in review: logins shared the two worker threads with HASH and publishing, so two
+    long HASH commands (any sender may ask them of its own big files) held every login up."""
+    server = serve("--tls", "off", prelude=SLOW_HASHES)
+    busy = []
+    for number in range(2):  # as many as there are workers
+        client = server.ftp("sender")
+        stor(client, f"big{number}.part", b"x" * 4096)
+        client.putcmd(f"HASH big{number}.part")  # its reply waits the 6 s
+        busy.append(client)
+    time.sleep(0.5)  # both hashes are running
+    started = time.monotonic()
+    server.ftp("receiver")  # logs in
+    waited = time.monotonic() - started
+    assert waited < 3, f"{waited:.1f} s: the login waited for the hashes"
+    for client in busy:
+        assert client.getresp().startswith("213")
