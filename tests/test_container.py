@@ -39,6 +39,7 @@ import docker
 import pytest
 
 from tests.conftest import build_image, run_airgap
+from tests.server.conftest import start_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -528,3 +529,54 @@ def test_the_client_image_sends_and_fetches_an_image_through_the_engine_socket(
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(tag, force=True)
+
+
+def test_docker_stop_ends_a_send_in_the_client_image_at_once_and_it_resumes(
+    client_image: Any, keydir: Path, tmp_path: Path
+) -> None:
+    """airgap is the client container's PID 1, which the kernel spares every signal it has no
+    handler for: `docker stop` used to wait its 10 s and then kill. It now ends the send as
+    Ctrl-C does (exit 130, the hint to continue), and the same send then completes."""
+    server = start_server(tmp_path / "root", "--tls", "off", "--max-rate", "1000000")
+    name = f"airgap-stop-{uuid.uuid4().hex[:10]}"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.bin").write_bytes(os.urandom(8 << 20))  # 8 s at the appliance's 1 MB/s
+    for key in ("recipient.txt", "signing.key"):
+        shutil.copy(keydir / key, work / key)
+    for path in [work, *work.iterdir()]:
+        os.chown(path, HOST_UID, HOST_UID)
+    url = f"ftp://sender@127.0.0.1:{server.port}/"
+    send = ["send", "--file", "/work/big.bin", "--server", url, "-R", "/work/recipient.txt"]
+    send += ["--sign-key", "/work/signing.key"]
+    command = ["docker", "run", "--network", "host", "--user", f"{HOST_UID}:{HOST_UID}"]
+    command += ["-v", f"{work}:/work", "-e", "AIRGAP_PASSWORD", "-e", "XDG_CACHE_HOME=/work/c"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    env["AIRGAP_PASSWORD"] = server.password("sender")
+    try:
+        subprocess.run([*command, "-d", "--name", name, CLIENT_TAG, *send], env=env, check=True)
+        area = server.root / "pub" / "incoming" / "sender"
+        deadline = time.monotonic() + 60
+        while sum(p.stat().st_size for p in area.glob("*.part")) < 1 << 20:
+            assert time.monotonic() < deadline, "the upload never got going"
+            time.sleep(0.1)
+        started = time.monotonic()
+        subprocess.run(["docker", "stop", "-t", "10", name], check=True, capture_output=True)
+        stopped = time.monotonic() - started
+        state = json.loads(
+            subprocess.run(
+                ["docker", "inspect", name], check=True, capture_output=True, text=True
+            ).stdout
+        )[0]["State"]
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+        assert state["ExitCode"] == 130, logs
+        assert stopped < 5, f"{stopped:.1f} s: docker stop had to kill it"
+        assert "airgap: error: interrupted" in logs and "run the same command again" in logs
+        again = subprocess.run(
+            [*command, "--rm", CLIENT_TAG, *send], env=env, capture_output=True, text=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert "continuing the interrupted send" in again.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        server.stop()
