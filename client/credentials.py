@@ -18,21 +18,27 @@ from airgap.client.ftp import FtpTarget
 from airgap.shared.errors import KeyFileError, UsageError
 
 
+def with_login(target: FtpTarget) -> FtpTarget:
+    """``target`` with its user: a URL without one takes the netrc's login for the host (as
+    ftp(1) and curl do), else ``anonymous``."""
+    if target.user:
+        return target
+    entry = _Netrc.load().entry(target.host)
+    return replace(target, user=entry[0] if entry and entry[0] else "anonymous")
+
+
 def login_for(target: FtpTarget) -> tuple[FtpTarget, str]:
-    """``target`` with its user (as ftp(1) and curl pick one for a URL without), and the
-    password."""
-    if not target.user:
-        entry = _netrc(target.host)
-        target = replace(target, user=entry[0] if entry and entry[0] else "anonymous")
+    """``target`` with its user (:func:`with_login`), and the password."""
+    target = with_login(target)
     return target, password_for(target)
 
 
 def password_for(target: FtpTarget) -> str:
     if "AIRGAP_PASSWORD" in os.environ:
         return os.environ["AIRGAP_PASSWORD"]
-    entry = _netrc(target.host)
-    if entry is not None and entry[0] in ("", target.user) and entry[1]:
-        return entry[1]
+    from_netrc = _Netrc.load().password(target)
+    if from_netrc:
+        return from_netrc
     if target.user == "anonymous":
         return "airgap@"
     if sys.stdin.isatty():
@@ -46,21 +52,35 @@ def password_for(target: FtpTarget) -> str:
     )
 
 
-def _netrc(host: str) -> tuple[str, str] | None:
-    """The netrc's login and password for ``host`` (or its ``default``), either may be ''."""
-    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
-    if not path.exists():
-        return None
-    try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-        mode = path.stat().st_mode
-    except (netrc.NetrcParseError, OSError) as exc:
-        raise KeyFileError(f"{path}: cannot be read as a netrc file") from exc
-    if entry is None:
-        return None
-    if mode & 0o077 and entry[2]:  # as ftp(1) does: a password others can read is not used
-        raise KeyFileError(
-            f"{path} holds a password and others may read or write it",
-            hint=f"chmod 600 {path}",
-        )
-    return entry[0], entry[2]
+class _Netrc:
+    """~/.netrc (or $NETRC), if there is one."""
+
+    def __init__(self, path: Path, parsed: netrc.netrc | None, mode: int) -> None:
+        self.path, self._parsed, self._mode = path, parsed, mode
+
+    @classmethod
+    def load(cls) -> _Netrc:
+        path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+        if not path.exists():
+            return cls(path, None, 0)
+        try:
+            return cls(path, netrc.netrc(str(path)), path.stat().st_mode)
+        except (netrc.NetrcParseError, OSError) as exc:
+            raise KeyFileError(f"{path}: cannot be read as a netrc file") from exc
+
+    def entry(self, host: str) -> tuple[str, str] | None:
+        """The login and password for ``host`` (or the ``default``); either may be ''."""
+        found = self._parsed.authenticators(host) if self._parsed else None
+        return (found[0], found[2]) if found else None
+
+    def password(self, target: FtpTarget) -> str:
+        """The password of ``target``'s user, if the netrc holds it ('' if not)."""
+        entry = self.entry(target.host)
+        if entry is None or entry[0] not in ("", target.user) or not entry[1]:
+            return ""
+        if self._mode & 0o077:  # as ftp(1) does: a password others can read is not used
+            raise KeyFileError(
+                f"{self.path} holds a password and others may read or write it",
+                hint=f"chmod 600 {self.path}",
+            )
+        return entry[1]

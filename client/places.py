@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap.client.credentials import login_for
+from airgap.client.credentials import login_for, with_login
 from airgap.client.ftp import FtpTarget, FtpTransport, check_fingerprint
 from airgap.client.spool import Backoff, SpooledTransport, cache_dir
 from airgap.client.terminal import say
@@ -51,7 +51,7 @@ class Place:
     def describe(self) -> str:
         """The place as a ledger names it: the URL without secrets, or the absolute directory."""
         if self.server is not None:
-            return FtpTarget.parse(self.server).describe()
+            return with_login(FtpTarget.parse(self.server)).describe()
         return str((self.directory or Path()).resolve())
 
     def key(self) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from airgap.client import terminal
+
 
 class Meter:
     def __init__(
@@ -22,6 +24,7 @@ class Meter:
     ) -> None:
         self._bar: tqdm[Any] | None = None
         if not quiet and sys.stderr.isatty():
+            terminal.write = _above_bars  # a retry's news, say, does not tear a bar apart
             self._bar = tqdm(
                 total=total,
                 desc=what,
@@ -64,6 +67,10 @@ class Meter:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _above_bars(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)
 
 
 #: The meter of a transfer nobody watches.

@@ -6,6 +6,9 @@ send to that drop box finds it in a listing: the bundle never reached the receiv
 layers it carried stop counting as delivered in the sender's ledgers (the next send carries
 them again), the person is told, and the notice is deleted. The reason stays with the
 appliance's operator. Other FTP servers never leave one: nothing changes there.
+
+The first send to read a notice takes it up: machines sharing one sender account hear of
+each other's refused bundles, and only the one that sent a bundle has it in its ledgers.
 """
 
 from __future__ import annotations
@@ -19,15 +22,26 @@ from airgap.shared.errors import TransferError
 from airgap.shared.ids import is_bundle_id
 
 REFUSED_SUFFIX = ".refused"
+#: The most notices one send takes up (the appliance keeps at most 100 refused bundles of an
+#: area; a hostile listing could name hundreds of thousands).
+MAX_NOTICES = 100
 
 
 def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list[str]:
-    """The ids of the refused bundles noticed, dropped from the ledgers of ``destination``."""
+    """The ids of the refused bundles noticed, dropped from the ledgers of ``destination``.
+    ``transport`` is asked once, without retries: a server that will not list (some answer
+    450 for an empty folder) has left no notice, and the send goes on."""
+    try:
+        names = transport.list()
+    except TransferError:
+        return []
     refused = sorted(
-        name.removesuffix(REFUSED_SUFFIX)
-        for name in transport.list()
-        if name.endswith(REFUSED_SUFFIX) and is_bundle_id(name.removesuffix(REFUSED_SUFFIX))
-    )
+        {
+            name.removesuffix(REFUSED_SUFFIX)
+            for name in names
+            if name.endswith(REFUSED_SUFFIX) and is_bundle_id(name.removesuffix(REFUSED_SUFFIX))
+        }
+    )[:MAX_NOTICES]
     if refused:
         drop_bundles(ledgers, destination, refused)
     for bundle_id in refused:  # after the ledgers: a notice left there is read again next time

@@ -228,7 +228,8 @@ def _meters(by: Sender, spool: Path | None, size: int) -> Iterator[Meters]:
 
 
 def _refused_before(transport: Transport, by: Sender) -> None:
-    for bundle_id in take_refusals(transport, by.ledgers, by.place.describe()):
+    remote = transport.remote if isinstance(transport, SpooledTransport) else transport
+    for bundle_id in take_refusals(remote, by.ledgers, by.place.describe()):
         by.tell(
             f"airgap: warning: the drop box refused bundle {bundle_id}, sent earlier, so it never "
             "reached the receivers (its operator has the reason); send what it held again "

@@ -139,10 +139,16 @@ class SendLedger:
 
 
 def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str]) -> None:
-    """:meth:`SendLedger.drop` in the ledger of every audience of ``destination``."""
-    for summary in summaries(directory):
-        if summary.destination == destination:
-            SendLedger(directory, destination, summary.audience).drop(bundle_ids)
+    """:meth:`SendLedger.drop` in the ledger of every audience of ``destination`` (one of
+    another destination that cannot be read is not this send's business)."""
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = _read(path)
+        except StorageError:
+            continue
+        if data is not None and data.get("destination") == destination:
+            audience = tuple(data.get("audience", ()))
+            SendLedger(directory, destination, audience).drop(frozenset(bundle_ids))
 
 
 def summaries(directory: Path) -> list[Summary]:

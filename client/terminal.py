@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+
+
+def _print(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+#: How lines reach stderr: once progress bars are drawn, above them (see progress.Meter).
+write: Callable[[str], None] = _print
 
 
 def say(message: str) -> None:
     """Lines for the user on stderr. Errors quote servers and bundles, so nothing but
     printable characters and line breaks reaches the terminal (no escape sequences)."""
-    print("\n".join(printable(line) for line in message.split("\n")), file=sys.stderr, flush=True)
+    write("\n".join(printable(line) for line in message.split("\n")))
 
 
 def printable(text: str) -> str:

@@ -58,9 +58,10 @@ def bundle_id_of(name: str) -> str | None:
 
 
 class _Quarantine(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, delivered: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.delivered = delivered  # a copy of what was published already: no notice
 
 
 class Publisher:
@@ -153,7 +154,7 @@ class Publisher:
                 return outcome
             self._publish(bundle_id, files)
         except _Quarantine as exc:
-            return self._quarantine(bundle_id, area, files, exc.reason)
+            return self._quarantine(bundle_id, area, files, exc.reason, tell=not exc.delivered)
         return Outcome(bundle_id, "published")
 
     def _manifest(self, bundle_id: str, manifest_path: Path, signature_path: Path) -> Manifest:
@@ -188,13 +189,15 @@ class Publisher:
     def _publish(self, bundle_id: str, files: list[Path]) -> None:
         outgoing = self.layout.outgoing
         if any((outgoing / f.name).exists() for f in files):
-            raise _Quarantine("a bundle with this id was published before")
+            raise _Quarantine("a bundle with this id was published before", delivered=True)
         for path in files:  # payload, manifest, signature: the signature last
             path.rename(outgoing / path.name)
         _fsync_dir(outgoing)
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
 
-    def _quarantine(self, bundle_id: str, area: Path, files: list[Path], reason: str) -> Outcome:
+    def _quarantine(
+        self, bundle_id: str, area: Path, files: list[Path], reason: str, *, tell: bool = True
+    ) -> Outcome:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"{bundle_id}-{stamp}-{os.urandom(3).hex()}"
         # Assembled in state/ (same file system, private), then moved in whole with its reason.
@@ -205,10 +208,13 @@ class Publisher:
             if path.exists():
                 path.rename(staging / path.name)
         held = self.layout.quarantine_of(area)
-        held.mkdir(mode=0o700, exist_ok=True)
-        staging.rename(held / name)
+        try:
+            held.mkdir(mode=0o700, exist_ok=True)
+            staging.rename(held / name)
+        except OSError as exc:  # out of the area all the same; the operator must look
+            logger.error("bundle %s: kept in %s, not %s: %s", bundle_id, staging, held, exc)
         self.audit.record("quarantine", bundle=bundle_id, area=area.name, reason=reason)
-        if area != self.layout.incoming:
+        if tell and area != self.layout.incoming:
             _tell_sender(area, bundle_id)
         return Outcome(bundle_id, "quarantined", reason)
 

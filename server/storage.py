@@ -147,7 +147,7 @@ def quarantined(folder: Path, *, weigh: bool) -> int | Refusal:
     try:
         with os.scandir(folder) as entries:
             bundles = list(itertools.islice(entries, MAX_QUARANTINED))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return 0
     if len(bundles) >= MAX_QUARANTINED:
         return Refusal(
@@ -156,9 +156,12 @@ def quarantined(folder: Path, *, weigh: bool) -> int | Refusal:
         )
     total = 0
     for bundle in bundles if weigh else ():
-        if bundle.is_dir(follow_symlinks=False):
-            with os.scandir(bundle.path) as files:
-                total += sum(f.stat(follow_symlinks=False).st_size for f in files)
+        try:
+            if bundle.is_dir(follow_symlinks=False):
+                with os.scandir(bundle.path) as files:
+                    total += sum(f.stat(follow_symlinks=False).st_size for f in files)
+        except OSError:  # the operator removed it meanwhile
+            continue
     return total
 
 

@@ -1,7 +1,8 @@
 """Uploads left behind: a ``.part`` nobody has written for ``--partial-expiry`` seconds is
 deleted, so that an abandoned send stops holding its sender's quota and the disk; so is any
 file of a sender's area that long unwritten (a payload whose manifest and signature never
-came: a whole bundle is published, out of the area, as soon as its signature arrives).
+came: a whole bundle is published, out of the area, as soon as its signature arrives), but
+for the empty ``ID.refused`` notices the publisher leaves there, which wait for the sender.
 
 A sender that comes back later loses nothing it cannot redo: its client asks the size of the
 partial, finds none, and uploads from the start out of its own spool. A file that an upload
@@ -22,8 +23,9 @@ from pathlib import Path
 from airgap.server.audit import AuditLog
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
-from airgap.server.policy import PARTIAL_SUFFIX
+from airgap.server.policy import PARTIAL_SUFFIX, REFUSED_SUFFIX
 from airgap.server.publish import bundle_id_of
+from airgap.shared.ids import is_bundle_id
 
 logger = logging.getLogger("airgap.server")
 
@@ -42,13 +44,20 @@ def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, 
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:  # renamed meanwhile: the upload finished
             continue
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode) or _notice(entry.name, info):
             continue
         group = (str(Path(entry.path).parent), bundle_id_of(entry.name) or entry.name)
         newest[group] = max(newest.get(group, 0.0), info.st_mtime)
         files.append((entry, info, group))
     cutoff = now - older_than
     return [(Path(e.path), info) for e, info, group in files if newest[group] < cutoff]
+
+
+def _notice(name: str, info: os.stat_result) -> bool:
+    """A refusal notice (see :func:`~airgap.server.publish._tell_sender`): it stays until its
+    sender's next send reads it, however long that takes."""
+    head, _, tail = name.partition(".")
+    return info.st_size == 0 and "." + tail == REFUSED_SUFFIX and is_bundle_id(head)
 
 
 def _upload_entries(layout: Layout) -> Iterator[tuple[os.DirEntry[str], bool]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from airgap.client.places import Place
 from tests.conftest import run_airgap
 
 needs_age = pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age")
@@ -455,3 +456,28 @@ def test_end_of_input_at_a_password_prompt_is_a_plain_usage_error(keydir: Path) 
     assert os.waitstatus_to_exitcode(status) == 2, shown
     assert "airgap: error: no password for someone@127.0.0.1: none typed" in shown
     assert "Aborted" not in shown
+
+
+def test_a_netrc_entry_for_another_user_is_not_this_users_business(
+    tmp_path: Path, keydir: Path
+) -> None:
+    """Found in review: the 0600 check ran on any entry for the host, so bob could not log
+    in while the netrc kept alice's password readable; it is alice's password, not his."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password s3cret-alice\n")
+    netrc.chmod(0o644)
+    ls = ["ls", "--server", "ftp://bob@127.0.0.1:9/", "--trust", keydir / "signing.pub"]
+    ran = run_airgap(ls, env={"NETRC": str(netrc), "AIRGAP_RETRIES": "1"})
+    assert ran.returncode == 2, ran.stderr  # no password for bob: not the netrc's complaint
+    assert "no password for bob@127.0.0.1" in ran.stderr and "others may read" not in ran.stderr
+
+
+def test_a_url_without_a_user_names_the_netrc_login_in_the_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine box login sender password pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert Place(server="ftps://box:2121/").describe() == "ftps://sender@box:2121/"
+    assert Place(server="ftps://other:2121/").describe() == "ftps://anonymous@other:2121/"

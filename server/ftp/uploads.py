@@ -61,8 +61,14 @@ class UploadCommands(Session):
         config = self.services.config
         sender = self.principal is not None and self.principal.role is Role.SENDER
         quota = config.quota_bytes if sender else None
-        area = self.services.layout.quarantine_of(Path(path).parent)
-        held = storage.quarantined(area, weigh=bool(quota))
+        # A sender's only: anonymous uploads have no quota, and anyone could fill their count.
+        held = (
+            storage.quarantined(
+                self.services.layout.quarantine_of(Path(path).parent), weigh=bool(quota)
+            )
+            if sender
+            else 0
+        )
         if isinstance(held, storage.Refusal):
             self.respond(held.reply)
             return

@@ -1,0 +1,82 @@
+"""A sender hears of bundles the appliance refused: ``ID.refused`` notices in its area."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from airgap.client.refusals import MAX_NOTICES, take_refusals
+from airgap.client.sendledger import SendLedger
+from airgap.shared.errors import TransferError
+from airgap.shared.ids import new_bundle_id
+from tests.conftest import run_airgap
+from tests.server.conftest import start_server, wait_for
+from tests.test_sendledger import LAYERS, _manifest
+
+
+class _Listing:
+    """A drop box's listing (a unit-test stand-in for the FTP transport)."""
+
+    def __init__(self, names: list[str], *, fails: bool = False) -> None:
+        self.names, self.fails = names, fails
+        self.deleted: list[str] = []
+
+    def list(self) -> list[str]:
+        if self.fails:
+            raise TransferError("listing: 450 No files found")
+        return list(self.names)
+
+    def delete(self, name: str) -> None:
+        self.deleted.append(name)
+
+
+def test_notices_are_read_once_each_and_junk_is_not_one(tmp_path: Path) -> None:
+    box = "ftps://sender@box:2121/"
+    ledger = SendLedger(tmp_path, box, ("age1alice",))
+    sent = _manifest(LAYERS[:1])
+    ledger.record(sent, {})
+    names = [f"{sent.id}.refused", "x.refused", "../y.refused", f"{sent.id}.tar.zst.age.part"]
+    listing = _Listing(names)
+    assert take_refusals(listing, tmp_path, box) == [sent.id]
+    assert listing.deleted == [f"{sent.id}.refused"]
+    assert ledger.far_side().layers == {}
+
+
+def test_a_server_that_will_not_list_has_left_no_notice(tmp_path: Path) -> None:
+    """Some FTP servers answer 450 to a listing of an empty folder: the send goes on."""
+    assert take_refusals(_Listing([], fails=True), tmp_path, "ftp://u@h/") == []
+
+
+def test_a_listing_of_endless_notices_is_taken_up_a_hundred_at_a_time(tmp_path: Path) -> None:
+    names = [f"{new_bundle_id()}.refused" for _ in range(MAX_NOTICES * 3)]
+    listing = _Listing(names)
+    assert len(take_refusals(listing, tmp_path, "ftp://u@h/")) == MAX_NOTICES
+    assert len(listing.deleted) == MAX_NOTICES
+
+
+def test_the_next_send_says_the_appliance_refused_a_bundle(keydir: Path, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger.pub"
+    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
+    stranger.write_text((tmp_path / "k" / "signing.pub").read_text())
+    server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(stranger))
+    try:
+        (tmp_path / "report.txt").write_bytes(os.urandom(10_000))
+        send = ["send", "--file", tmp_path / "report.txt", "-R", keydir / "recipient.txt"]
+        send += ["--server", f"ftp://sender@127.0.0.1:{server.port}/", "--json"]
+        send += ["--sign-key", keydir / "signing.key"]
+        env = {"AIRGAP_PASSWORD": server.password("sender"), "XDG_CACHE_HOME": str(tmp_path)}
+        first = run_airgap(send, env=env)
+        assert first.returncode == 0, first.stderr
+        refused = json.loads(first.stdout)["id"]
+        notice = server.root / "pub" / "incoming" / "sender" / f"{refused}.refused"
+        assert wait_for(notice.exists)
+        second = run_airgap(send, env=env)
+        assert second.returncode == 0, second.stderr
+        assert f"the drop box refused bundle {refused}, sent earlier" in second.stderr
+        assert not notice.exists()
+        third = run_airgap(send, env=env)
+        assert third.returncode == 0, third.stderr
+        assert refused not in third.stderr  # told once (of the second bundle now, refused too)
+    finally:
+        server.stop()
