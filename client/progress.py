@@ -37,6 +37,10 @@ class Meter:
                 position=line,
             )
 
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
     def add(self, count: int) -> None:
         if self._bar is not None:
             self._bar.update(count)
@@ -79,7 +83,7 @@ UNSEEN = Meter("")
 
 def counted(chunks: Iterable[bytes], meter: Meter) -> Iterator[bytes]:
     """``chunks`` unchanged, counted as they pass."""
-    if meter is UNSEEN:
+    if not meter.shown:
         yield from chunks
         return
     for chunk in chunks:
@@ -89,7 +93,7 @@ def counted(chunks: Iterable[bytes], meter: Meter) -> Iterator[bytes]:
 
 def counted_reads(readinto: Callable[[Any], int], meter: Meter) -> Callable[[Any], int]:
     """``readinto`` unchanged, its bytes counted."""
-    if meter is UNSEEN:
+    if not meter.shown:
         return readinto
 
     def read(buffer: Any) -> int:
