@@ -35,6 +35,9 @@ class Meter:
                 dynamic_ncols=True,
                 leave=False,
                 position=line,
+                # tqdm's own pacing, learnt from the first updates, stalls an upload's bar:
+                # its first megabytes fill socket buffers at memory speed. Redraw by time.
+                miniters=1,
             )
 
     @property

@@ -6,6 +6,7 @@ appliance slowed to 4 MB/s, so that the upload outlasts the encoding."""
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -15,9 +16,13 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
+from airgap.client.progress import Meter
 from tests.conftest import run_airgap
 from tests.server.conftest import start_server
 from tests.test_remote import _env, _wait_for
@@ -138,3 +143,24 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
             ).read_bytes()
     finally:
         server.stop()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_keeps_redrawing_after_a_fast_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in CI: an upload's first megabytes fill socket buffers at memory speed, tqdm's
+    own pacing then waited for as many again before it redrew, and the bar sat at 34%."""
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    with Meter("uploading", quiet=False, total=12_000_000) as meter:
+        meter.add(4_000_000)
+        time.sleep(0.12)
+        meter.add(1 << 20)
+        before = screen.getvalue().count("\r")
+        for _ in range(5):
+            time.sleep(0.15)
+            meter.add(256 << 10)
+        assert screen.getvalue().count("\r") - before >= 4
