@@ -68,6 +68,13 @@ def _percentages(text: str, what: str) -> list[int]:
     return [int(p) for p in re.findall(rf"{what}:\s+(\d+)%\|", text)]
 
 
+def _moved(text: str, what: str) -> bool:
+    """The bar showed its total (a percentage) at two points or more of the transfer. Not
+    more: twice in CI the upload's frames stopped at 34% of a 3 s upload that then completed
+    (likely the throttled server stalling and then catching up in one burst: not proven)."""
+    return len(set(_percentages(text, what))) >= 2
+
+
 def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
     server = start_server(
         tmp_path / "root",
@@ -95,8 +102,7 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
         assert code == 0, shown
         bundle_id = json.loads(stdout)["id"]  # the bars stay off stdout
         assert "encoding:" in shown
-        uploading = _percentages(shown, "uploading")
-        assert uploading and max(uploading) >= 50, shown[-2000:]  # its total became known
+        assert _moved(shown, "uploading"), shown[-2000:]  # its total became known
         assert re.search(r"uploading:.*\[\d\d:\d\d<\d\d:\d\d, +[\d.]+MB/s\]", shown), shown[-2000:]
 
         quiet_code, quiet_out, quiet_shown = _on_a_terminal([*send, "--quiet", "--json"], sender)
@@ -119,8 +125,7 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
             [*fetch, bundle_id, "--output-dir", tmp_path / "one"], receiver
         )
         assert code == 0, shown
-        downloading = _percentages(shown, "downloading")
-        assert downloading and max(downloading) >= 50, shown[-2000:]
+        assert _moved(shown, "downloading"), shown[-2000:]
         # Plaintext comes a verified segment at a time: here one, at the end of the download.
         assert _percentages(shown, "unpacking"), shown[-2000:]
 
@@ -128,7 +133,7 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
         verify = ["verify", *fetch[1:], second, "--json"]
         code, verified, shown = _on_a_terminal(verify, receiver)
         assert code == 0 and json.loads(verified)["bundles"][0]["id"] == second, shown
-        assert max(_percentages(shown, "verifying")) >= 50, shown[-2000:]
+        assert _moved(shown, "verifying"), shown[-2000:]
 
         unseen = run_airgap(
             [*fetch, second, "--output-dir", tmp_path / "two", "--json"], env=receiver
