@@ -174,7 +174,9 @@ def _run(server: ftp.Listener, ioloop: object) -> None:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever(timeout=1.0, blocking=True, handle_exit=True)
+        # No fixed poll timeout: pyftpdlib then waits only until its next scheduled call (a
+        # throttle's resume, a login's delay) instead of up to a second past it.
+        server.serve_forever(timeout=None, blocking=True, handle_exit=True)
     except KeyboardInterrupt:
         pass
     finally:

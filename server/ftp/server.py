@@ -55,7 +55,9 @@ class Listener(Protocol):
 
     socket: socket.socket
 
-    def serve_forever(self, *, timeout: float, blocking: bool, handle_exit: bool) -> None: ...
+    def serve_forever(
+        self, *, timeout: float | None, blocking: bool, handle_exit: bool
+    ) -> None: ...
 
     def close_all(self) -> None: ...
 
