@@ -15,6 +15,7 @@ It never retries: deciding what to do after a failure is the caller's business.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ftplib
 import hashlib
 import hmac
@@ -22,6 +23,8 @@ import io
 import re
 import socket
 import ssl
+import sys
+import termios
 import time
 import weakref
 from collections.abc import Iterator
@@ -480,6 +483,15 @@ class _DataWriter(_DataConnection):
         except OSError as exc:
             raise self._failed(exc) from exc
         return len(data)
+
+    def unsent(self) -> int:
+        """Bytes written that the server has not yet received (the socket's send queue: up
+        to megabytes, seconds of a slow link): Linux's SIOCOUTQ, 0 once closed."""
+        try:
+            queue = fcntl.ioctl(self._conn.fileno(), termios.TIOCOUTQ, bytes(4))
+        except (OSError, ValueError):
+            return 0
+        return max(0, int.from_bytes(queue, sys.byteorder, signed=True))
 
 
 class UnknownHost(TransferError):

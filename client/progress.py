@@ -48,6 +48,11 @@ class Meter:
         if self._bar is not None:
             self._bar.update(count)
 
+    def advance(self, count: int) -> None:
+        """Forward to ``count`` (never back), redrawn at the bar's pace as :meth:`add` is."""
+        if self._bar is not None and count > self._bar.n:
+            self._bar.update(count - self._bar.n)
+
     def reach(self, count: int) -> None:
         """Where a transfer (re)starts: the bytes a resumed one does not send again."""
         if self._bar is not None and self._bar.n != count:

@@ -33,6 +33,8 @@ from airgap.shared.errors import StorageError, TransferError
 from airgap.shared.pipeline import interrupted
 
 CHUNK = 1 << 20
+#: Seconds an upload's unsent bytes may stand still before the bar stops following them.
+FOLLOW_STALL = 10.0
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,7 @@ class _Uploader:
         digest = self._hash_prefix(offset) if server and not self._vouching else None
         with self.local.open("rb") as source, remote.writer(self.partial, offset=offset) as out:
             source.seek(offset)
+            queue = _queue_of(out) if self.meter.shown else None
             while True:
                 if self._aborted.is_set():
                     raise _Aborted
@@ -432,13 +435,16 @@ class _Uploader:
                     if digest is not None:
                         digest.update(chunk)
                     out.write(chunk)
+                    out.flush()  # on the network, where the bar can see it
                     self.owner.sent += len(chunk)
-                    self.meter.add(len(chunk))
+                    self.meter.advance(source.tell() - (queue.unsent() if queue else 0))
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
                     break
                 else:
                     with self._grown:
                         self._grown.wait(0.2)
+            if queue is not None:
+                self._follow(queue, source.tell())
         if self._vouching and self.vouched is None:
             raise UploadRefused(f"uploading {self.name}: closed before its sha256 was given")
         expected = digest.hexdigest() if digest is not None else self.vouched
@@ -446,6 +452,23 @@ class _Uploader:
             self._check_hash(server, expected)
         if self.final:
             remote.rename(self.partial, self.final)
+
+    def _follow(self, queue: _Queued, end: int) -> None:
+        """Past the last write, the bar follows what the server has yet to receive: seconds
+        of a slow link, or of a throttled server. Until the queue empties, or stops moving
+        (closing then waits for the server's reply, and its timeout)."""
+        left, moved = queue.unsent(), time.monotonic()
+        while left and not interrupted():
+            self.meter.advance(end - left)
+            if self._aborted.wait(0.1):
+                raise _Aborted
+            now = queue.unsent()
+            if now < left:
+                moved = time.monotonic()
+            elif time.monotonic() - moved > FOLLOW_STALL:
+                return
+            left = now
+        self.meter.advance(end)
 
     def _room(self, at: int) -> int:
         if self._limit is None or self.finished.is_set():
@@ -480,6 +503,17 @@ class _Hashing(Protocol):
     def features(self) -> set[str]: ...
 
     def hash(self, name: str) -> str | None: ...
+
+
+@runtime_checkable
+class _Queued(Protocol):
+    def unsent(self) -> int: ...
+
+
+def _queue_of(out: object) -> _Queued | None:
+    """The connection under ``out``, if it can tell what it has not yet delivered."""
+    raw = getattr(out, "raw", None)
+    return raw if isinstance(raw, _Queued) else None
 
 
 def _hashing(remote: Transport) -> _Hashing | None:

@@ -69,9 +69,7 @@ def _percentages(text: str, what: str) -> list[int]:
 
 
 def _moved(text: str, what: str) -> bool:
-    """The bar showed its total (a percentage) at two points or more of the transfer. Not
-    more: twice in CI the upload's frames stopped at 34% of a 3 s upload that then completed
-    (likely the throttled server stalling and then catching up in one burst: not proven)."""
+    """The bar showed its total (a percentage) at two points or more of the transfer."""
     return len(set(_percentages(text, what))) >= 2
 
 
@@ -102,9 +100,10 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
         assert code == 0, shown
         bundle_id = json.loads(stdout)["id"]  # the bars stay off stdout
         assert "encoding:" in shown
-        # Its total became known. Not yet also "moved": in CI its frames stop at 34% about
-        # every other run while the send completes (open: see the session 7 note).
-        assert _percentages(shown, "uploading"), shown[-2000:]
+        assert _moved(shown, "uploading"), shown[-2000:]
+        # Until the end: in CI its frames once stopped at 34%, the rest of the upload hidden
+        # in socket buffers and then in the wait for the server's reply.
+        assert max(_percentages(shown, "uploading")) >= 85, shown[-2000:]
         assert re.search(r"uploading:.*\[\d\d:\d\d<\d\d:\d\d, +[\d.]+MB/s\]", shown), shown[-2000:]
 
         quiet_code, quiet_out, quiet_shown = _on_a_terminal([*send, "--quiet", "--json"], sender)
