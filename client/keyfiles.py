@@ -121,24 +121,36 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
             hint="use --force to replace them (the old keys are lost), or another directory",
         )
     private_dir(directory)
+    staged: list[tuple[Path, Path]] = []
     try:
-        for key_file in files:
+        for key_file in files:  # every file written and synced first, then all renamed
             path = directory / key_file.name
             private_dir(path.parent)
-            _write_atomically(path, key_file.text.encode(), key_file.mode)
+            staged.append((_staged(path, key_file.text.encode(), key_file.mode), path))
+        for tmp, path in staged:
+            tmp.replace(path)
     except OSError as exc:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise StorageError(f"writing keys to {directory}: {exc.strerror or exc}") from exc
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+def _staged(path: Path, data: bytes, mode: int) -> Path:
+    """``data`` in a hidden file beside ``path``, on disk: renamed over ``path``, it is whole."""
     tmp = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed it; never widened a secret
-        os.write(fd, data)
+        left = memoryview(data)
+        while left:
+            left = left[os.write(fd, left) :]
         os.fsync(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
-    tmp.replace(path)
+    return tmp

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from airgap.client.places import Place
-from tests.conftest import run_airgap
+from tests.conftest import run_airgap, small_disk
 
 needs_age = pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age")
 needs_minisign = pytest.mark.skipif(shutil.which("minisign") is None, reason="needs minisign")
@@ -75,6 +75,16 @@ def test_keygen_writes_secret_files_0600_and_refuses_to_overwrite(tmp_path: Path
     forced = run_airgap(["keygen", "--out", out, "--force"])
     assert forced.returncode == 0
     assert (out / "identity.txt").read_bytes() != before["identity.txt"]
+
+
+def test_keygen_on_a_full_disk_writes_no_key_at_all(tmp_path: Path) -> None:
+    """Room for two of the four files: none is left behind, so the next keygen (once there is
+    room) is not refused for keys that half exist."""
+    with small_disk(tmp_path / "disk", "8k") as disk:
+        made = run_airgap(["keygen", "--out", disk / "keys"])
+        assert made.returncode == 1, made.stderr
+        assert "No space left on device" in made.stderr, made.stderr
+        assert sorted(p.name for p in (disk / "keys").iterdir()) == []
 
 
 @needs_age
