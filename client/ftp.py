@@ -152,8 +152,19 @@ def _no_delay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def check_pin(target: FtpTarget, pin: str | None) -> None:
+    """Refuse an ftps:// URL without a pin, or a pin that cannot be one, before anything
+    connects (or asks for a password)."""
+    if target.scheme == "ftps" and pin is None:
+        raise UsageError(
+            "ftps:// needs the appliance's certificate fingerprint",
+            hint="pass --tls-fingerprint sha256:... as airgap serve printed it",
+        )
+    check_fingerprint(pin)
+
+
 def check_fingerprint(pin: str | None) -> None:
-    """Refuse a pin that cannot be one before anything connects (or asks for a password)."""
+    """Refuse a pin that cannot be one."""
     if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin, re.IGNORECASE):
         raise UsageError(
             f"--tls-fingerprint {pin!r} is not sha256: and 64 hex digits",
@@ -174,12 +185,7 @@ class FtpTransport:
         pin: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if target.scheme == "ftps" and pin is None:
-            raise UsageError(
-                "ftps:// needs the appliance's certificate fingerprint",
-                hint="pass --tls-fingerprint sha256:... as airgap serve printed it",
-            )
-        check_fingerprint(pin)
+        check_pin(target, pin)
         self.target = target
         self._password = password
         self._pin = pin.lower() if pin else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.client.credentials import login_for, with_login
-from airgap.client.ftp import FtpTarget, FtpTransport, check_fingerprint
+from airgap.client.ftp import FtpTarget, FtpTransport, check_pin
 from airgap.client.spool import Backoff, SpooledTransport, cache_dir
 from airgap.client.terminal import say
 from airgap.client.transport import DirectoryTransport, Transport
@@ -34,11 +34,15 @@ class Place:
                 hint=f"{flag} /media/usb for removable media, --server ftps://user@host:2121/ "
                 "for a drop box",
             )
-        if self.fingerprint and (self.server or "").lower().startswith("ftp://"):
-            raise UsageError(
-                "--tls-fingerprint pins the certificate of an ftps:// server; this URL is ftp://",
-                hint="use ftps://, which the pin then checks",
-            )
+        if self.server is not None:
+            target = FtpTarget.parse(self.server)
+            if self.fingerprint and target.scheme == "ftp":
+                raise UsageError(
+                    "--tls-fingerprint pins the certificate of an ftps:// server; this URL is "
+                    "ftp://",
+                    hint="use ftps://, which the pin then checks",
+                )
+            check_pin(target, self.fingerprint)
         if self.directory is not None and not self.directory.is_dir():
             if self.directory.exists():
                 raise UsageError(f"{flag} {self.directory}: not a directory")
@@ -66,7 +70,6 @@ def open_place(place: Place, flag: str, *, spool: Path | None = None) -> Transpo
     if place.directory is not None:
         return DirectoryTransport(place.directory)
     target = FtpTarget.parse(place.server or "")
-    check_fingerprint(place.fingerprint)
     target, password = login_for(target)
     remote = FtpTransport(target, password, pin=place.fingerprint)
     folder = spool or cache_dir() / "fetch" / place.key()

@@ -119,6 +119,7 @@ def test_init_makes_its_folders_private_whatever_the_umask(tmp_path: Path) -> No
         (["--server", "sftp://sender@dropbox/"], "is not an ftp:// or ftps:// URL"),
         (["--server", "ftp://s@h/", "--tls-fingerprint", "sha256:" + "ab" * 32], "is ftp://"),
         (["--server", "ftps://s@h/", "--tls-fingerprint", "sha256:ab"], "64 hex digits"),
+        (["--server", "ftps://s@h/"], "needs the appliance's certificate fingerprint"),
         (["--tls-fingerprint", "sha256:" + "ab" * 32], "the --server it goes with"),
     ],
 )
@@ -144,3 +145,21 @@ def test_init_writes_all_or_nothing_and_says_how_a_dir_is_read(tmp_path: Path) -
         "AIRGAP_CONFIG"
         not in run_airgap(["init", "--role", "sender", "--force"], env=default).stderr
     )
+
+
+def test_init_writes_the_file_airgap_config_names(tmp_path: Path) -> None:
+    """Whatever it is called: before, init wrote config.toml beside it and every command then
+    read the named file, which did not exist, and ran with no settings at all."""
+    named = tmp_path / "side" / "client.toml"
+    env = {"AIRGAP_CONFIG": str(named), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    made = run_airgap(["init", "--role", "sender"], env=env)
+    assert made.returncode == 0, made.stderr
+    assert "wrote keys and client.toml" in made.stderr
+    assert named.is_file() and not (named.parent / "config.toml").exists()
+    (tmp_path / "notes.txt").write_text("configured")
+    (tmp_path / "usb").mkdir()
+    sent = run_airgap(
+        ["send", "--file", tmp_path / "notes.txt", "--to", tmp_path / "usb", "--no-encrypt"],
+        env=env,
+    )
+    assert sent.returncode == 0, sent.stderr  # its signing key came from client.toml

@@ -11,7 +11,6 @@ import typer
 
 from airgap.client import config, keyfiles
 from airgap.client.cli.app import FingerprintOption, app, guarded, secret
-from airgap.client.ftp import FtpTarget, check_fingerprint
 from airgap.client.places import Place
 from airgap.client.private import private_dir
 from airgap.client.terminal import say
@@ -58,26 +57,25 @@ def init(
     if role not in ("sender", "receiver"):
         raise UsageError("--role is sender or receiver")
     if server is not None:
-        FtpTarget.parse(server)
         Place(server=server, fingerprint=fingerprint).check("--to")
     elif fingerprint is not None:
         raise UsageError("--tls-fingerprint pins the certificate of the --server it goes with")
-    check_fingerprint(fingerprint)
     chosen = directory
-    directory = directory or config.default_path().parent
+    # AIRGAP_CONFIG names the file itself, whatever it is called.
+    made = directory / "config.toml" if directory else config.default_path()
+    directory = made.parent
     text = config.initial_text(role=role, server=server, fingerprint=fingerprint)
     keys = KeySet.generate()
     files = [replace(f, name=f"keys/{f.name}") for f in keys.files(created=datetime.now(UTC))]
     files += [
-        KeyFile("config.toml", text, 0o644),
+        KeyFile(made.name, text, 0o644),
         KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
     ]
     keyfiles.write_key_files(directory, files, force=force)
     private_dir(directory / "trusted")
-    say(f"wrote keys and config.toml to {directory}")
-    made = (directory / "config.toml").absolute()
-    if chosen is not None and made != config.default_path().absolute():
-        say(f"airgap reads it with AIRGAP_CONFIG={made} set")
+    say(f"wrote keys and {made.name} to {directory}")
+    if chosen is not None and made.absolute() != config.default_path().absolute():
+        say(f"airgap reads it with AIRGAP_CONFIG={made.absolute()} set")
     if role == "sender":
         say(f"carry {directory}/keys/signing.pub to each receiver (into its trusted/);")
         say(f"put each receiver's recipient line into {directory}/recipients.txt")
