@@ -89,6 +89,51 @@ def test_a_resume_that_cannot_repeat_its_bytes_never_invents_a_passphrase(
         assert published == []
 
 
+def test_a_wholly_encoded_send_resumes_only_to_its_own_drop_box(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Its manifest and payload are in the spool: it would have been published elsewhere."""
+    (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
+    with vsftpd.running(tmp_path / "ftp") as ftp:
+        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
+        bundle_id = _interrupted(tmp_path)
+        spool = tmp_path / "cache" / "airgap" / "send" / bundle_id
+        assert (spool / f"{bundle_id}.manifest.json").exists()  # wholly encoded
+        elsewhere = run_airgap(
+            ["send", "--resume", bundle_id, "--server", f"ftp://{ftp.user}@127.0.0.1:1/"],
+            env=_env(tmp_path, ftp.password),
+        )
+        assert elsewhere.returncode == 2, elsewhere.stderr
+        assert f"was being sent to ftp://{ftp.user}@127.0.0.1:{ftp.port}" in elsewhere.stderr
+        resumed = _send(ftp, keydir, tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["id"] == bundle_id
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        ["--server", "ftps://u@127.0.0.1:1/"],
+        ["--server", "ftps://u@127.0.0.1:1/", "--tls-fingerprint", "sha256:ab"],
+        ["--server", "ftp://u@127.0.0.1:1/", "--tls-fingerprint", "sha256:" + "ab" * 32],
+        ["--server", "ftp://u@127.0.0.1:99999/"],
+    ],
+)
+def test_a_send_refused_for_its_options_leaves_no_spool(
+    server: list[str], keydir: Path, tmp_path: Path
+) -> None:
+    """Else the next run announced "continuing the interrupted send" of one never begun."""
+    (tmp_path / "report.txt").write_text("report")
+    keys = ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
+    sent = run_airgap(
+        ["send", "--file", tmp_path / "report.txt", *server, *keys], env=_env(tmp_path, "pw")
+    )
+    assert sent.returncode == 2, sent.stderr
+    assert not (tmp_path / "cache" / "airgap" / "send").exists() or not list(
+        (tmp_path / "cache" / "airgap" / "send").iterdir()
+    )
+
+
 @pytest.mark.parametrize("value", ["../../etc", "x"])
 def test_resume_takes_only_a_bundle_id(value: str, keydir: Path, tmp_path: Path) -> None:
     bad = run_airgap(["send", "--resume", value, "--server", "ftp://u@127.0.0.1:1/"])

@@ -97,6 +97,7 @@ def send(
     `airgap ledger show`) or that --base images hold are left out."""
     cfg = config.load().send
     place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    place.check("--to")  # a usage error leaves nothing behind, no spool among it
     ledgers = (state_dir or default_state_dir()) / "sent"
     started = time.monotonic()
     stored: Recipe | None = None  # what an interrupted send, resumed by id, was asked to do
@@ -105,16 +106,21 @@ def send(
             raise UsageError(f"--resume {resume!r} is not a bundle id")
         if send_spool(resume).is_dir() and not claim(send_spool(resume)):
             raise UsageError(f"bundle {resume} is being sent by another airgap right now")
-        if sendjob.encoded(resume):
-            manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet)
-            _sent(manifest, transport, time.monotonic() - started, as_json)
-            return
         stored = sendjob.unfinished(resume)
         if stored is None or place.server is None:
             raise UsageError(
                 f"no unfinished send {resume} to a drop box here",
                 hint="airgap send --resume ID --server URL, with the id its error printed",
             )
+        if place.describe() != stored.destination:
+            raise UsageError(
+                f"bundle {resume} was being sent to {stored.destination}",
+                hint="resume it with that --server URL",
+            )
+        if sendjob.encoded(resume):
+            manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet)
+            _sent(manifest, transport, time.monotonic() - started, as_json)
+            return
         images, file = list(stored.images), [Path(p) for p in stored.files]
         full, base, level = stored.full, list(stored.bases), stored.level
     if bool(images) == bool(file):
@@ -149,11 +155,6 @@ def send(
         bases=tuple(bases),
     )
     if resume is not None and stored is not None:
-        if recipe.destination != stored.destination:
-            raise UsageError(
-                f"bundle {resume} was being sent to {stored.destination}",
-                hint="resume it with that --server URL",
-            )
         if recipe.audience != stored.audience:
             raise UsageError(
                 f"bundle {resume} was being encrypted to other recipients",
