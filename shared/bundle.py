@@ -214,13 +214,17 @@ def decode(
         # Decompressed on another thread: a piece must outlive the reading of the next one.
         payload: Iterable[bytes | bytearray] = map(bytes, pieces)
     else:
+        if manifest.encryption.passphrase and not any(
+            isinstance(i, age.ScryptIdentity) for i in identities
+        ):  # an identity (a configured one, say) cannot open it: say what can
+            raise UsageError(
+                "the bundle is encrypted to a passphrase, and none was given",
+                hint="set AIRGAP_PASSPHRASE",
+            )
         if not identities:
-            to_passphrase = manifest.encryption.passphrase
             raise UsageError(
                 "the bundle is encrypted and there is no identity to decrypt it",
-                hint="set AIRGAP_PASSPHRASE: it is encrypted to a passphrase"
-                if to_passphrase
-                else "pass --identity identity.txt",
+                hint="pass --identity identity.txt",
             )
         payload = run(pieces, age.AgeDecryptor(identities))
     with closing(threaded(payload, [zstd_decompress])) as chunks:  # stops the threads on any exit

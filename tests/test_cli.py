@@ -324,10 +324,13 @@ def test_a_passphrase_bundle_without_a_passphrase_says_so(tmp_path: Path, keydir
     )
     assert sent.returncode == 0, sent.stderr
     fetch = ["fetch", "--from", tmp_path / "drop", "--trust", keydir / "signing.pub"]
-    fetched = run_airgap([*fetch, "--output-dir", tmp_path / "out", "--state-dir", tmp_path / "s"])
-    assert fetched.returncode == 2, fetched.stderr
-    assert "no identity to decrypt it" in fetched.stderr
-    assert "set AIRGAP_PASSPHRASE: it is encrypted to a passphrase" in fetched.stderr
+    fetch += ["--output-dir", tmp_path / "out", "--state-dir", tmp_path / "s"]
+    # With an identity too (init configures one): it cannot open a passphrase bundle.
+    for identity in ([], ["-i", keydir / "identity.txt"]):
+        fetched = run_airgap([*fetch, *identity])
+        assert fetched.returncode == 2, fetched.stderr
+        assert "encrypted to a passphrase, and none was given" in fetched.stderr
+        assert "hint: set AIRGAP_PASSPHRASE" in fetched.stderr
 
 
 def test_an_unknown_host_is_not_retried_and_retries_are_told(keydir: Path) -> None:
