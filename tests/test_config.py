@@ -163,3 +163,20 @@ def test_init_writes_the_file_airgap_config_names(tmp_path: Path) -> None:
         env=env,
     )
     assert sent.returncode == 0, sent.stderr  # its signing key came from client.toml
+
+
+def test_verify_decrypts_with_the_configured_identity(tmp_path: Path, keydir: Path) -> None:
+    """As fetch does: a bundle this side cannot open is not "verified" by a plain verify."""
+    sender = _init(tmp_path / "s", "sender")
+    receiver = _init(tmp_path / "r", "receiver")
+    _exchange(tmp_path / "s", tmp_path / "r")
+    (tmp_path / "notes.txt").write_text("for another receiver")
+    (tmp_path / "usb").mkdir()
+    other = ["-R", keydir / "recipient.txt"]
+    sent = run_airgap(
+        ["send", "--file", tmp_path / "notes.txt", "--to", tmp_path / "usb", *other], env=sender
+    )
+    assert sent.returncode == 0, sent.stderr
+    verified = run_airgap(["verify", "--from", tmp_path / "usb"], env=receiver)
+    assert verified.returncode == 3, verified.stderr
+    assert "no identity opens the age file key" in verified.stderr

@@ -370,9 +370,11 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Check bundles without importing (with --identity, decrypt and check the plaintext too)."""
+    """Check bundles without importing; with an identity (--identity, or the configured one)
+    or AIRGAP_PASSPHRASE, decrypt and check the plaintext too."""
     cfg = config.load().fetch
     trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
+    identity = identity or list(cfg.identity)
     place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
     transport = open_place(place, "--from")
     try:
