@@ -7,13 +7,15 @@ layers it carried stop counting as delivered in the sender's ledgers (the next s
 them again), the person is told, and the notice is deleted. The reason stays with the
 appliance's operator. Other FTP servers never leave one: nothing changes there.
 
-The first send to read a notice takes it up: machines sharing one sender account hear of
-each other's refused bundles, and only the one that sent a bundle has it in its ledgers.
+The first send to read a notice takes it up. Where machines share one sender account, that
+may be another machine than the one that sent the bundle, whose ledgers alone hold it: the
+person is then told that the bundle's layers may still count as delivered there.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.client.sendledger import drop_bundles
@@ -27,8 +29,14 @@ REFUSED_SUFFIX = ".refused"
 MAX_NOTICES = 100
 
 
-def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list[str]:
-    """The ids of the refused bundles noticed, dropped from the ledgers of ``destination``.
+@dataclass(frozen=True)
+class Notice:
+    bundle_id: str
+    ours: bool  # this machine's ledgers held the bundle (an image bundle sent from here)
+
+
+def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list[Notice]:
+    """The refused bundles noticed, dropped from the ledgers of ``destination``.
     ``transport`` is asked once, without retries: a server that will not list (some answer
     450 for an empty folder) has left no notice, and the send goes on."""
     try:
@@ -42,9 +50,8 @@ def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list
             if name.endswith(REFUSED_SUFFIX) and is_bundle_id(name.removesuffix(REFUSED_SUFFIX))
         }
     )[:MAX_NOTICES]
-    if refused:
-        drop_bundles(ledgers, destination, refused)
+    held = drop_bundles(ledgers, destination, refused) if refused else set()
     for bundle_id in refused:  # after the ledgers: a notice left there is read again next time
         with contextlib.suppress(TransferError):
             transport.delete(bundle_id + REFUSED_SUFFIX)
-    return refused
+    return [Notice(bundle_id, bundle_id in held) for bundle_id in refused]

@@ -229,11 +229,17 @@ def _meters(by: Sender, spool: Path | None, size: int) -> Iterator[Meters]:
 
 def _refused_before(transport: Transport, by: Sender) -> None:
     remote = transport.remote if isinstance(transport, SpooledTransport) else transport
-    for bundle_id in take_refusals(remote, by.ledgers, by.place.describe()):
+    for notice in take_refusals(remote, by.ledgers, by.place.describe()):
         by.tell(
-            f"airgap: warning: the drop box refused bundle {bundle_id}, sent earlier, so it never "
-            "reached the receivers (its operator has the reason); send what it held again "
-            "(no later send leaves its layers out)"
+            f"airgap: warning: the drop box refused bundle {notice.bundle_id}, sent earlier, so "
+            "it never reached the receivers (its operator has the reason); send what it held "
+            + (
+                "again (no later send from here leaves its layers out)"
+                if notice.ours
+                else "again. This machine's ledgers do not hold it: if another machine sent it "
+                "with this account, its ledger still counts the bundle's layers as delivered "
+                "(send its images from there with --full)"
+            )
         )
 
 

@@ -104,16 +104,19 @@ class SendLedger:
             )
             _write(self.path, data)
 
-    def drop(self, bundle_ids: Collection[str]) -> None:
+    def drop(self, bundle_ids: Collection[str]) -> set[str]:
         """Those bundles never reached the far side (the drop box refused them): the layers
-        they carried, as the ledger has it, are no longer counted as there."""
+        they carried, as the ledger has it, are no longer counted as there. Returns those of
+        them the ledger held."""
         with self._locked():
             data = _read(self.path)
             if data is None:
-                return
+                return set()
+            held = set(data["bundles"]) & set(bundle_ids)
             data["layers"] = {c: b for c, b in data["layers"].items() if b not in bundle_ids}
             data["bundles"] = [b for b in data["bundles"] if b not in bundle_ids]
             _write(self.path, data)
+            return held
 
     def forget(self) -> bool:
         try:
@@ -138,9 +141,11 @@ class SendLedger:
             os.close(fd)
 
 
-def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str]) -> None:
+def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str]) -> set[str]:
     """:meth:`SendLedger.drop` in the ledger of every audience of ``destination`` (one of
-    another destination that cannot be read is not this send's business)."""
+    another destination that cannot be read is not this send's business); returns the
+    bundles some ledger held."""
+    held: set[str] = set()
     for path in sorted(directory.glob("*.json")):
         try:
             data = _read(path)
@@ -148,7 +153,8 @@ def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str])
             continue
         if data is not None and data.get("destination") == destination:
             audience = tuple(data.get("audience", ()))
-            SendLedger(directory, destination, audience).drop(frozenset(bundle_ids))
+            held |= SendLedger(directory, destination, audience).drop(frozenset(bundle_ids))
+    return held
 
 
 def summaries(directory: Path) -> list[Summary]:

@@ -170,7 +170,10 @@ def load_config(
     for source, layer in layers:
         for key, value in layer.items():
             if key not in SETTINGS:
-                raise UsageError(f"{source}: unknown setting {key!r}")
+                raise UsageError(
+                    f"{source}: unknown setting {key.replace('_', '-')!r}",
+                    hint=f"the settings: {', '.join(k.replace('_', '-') for k in SETTINGS)}",
+                )
             merged[key] = (source, value)
     values: dict[str, Any] = {}
     for key, (source, raw) in merged.items():

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from airgap.client.refusals import MAX_NOTICES, take_refusals
+from airgap.client.refusals import MAX_NOTICES, Notice, take_refusals
 from airgap.client.sendledger import SendLedger
 from airgap.shared.errors import TransferError
 from airgap.shared.ids import new_bundle_id
@@ -38,9 +38,18 @@ def test_notices_are_read_once_each_and_junk_is_not_one(tmp_path: Path) -> None:
     ledger.record(sent, {})
     names = [f"{sent.id}.refused", "x.refused", "../y.refused", f"{sent.id}.tar.zst.age.part"]
     listing = _Listing(names)
-    assert take_refusals(listing, tmp_path, box) == [sent.id]
+    assert take_refusals(listing, tmp_path, box) == [Notice(sent.id, ours=True)]
     assert listing.deleted == [f"{sent.id}.refused"]
     assert ledger.far_side().layers == {}
+
+
+def test_a_notice_of_a_bundle_sent_from_elsewhere_says_so(tmp_path: Path) -> None:
+    """Machines sharing one sender account: the first to read a notice takes it up."""
+    box = "ftps://sender@box:2121/"
+    SendLedger(tmp_path, box, ("age1alice",)).record(_manifest(LAYERS[:1]), {})
+    elsewhere = new_bundle_id()
+    listing = _Listing([f"{elsewhere}.refused"])
+    assert take_refusals(listing, tmp_path, box) == [Notice(elsewhere, ours=False)]
 
 
 def test_a_server_that_will_not_list_has_left_no_notice(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def test_a_refused_bundle_stops_counting_in_every_audience_of_its_destination(
     bob.record(first, {})
     bob.record(other, {})
 
-    drop_bundles(tmp_path, box, [first.id])
+    assert drop_bundles(tmp_path, box, [first.id, "not sent from here"]) == {first.id}
     assert alice.far_side().layers == {top: thin.id}  # what the thin bundle leaned on, too
     assert bob.far_side().layers == {bottom: other.id}  # the same layer, carried by another
     assert usb.far_side().layers == {bottom: first.id, middle: first.id, top: thin.id}

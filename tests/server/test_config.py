@@ -33,6 +33,10 @@ def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:
     toml.write_text('listne = "127.0.0.1:1"\n')
     with pytest.raises(UsageError, match="unknown setting"):
         load_config({}, environ={}, config_file=toml)
+    toml.write_text('trusted-signer = ["a.pub"]\n')  # the flag's name, not the setting's
+    with pytest.raises(UsageError, match="unknown setting 'trusted-signer'") as refused:
+        load_config({}, environ={}, config_file=toml)
+    assert "trusted-signers" in (refused.value.hint or "")
     with pytest.raises(UsageError, match="bad"):
         load_config({"listen": "nowhere"}, environ={})
     with pytest.raises(UsageError, match=r"bad tls 'yes': choose required, optional, off$"):
