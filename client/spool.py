@@ -50,7 +50,9 @@ class Backoff:
         return [min(self.ceiling, self.first * self.factor**i) for i in range(self.attempts - 1)]
 
 
-def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
+def retrying(
+    what: str, backoff: Backoff, action: Callable[[], Any], *, resumes: bool = False
+) -> Any:
     """Run ``action``; after a transfer failure wait and try again, up to the backoff's end.
     A failure that is not transient (a refused login, a certificate that is not the pinned
     one) is not retried: guessing again would only earn a ban, or talk to an impostor again;
@@ -65,7 +67,8 @@ def retrying(what: str, backoff: Backoff, action: Callable[[], Any]) -> Any:
                 raise TransferError(
                     f"{what}: gave up after {backoff.attempts} attempt"
                     f"{'s' if backoff.attempts != 1 else ''} ({exc.message})",
-                    hint="run the same command again later (a transfer resumes where it stopped)",
+                    hint="run the same command again later"
+                    + (" (the transfer resumes where it stopped)" if resumes else ""),
                 ) from exc
             if backoff.notify is not None:
                 backoff.notify(f"{exc.message}; trying again in {delay:g} s")
@@ -206,7 +209,10 @@ class _SpooledDownload(io.RawIOBase):
             )
         else:
             got = retrying(
-                f"downloading {self._name}", self._owner.backoff, lambda: self._fetch(buffer)
+                f"downloading {self._name}",
+                self._owner.backoff,
+                lambda: self._fetch(buffer),
+                resumes=True,
             )
         self._pos += got
         return got
@@ -402,7 +408,7 @@ class _Uploader:
 
     def run(self) -> None:
         try:
-            retrying(f"uploading {self.name}", self.owner.backoff, self._attempt)
+            retrying(f"uploading {self.name}", self.owner.backoff, self._attempt, resumes=True)
         except _Aborted:
             pass
         except BaseException as exc:  # handed to the writing thread

@@ -351,6 +351,7 @@ def test_an_unknown_host_is_not_retried_and_retries_are_told(keydir: Path) -> No
     assert refused.returncode == 4, refused.stderr
     assert "Connection refused; trying again in 1 s" in refused.stderr
     assert "gave up after 2 attempts" in refused.stderr
+    assert "hint: run the same command again later\n" in refused.stderr  # nothing to resume
 
 
 def test_a_pin_with_a_plain_ftp_url_is_refused(keydir: Path) -> None:
