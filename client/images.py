@@ -20,6 +20,7 @@ from typing import IO
 
 from airgap.client.engine import Engine
 from airgap.client.incremental import omitted_layers, thin_plan
+from airgap.client.progress import UNSEEN, counted
 from airgap.client.saved import MANIFEST_JSON, LayerFile, SavedArchive, blob_name, landed_as
 from airgap.client.send import UNWATCHED, Meters, Resuming, send_stream
 from airgap.client.sendledger import FarSide
@@ -61,7 +62,9 @@ def send_images(
     dropped = Dropped()
 
     def observed() -> Iterator[bytes]:
-        for chunk in engine.save(refs):
+        # The save is what the encoding bar follows (the images' size is its total), layers
+        # left out of a thin archive included: they pass through, to be hashed and cut.
+        for chunk in counted(engine.save(refs), meters.encoded):
             archive.update(chunk)
             yield chunk
         entries.extend(replace(e, config=archive.config_of(e.id)) for e in described)
@@ -79,7 +82,7 @@ def send_images(
         images=entries,
         omitted=omitted,
         resuming=resuming,
-        meters=meters,
+        meters=replace(meters, encoded=UNSEEN),
     )
     return SentImages(manifest, files)
 

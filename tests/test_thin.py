@@ -11,17 +11,25 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
+from pathlib import Path
+from typing import IO, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airgap.client.engine import Engine
+from airgap.client.images import send_images
 from airgap.client.incremental import omitted_layers, thin_plan
+from airgap.client.progress import Meter
 from airgap.client.saved import LayerFile, SavedArchive
+from airgap.client.send import Meters
 from airgap.client.sendledger import FarSide
 from airgap.client.splice import spliced, spool_layers
 from airgap.client.thin import BLOCK, Dropped, ThinPlan, thin_archive
+from airgap.client.transport import DirectoryTransport
+from airgap.shared import minisign
+from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import StorageError
 from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import ImageEntry
@@ -259,3 +267,47 @@ def test_a_size_given_only_in_a_pax_record_is_the_size() -> None:
     saved = SavedArchive({"manifest.json"})
     saved.update(big)
     assert saved.sizes == {f"{V1A}/layer.tar": len(OLD), f"{V1B}/layer.tar": len(NEW)}
+
+
+class _Counting(Meter):
+    """A bar nobody sees that counts what it is given (a unit-test stand-in)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+        self.count = 0
+
+    @property
+    def shown(self) -> bool:
+        return True
+
+    def add(self, count: int) -> None:
+        self.count += count
+
+
+class _Engine:
+    """An engine holding one image of two legacy layers (a unit-test stand-in)."""
+
+    image = ImageEntry("sha256:" + "c" * 64, ("x:1",), (OLD_ID, NEW_ID))
+
+    def describe(self, refs: Sequence[str]) -> list[ImageEntry]:
+        return [self.image]
+
+    def save(self, refs: Sequence[str]) -> Iterator[bytes]:
+        yield _legacy_image(with_old=True)
+
+
+def test_the_encoding_bar_follows_the_whole_save_of_a_thin_send(tmp_path: Path) -> None:
+    """Its total is the images' size: counting only the thin archive, it ended far short."""
+    encoded = _Counting()
+    held = {chain_ids([OLD_ID])[0]: "01J0000000000000000000000A"}
+    sent = send_images(
+        ["x:1"],
+        DirectoryTransport(tmp_path),
+        engine=cast(Engine, _Engine()),
+        options=EncodeOptions([]),
+        key=minisign.SecretKey.generate(),
+        far=FarSide(held),
+        meters=Meters(encoded),
+    )
+    assert [o.chain_id for o in sent.manifest.omitted] == [OLD_ID]  # a thin send
+    assert encoded.count == len(_legacy_image(with_old=True))
