@@ -216,14 +216,18 @@ class _Run:
             manifest, data = open_bundle(transport, bundle_id, self.trusted)
             self._layers_for(manifest, (*waiting, bundle_id))
             imported = self._receive(manifest)
-            if into.keep is not None:
-                _keep(transport, manifest, into.keep)
             self.ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
                 where=transport.describe(),
             )
             self.done.add(bundle_id)
+            if into.keep is not None:  # after the record: what was imported stays imported
+                try:
+                    _keep(transport, manifest, data, self.trusted, into.keep)
+                except AirgapError as exc:
+                    exc.message = f"imported, but not kept in {into.keep}: {exc.message}"
+                    raise
             self.outcomes.append(Outcome(bundle_id, manifest, imported))
             if into.consume:
                 _consume(transport, manifest)
@@ -295,13 +299,40 @@ def _consume(transport: Transport, manifest: Manifest) -> None:
         transport.delete(name)
 
 
-def _keep(transport: Transport, manifest: Manifest, directory: Path) -> None:
-    """Copy the verified bundle, payload last, each renamed into place when complete."""
+def _keep(
+    transport: Transport,
+    manifest: Manifest,
+    verified: bytes,
+    trusted: Sequence[minisign.PublicKey],
+    directory: Path,
+) -> None:
+    """Copy the verified bundle into ``directory``, the signature last, each file renamed into
+    place once whole. The copy is what was verified, whatever the source does meanwhile (a
+    stick may answer a second read otherwise): the manifest is the bytes verified, the
+    signature is verified over them again, and the payload's size and sha256 are the signed
+    ones, or nothing of it is kept."""
+    signature = read_small(
+        transport, manifest.id + SIGNATURE_SUFFIX, MAX_SIGNATURE_BYTES, SignatureError
+    )
+    open_manifest(verified, signature, trusted)
     target = DirectoryTransport(directory)
-    for name in reversed(bundle_names(manifest)):
-        with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
+    name = manifest.payload.name
+    digest, size = hashlib.sha256(), 0
+    with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
+        target.delete(name + PARTIAL_SUFFIX)
+        raise VerificationError(f"{name}: the source no longer holds the verified payload")
+    target.rename(name + PARTIAL_SUFFIX, name)
+    for name, data in (
+        (manifest.id + MANIFEST_SUFFIX, verified),
+        (manifest.id + SIGNATURE_SUFFIX, signature),
+    ):
+        with target.writer(name + PARTIAL_SUFFIX) as out:
+            out.write(data)
         target.rename(name + PARTIAL_SUFFIX, name)
 
 

@@ -31,6 +31,7 @@ from airgap.shared.errors import (
     SignatureError,
     UnsafeArchiveError,
     UntrustedSignerError,
+    VerificationError,
 )
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import MIN_SEGMENT, FileEntry
@@ -310,3 +311,52 @@ def test_every_file_and_the_folder_are_durable_before_the_ledger_says_imported(
     synced_before = {ino for kind, ino in events[: events.index(("record", 0))] if kind == "fsync"}
     assert (tmp_path / "out" / "source.bin").stat().st_ino in synced_before
     assert (tmp_path / "out").stat().st_ino in synced_before
+
+
+def test_keep_copies_the_bundle_as_verified(bundle_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
+    (tmp_path / "kept").mkdir()
+    keys = ["-i", tmp_path / "id.txt", "--trust", tmp_path / "trusted.pub"]
+    into = ["--output-dir", tmp_path / "out", "--state-dir", tmp_path / "state"]
+    fetched = run_airgap(["fetch", "--from", bundle_dir, *keys, "--keep", tmp_path / "kept", *into])
+    assert fetched.returncode == 0, fetched.stderr
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
+    assert kept == {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
+    verified = run_airgap(["verify", "--from", tmp_path / "kept", *keys])
+    assert verified.returncode == 0, verified.stderr
+
+
+class _SecondReadDiffers(DirectoryTransport):
+    """Media that answer a second read of the payload otherwise (a unit-test stand-in)."""
+
+    reads = 0
+
+    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+        if not name.endswith(".age"):
+            return super().reader(name, offset=offset)
+        self.reads += 1
+        with super().reader(name, offset=offset) as source:
+            data = bytearray(source.read())
+        if self.reads > 1:
+            data[-1] ^= 1
+        return io.BytesIO(bytes(data))
+
+
+def test_keep_refuses_a_source_that_changed_since_it_was_verified(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    (outcome,) = fetch_bundles(
+        _SecondReadDiffers(bundle_dir),
+        Destination(tmp_path / "out", keep=tmp_path / "kept"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=ledger,
+    )
+    assert isinstance(outcome.error, VerificationError)
+    assert "imported, but not kept in" in outcome.error.message
+    assert "no longer holds the verified payload" in outcome.error.message
+    assert not (tmp_path / "kept").exists() or list((tmp_path / "kept").iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
+    assert len(ledger.ids()) == 1  # imported: a second fetch does not unpack it again
