@@ -2,11 +2,13 @@
 
 ``$AIRGAP_CONFIG``, else ``$XDG_CONFIG_HOME/airgap/config.toml`` (``~/.config/airgap``).
 Flags and environment variables win over it. Unknown keys are errors, not silently ignored
-typos. It never holds a password or a secret key, only paths to key files::
+typos. It never holds a password or a secret key, only paths to key files (and to a file
+holding the drop box's password, used for that server alone)::
 
     [send]
     server = "ftps://sender@dropbox.example:2121/"
     tls_fingerprint = "sha256:…"
+    password_file = "keys/dropbox-password"  # 0600, the password on its first line
     recipients_file = ["recipients.txt"]     # relative paths: beside this file
     sign_key = "keys/signing.key"
 
@@ -27,14 +29,23 @@ from typing import Any
 
 from airgap.shared.errors import UsageError
 
-SEND_KEYS = {"server", "tls_fingerprint", "recipients_file", "recipient", "sign_key", "level"}
-FETCH_KEYS = {"server", "tls_fingerprint", "identity", "trust", "output_dir"}
+SEND_KEYS = {
+    "server",
+    "tls_fingerprint",
+    "password_file",
+    "recipients_file",
+    "recipient",
+    "sign_key",
+    "level",
+}
+FETCH_KEYS = {"server", "tls_fingerprint", "password_file", "identity", "trust", "output_dir"}
 
 
 @dataclass(frozen=True)
 class SendSettings:
     server: str | None = None
     tls_fingerprint: str | None = None
+    password_file: Path | None = None  # the server's password, for that server only
     recipients_file: tuple[Path, ...] = ()
     recipient: tuple[str, ...] = ()
     sign_key: Path | None = None
@@ -45,6 +56,7 @@ class SendSettings:
 class FetchSettings:
     server: str | None = None
     tls_fingerprint: str | None = None
+    password_file: Path | None = None
     identity: tuple[Path, ...] = ()
     trust: tuple[Path, ...] = ()
     output_dir: Path | None = None
@@ -83,6 +95,7 @@ def load(path: Path | None = None) -> Settings:
         send=SendSettings(
             server=_str(send, "server", path),
             tls_fingerprint=_str(send, "tls_fingerprint", path),
+            password_file=_path(send, "password_file", here, path),
             recipients_file=_paths(send, "recipients_file", here, path),
             recipient=tuple(_strs(send, "recipient", path)),
             sign_key=_path(send, "sign_key", here, path),
@@ -91,6 +104,7 @@ def load(path: Path | None = None) -> Settings:
         fetch=FetchSettings(
             server=_str(fetch, "server", path),
             tls_fingerprint=_str(fetch, "tls_fingerprint", path),
+            password_file=_path(fetch, "password_file", here, path),
             identity=_paths(fetch, "identity", here, path),
             trust=_paths(fetch, "trust", here, path),
             output_dir=_path(fetch, "output_dir", here, path),
@@ -164,6 +178,7 @@ def initial_text(*, role: str, server: str | None, fingerprint: str | None) -> s
         extra = [f"server = {_toml(server)}"]
         if fingerprint:
             extra.append(f"tls_fingerprint = {_toml(fingerprint)}")
+        extra.append('# password_file = "keys/dropbox-password"  # 0600, the password alone')
         lines[at:at] = extra
     return "\n".join(lines)
 

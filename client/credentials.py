@@ -1,5 +1,6 @@
 """The drop box login: the URL's user, else the netrc's login for the host, else anonymous;
-the password from AIRGAP_PASSWORD, ~/.netrc (or $NETRC), or a prompt.
+the password from AIRGAP_PASSWORD, the config file's password_file (for its own server alone),
+~/.netrc (or $NETRC), or a prompt.
 
 Never from argv (it would show in the process list) and never from the URL. Nothing here logs
 or prints a password.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import getpass
 import netrc
 import os
+import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,15 +29,19 @@ def with_login(target: FtpTarget) -> FtpTarget:
     return replace(target, user=entry[0] if entry and entry[0] else "anonymous")
 
 
-def login_for(target: FtpTarget) -> tuple[FtpTarget, str]:
+def login_for(target: FtpTarget, *, password_file: Path | None = None) -> tuple[FtpTarget, str]:
     """``target`` with its user (:func:`with_login`), and the password."""
     target = with_login(target)
-    return target, password_for(target)
+    return target, password_for(target, password_file=password_file)
 
 
-def password_for(target: FtpTarget) -> str:
+def password_for(target: FtpTarget, *, password_file: Path | None = None) -> str:
+    """AIRGAP_PASSWORD, else the configured ``password_file`` (given only for the configured
+    server), else the netrc's, else a prompt."""
     if "AIRGAP_PASSWORD" in os.environ:
         return os.environ["AIRGAP_PASSWORD"]
+    if password_file is not None:
+        return _read_password(password_file)
     from_netrc = _Netrc.load().password(target)
     if from_netrc:
         return from_netrc
@@ -48,8 +54,28 @@ def password_for(target: FtpTarget) -> str:
             raise UsageError(f"no password for {target.user}@{target.host}: none typed") from exc
     raise UsageError(
         f"no password for {target.user}@{target.host}",
-        hint="set AIRGAP_PASSWORD, add the host to ~/.netrc, or run on a terminal",
+        hint="set AIRGAP_PASSWORD, add the host to ~/.netrc or a password_file to the config "
+        "file, or run on a terminal",
     )
+
+
+def _read_password(path: Path) -> str:
+    """The first line of ``path``, which only its owner may read, as ftp(1) asks of a netrc."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the open
+            raise KeyFileError(f"{path}: not a file")
+        with path.open(encoding="utf-8") as handle:
+            if os.fstat(handle.fileno()).st_mode & 0o077:
+                raise KeyFileError(
+                    f"{path} holds a password and others may read or write it",
+                    hint=f"chmod 600 {path}",
+                )
+            line = handle.readline(4096).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot be read as a password file") from exc
+    if not line:
+        raise KeyFileError(f"{path}: holds no password on its first line")
+    return line
 
 
 class _Netrc:

@@ -26,6 +26,7 @@ class Place:
     directory: Path | None = None
     server: str | None = None
     fingerprint: str | None = None
+    password_file: Path | None = None  # the configured server's, given only with it
 
     def check(self, flag: str) -> None:
         if (self.directory is None) == (self.server is None):
@@ -70,7 +71,7 @@ def open_place(place: Place, flag: str, *, spool: Path | None = None) -> Transpo
     if place.directory is not None:
         return DirectoryTransport(place.directory)
     target = FtpTarget.parse(place.server or "")
-    target, password = login_for(target)
+    target, password = login_for(target, password_file=place.password_file)
     remote = FtpTransport(target, password, pin=place.fingerprint)
     folder = spool or cache_dir() / "fetch" / place.key()
     backoff = Backoff(attempts=_attempts(), notify=lambda news: say(f"airgap: {news}"))

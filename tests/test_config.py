@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from airgap.client import config
-from airgap.shared.errors import UsageError
+from airgap.client.credentials import password_for
+from airgap.client.ftp import FtpTarget
+from airgap.shared.errors import KeyFileError, UsageError
 from tests.conftest import run_airgap
 from tests.server.conftest import start_server
 
@@ -75,12 +77,21 @@ def test_configured_drop_box(tmp_path: Path) -> None:
             if list(outgoing.glob("*.minisig")):
                 break
             time.sleep(0.05)
-        fetched = run_airgap(
-            ["fetch", "--output-dir", tmp_path / "in"],
-            env={**receiver, "AIRGAP_PASSWORD": server.password("receiver")},
-        )
+        # The receiver's password from a file the config names, for the configured server only.
+        settings = tmp_path / "r" / "config" / "airgap" / "config.toml"
+        secret = settings.parent / "keys" / "dropbox-password"
+        secret.write_text(server.password("receiver") + "\n")
+        secret.chmod(0o644)
+        settings.write_text(settings.read_text().replace("# password_file", "password_file"))
+        exposed = run_airgap(["fetch", "--output-dir", tmp_path / "in"], env=receiver)
+        assert exposed.returncode == 1 and "others may read or write it" in exposed.stderr
+        secret.chmod(0o600)
+        fetched = run_airgap(["fetch", "--output-dir", tmp_path / "in"], env=receiver)
         assert fetched.returncode == 0, fetched.stderr
         assert (tmp_path / "in" / "f.txt").read_text() == "via the drop box"
+        elsewhere = f"ftp://receiver@localhost:{server.port}/"
+        other = run_airgap(["ls", "--server", elsewhere], env=receiver)
+        assert other.returncode == 2 and "no password for receiver@localhost" in other.stderr
     finally:
         server.stop()
 
@@ -180,3 +191,24 @@ def test_verify_decrypts_with_the_configured_identity(tmp_path: Path, keydir: Pa
     verified = run_airgap(["verify", "--from", tmp_path / "usb"], env=receiver)
     assert verified.returncode == 3, verified.stderr
     assert "no identity opens the age file key" in verified.stderr
+
+
+def test_a_password_file_holds_the_password_alone_and_only_for_its_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = FtpTarget.parse("ftps://receiver@dropbox:2121/")
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\nignored\n")
+    secret.chmod(0o600)
+    monkeypatch.delenv("AIRGAP_PASSWORD", raising=False)
+    assert password_for(target, password_file=secret) == "s3cret"
+    monkeypatch.setenv("AIRGAP_PASSWORD", "from the environment")
+    assert password_for(target, password_file=secret) == "from the environment"
+    monkeypatch.delenv("AIRGAP_PASSWORD")
+    secret.write_text("\n")
+    with pytest.raises(KeyFileError, match="holds no password"):
+        password_for(target, password_file=secret)
+    with pytest.raises(KeyFileError, match="cannot be read"):
+        password_for(target, password_file=tmp_path / "absent")
+    with pytest.raises(KeyFileError, match="not a file"):
+        password_for(target, password_file=tmp_path)

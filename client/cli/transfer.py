@@ -96,7 +96,7 @@ def send(
     Images go incrementally: layers an earlier bundle already took to the same place (see
     `airgap ledger show`) or that --base images hold are left out."""
     cfg = config.load().send
-    place = _place(to, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    place = _place(to, server, fingerprint, cfg)
     place.check("--to")  # a usage error leaves nothing behind, no spool among it
     ledgers = (state_dir or default_state_dir()) / "sent"
     started = time.monotonic()
@@ -192,14 +192,14 @@ def _place(
     directory: Path | None,
     server: str | None,
     fingerprint: str | None,
-    configured: str | None,
-    configured_pin: str | None,
+    configured: config.SendSettings | config.FetchSettings,
 ) -> Place:
-    """Flags first; the configured drop box only when neither a directory nor a server is given."""
-    if directory is None and server is None and configured:
-        place = Place(None, configured, fingerprint or configured_pin)
-    else:
-        place = Place(directory, server, fingerprint)
+    """Flags first; the configured drop box only when neither a directory nor a server is given.
+    Its password file goes with the configured server alone, never to another."""
+    if directory is None and server is None and configured.server:
+        server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
+    password_file = configured.password_file if server and server == configured.server else None
+    place = Place(directory, server, fingerprint, password_file)
     if place.server is not None and place.server.lower().startswith("ftp://"):
         say(
             "airgap: warning: ftp:// sends the password in clear; use ftps:// where the "
@@ -331,7 +331,7 @@ def fetch(
     engine = functools.cache(Engine.from_env)
     output_dir = output_dir or cfg.output_dir
     identity = identity or list(cfg.identity)
-    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    place = _place(source, server, fingerprint, cfg)
     transport = open_place(place, "--from")
     started = time.monotonic()
     try:
@@ -375,7 +375,7 @@ def verify(
     cfg = config.load().fetch
     trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
     identity = identity or list(cfg.identity)
-    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    place = _place(source, server, fingerprint, cfg)
     transport = open_place(place, "--from")
     try:
         outcomes = fetching.verify_bundles(
@@ -405,7 +405,7 @@ def list_command(
     trust_files = _trusted(trust or cfg.trust)
     trusted = keyfiles.load_trusted(trust_files) if trust_files else []
     imported = Ledger((state_dir or default_state_dir()) / "imported.jsonl").ids()
-    place = _place(source, server, fingerprint, cfg.server, cfg.tls_fingerprint)
+    place = _place(source, server, fingerprint, cfg)
     transport = open_place(place, "--from")
     try:
         listing = fetching.list_bundles(transport, trusted=trusted, imported=imported)
