@@ -159,6 +159,9 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         "start", host=host, port=port, tls=config.tls.value, anonymous=config.anonymous.value
     )
     say(f"airgap: serving ftp://{_url_host(host)}:{port}/ root={layout.root}")
+    # pyftpdlib's first poll waits for a socket event, its timers unseen until one comes: a
+    # word through the mailbox is that event, and after it every poll waits for the next timer.
+    services.mailbox.post(lambda: None)
     _run(server, ioloop)
     # Queued work finishes: the audit records (bytes, sha256) of uploads cut by the stop.
     logins.shutdown(wait=False, cancel_futures=True)

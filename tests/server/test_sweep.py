@@ -169,3 +169,18 @@ def test_zero_keeps_partials_for_ever(serve):
     time.sleep(2.5)
     assert part.exists()
     assert "expire" not in server.audit()
+
+
+def test_an_idle_appliance_sweeps_too(serve):
+    """Found in review: with the IO loop waiting for its next timer rather than a second at
+    most, the sweep's timer went unseen until some client connected."""
+    server = serve("--tls", "off", "--partial-expiry", "2")
+    area = server.root / "pub/incoming/sender"
+    area.mkdir(parents=True, exist_ok=True)
+    stale = area / "01FORGOTTEN.tar.zst.age.part"
+    stale.write_bytes(b"f" * 100)
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    deadline = time.monotonic() + 15
+    while stale.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not stale.exists(), "no client came, and the sweep never ran"
