@@ -451,6 +451,8 @@ class _Uploader:
                         self._grown.wait(0.2)
             if queue is not None:
                 self._follow(queue, source.tell())
+        if interrupted():  # the close did not wait for the server: its copy may be short
+            raise _Aborted
         if self._vouching and self.vouched is None:
             raise UploadRefused(f"uploading {self.name}: closed before its sha256 was given")
         expected = digest.hexdigest() if digest is not None else self.vouched
@@ -464,10 +466,10 @@ class _Uploader:
         of a slow link, or of a throttled server. Until the queue empties, or stops moving
         (closing then waits for the server's reply, and its timeout)."""
         left, moved = queue.unsent(), time.monotonic()
-        while left and not interrupted():
+        while left:
             self.meter.advance(end - left)
-            if self._aborted.wait(0.1):
-                raise _Aborted
+            if self._aborted.wait(0.1) or interrupted():
+                raise _Aborted  # those bytes may never arrive: no 100%, no hash, no rename
             now = queue.unsent()
             if now < left:
                 moved = time.monotonic()
