@@ -41,6 +41,12 @@ def password_for(target: FtpTarget, *, password_file: Path | None = None) -> str
     if "AIRGAP_PASSWORD" in os.environ:
         return os.environ["AIRGAP_PASSWORD"]
     if password_file is not None:
+        if target.user == "anonymous":  # an anonymous password is logged, as an address
+            raise UsageError(
+                f"the config's password_file goes with a server URL naming its user, not "
+                f"{target.describe()}",
+                hint="write the server as ftps://USER@HOST:PORT/",
+            )
         return _read_password(password_file)
     from_netrc = _Netrc.load().password(target)
     if from_netrc:

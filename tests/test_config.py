@@ -176,8 +176,9 @@ def test_init_writes_the_file_airgap_config_names(tmp_path: Path) -> None:
     assert sent.returncode == 0, sent.stderr  # its signing key came from client.toml
 
 
-def test_verify_decrypts_with_the_configured_identity(tmp_path: Path, keydir: Path) -> None:
-    """As fetch does: a bundle this side cannot open is not "verified" by a plain verify."""
+def test_verify_says_when_it_did_not_decrypt(tmp_path: Path, keydir: Path) -> None:
+    """It does not take the configured identity: a bundle for another receiver (a shared drop
+    box, or the sender checking its own stick) is intact all the same. So it says so."""
     sender = _init(tmp_path / "s", "sender")
     receiver = _init(tmp_path / "r", "receiver")
     _exchange(tmp_path / "s", tmp_path / "r")
@@ -189,8 +190,13 @@ def test_verify_decrypts_with_the_configured_identity(tmp_path: Path, keydir: Pa
     )
     assert sent.returncode == 0, sent.stderr
     verified = run_airgap(["verify", "--from", tmp_path / "usb"], env=receiver)
-    assert verified.returncode == 3, verified.stderr
-    assert "no identity opens the age file key" in verified.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert "checked without decrypting" in verified.stderr
+    mine = ["-i", tmp_path / "r" / "config" / "airgap" / "keys" / "identity.txt"]
+    decrypting = run_airgap(["verify", "--from", tmp_path / "usb", *mine], env=receiver)
+    assert decrypting.returncode == 3 and "no identity opens" in decrypting.stderr
+    theirs = run_airgap(["verify", "--from", tmp_path / "usb", "-i", keydir / "identity.txt"])
+    assert "checked without decrypting" not in theirs.stderr
 
 
 def test_a_password_file_holds_the_password_alone_and_only_for_its_owner(
@@ -212,3 +218,32 @@ def test_a_password_file_holds_the_password_alone_and_only_for_its_owner(
         password_for(target, password_file=tmp_path / "absent")
     with pytest.raises(KeyFileError, match="not a file"):
         password_for(target, password_file=tmp_path)
+
+
+def test_the_password_file_goes_to_the_configured_server_alone(tmp_path: Path) -> None:
+    """Not to another URL, not to another pin (another server, whatever the URL says), and
+    never as an anonymous login's password (servers log it, taking it for an address)."""
+    pin, other_pin = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    settings = tmp_path / "config.toml"
+    env = {"AIRGAP_CONFIG": str(settings), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env |= {"AIRGAP_RETRIES": "1", "NETRC": str(tmp_path / "no-netrc")}
+
+    def ls(server: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        settings.write_text(
+            f'[fetch]\nserver = "{server}"\ntls_fingerprint = "{pin}"\n'
+            f'password_file = "{secret}"\n'
+        )
+        return run_airgap(["ls", *flags], env=env)
+
+    named = "ftps://receiver@127.0.0.1:1/"
+    used = ls(named)  # the password is read; the connection then fails
+    assert used.returncode == 4 and "no password" not in used.stderr, used.stderr
+    elsewhere = ["--server", "ftps://receiver@localhost:1/", "--tls-fingerprint", pin]
+    for flags in (["--tls-fingerprint", other_pin], elsewhere):
+        refused = ls(named, *flags)
+        assert refused.returncode == 2 and "no password for receiver@" in refused.stderr, flags
+    anonymous = ls("ftps://127.0.0.1:1/")
+    assert anonymous.returncode == 2 and "naming its user" in anonymous.stderr

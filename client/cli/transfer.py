@@ -198,7 +198,10 @@ def _place(
     Its password file goes with the configured server alone, never to another."""
     if directory is None and server is None and configured.server:
         server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
-    password_file = configured.password_file if server and server == configured.server else None
+    same = server == configured.server and (fingerprint or "").lower() == (
+        configured.tls_fingerprint or ""
+    ).lower()  # another pin is another server, whatever the URL says
+    password_file = configured.password_file if server and same else None
     place = Place(directory, server, fingerprint, password_file)
     if place.server is not None and place.server.lower().startswith("ftp://"):
         say(
@@ -370,23 +373,31 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Check bundles without importing; with an identity (--identity, or the configured one)
-    or AIRGAP_PASSPHRASE, decrypt and check the plaintext too."""
+    """Check bundles without importing; with --identity (not the configured one: a bundle for
+    another receiver is intact all the same) or AIRGAP_PASSPHRASE, decrypt and check the
+    plaintext too."""
     cfg = config.load().fetch
     trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
-    identity = identity or list(cfg.identity)
+    identities = _identities(identity or [])
     place = _place(source, server, fingerprint, cfg)
     transport = open_place(place, "--from")
     try:
         outcomes = fetching.verify_bundles(
             transport,
-            identities=_identities(identity or []),
+            identities=identities,
             trusted=trusted,
             only=ids or [],
             quiet=quiet,
         )
     finally:
         transport.close()
+    if not identities and any(
+        o.manifest and o.manifest.encryption.scheme != "none" for o in outcomes
+    ):
+        say(
+            "airgap: checked without decrypting (signatures, sizes, segment hashes); "
+            "--identity or AIRGAP_PASSPHRASE checks the plaintext too"
+        )
     _report(outcomes, "verified", as_json)
 
 
