@@ -232,10 +232,12 @@ def test_the_password_file_goes_to_the_configured_server_alone(tmp_path: Path) -
     env |= {"AIRGAP_RETRIES": "1", "NETRC": str(tmp_path / "no-netrc")}
 
     def ls(server: str, *flags: str) -> subprocess.CompletedProcess[str]:
-        settings.write_text(
-            f'[fetch]\nserver = "{server}"\ntls_fingerprint = "{pin}"\n'
-            f'password_file = "{secret}"\n'
-        )
+        lines = [
+            f'server = "{server}"',
+            f'tls_fingerprint = "{pin}"',
+            f'password_file = "{secret}"',
+        ]
+        settings.write_text("\n".join(["[fetch]", *lines, ""]))
         return run_airgap(["ls", *flags], env=env)
 
     named = "ftps://receiver@127.0.0.1:1/"

@@ -198,9 +198,10 @@ def _place(
     Its password file goes with the configured server alone, never to another."""
     if directory is None and server is None and configured.server:
         server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
-    same = server == configured.server and (fingerprint or "").lower() == (
-        configured.tls_fingerprint or ""
-    ).lower()  # another pin is another server, whatever the URL says
+    same = (
+        server == configured.server
+        and (fingerprint or "").lower() == (configured.tls_fingerprint or "").lower()
+    )  # another pin is another server, whatever the URL says
     password_file = configured.password_file if server and same else None
     place = Place(directory, server, fingerprint, password_file)
     if place.server is not None and place.server.lower().startswith("ftp://"):
