@@ -9,6 +9,7 @@ reported, and the caller decides the exit code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -227,7 +228,9 @@ class _Run:
                     _keep(transport, manifest, data, self.trusted, into.keep)
                 except AirgapError as exc:
                     exc.message = f"imported, but not kept in {into.keep}: {exc.message}"
-                    raise
+                    failed = exc.with_traceback(None)
+                    self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
+                    return
             self.outcomes.append(Outcome(bundle_id, manifest, imported))
             if into.consume:
                 _consume(transport, manifest)
@@ -318,14 +321,18 @@ def _keep(
     target = DirectoryTransport(directory)
     name = manifest.payload.name
     digest, size = hashlib.sha256(), 0
-    with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
-        while chunk := source.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
-        target.delete(name + PARTIAL_SUFFIX)
-        raise VerificationError(f"{name}: the source no longer holds the verified payload")
+    try:
+        with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
+            raise VerificationError(f"{name}: the source no longer holds the verified payload")
+    except BaseException:  # a failed read, a full disk, a changed source: no partial copy
+        with contextlib.suppress(AirgapError):
+            target.delete(name + PARTIAL_SUFFIX)
+        raise
     target.rename(name + PARTIAL_SUFFIX, name)
     for name, data in (
         (manifest.id + MANIFEST_SUFFIX, verified),

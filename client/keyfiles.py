@@ -114,7 +114,13 @@ def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
 def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -> None:
     """Write every file or none: existing keys are refused before anything is written. A name
     may hold a folder (``keys/identity.txt``); each folder is made private."""
-    existing = [f.name for f in files if (directory / f.name).exists()]
+    names = [f.name for f in files]
+    if len(set(names)) != len(names):  # AIRGAP_CONFIG named like a key file, say
+        raise UsageError(f"two of the files to write into {directory} have one name")
+    folders = [name for name in names if (directory / name).is_dir()]
+    if folders:
+        raise StorageError(f"{directory / folders[0]} is a directory, not a file to replace")
+    existing = [name for name in names if (directory / name).exists()]
     if existing and not force:
         raise StorageError(
             f"{directory} already holds {', '.join(existing)}",
@@ -129,11 +135,21 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
             staged.append((_staged(path, key_file.text.encode(), key_file.mode), path))
         for tmp, path in staged:
             tmp.replace(path)
+        for folder in {path.parent for _, path in staged}:  # the renames, on disk too
+            _sync_dir(folder)
     except OSError as exc:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise StorageError(f"writing keys to {directory}: {exc.strerror or exc}") from exc
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _staged(path: Path, data: bytes, mode: int) -> Path:

@@ -236,9 +236,10 @@ def _refused_before(transport: Transport, by: Sender) -> None:
             + (
                 "again (no later send from here leaves its layers out)"
                 if notice.ours
-                else "again. This machine's ledgers do not hold it: if another machine sent it "
-                "with this account, its ledger still counts the bundle's layers as delivered "
-                "(send its images from there with --full)"
+                else "again. No ledger here holds it (a bundle of files, or one another "
+                "machine sent with this account): if it held images another machine sent, "
+                "that machine's ledger still counts their layers as delivered (send them from "
+                "there with --full)"
             )
         )
 

@@ -249,3 +249,14 @@ def test_the_password_file_goes_to_the_configured_server_alone(tmp_path: Path) -
         assert refused.returncode == 2 and "no password for receiver@" in refused.stderr, flags
     anonymous = ls("ftps://127.0.0.1:1/")
     assert anonymous.returncode == 2 and "naming its user" in anonymous.stderr
+
+
+@pytest.mark.parametrize("named", ["recipients.txt", "folder"])
+def test_init_refuses_a_config_name_it_cannot_write_whole(tmp_path: Path, named: str) -> None:
+    """Found in review: AIRGAP_CONFIG named like another file of init's, or a directory, had
+    the keys renamed into place and then the config fail: half a set-up, even with --force."""
+    (tmp_path / "side" / "folder").mkdir(parents=True)
+    env = {"AIRGAP_CONFIG": str(tmp_path / "side" / named)}
+    made = run_airgap(["init", "--role", "receiver", "--force"], env=env)
+    assert made.returncode in (1, 2) and "airgap: error:" in made.stderr, made.stderr
+    assert sorted(p.name for p in (tmp_path / "side").iterdir()) == ["folder"]

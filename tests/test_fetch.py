@@ -355,6 +355,7 @@ def test_keep_refuses_a_source_that_changed_since_it_was_verified(
         ledger=ledger,
     )
     assert isinstance(outcome.error, VerificationError)
+    assert outcome.imported == (str(tmp_path / "out" / "source.bin"),)  # --json says so
     assert "imported, but not kept in" in outcome.error.message
     assert "no longer holds the verified payload" in outcome.error.message
     assert not (tmp_path / "kept").exists() or list((tmp_path / "kept").iterdir()) == []
