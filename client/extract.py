@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from airgap.client.private import sync_dir
 from airgap.shared.archive import check_member
 from airgap.shared.errors import StorageError, UnsafeArchiveError
 from airgap.shared.manifest import FileEntry, Manifest
@@ -92,15 +93,6 @@ def _durable(handle: BinaryIO) -> None:
     handle.close()
 
 
-def _sync_dir(directory: Path) -> None:
-    """The directory's new entries, durable: the names as well as the bytes."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(target: Path) -> BinaryIO:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -129,7 +121,7 @@ def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
             target = out_dir / name
             _place(staging / name, target)
             placed.append(target)
-        _sync_dir(out_dir)
+        sync_dir(out_dir)
     except BaseException as exc:  # an interrupt too: all or nothing
         for path in placed:
             path.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from airgap.client.private import private_dir
+from airgap.client.private import private_dir, sync_dir
 from airgap.shared import age, minisign
 from airgap.shared.errors import KeyFileError, StorageError, UsageError
 from airgap.shared.keys import KeyFile
@@ -136,20 +136,12 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
         for tmp, path in staged:
             tmp.replace(path)
         for folder in {path.parent for _, path in staged}:  # the renames, on disk too
-            _sync_dir(folder)
+            sync_dir(folder)
     except OSError as exc:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise StorageError(f"writing keys to {directory}: {exc.strerror or exc}") from exc
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _staged(path: Path, data: bytes, mode: int) -> Path:

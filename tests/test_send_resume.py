@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,16 @@ def _send(
 def _interrupted(tmp_path: Path) -> str:
     (spool,) = (tmp_path / "cache" / "airgap" / "send").iterdir()
     return spool.name
+
+
+@contextlib.contextmanager
+def _login_refused(keydir: Path, tmp_path: Path) -> Iterator[tuple[vsftpd.Vsftpd, str, Path]]:
+    """A send whose login the server refused: wholly encoded in its spool, nothing sent."""
+    (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
+    with vsftpd.running(tmp_path / "ftp") as ftp:
+        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
+        bundle_id = _interrupted(tmp_path)
+        yield ftp, bundle_id, tmp_path / "cache" / "airgap" / "send" / bundle_id
 
 
 def test_a_passphrase_send_continues_only_with_its_passphrase(keydir: Path, tmp_path: Path) -> None:
@@ -69,11 +80,7 @@ def test_a_passphrase_send_continues_only_with_its_passphrase(keydir: Path, tmp_
 def test_a_resume_that_cannot_repeat_its_bytes_never_invents_a_passphrase(
     keydir: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
-        bundle_id = _interrupted(tmp_path)
-        spool = tmp_path / "cache" / "airgap" / "send" / bundle_id
+    with _login_refused(keydir, tmp_path) as (ftp, bundle_id, spool):
         for made in spool.glob(f"{bundle_id}.*"):  # as if killed before the payload was whole
             made.unlink()
         (spool / f"{bundle_id}.tar.zst.age.part").write_bytes(b"not what it encodes to")
@@ -93,11 +100,7 @@ def test_a_wholly_encoded_send_resumes_only_to_its_own_drop_box(
     keydir: Path, tmp_path: Path
 ) -> None:
     """Its manifest and payload are in the spool: it would have been published elsewhere."""
-    (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
-        bundle_id = _interrupted(tmp_path)
-        spool = tmp_path / "cache" / "airgap" / "send" / bundle_id
+    with _login_refused(keydir, tmp_path) as (ftp, bundle_id, spool):
         assert (spool / f"{bundle_id}.manifest.json").exists()  # wholly encoded
         elsewhere = run_airgap(
             ["send", "--resume", bundle_id, "--server", f"ftp://{ftp.user}@127.0.0.1:1/"],
