@@ -9,10 +9,9 @@ reported, and the caller decides the exit code.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -330,7 +329,7 @@ def _keep(
         if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
             raise VerificationError(f"{name}: the source no longer holds the verified payload")
     except BaseException:  # a failed read, a full disk, a changed source: no partial copy
-        with contextlib.suppress(AirgapError):
+        with suppress(AirgapError):
             target.delete(name + PARTIAL_SUFFIX)
         raise
     target.rename(name + PARTIAL_SUFFIX, name)
