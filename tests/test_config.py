@@ -64,6 +64,8 @@ def test_configured_drop_box(tmp_path: Path) -> None:
     try:
         url = f"ftp://sender@127.0.0.1:{server.port}/"
         sender = _init(tmp_path / "s", "sender", "--server", url)
+        said = run_airgap(["init", "--role", "sender", "--server", url, "--force"], env=sender)
+        assert "password_file in config.toml" in said.stderr, said.stderr
         receiver = _init(tmp_path / "r", "receiver", "--server", url.replace("sender", "receiver"))
         _exchange(tmp_path / "s", tmp_path / "r")
         (tmp_path / "f.txt").write_text("via the drop box")

@@ -82,3 +82,8 @@ def init(
     else:
         say(f"carry {directory}/keys/recipient.txt to each sender (into its recipients.txt);")
         say(f"put each sender's signing.pub into {directory}/trusted/")
+    if server is not None:
+        say(
+            f"the drop box's password: AIRGAP_PASSWORD, ~/.netrc, or a file (chmod 600) that "
+            f"password_file in {made.name} names"
+        )
