@@ -25,7 +25,7 @@ import pytest
 from airgap.client.progress import Meter
 from tests.conftest import run_airgap
 from tests.server.conftest import start_server
-from tests.test_remote import _env, _wait_for
+from tests.test_remote import _env, _fingerprint, _wait_for
 
 PAYLOAD = 12_000_000  # 3 s at the appliance's 4 MB/s
 
@@ -147,6 +147,35 @@ def test_bars_show_on_a_terminal_only(keydir: Path, tmp_path: Path) -> None:
             assert (tmp_path / out / "data.bin").read_bytes() == (
                 tmp_path / "data.bin"
             ).read_bytes()
+    finally:
+        server.stop()
+
+
+def test_the_upload_bar_follows_an_ftps_upload_to_its_end(keydir: Path, tmp_path: Path) -> None:
+    """Over TLS too, what users are told to use: the socket's queue then holds records, not
+    the bytes written, and the bar still follows it to the end."""
+    server = start_server(tmp_path / "root", "--max-rate", "4000000", "--tls", "required")
+    try:
+        (tmp_path / "data.bin").write_bytes(os.urandom(PAYLOAD))
+        code, _, shown = _on_a_terminal(
+            [
+                "send",
+                "--file",
+                tmp_path / "data.bin",
+                "--server",
+                f"ftps://sender@127.0.0.1:{server.port}/",
+                "--tls-fingerprint",
+                _fingerprint(server),
+                "-R",
+                keydir / "recipient.txt",
+                "--sign-key",
+                keydir / "signing.key",
+            ],
+            _env(tmp_path, server.password("sender")),
+        )
+        assert code == 0, shown
+        assert _moved(shown, "uploading"), shown[-2000:]
+        assert max(_percentages(shown, "uploading")) >= 85, shown[-2000:]
     finally:
         server.stop()
 
