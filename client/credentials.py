@@ -72,10 +72,7 @@ def _read_password(path: Path) -> str:
             raise KeyFileError(f"{path}: not a file")
         with path.open(encoding="utf-8") as handle:
             if os.fstat(handle.fileno()).st_mode & 0o077:
-                raise KeyFileError(
-                    f"{path} holds a password and others may read or write it",
-                    hint=f"chmod 600 {path}",
-                )
+                raise _exposed(path)
             line = handle.readline(4096).rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{path}: cannot be read as a password file") from exc
@@ -111,8 +108,11 @@ class _Netrc:
         if entry is None or entry[0] not in ("", target.user) or not entry[1]:
             return ""
         if self._mode & 0o077:  # as ftp(1) does: a password others can read is not used
-            raise KeyFileError(
-                f"{self.path} holds a password and others may read or write it",
-                hint=f"chmod 600 {self.path}",
-            )
+            raise _exposed(self.path)
         return entry[1]
+
+
+def _exposed(path: Path) -> KeyFileError:
+    return KeyFileError(
+        f"{path} holds a password and others may read or write it", hint=f"chmod 600 {path}"
+    )

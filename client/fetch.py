@@ -28,6 +28,7 @@ from airgap.client.transport import (
     DirectoryTransport,
     Transport,
     published_ids,
+    put_small,
 )
 from airgap.shared import age, minisign
 from airgap.shared.bundle import decode, open_manifest, verified_segments
@@ -333,13 +334,8 @@ def _keep(
             target.delete(name + PARTIAL_SUFFIX)
         raise
     target.rename(name + PARTIAL_SUFFIX, name)
-    for name, data in (
-        (manifest.id + MANIFEST_SUFFIX, verified),
-        (manifest.id + SIGNATURE_SUFFIX, signature),
-    ):
-        with target.writer(name + PARTIAL_SUFFIX) as out:
-            out.write(data)
-        target.rename(name + PARTIAL_SUFFIX, name)
+    put_small(target, manifest.id + MANIFEST_SUFFIX, verified)
+    put_small(target, manifest.id + SIGNATURE_SUFFIX, signature)
 
 
 def verify_bundles(

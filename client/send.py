@@ -21,6 +21,7 @@ from airgap.client.transport import (
     SIGNATURE_SUFFIX,
     Transport,
     Writable,
+    put_small,
 )
 from airgap.shared import minisign
 from airgap.shared.archive import Member, check_name, tar_stream
@@ -188,10 +189,3 @@ def _writer(transport: Transport, name: str, resuming: Resuming | None, meter: M
         continuing = resuming is not None and resuming.continuing
         return transport.vouched_writer(name, continuing=continuing, meter=meter)
     return transport.writer(name)
-
-
-def put_small(transport: Transport, name: str, data: bytes) -> None:
-    partial = name + PARTIAL_SUFFIX
-    with transport.writer(partial) as out:
-        out.write(data)
-    transport.rename(partial, name)

@@ -76,6 +76,14 @@ def published_ids(names: list[str]) -> list[str]:
     return sorted(i for i in ids if is_bundle_id(i))
 
 
+def put_small(transport: Transport, name: str, data: bytes) -> None:
+    """``data`` as ``name``, which appears only once whole (renamed from a partial)."""
+    partial = name + PARTIAL_SUFFIX
+    with transport.writer(partial) as out:
+        out.write(data)
+    transport.rename(partial, name)
+
+
 class DirectoryTransport:
     """A directory, such as removable media. Names are plain file names inside it."""
 
