@@ -125,17 +125,39 @@ class Budget:
     used: int
 
 
-def crowded(upload: Target) -> Refusal | None:
+@dataclass(frozen=True)
+class Survey:
+    """An upload area's files (directories aside) and, when weighed, their bytes."""
+
+    files: int
+    size: int
+
+
+def survey(upload: Target, *, weigh: bool) -> Survey:
+    """One pass over the area of ``upload``. A file published, swept or deleted by another
+    session while the pass runs is simply not counted: it has left the area."""
+    files = size = 0
+    with os.scandir(Path(upload.path).parent) as entries:
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    continue
+                if weigh:
+                    size += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+            files += 1
+    return Survey(files, size)
+
+
+def crowded(area: Survey) -> Refusal | None:
     """A 552 when the area of a new file already holds :data:`MAX_AREA_FILES` files (the
     senders' areas in ``pub/incoming`` do not count)."""
-    with os.scandir(Path(upload.path).parent) as entries:
-        files = (e for e in entries if not e.is_dir(follow_symlinks=False))
-        for count, _ in enumerate(files, 1):
-            if count >= MAX_AREA_FILES:
-                return Refusal(
-                    f"552 This area holds {MAX_AREA_FILES} files already; wait for publishing, "
-                    "or for unfinished uploads to expire."
-                )
+    if area.files >= MAX_AREA_FILES:
+        return Refusal(
+            f"552 This area holds {MAX_AREA_FILES} files already; wait for publishing, "
+            "or for unfinished uploads to expire."
+        )
     return None
 
 
@@ -172,19 +194,21 @@ def budget(
     quota: int | None,
     min_free: int,
     areas: Areas,
+    survey: Survey,
     held: int = 0,
 ) -> Budget | Refusal | None:
     """The quota the upload writes under (None: no quota), or a 552 when there is no room.
 
-    ``quota`` is the area's limit in bytes (None: none); the area is the file's directory.
-    ``held``: the area's bytes in quarantine, which count against its quota too.
+    ``quota`` is the area's limit in bytes (None: none); the area is the file's directory,
+    ``survey`` its files weighed. ``held``: the area's bytes in quarantine, which count
+    against its quota too.
     """
     area = Path(upload.path).parent
     if free_bytes(area) < min_free:
         return Refusal("552 Not enough disk space on the server; resume later.")
     if not quota:
         return None
-    used = held + sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(area))
+    used = held + survey.size
     used -= upload.size - offset
     if used >= quota:
         if held:

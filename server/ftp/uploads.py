@@ -55,12 +55,13 @@ class UploadCommands(Session):
         if isinstance(offset, storage.Refusal):
             self.respond(offset.reply)
             return
-        if not target.exists and (refused := storage.crowded(target)) is not None:
-            self.respond(refused.reply)
-            return
         config = self.services.config
         sender = self.principal is not None and self.principal.role is Role.SENDER
         quota = config.quota_bytes if sender else None
+        area = storage.survey(target, weigh=bool(quota))  # one pass: count and weigh
+        if not target.exists and (refused := storage.crowded(area)) is not None:
+            self.respond(refused.reply)
+            return
         # A sender's only: anonymous uploads have no quota, and anyone could fill their count.
         held = (
             storage.quarantined(
@@ -78,6 +79,7 @@ class UploadCommands(Session):
             quota=quota,
             min_free=config.min_free_bytes,
             areas=self._areas,
+            survey=area,
             held=held,
         )
         if isinstance(budget, storage.Refusal):

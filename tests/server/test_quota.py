@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import os
 
 import pytest
 
@@ -63,3 +64,23 @@ def test_an_area_full_of_files_takes_no_new_one_but_finishes_those_it_has(serve)
     assert (area / "A.part").read_bytes() == b"start-resumed"
     (area / "empty0000").unlink()
     assert stor(client, "B.part", b"new").startswith("226")
+
+
+def test_a_file_that_leaves_the_area_mid_count_is_not_counted(tmp_path, monkeypatch):
+    """Found in review: the publisher (a worker thread) moves a finished bundle out of an area
+    while an upload counts it; the stat of the vanished file raised out of STOR."""
+    from airgap.server import storage
+
+    (tmp_path / "kept.part").write_bytes(b"k" * 10)
+    (tmp_path / "published.tar.zst.age").write_bytes(b"p" * 1000)
+    (tmp_path / "subdir").mkdir()
+    real_scandir = os.scandir
+
+    def scandir_then_publish(path):  # the listing is made, then the file goes
+        entries = list(real_scandir(path))
+        (tmp_path / "published.tar.zst.age").unlink()
+        return contextlib.nullcontext(entries)
+
+    monkeypatch.setattr(storage.os, "scandir", scandir_then_publish)
+    upload = storage.Target(str(tmp_path / "new.part"), exists=False, size=0)
+    assert storage.survey(upload, weigh=True) == storage.Survey(files=1, size=10)
