@@ -68,16 +68,16 @@ class FtpTarget:
     def parse(cls, url: str) -> FtpTarget:
         try:
             parts = urlsplit(url)
+            if parts.password is not None:  # first: no message below may quote it
+                raise UsageError(
+                    "a password in the URL would show in the process list and shell history",
+                    hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt",
+                )
             port = parts.port
         except ValueError as exc:  # a port out of range, an unclosed [ ...
-            raise UsageError(f"{url!r} is not a valid URL ({exc})") from exc
+            raise UsageError(f"{_shown(url)!r} is not a valid URL ({exc})") from exc
         if parts.scheme not in ("ftp", "ftps") or not parts.hostname:
-            raise UsageError(f"{url!r} is not an ftp:// or ftps:// URL")
-        if parts.password is not None:
-            raise UsageError(
-                "a password in the URL would show in the process list and shell history",
-                hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt",
-            )
+            raise UsageError(f"{_shown(url)!r} is not an ftp:// or ftps:// URL")
         return cls(
             parts.scheme,
             parts.hostname,
@@ -89,6 +89,17 @@ class FtpTarget:
     def describe(self) -> str:
         user = self.user or "anonymous"
         return f"{self.scheme}://{user}@{self.host}:{self.port}{self.path}"
+
+
+def _shown(url: str) -> str:
+    """``url`` as an error may quote it: whatever follows a user name before an ``@`` (a
+    password, unless the URL is malformed) becomes ``***``."""
+    scheme, slashes, rest = url.partition("//")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not (slashes and at and ":" in userinfo):
+        return url
+    return f"{scheme}//{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
 
 
 class _Bounded(ftplib.FTP):
