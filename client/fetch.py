@@ -205,6 +205,7 @@ class _Run:
         self.identities, self.trusted = identities, trusted
         self.published = set(published)
         self.done = ledger.ids()
+        self.newest = ledger.newest()
         self.tried: set[str] = set()
         self.outcomes: list[Outcome] = []
 
@@ -215,14 +216,17 @@ class _Run:
         transport, into = self.transport, self.into
         try:
             manifest, data = open_bundle(transport, bundle_id, self.trusted)
+            self._no_rollback(manifest)
             self._layers_for(manifest, (*waiting, bundle_id))
             imported = self._receive(manifest)
             self.ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
                 where=transport.describe(),
+                refs=imported if manifest.images else (),
             )
             self.done.add(bundle_id)
+            self.newest.update(dict.fromkeys(imported if manifest.images else (), bundle_id))
             if into.keep is not None:  # after the record: what was imported stays imported
                 try:
                     _keep(transport, manifest, data, self.trusted, into.keep)
@@ -238,6 +242,19 @@ class _Run:
                 transport.forget(manifest.payload.name)
         except AirgapError as exc:
             self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+
+    def _no_rollback(self, manifest: Manifest) -> None:
+        """A bundle older than the one a ref was last imported from would move that ref back
+        to an older image: a drop box or a stick that kept an old bundle could roll back a fix
+        that way. Refused, whatever else the bundle carries."""
+        refs = [ref for image in manifest.images for ref in image.refs]
+        if newer := {r: self.newest[r] for r in refs if self.newest.get(r, "") > manifest.id}:
+            ref, newest = next(iter(newer.items()))
+            raise ReplayError(
+                f"older than bundle {newest}, from which {ref} was imported here: loading it "
+                f"would move {ref} back to an older image",
+                hint="to have that image here again, send it anew from the connected side",
+            )
 
     def _receive(self, manifest: Manifest) -> tuple[str, ...]:
         quiet = self.into.quiet

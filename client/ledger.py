@@ -1,5 +1,6 @@
 """The receiver's ledger: which bundles were imported here, so re-runs skip them and an old
-bundle shown again is never imported twice.
+bundle shown again is never imported twice; and which bundle each image ref came from last, so
+an older bundle never moves a ref back (:meth:`Ledger.newest`).
 
 One JSON object a line, appended and fsynced after each import; a torn last line (a crash while
 writing it) is ignored, so the worst case is one bundle offered again, never a lost record.
@@ -11,7 +12,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,28 +45,49 @@ class Ledger:
             os.close(fd)
 
     def ids(self) -> set[str]:
+        return {bundle_id for bundle_id, _ in self._records()}
+
+    def newest(self) -> dict[str, str]:
+        """For each image ref, the newest bundle id that tagged it here (ids sort by time).
+        Records written before refs were recorded name none."""
+        found: dict[str, str] = {}
+        for bundle_id, record in self._records():
+            refs = record.get("refs")
+            for ref in refs if isinstance(refs, list) else ():
+                if isinstance(ref, str) and bundle_id > found.get(ref, ""):
+                    found[ref] = bundle_id
+        return found
+
+    def _records(self) -> Iterator[tuple[str, dict[str, object]]]:
+        """Each readable record with its bundle id; a torn or foreign line is skipped."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return set()
+            return
         except OSError as exc:
             raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
-        found = set()
         for line in lines:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                found.add(record["id"])
-        return found
+            if isinstance(record, dict) and isinstance(bundle_id := record.get("id"), str):
+                yield bundle_id, record
 
-    def record(self, bundle_id: str, *, manifest_sha256: str, where: str) -> None:
+    def record(
+        self,
+        bundle_id: str,
+        *,
+        manifest_sha256: str,
+        where: str,
+        refs: Sequence[str] = (),
+    ) -> None:
         line = json.dumps(
             {
                 "id": bundle_id,
                 "manifest_sha256": manifest_sha256,
                 "where": where,
+                "refs": list(refs),
                 "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             sort_keys=True,

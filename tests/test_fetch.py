@@ -361,3 +361,18 @@ def test_keep_refuses_a_source_that_changed_since_it_was_verified(
     assert not (tmp_path / "kept").exists() or list((tmp_path / "kept").iterdir()) == []
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
     assert len(ledger.ids()) == 1  # imported: a second fetch does not unpack it again
+
+
+def test_the_ledger_knows_the_newest_bundle_of_each_ref(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "imported.jsonl")
+    ledger.record("01AAAAAAAAAAAAAAAAAAAAAAAB", manifest_sha256="0", where="d", refs=["app:1"])
+    ledger.record("01AAAAAAAAAAAAAAAAAAAAAAAC", manifest_sha256="0", where="d", refs=["app:1", "b"])
+    ledger.record("01AAAAAAAAAAAAAAAAAAAAAAAA", manifest_sha256="0", where="d", refs=["b", "c"])
+    with ledger.path.open("a") as handle:  # a record from before refs were kept, and a torn one
+        handle.write('{"id": "01AAAAAAAAAAAAAAAAAAAAAAAZ", "where": "d"}\n{"id": "01B')
+    assert ledger.newest() == {
+        "app:1": "01AAAAAAAAAAAAAAAAAAAAAAAC",
+        "b": "01AAAAAAAAAAAAAAAAAAAAAAAC",
+        "c": "01AAAAAAAAAAAAAAAAAAAAAAAA",
+    }
+    assert len(ledger.ids()) == 4

@@ -483,6 +483,39 @@ def test_fetch_by_image_ref_takes_the_newest_bundle_that_carries_it(
         assert missing.returncode == 2 and "no published bundle" in missing.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_older_bundle_never_moves_a_tag_back(
+    docker_engine: DockerEngine, keydir: Path, tmp_path: Path, repo: str
+) -> None:
+    """Found in review: the ledger refused only ids imported before, so a drop box (or a
+    stick) that kept an old bundle of app:1 could move app:1 back to the image a later
+    bundle had replaced, by offering the old one after the new one was imported."""
+    client, env = docker_engine.client, docker_engine.env
+    drop, state = tmp_path / "drop", tmp_path / "state"
+    with removed_after(client, repo):
+        old = build_image(client, f"{repo}:1")
+        old_id = _send(keydir, drop, f"{repo}:1", env=env)
+        new = build_image(client, f"{repo}:1", extra='LABEL fixed="yes"\n')
+        new_id = _send(keydir, drop, f"{repo}:1", env=env)
+        assert old_id < new_id
+        client.images.remove(new.id, force=True)  # its build cache's parent, old, goes too
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(old.id, force=True)
+        by_ref = ["fetch", f"{repo}:1", "--from", drop, *receiving(keydir, state)]
+        fetched = run_airgap(by_ref, env=env)  # the newest bundle that carries it
+        assert fetched.returncode == 0, fetched.stderr
+        assert client.images.get(f"{repo}:1").id == new.id
+
+        every = _fetch(keydir, drop, state, env=env)  # the old one, never imported here
+        assert every.returncode == 3, every.stderr
+        assert f"older than bundle {new_id}" in every.stderr
+        assert f"would move {repo}:1 back" in every.stderr
+        assert client.images.get(f"{repo}:1").id == new.id
+        with pytest.raises(docker.errors.ImageNotFound):
+            client.images.get(old.id)  # nothing of it was loaded
+
+
 def _imported(client: Any, ref: str) -> str:
     """An image of one small file, made by `docker import`: it shares no layer with others."""
     out = io.BytesIO()
