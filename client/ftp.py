@@ -105,21 +105,55 @@ def _shown(url: str) -> str:
 class _Bounded(ftplib.FTP):
     """ftplib with a bound on a reply: at most :data:`MAX_REPLY` bytes, whole within the
     timeout. ftplib reads the lines of a multi-line reply for as long as they come (a hostile
-    greeting grew a client to 4.8 GB in 12 s, before login or TLS)."""
+    greeting grew a client to 4.8 GB in 12 s, before login or TLS), and reads a line through
+    a file whose every byte restarts the socket's timeout (a byte a minute held one line for
+    days). Lines are read here from the socket itself, against the reply's deadline."""
+
+    _pending = b""  # received after the last line handed out
+    _deadline = 0.0
 
     def getmultiline(self) -> str:
-        deadline = time.monotonic() + (self.timeout or DEFAULT_TIMEOUT)
+        self._deadline = time.monotonic() + (self.timeout or DEFAULT_TIMEOUT)
         line = self.getline()
         if line[3:4] == "-":
             code = line[:3]
             while True:
-                if len(line) > MAX_REPLY or time.monotonic() > deadline:
+                if len(line) > MAX_REPLY:
                     raise ftplib.error_proto("a reply too long or too slow")
                 more = self.getline()
                 line += "\n" + more
                 if more[:3] == code and more[3:4] != "-":
                     break
         return line
+
+    def getline(self) -> str:
+        while (end := self._pending.find(b"\n")) < 0:
+            if len(self._pending) > self.maxline:
+                raise ftplib.Error(f"got more than {self.maxline} bytes")
+            self._pending += self._receive()
+        raw, self._pending = self._pending[: end + 1], self._pending[end + 1 :]
+        if len(raw) > self.maxline + 1:
+            raise ftplib.Error(f"got more than {self.maxline} bytes")
+        line = raw.decode(self.encoding)  # strict, as ftplib's file: see _errors
+        return line[:-2] if line.endswith("\r\n") else line[:-1]
+
+    def _receive(self) -> bytes:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise ftplib.error_proto("a reply too long or too slow")
+        sock = self.sock
+        if sock is None:  # closed meanwhile
+            raise EOFError
+        sock.settimeout(left)
+        try:
+            data = sock.recv(1 << 14)
+        except TimeoutError:
+            raise ftplib.error_proto("a reply too long or too slow") from None
+        finally:
+            sock.settimeout(self.timeout)
+        if not data:
+            raise EOFError
+        return data
 
 
 class _PinnedTLS(_Bounded, ftplib.FTP_TLS):
@@ -131,6 +165,12 @@ class _PinnedTLS(_Bounded, ftplib.FTP_TLS):
     def __init__(self, *, pin: str, context: ssl.SSLContext, timeout: float) -> None:
         super().__init__(context=context, timeout=timeout)
         self.pin = pin
+
+    def auth(self) -> str:
+        """Whatever followed the reply to AUTH TLS came in clear: it is never read as a reply."""
+        reply = super().auth()
+        self._pending = b""
+        return reply
 
     def ntransfercmd(
         self, cmd: str, rest: int | str | None = None

@@ -155,6 +155,28 @@ def test_an_endless_greeting_is_cut_off(hostile: Callable[..., Hostile]) -> None
     assert MAX_REPLY <= 1 << 20
 
 
+def test_a_reply_trickled_a_byte_at_a_time_ends_with_its_timeout(
+    hostile: Callable[..., Hostile],
+) -> None:
+    """Found in review: each byte restarted the socket's timeout inside one line, so a byte
+    every 0.5 s held a 1 s timeout for 23 s (and a byte a minute, an 8 KiB line for days)."""
+
+    def trickle(send: Send) -> None:
+        for byte in b"220 " + b"x" * 100:
+            send(bytes([byte]))
+            time.sleep(0.25)
+
+    server = hostile(greeting=trickle)
+    target = FtpTarget.parse(f"ftp://user@127.0.0.1:{server.port}/")
+    started = time.monotonic()
+    with (
+        contextlib.closing(FtpTransport(target, "secret", timeout=1)) as ftp,
+        pytest.raises(TransferError, match="a reply too long or too slow"),
+    ):
+        ftp.list()
+    assert time.monotonic() - started < 5
+
+
 def test_an_endless_listing_is_cut_off(hostile: Callable[..., Hostile]) -> None:
     server = hostile(listing=_endless(b"", b"x\r\n" * 100_000))
     with _transport(server) as ftp, pytest.raises(TransferError, match="a listing longer than 16"):
