@@ -26,7 +26,8 @@ Send = Callable[[bytes], None]
 class Hostile:
     """One FTP server thread on port 0. ``greeting`` and ``replies`` (command -> raw reply)
     change what a plain server would say; ``listing`` is NLST's data; ``data_tls`` wraps data
-    connections (``control_tls`` the control one, after AUTH TLS)."""
+    connections (``control_tls`` the control one, after AUTH TLS, ``after_auth`` following the
+    reply to AUTH TLS in clear)."""
 
     def __init__(
         self,
@@ -37,12 +38,13 @@ class Hostile:
         download: Callable[[Send], None] | None = None,
         control_tls: ssl.SSLContext | None = None,
         data_tls: ssl.SSLContext | None = None,
+        after_auth: bytes = b"",
     ) -> None:
         self.greeting = greeting or (lambda send: send(b"220 hostile\r\n"))
         self.replies = replies or {}
         self.listing = listing or (lambda send: send(b"a.txt\r\n"))
         self.download = download or (lambda send: send(b"hello"))
-        self.control_tls, self.data_tls = control_tls, data_tls
+        self.control_tls, self.data_tls, self.after_auth = control_tls, data_tls, after_auth
         self.data_sessions: list[bool] = []  # for each TLS data connection: was it accepted
         self.sessions = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -74,7 +76,7 @@ class Hostile:
             if cmd in self.replies:
                 sock.sendall(self.replies[cmd])
             elif cmd == "AUTH" and self.control_tls is not None:
-                sock.sendall(b"234 go\r\n")
+                sock.sendall(b"234 go\r\n" + self.after_auth)
                 sock = held.enter_context(self.control_tls.wrap_socket(conn, server_side=True))
                 reader = held.enter_context(sock.makefile("rb"))
             elif cmd == "PASV":
@@ -255,6 +257,17 @@ def test_a_data_connection_with_another_certificate_is_refused(
 
     honest = hostile(control_tls=pinned, data_tls=pinned)
     with _transport(honest, "ftps", pin) as ftp:
+        assert ftp.list() == ["a.txt"]
+
+
+def test_what_follows_auth_tls_in_clear_is_never_read_as_a_reply(
+    hostile: Callable[..., Hostile], tmp_path: Path
+) -> None:
+    """A man in the middle may add lines after the reply to AUTH TLS, before the handshake:
+    read as the replies to what comes next, they would speak for the pinned server."""
+    pinned, pin = _tls(tmp_path, "pinned")
+    server = hostile(control_tls=pinned, data_tls=pinned, after_auth=b"530 injected\r\n")
+    with _transport(server, "ftps", pin) as ftp:
         assert ftp.list() == ["a.txt"]
 
 
