@@ -13,7 +13,12 @@ from pathlib import Path
 
 
 class LoginGuard:
-    """``max_failures`` failed logins from one IP within ``ban_seconds`` ban it that long."""
+    """``max_failures`` failed logins from one IP within ``ban_seconds`` ban it that long.
+
+    Failures are kept per IP and login name: a success clears only the failures against the
+    name it logged in as, so a login to one's own account (or anonymous) does not wipe the
+    guesses made at another.
+    """
 
     def __init__(
         self,
@@ -25,7 +30,7 @@ class LoginGuard:
         self.max_failures = max_failures
         self.ban_seconds = ban_seconds
         self._clock = clock
-        self._failures: dict[str, list[float]] = {}
+        self._failures: dict[str, list[tuple[float, str]]] = {}  # ip: (when, login name)
         self._banned_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -39,12 +44,12 @@ class LoginGuard:
                 return False
             return True
 
-    def failed(self, ip: str) -> bool:
-        """Count a failure; True if this one earned a ban."""
+    def failed(self, ip: str, name: str) -> bool:
+        """Count a failure of login ``name``; True if this one earned a ban."""
         now = self._clock()
         with self._lock:
-            recent = [t for t in self._failures.get(ip, []) if now - t < self.ban_seconds]
-            recent.append(now)
+            recent = [f for f in self._failures.get(ip, []) if now - f[0] < self.ban_seconds]
+            recent.append((now, name))
             if len(recent) >= self.max_failures:
                 self._failures.pop(ip, None)
                 self._banned_until[ip] = now + self.ban_seconds
@@ -52,9 +57,14 @@ class LoginGuard:
             self._failures[ip] = recent
             return False
 
-    def succeeded(self, ip: str) -> None:
+    def succeeded(self, ip: str, name: str) -> None:
+        """Forget the failures of login ``name`` from ``ip``; those of other names stay."""
         with self._lock:
-            self._failures.pop(ip, None)
+            kept = [f for f in self._failures.get(ip, []) if f[1] != name]
+            if kept:
+                self._failures[ip] = kept
+            else:
+                self._failures.pop(ip, None)
 
 
 class BusyFiles:

@@ -53,13 +53,15 @@ class Session(SessionAPI):
         if len(self.server.ip_map) > self.services.config.max_connections:
             self.handle_max_cons()
             return
-        ip = self.remote_ip
-        if self.services.guard.banned(ip):
-            self.services.audit.record("refused", ip=ip, reason="banned")
-            self.respond("421 Too many failed logins; try again later.")
-            self.close_when_done()
+        if self.services.guard.banned(self.remote_ip):
+            self._refuse_banned()
             return
         super().handle()
+
+    def _refuse_banned(self) -> None:
+        self.services.audit.record("refused", ip=self.remote_ip, reason="banned")
+        self.respond("421 Too many failed logins; try again later.")
+        self.close_when_done()
 
     def collect_incoming_data(self, data: bytes) -> None:
         # pyftpdlib answers an overlong line twice (once when too long, once at its end), which
@@ -195,9 +197,16 @@ class Session(SessionAPI):
         if not username:
             self.respond("503 Login with USER first.")
             return
-        services = self.services
+        services, ip = self.services, self.remote_ip
+        # Checked here too, not only when the connection opened: connections opened before a
+        # ban would otherwise go on guessing through it.
+        if services.guard.banned(ip):
+            self._refuse_banned()
+            return
 
         def check() -> Principal | None:
+            if services.guard.banned(ip):  # banned while this waited for a worker: no check
+                return None
             return authenticate(
                 username,
                 line,
@@ -217,11 +226,14 @@ class Session(SessionAPI):
             self.respond("421 This account cannot be served now; tell the operator.")
             self.close_when_done()
             return
+        if self.services.guard.banned(ip):  # banned meanwhile, by another connection
+            self._refuse_banned()
+            return
         principal = future.result()
         if principal is None:
             audit.record("login-failed", ip=ip, user=self.username)
-            self.username = ""
-            if self.services.guard.failed(ip):
+            name, self.username = self.username, ""
+            if self.services.guard.failed(ip, name):
                 audit.record("ban", ip=ip, seconds=self.services.config.ban_seconds)
                 self.respond("421 Too many failed logins; banned for a while.")
                 self.close_when_done()
@@ -230,7 +242,7 @@ class Session(SessionAPI):
             delay = self.services.config.login_failure_delay
             self.ioloop.call_later(delay, self._login_refused, _errback=self.handle_error)
             return
-        self.services.guard.succeeded(ip)
+        self.services.guard.succeeded(ip, self.username)
         self.principal = principal
         home = self.services.layout.root.joinpath(*principal.home)
         audit.record("login", ip=ip, user=principal.name, role=principal.label)

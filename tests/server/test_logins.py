@@ -1,0 +1,55 @@
+"""Login bans against a real server: what a success forgives, and connections opened before."""
+
+from __future__ import annotations
+
+import ftplib
+
+import pytest
+
+from tests.server.conftest import Server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def failed_logins(server: Server) -> int:
+    return server.audit().count('"event": "login-failed"')
+
+
+def test_a_success_forgives_only_the_failures_of_its_own_name(serve):
+    server = serve("--tls", "off", "--anonymous", "upload", "--max-login-failures", "3")
+    client = server.ftp()
+    for _ in range(2):  # an insider's own typos, then its login: forgiven
+        with pytest.raises(ftplib.error_perm, match="530"):
+            client.login("sender", "not the password")
+    client.login("sender", server.password("sender"))
+    guesser = server.ftp()
+    for _ in range(2):  # two guesses at the receiver, then logins that must not forgive them
+        with pytest.raises(ftplib.error_perm, match="530"):
+            guesser.login("receiver", "a guess")
+    server.ftp("anonymous", "x").quit()
+    server.ftp("sender").quit()
+    with pytest.raises(ftplib.error_temp, match="421"):  # the 3rd guess bans
+        server.ftp().login("receiver", "another guess")
+    with pytest.raises(ftplib.error_temp, match="421"):
+        server.ftp()
+    assert '"event": "ban"' in server.audit()
+    assert failed_logins(server) == 5
+
+
+def test_connections_opened_before_a_ban_get_no_more_checks(serve):
+    server = serve("--tls", "off", "--max-login-failures", "3")
+    opened = [server.ftp() for _ in range(8)]
+    for client in opened:
+        assert client.sendcmd("USER receiver").startswith("331")
+    replies = []
+    for client in opened[:-1]:
+        try:
+            replies.append(client.sendcmd("PASS a-guess"))
+        except ftplib.all_errors as exc:
+            replies.append(str(exc))
+    assert [r[:3] for r in replies] == ["530", "530"] + ["421"] * 5, replies
+    assert "try again later" in replies[-1]
+    with pytest.raises(ftplib.error_temp, match="421"):  # not even the right password
+        opened[-1].sendcmd(f"PASS {server.password('receiver')}")
+    assert failed_logins(server) == 3
+    assert '"event": "login",' not in server.audit()
