@@ -1,6 +1,7 @@
 """The audit log: one JSON object a line in ``state/audit.jsonl``, and a line on stderr.
 
-Events: ``login``, ``login-failed``, ``ban``, ``upload-started``, ``upload-completed``,
+Events: ``login``, ``login-failed``, ``ban``, ``logout`` (a session ended because
+``airgap user`` changed or removed its account), ``upload-started``, ``upload-completed``,
 ``upload-incomplete``, ``publish``, ``quarantine``, ``download``, ``delete``, ``rename``,
 ``refused``, ``start``, ``stop``. Callers pass fields explicitly; this module never receives a
 password (there is no field for it) and strips control characters from every string, so a

@@ -7,14 +7,22 @@ exist. This module never logs, keeps or returns the password it is given.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from airgap.server.config import AnonymousMode
 from airgap.server.layout import Layout
 from airgap.server.policy import Principal
-from airgap.server.users import PasswordHash, Role, UserDB
+from airgap.server.users import PasswordHash, Role, User, UserDB
 from airgap.shared.errors import ServerError
 
 ANONYMOUS = ("anonymous", "ftp")
 _DUMMY_HASH = PasswordHash.make("not a password of anyone")  # equal work for unknown users
+
+
+@dataclass(frozen=True)
+class Login:
+    principal: Principal
+    account: User | None  # the account as the password matched it; None: anonymous
 
 
 def authenticate(
@@ -24,12 +32,12 @@ def authenticate(
     users: UserDB,
     layout: Layout,
     anonymous: AnonymousMode,
-) -> Principal | None:
-    """The principal these credentials prove, or None; a sender's area is made on its login."""
+) -> Login | None:
+    """The login these credentials prove, or None; a sender's area is made on its login."""
     if username.lower() in ANONYMOUS:
         if anonymous is AnonymousMode.OFF:
             return None
-        return Principal("anonymous", None, anonymous)
+        return Login(Principal("anonymous", None, anonymous), None)
     user = users.get(username) if username.isascii() else None
     if user is None:
         _DUMMY_HASH.matches(password)
@@ -38,7 +46,7 @@ def authenticate(
         return None
     if user.role is Role.SENDER:
         make_area(layout, user.name)
-    return Principal(user.name, user.role)
+    return Login(Principal(user.name, user.role), user)
 
 
 def make_area(layout: Layout, name: str) -> None:

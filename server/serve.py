@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from airgap.server import credentials, ftp, sweep
+from airgap.server.accounts import Accounts
 from airgap.server.audit import AuditLog
 from airgap.server.config import AnonymousMode, ServeConfig, TlsMode
 from airgap.server.hashing import HashCache
@@ -122,10 +123,12 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     hashes = HashCache()  # shared: an upload hashed as it landed is a hit for HASH and publish
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="airgap-worker")
     logins = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="airgap-login")
+    users = UserDB(layout.users_file)
     services = ftp.Services(
         config=config,
         layout=layout,
-        users=UserDB(layout.users_file),
+        users=users,
+        accounts=Accounts(users),
         guard=LoginGuard(max_failures=config.max_login_failures, ban_seconds=config.ban_seconds),
         busy=busy,
         publisher=Publisher(layout, trusted=trusted, busy=busy, audit=audit, hashes=hashes),

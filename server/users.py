@@ -98,7 +98,8 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 class UserDB:
-    """The users file; every method re-reads it, so ``airgap user`` changes apply at once."""
+    """The users file; every method re-reads it, so ``airgap user`` changes apply at once to
+    new logins (sessions already logged in see them through :mod:`airgap.server.accounts`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -20,6 +20,7 @@ from typing import Any
 
 from pyftpdlib.ioloop import AsyncChat, IOLoop
 
+from airgap.server.accounts import Accounts
 from airgap.server.audit import AuditLog
 from airgap.server.config import ServeConfig
 from airgap.server.hashing import HashCache
@@ -82,6 +83,7 @@ class Services:
     config: ServeConfig
     layout: Layout
     users: UserDB
+    accounts: Accounts  # the same file, as sessions check it before each command
     guard: LoginGuard
     busy: BusyFiles
     publisher: Publisher

@@ -5,8 +5,9 @@ made relative to the root by :class:`~airgap.server.ftp.fs.AirgapFS`. Logins are
 worker thread; until the answer comes back the session reads no more input, and the lines a
 client sent ahead in the same packets wait, a few at most, to run one by one after it (a packet
 of 2,000 PASS lines is one check, not 2,000). PASS lines never reach the audit log, and
-pyftpdlib is never handed the password to keep. A client that does not read its replies is
-disconnected rather than have them pile up in memory.
+pyftpdlib is never handed the password to keep. A logged-in session whose account
+``airgap user`` changed or removed since its login is ended at its next command. A client that
+does not read its replies is disconnected rather than have them pile up in memory.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 
 from airgap.server.ftp.base import SessionAPI
 from airgap.server.ftp.loop import Services
-from airgap.server.login import authenticate
+from airgap.server.login import Login, authenticate
 from airgap.server.policy import Op, Parts, Principal, decide, rename_allowed
 from airgap.server.publish import bundle_id_of
+from airgap.server.users import User
 
 logger = logging.getLogger("airgap.server")
 _GONE = object()  # what a check skipped for a client that has gone returns
@@ -42,6 +44,7 @@ class Session(SessionAPI):
 
     services: Services
     principal: Principal | None = None
+    _account: User | None = None  # what the password matched at login; None: anonymous
     _overlong = False
     _held: deque[bytes | None] | None = None  # while a check runs: lines not yet run
 
@@ -181,13 +184,29 @@ class Session(SessionAPI):
         if cmd.upper() in REFUSED_COMMANDS or cmd.upper().startswith("SITE"):
             self.respond("502 Command not implemented here.")
             return
+        if self._account_changed():
+            return
         super().pre_process_command(line, cmd, arg)
+
+    def _account_changed(self) -> bool:
+        """End the session if ``airgap user`` changed or removed its account since its login."""
+        account = self._account
+        if not self.authenticated or account is None:
+            return False
+        reason = self.services.accounts.change_of(account)
+        if reason is None:
+            return False
+        self.services.audit.record("logout", ip=self.remote_ip, user=account.name, reason=reason)
+        self.respond(f"421 Logged out: {reason} since this login.")
+        self.close_when_done()
+        return True
 
     # --- login
 
     def flush_account(self) -> None:
         super().flush_account()
         self.principal = None
+        self._account = None
 
     def ftp_PASS(self, line: str) -> None:
         if self.authenticated:
@@ -204,7 +223,7 @@ class Session(SessionAPI):
             self._refuse_banned()
             return
 
-        def check() -> Principal | None:
+        def check() -> Login | None:
             if services.guard.banned(ip):  # banned while this waited for a worker: no check
                 return None
             return authenticate(
@@ -217,7 +236,7 @@ class Session(SessionAPI):
 
         self._check(check, self._login_checked, pool=services.logins)
 
-    def _login_checked(self, future: Future[Principal | None]) -> None:
+    def _login_checked(self, future: Future[Login | None]) -> None:
         ip = self.remote_ip
         audit = self.services.audit
         if (failure := future.exception()) is not None:  # the server's fault, not the client's
@@ -229,8 +248,8 @@ class Session(SessionAPI):
         if self.services.guard.banned(ip):  # banned meanwhile, by another connection
             self._refuse_banned()
             return
-        principal = future.result()
-        if principal is None:
+        login = future.result()
+        if login is None:
             audit.record("login-failed", ip=ip, user=self.username)
             name, self.username = self.username, ""
             if self.services.guard.failed(ip, name):
@@ -243,7 +262,8 @@ class Session(SessionAPI):
             self.ioloop.call_later(delay, self._login_refused, _errback=self.handle_error)
             return
         self.services.guard.succeeded(ip, self.username)
-        self.principal = principal
+        principal = self.principal = login.principal
+        self._account = login.account
         home = self.services.layout.root.joinpath(*principal.home)
         audit.record("login", ip=ip, user=principal.name, role=principal.label)
         # The password is not kept: pyftpdlib would store it in the session otherwise.

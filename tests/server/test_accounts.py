@@ -9,6 +9,7 @@ import pytest
 
 from airgap.server.config import ServeConfig
 from tests.conftest import run_airgap
+from tests.server.conftest import stor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,6 +35,30 @@ def test_passwd_and_remove_take_stale_passwords_out_of_credentials(serve):
     assert removed.returncode == 0, removed.stderr
     assert f"removed {credentials}" in removed.stderr
     assert not credentials.exists()
+
+
+def test_passwd_and_remove_end_the_sessions_already_logged_in(serve):
+    server = serve("--tls", "off")
+    sender, receiver = server.ftp("sender"), server.ftp("receiver")
+    stor(sender, "before.bin", b"1")
+    added = run_airgap(["user", "add", "alice", "--role", "sender", "--root", server.root])
+    assert added.returncode == 0, added.stderr
+    stor(sender, "after-add.bin", b"2")  # another account changed: this session goes on
+    assert receiver.nlst() == []
+
+    assert run_airgap(["user", "passwd", "sender", "--root", server.root]).returncode == 0
+    with pytest.raises(ftplib.error_temp, match="421 Logged out: password changed"):
+        stor(sender, "after-passwd.bin", b"3")
+    assert run_airgap(["user", "remove", "receiver", "--root", server.root]).returncode == 0
+    with pytest.raises(ftplib.error_temp, match="421 Logged out: account removed"):
+        receiver.nlst()
+    assert sorted(p.name for p in (server.root / "pub/incoming/sender").iterdir()) == [
+        "after-add.bin",
+        "before.bin",
+    ]
+    audit = server.audit()
+    assert '"event": "logout", "ip": "127.0.0.1", "reason": "password changed"' in audit
+    assert '"reason": "account removed", "time"' in audit
 
 
 def test_user_commands_refuse_a_root_that_serve_never_made(serve, tmp_path):
