@@ -9,7 +9,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+#: While an IP stays banned, its refused connections are reported at most this often.
+REPORT_REFUSALS_EVERY = 60.0
+
+
+@dataclass
+class _Ban:
+    until: float
+    unreported: int = 0  # connections refused since the last report
+    reported_at: float | None = None
 
 
 class LoginGuard:
@@ -17,7 +28,8 @@ class LoginGuard:
 
     Failures are kept per IP and login name: a success clears only the failures against the
     name it logged in as, so a login to one's own account (or anonymous) does not wipe the
-    guesses made at another.
+    guesses made at another. A ban's refused connections are counted, to be reported a few
+    at a time (:meth:`refused`, :meth:`ban_over`) rather than one log line each.
     """
 
     def __init__(
@@ -31,31 +43,26 @@ class LoginGuard:
         self.ban_seconds = ban_seconds
         self._clock = clock
         self._failures: dict[str, list[tuple[float, str]]] = {}  # ip: (when, login name)
-        self._banned_until: dict[str, float] = {}
+        self._bans: dict[str, _Ban] = {}  # kept past their end until ban_over() reports them
         self._lock = threading.Lock()
 
     def banned(self, ip: str) -> bool:
         with self._lock:
-            until = self._banned_until.get(ip)
-            if until is None:
-                return False
-            if until <= self._clock():
-                del self._banned_until[ip]
-                return False
-            return True
+            ban = self._bans.get(ip)
+            return ban is not None and ban.until > self._clock()
 
-    def failed(self, ip: str, name: str) -> bool:
-        """Count a failure of login ``name``; True if this one earned a ban."""
+    def failed(self, ip: str, name: str) -> float | None:
+        """Count a failure of login ``name``; if this one earned a ban, when the ban ends."""
         now = self._clock()
         with self._lock:
             recent = [f for f in self._failures.get(ip, []) if now - f[0] < self.ban_seconds]
             recent.append((now, name))
             if len(recent) >= self.max_failures:
                 self._failures.pop(ip, None)
-                self._banned_until[ip] = now + self.ban_seconds
-                return True
+                self._bans[ip] = _Ban(now + self.ban_seconds)
+                return now + self.ban_seconds
             self._failures[ip] = recent
-            return False
+            return None
 
     def succeeded(self, ip: str, name: str) -> None:
         """Forget the failures of login ``name`` from ``ip``; those of other names stay."""
@@ -65,6 +72,29 @@ class LoginGuard:
                 self._failures[ip] = kept
             else:
                 self._failures.pop(ip, None)
+
+    def refused(self, ip: str) -> int:
+        """Count a connection refused for the ban of ``ip``; the refusals to report now (the
+        first of a ban, then those since the last report once a minute), or 0."""
+        now = self._clock()
+        with self._lock:
+            ban = self._bans.get(ip)
+            if ban is None:
+                return 0
+            ban.unreported += 1
+            if ban.reported_at is not None and now - ban.reported_at < REPORT_REFUSALS_EVERY:
+                return 0
+            count, ban.unreported, ban.reported_at = ban.unreported, 0, now
+            return count
+
+    def ban_over(self, ip: str, until: float) -> int:
+        """Forget the ban of ``ip`` that ended at ``until``; the refusals not yet reported."""
+        with self._lock:
+            ban = self._bans.get(ip)
+            if ban is None or ban.until != until:
+                return 0
+            del self._bans[ip]
+            return ban.unreported
 
 
 class BusyFiles:

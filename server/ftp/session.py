@@ -39,6 +39,10 @@ MAX_UNREAD_REPLIES = 512
 REFUSED_COMMANDS = ("MKD", "XMKD", "RMD", "XRMD", "STOU", "SITE CHMOD", "MFMT", "SITE")
 
 
+def _log_failure() -> None:
+    logger.exception("a timer failed")
+
+
 class Session(SessionAPI):
     """The policy-enforcing FTP session; mixed in before FTPHandler or TLS_FTPHandler."""
 
@@ -62,7 +66,9 @@ class Session(SessionAPI):
         super().handle()
 
     def _refuse_banned(self) -> None:
-        self.services.audit.record("refused", ip=self.remote_ip, reason="banned")
+        # Not a record each: a banned client looping on connect would fill the disk with them.
+        if count := self.services.guard.refused(self.remote_ip):
+            self.services.audit.record("refused", ip=self.remote_ip, reason="banned", count=count)
         self.respond("421 Too many failed logins; try again later.")
         self.close_when_done()
 
@@ -252,8 +258,8 @@ class Session(SessionAPI):
         if login is None:
             audit.record("login-failed", ip=ip, user=self.username)
             name, self.username = self.username, ""
-            if self.services.guard.failed(ip, name):
-                audit.record("ban", ip=ip, seconds=self.services.config.ban_seconds)
+            if (until := self.services.guard.failed(ip, name)) is not None:
+                self._banned(until)
                 self.respond("421 Too many failed logins; banned for a while.")
                 self.close_when_done()
                 return
@@ -269,6 +275,16 @@ class Session(SessionAPI):
         # The password is not kept: pyftpdlib would store it in the session otherwise.
         self.handle_auth_success(str(home), "", "Logged in.")
         self._resume()
+
+    def _banned(self, until: float) -> None:
+        services, ip = self.services, self.remote_ip
+        services.audit.record("ban", ip=ip, seconds=services.config.ban_seconds)
+
+        def over() -> None:  # the refusals of its last minute, which no record counted yet
+            if count := services.guard.ban_over(ip, until):
+                services.audit.record("refused", ip=ip, reason="banned", count=count)
+
+        self.ioloop.call_later(services.config.ban_seconds, over, _errback=_log_failure)
 
     def _login_refused(self) -> None:
         if self._closed:

@@ -6,7 +6,8 @@ import ftplib
 
 import pytest
 
-from tests.server.conftest import Server
+from airgap.server.limits import LoginGuard
+from tests.server.conftest import Server, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,3 +54,33 @@ def test_connections_opened_before_a_ban_get_no_more_checks(serve):
         opened[-1].sendcmd(f"PASS {server.password('receiver')}")
     assert failed_logins(server) == 3
     assert '"event": "login",' not in server.audit()
+
+
+def test_a_banned_ip_connecting_in_a_loop_is_recorded_once_and_counted_at_the_end(serve):
+    server = serve("--tls", "off", "--max-login-failures", "1", "--ban-seconds", "4")
+    with pytest.raises(ftplib.error_temp, match="421"):
+        server.ftp().login("receiver", "a guess")
+    for _ in range(30):
+        with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+            server.ftp()
+    banned = '"reason": "banned"'
+    assert server.audit().count(banned) == 1
+    assert '"count": 1, "event": "refused"' in server.audit()
+    assert wait_for(lambda: '"count": 29, "event": "refused"' in server.audit())
+    assert server.audit().count(banned) == 2
+    assert server.stderr.count("reason=banned") == 2
+    server.ftp("receiver").quit()  # the ban is over
+
+
+def test_the_refusals_of_a_long_ban_are_counted_once_a_minute():
+    now = [0.0]
+    guard = LoginGuard(max_failures=1, ban_seconds=3600, clock=lambda: now[0])
+    until = guard.failed("10.0.0.1", "receiver")
+    assert until == 3600
+    reports = []
+    for _ in range(150):  # one refused connection a second
+        reports.append(guard.refused("10.0.0.1"))
+        now[0] += 1
+    assert [r for r in reports if r] == [1, 60, 60]
+    assert guard.ban_over("10.0.0.1", until) == 29
+    assert not guard.banned("10.0.0.1")
