@@ -1,7 +1,8 @@
 """``airgap fetch`` and ``airgap verify`` for files bundles: check everything, then unpack.
 
-For each published bundle not in the ledger: read signature and manifest (both size-capped),
-verify the signature against the trusted keys, then the payload's size, then each segment's hash
+For each published bundle not in the ledger: read the signature (size-capped, never spooled)
+and refuse it unless a trusted key has its key id, then the manifest (likewise), verify the
+signature against the trusted keys, then the payload's size, then each segment's hash
 as it streams, then decrypt, decompress and check the plaintext; files reach the output
 directory only after all of that. One bad bundle does not stop the others: each outcome is
 reported, and the caller decides the exit code.
@@ -83,24 +84,38 @@ class Destination:
 
 
 def read_small(transport: Transport, name: str, limit: int, missing: type[AirgapError]) -> bytes:
+    data = _read_capped(transport, name, limit, missing)
+    if data is None:
+        raise missing(f"{name} is larger than airgap ever writes one")
+    return data
+
+
+def _read_capped(
+    transport: Transport, name: str, limit: int, missing: type[AirgapError]
+) -> bytes | None:
+    """``name``'s bytes, or None when it holds more than ``limit`` (by its size, or by what
+    the source sent). Never through a spool: they are not verified yet."""
     size = transport.size(name)
     if size is None:
         raise missing(f"{name} is missing")
     if size > limit:
-        raise missing(f"{name} is larger than airgap ever writes one")
-    with transport.reader(name) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise missing(f"{name} is larger than airgap ever writes one")
-    return data
+        return None
+    if isinstance(transport, SpooledTransport):
+        data = transport.read_unspooled(name, limit=limit + 1)
+    else:
+        with transport.reader(name) as handle:
+            data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 def open_bundle(
     transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]
 ) -> tuple[Manifest, bytes]:
+    """The signature first: one by a key not trusted is refused before the manifest is read."""
     signature = read_small(
         transport, bundle_id + SIGNATURE_SUFFIX, MAX_SIGNATURE_BYTES, SignatureError
     )
+    minisign.trusted_signer(trusted, signature)
     data = read_small(transport, bundle_id + MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, ManifestError)
     manifest = open_manifest(data, signature, trusted)
     if manifest.id != bundle_id:

@@ -6,7 +6,8 @@ continues, after a backoff, from the server's size of the partial file, so a fir
 about one pass of the encoder, not encode plus upload. Where the server offers HASH, the
 uploaded bytes are checked against the spool before the writer returns. Its reader downloads
 large files into a spool and, after a failure, resumes from what the spool holds, so nothing
-verified is downloaded twice; the caller's checks run over every byte, spooled or not.
+verified is downloaded twice; the caller's checks run over every byte, spooled or not. Only a
+payload goes through the spool: a manifest or signature is read with :meth:`read_unspooled`.
 
 Spools live in the user's cache directory, 0700. The caller deletes a spool once its bundle is
 safely sent or imported; a failed send leaves it for ``airgap send --resume``.
@@ -131,6 +132,18 @@ class SpooledTransport:
             pass
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
+
+    def read_unspooled(self, name: str, *, limit: int) -> bytes:
+        """At most ``limit`` bytes of ``name``, straight from the server, the whole read tried
+        again after a failure. Never spooled: a manifest or signature not yet verified must not
+        outlive this run (a spooled prefix would be trusted as is next time)."""
+
+        def read() -> bytes:
+            with self.remote.reader(name) as handle:
+                return handle.read(limit)
+
+        data: bytes = retrying(f"downloading {name}", self.backoff, read)
+        return data
 
     def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
         size = self.size(name)

@@ -3,8 +3,9 @@
 An interrupted ``airgap send`` to a drop box keeps its spool (``send/ID``: the record of the
 send, the age file key, the payload so far) until the same command finishes it; a download
 keeps what it got (``fetch/PLACE/ID.tar.zst.age``) until its bundle is imported. Neither
-expires on its own: one given up for good stays until it is dropped here. Nothing here talks
-to a server or an engine.
+expires on its own: one given up for good stays until it is dropped here. Manifests and
+signatures are no longer spooled, but one an earlier airgap left there is listed with its
+bundle, so that it can be dropped. Nothing here talks to a server or an engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from airgap.client.transport import MANIFEST_SUFFIX, SIGNATURE_SUFFIX
 from airgap.client.unfinished import claim, in_use, recipe_of
 from airgap.shared.errors import StorageError, UsageError
 from airgap.shared.ids import ID_LENGTH, is_bundle_id, made_at
@@ -93,7 +95,7 @@ def _downloads(root: Path) -> list[Held]:
     found = []
     for place in _entries(root):
         for path in _entries(place):
-            bundle_id = _payload_id(path.name)
+            bundle_id = _download_id(path.name)
             try:
                 info = path.lstat()
             except FileNotFoundError:
@@ -104,11 +106,18 @@ def _downloads(root: Path) -> list[Held]:
     return found
 
 
-def _payload_id(name: str) -> str | None:
+def _download_id(name: str) -> str | None:
+    """The bundle of a spooled payload, or of a manifest or signature an earlier airgap
+    spooled (one over 1 MiB, unverified: it must not stay hidden)."""
     bundle_id = name[:ID_LENGTH]
     if not is_bundle_id(bundle_id):
         return None
-    names = (payload_name(bundle_id, encrypted=True), payload_name(bundle_id, encrypted=False))
+    names = (
+        payload_name(bundle_id, encrypted=True),
+        payload_name(bundle_id, encrypted=False),
+        bundle_id + MANIFEST_SUFFIX,
+        bundle_id + SIGNATURE_SUFFIX,
+    )
     return bundle_id if name in names else None
 
 

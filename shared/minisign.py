@@ -310,10 +310,26 @@ def verify_prehashed(
     return _verify_parsed(trusted, parsed, digest)
 
 
-def _verify_parsed(trusted: Sequence[PublicKey], parsed: Signature, signed: bytes) -> Signature:
+def trusted_signer(trusted: Sequence[PublicKey], signature_text: str | bytes) -> Signature:
+    """The signature parsed, if one of the ``trusted`` keys carries its key id; nothing is
+    verified yet. A caller refuses an untrusted signer this way before it reads the message.
+
+    Raises SignatureError if it is malformed, UntrustedSignerError if no trusted key has its id.
+    """
+    parsed = Signature.parse(signature_text)
+    _candidates(trusted, parsed)
+    return parsed
+
+
+def _candidates(trusted: Sequence[PublicKey], parsed: Signature) -> list[PublicKey]:
     candidates = [key for key in trusted if key.key_id == parsed.key_id]
     if not candidates:
         raise UntrustedSignerError(f"signed by key {parsed.key_id_hex}, which is not trusted")
+    return candidates
+
+
+def _verify_parsed(trusted: Sequence[PublicKey], parsed: Signature, signed: bytes) -> Signature:
+    candidates = _candidates(trusted, parsed)
     failures: list[SignatureError] = []
     # Key ids are random, not unique: try every trusted key that carries this one.
     for key in candidates:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from airgap.client.fetch import Destination, fetch_bundles, open_bundle, plaintext_of
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
+from airgap.client.spool import SpooledTransport
 from airgap.client.transport import DirectoryTransport, published_ids
 from airgap.shared import age, minisign
 from airgap.shared.bundle import EncodeOptions, Encoder, sign_manifest
@@ -287,6 +288,28 @@ def test_a_highly_compressible_payload_decodes_in_bounded_pieces(tmp_path: Path)
         for piece in plaintext:
             largest = max(largest, len(piece))
     assert largest <= 1 << 20
+
+
+def test_a_manifest_tampered_once_is_not_kept_for_the_next_run(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Through a spool that takes every file of a byte or more (a drop box's spool takes
+    those of 1 MiB or more, as a large manifest is): a manifest changed in transit is refused,
+    and once the source holds the signed one again it is accepted. Only payloads are spooled;
+    a manifest or signature never is, so none can poison a later run."""
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    transport = SpooledTransport(DirectoryTransport(drop), tmp_path / "spool", big=1)
+    (bundle_id,) = published_ids(transport.list())
+    manifest_file = drop / f"{bundle_id}.manifest.json"
+    signed = manifest_file.read_bytes()
+    manifest_file.write_bytes(signed[:-2] + b" \n")  # the same size, as a flipped byte is
+    with pytest.raises(SignatureError):
+        open_bundle(transport, bundle_id, [SIGNER.public_key])
+    manifest_file.write_bytes(signed)
+    manifest, data = open_bundle(transport, bundle_id, [SIGNER.public_key])
+    assert (manifest.id, data) == (bundle_id, signed)
+    assert list((tmp_path / "spool").iterdir()) == []
 
 
 def test_every_file_and_the_folder_are_durable_before_the_ledger_says_imported(

@@ -16,8 +16,10 @@ from typing import Any
 import docker.errors
 import pytest
 
+from airgap.shared import minisign
+from airgap.shared.ids import new_bundle_id
 from tests import vsftpd
-from tests.conftest import DockerEngine, build_image, run_airgap, spawn_airgap
+from tests.conftest import DockerEngine, build_image, receiving, run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server
 
 needs_vsftpd = pytest.mark.skipif(vsftpd.available() is not None, reason=str(vsftpd.available()))
@@ -312,3 +314,43 @@ def test_a_url_without_a_user_logs_in_as_the_netrc_says(
     anonymous = run_airgap(ls, env=env)
     assert anonymous.returncode == 4, anonymous.stderr
     assert "anonymous@127.0.0.1" in anonymous.stderr
+
+
+def test_a_manifest_by_a_signer_not_trusted_is_never_downloaded_nor_cached(
+    appliance: Server, keydir: Path, tmp_path: Path
+) -> None:
+    """Whoever holds the drop box's disk offers bundles signed by another key, each with a
+    3 MiB manifest: ls and fetch refuse them by the signature alone (exit 3 for the fetch),
+    download none of those manifests, and leave nothing in the cache for a later run."""
+    outgoing = appliance.root / "pub" / "outgoing"
+    stranger = minisign.SecretKey.generate()
+    planted = [new_bundle_id() for _ in range(3)]
+    for bundle_id in planted:
+        junk = os.urandom(3 << 20)
+        (outgoing / f"{bundle_id}.manifest.json").write_bytes(junk)
+        signature = minisign.sign(stranger, junk, trusted_comment=f"airgap-bundle/1 id={bundle_id}")
+        (outgoing / f"{bundle_id}.manifest.json.minisig").write_text(signature)
+    url = f"ftps://receiver@127.0.0.1:{appliance.port}/"
+    where = ["--server", url, "--tls-fingerprint", _fingerprint(appliance)]
+    env = _env(tmp_path, appliance.password("receiver"), AIRGAP_RETRIES="1")
+
+    listed = run_airgap(["ls", *where, "--trust", keydir / "signing.pub", "--json"], env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["bundles"]
+    assert [(r["id"], r["state"]) for r in rows] == [(b, "invalid") for b in sorted(planted)]
+    assert all("which is not trusted" in r["detail"] for r in rows)
+    fetched = run_airgap(["fetch", *where, *receiving(keydir, tmp_path / "state")], env=env)
+    assert fetched.returncode == 3, fetched.stderr
+    assert fetched.stderr.count("which is not trusted") == 3
+
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    shown = run_airgap(["spool", "show"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.startswith("0 items"), shown.stderr
+    appliance.stop()  # its audit log is whole
+    downloads = [
+        json.loads(line)["file"]
+        for line in appliance.audit().splitlines()
+        if '"event": "download"' in line
+    ]
+    assert downloads and not [d for d in downloads if d.endswith(".manifest.json")]

@@ -66,6 +66,23 @@ def test_listing_and_dropping_sends_and_downloads(tmp_path: Path) -> None:
     assert not begin_elsewhere.exists() and download.exists()
 
 
+def test_a_manifest_an_earlier_airgap_spooled_is_listed_and_dropped(tmp_path: Path) -> None:
+    """Earlier, a manifest of 1 MiB or more went through the spool, unverified, and stayed
+    there, hidden: it is listed with its bundle now, and drop --all removes it."""
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    place = tmp_path / "xdg" / "airgap" / "fetch" / "0123456789abcdef"
+    place.mkdir(parents=True)
+    bundle_id = new_bundle_id()
+    manifest = place / f"{bundle_id}.manifest.json"
+    manifest.write_bytes(b"{" * (1 << 20))
+    shown = run_airgap(["spool", "show", "--json"], env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert [h["id"] for h in json.loads(shown.stdout)["held"]] == [bundle_id]
+    dropped = run_airgap(["spool", "drop", "--all"], env=env)
+    assert dropped.returncode == 0, dropped.stderr
+    assert f"dropped {bundle_id}" in dropped.stderr and not manifest.exists()
+
+
 def _where(ftp: vsftpd.Vsftpd, tmp_path: Path) -> tuple[str, dict[str, str]]:
     return f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/", _env(tmp_path, ftp.password)
 
