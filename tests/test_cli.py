@@ -316,6 +316,33 @@ def test_ls_shows_bundles_their_state_and_never_raw_escapes(tmp_path: Path, keyd
     assert [r["state"] for i, r in rows.items() if i != bundle_id] == ["verified"]
 
 
+def test_ls_without_trust_reads_no_large_manifest(tmp_path: Path, keydir: Path) -> None:
+    """Nothing vouches for a manifest without --trust: one over 2 MiB (here millions of empty
+    JSON objects, which would cost seconds and a gigabyte to parse) is not read; its bundle is
+    listed as too large, with the way to list it. A bundle of thousands of files still lists."""
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(6000):
+        (many / f"report-{i:05d}-of-the-quarterly-inventory.csv").write_text(str(i))
+    drop = tmp_path / "drop"
+    bundle_id = _send(keydir, drop, sorted(many.iterdir()), "--no-encrypt")
+    assert (drop / f"{bundle_id}.manifest.json").stat().st_size > 1 << 20
+    hostile = bundle_id[:-1] + ("0" if bundle_id[-1] != "0" else "1")
+    (drop / f"{hostile}.manifest.json").write_bytes(b"[" + b"{}," * (1 << 20) + b"{}]")
+    shutil.copy(
+        drop / f"{bundle_id}.manifest.json.minisig", drop / f"{hostile}.manifest.json.minisig"
+    )
+
+    listed = run_airgap(["ls", "--from", drop, "--json"])
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["id"]: row for row in json.loads(listed.stdout)["bundles"]}
+    assert rows[bundle_id]["state"] == "unverified" and len(rows[bundle_id]["content"]) == 6000
+    assert rows[hostile]["state"] == "too-large" and rows[hostile]["payload_bytes"] is None
+    assert "pass --trust" in rows[hostile]["detail"]
+    shown = run_airgap(["ls", "--from", drop])
+    assert f"{hostile}  too-large" in shown.stdout and "pass --trust" in shown.stdout
+
+
 def test_a_passphrase_bundle_without_a_passphrase_says_so(tmp_path: Path, keydir: Path) -> None:
     (tmp_path / "f").write_text("x")
     send = ["send", "--to", tmp_path / "drop", "--file", tmp_path / "f", "--passphrase"]
