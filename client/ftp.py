@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from airgap.client.transport import MAX_LISTING
 from airgap.shared.errors import (
     CertificateMismatch,
     LoginError,
@@ -49,8 +50,6 @@ FILL = 1 << 20
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, EOFError)
 #: The most a reply may hold, all its lines (ftplib caps only each line, at 8 KiB).
 MAX_REPLY = 64 << 10
-#: The most a listing may hold: 16 MiB is ~400,000 bundle file names.
-MAX_LISTING = 16 << 20
 #: A download that brings fewer bytes than this in a whole timeout has stalled: a server can
 #: send a byte now and then to defeat a timeout on each read. Far below any real link.
 STALL_BYTES = 1024

@@ -19,12 +19,14 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from airgap.shared.errors import StorageError, TransferError
-from airgap.shared.ids import is_bundle_id
+from airgap.shared.ids import ID_LENGTH, is_bundle_id
 from airgap.shared.manifest import is_plain_name
 
 MANIFEST_SUFFIX = ".manifest.json"
 SIGNATURE_SUFFIX = ".manifest.json.minisig"
 PARTIAL_SUFFIX = ".part"
+#: The most a listing may hold, in bytes of names: 16 MiB is ~400,000 bundle file names.
+MAX_LISTING = 16 << 20
 #: The buffer of a transport's file reader. It is smaller than the pieces a payload is read in
 #: (1 MiB), because a BufferedReader copies every read no larger than its buffer through that
 #: buffer, and hands larger ones straight to the file.
@@ -108,8 +110,28 @@ class DirectoryTransport:
             raise TransferError(f"{what}: {exc.strerror or exc}") from exc
 
     def list(self) -> list[str]:
+        """The files whose names can be a bundle's (they begin with a bundle id), at most
+        :data:`MAX_LISTING` bytes of them, as for a drop box: media holding millions of other
+        files cost a scan, never a list of their names."""
         with self._errors(f"listing {self.root}"):
-            return sorted(e.name for e in os.scandir(self.root) if e.is_file(follow_symlinks=False))
+            return sorted(self._bundle_names())
+
+    def _bundle_names(self) -> Iterator[str]:
+        held = 0
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not is_bundle_id(entry.name[:ID_LENGTH]):
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                held += len(entry.name) + 1
+                if held > MAX_LISTING:
+                    raise TransferError(
+                        f"listing {self.root}: more than {MAX_LISTING >> 20} MiB of names of "
+                        "bundle files",
+                        hint="no send leaves that many; move bundles off the media in batches",
+                    )
+                yield entry.name
 
     def size(self, name: str) -> int | None:
         """The size of a regular file; None for anything else (missing, link, FIFO, device)."""

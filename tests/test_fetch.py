@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from airgap.client import transport as media
 from airgap.client.fetch import Destination, fetch_bundles, open_bundle, plaintext_of
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
@@ -30,6 +31,7 @@ from airgap.shared.errors import (
     PayloadSizeError,
     SegmentHashError,
     SignatureError,
+    TransferError,
     UnsafeArchiveError,
     UntrustedSignerError,
     VerificationError,
@@ -259,6 +261,24 @@ def test_a_fifo_on_the_media_does_not_hang(bundle_dir: Path, tmp_path: Path) -> 
     os.mkfifo(manifest)
     error = _fetch(drop, tmp_path / "out", tmp_path / "state")
     assert isinstance(error, ManifestError) and "missing" in error.message
+
+
+def test_media_list_only_names_of_bundle_files_and_not_too_many(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Media holding many other files: those that cannot be a bundle's are passed over as the
+    directory is scanned; names of bundle files past MAX_LISTING bytes are refused, as a drop
+    box's listing is (the cap is lowered here: 16 MiB of names are ~400,000 files)."""
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    for i in range(20_000):
+        (drop / f"photo-{i:05d}.jpg").touch()
+    assert DirectoryTransport(drop).list() == sorted(p.name for p in bundle_dir.iterdir())
+    for _ in range(200):
+        (drop / f"{new_bundle_id()}.refused").touch()
+    monkeypatch.setattr(media, "MAX_LISTING", 4096)
+    with pytest.raises(TransferError, match="of names of bundle files"):
+        DirectoryTransport(drop).list()
 
 
 def test_refused_bundles_leave_no_thread_behind(bundle_dir: Path, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from airgap.client.ftp import MAX_LISTING, MAX_REPLY, FtpTarget, FtpTransport
+from airgap.client.ftp import MAX_REPLY, FtpTarget, FtpTransport
+from airgap.client.transport import MAX_LISTING
 from airgap.server.tlscert import ensure_certificate, fingerprints
 from airgap.shared.errors import TransferError
 from tests.conftest import run_airgap
