@@ -62,6 +62,7 @@ if TYPE_CHECKING:
         _extra_feats: list[str]
         producer_fifo: Any  # asynchat's queue of output not yet sent
         socket: socket.socket
+        tls_data_required: bool  # TLS_FTPHandler only
 
         def push(self, data: bytes) -> None: ...
 
@@ -90,6 +91,8 @@ if TYPE_CHECKING:
         def ftp_RNFR(self, path: str) -> None: ...
         def ftp_FEAT(self, line: str) -> None: ...
         def ftp_OPTS(self, line: str) -> None: ...
+        def ftp_PROT(self, line: str) -> None: ...  # TLS_FTPHandler only
+        def _on_dtp_connection(self) -> None: ...
 
 else:
     SessionAPI = DataChannelAPI = object

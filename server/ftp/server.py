@@ -18,6 +18,7 @@ from airgap.server.ftp.data import PlainData, throttled, tls_data_class
 from airgap.server.ftp.fs import AirgapFS, Authorizer
 from airgap.server.ftp.hashcmd import HashCommands
 from airgap.server.ftp.loop import Services
+from airgap.server.ftp.protection import DataProtection
 from airgap.server.ftp.session import REFUSED_COMMANDS
 from airgap.server.ftp.uploads import UploadCommands
 from airgap.server.layout import Layout
@@ -66,11 +67,13 @@ def handler_class(services: Services) -> type:
     config = services.config
     base: Any = FTPHandler  # or TLS_FTPHandler; untyped either way
     data: type = PlainData
+    mixins: tuple[type, ...] = (HashCommands, UploadCommands)
     attributes: dict[str, Any] = {}
     if config.tls is not TlsMode.OFF:
         from pyftpdlib.handlers import TLS_FTPHandler
 
         base, data = TLS_FTPHandler, tls_data_class()
+        mixins = (DataProtection, *mixins)
         required = config.tls is TlsMode.REQUIRED
         attributes |= {
             "ssl_context": _tls_context(services.layout),
@@ -105,7 +108,7 @@ def handler_class(services: Services) -> type:
         # connections and ASCII transfers.
         "use_sendfile": True,
     }
-    return type("AirgapHandler", (HashCommands, UploadCommands, base), attributes)
+    return type("AirgapHandler", (*mixins, base), attributes)
 
 
 def make_server(services: Services, ioloop: Any) -> Listener:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ftplib
 import itertools
@@ -36,7 +37,8 @@ def test_required_tls_refuses_user_before_auth_and_data_without_prot_p(serve):
     client = tls_client(server)
     client.login("sender", server.password("sender"))  # AUTH TLS first, then USER and PASS
     client.voidcmd("PBSZ 0")
-    client.prot_c()  # data in clear
+    with pytest.raises(ftplib.error_perm, match="534"):
+        client.prot_c()  # data in clear
     with pytest.raises(ftplib.error_perm, match="550"):
         client.storbinary("STOR clear.bin", _Bytes(b"secret"))
     with pytest.raises(ftplib.error_perm, match="550"):
@@ -46,6 +48,54 @@ def test_required_tls_refuses_user_before_auth_and_data_without_prot_p(serve):
     client.storbinary("STOR private.bin", _Bytes(b"secret"))
     assert client.nlst() == ["private.bin"]
     assert (server.root / "pub/incoming/sender/private.bin").read_bytes() == b"secret"
+
+
+def test_required_tls_refuses_prot_c_after_pasv_and_never_takes_data_in_clear(serve):
+    """Found in review: pyftpdlib checks PROT only at PASV, so PROT C sent after it (answered
+    200) made the next data connection clear, and STOR wrote what crossed in clear."""
+    server = serve("--tls", "required")
+    client = tls_client(server)
+    client.login("sender", server.password("sender"))
+    client.prot_p()
+    host, port = client.makepasv()
+    try:
+        reply = client.sendcmd("PROT C")
+    except ftplib.error_perm as exc:
+        reply = str(exc)
+    with socket.create_connection((host, port), timeout=10) as data:
+        started = client.sendcmd("STOR clear.bin")
+        data.sendall(b"secret in clear")
+    with pytest.raises(ftplib.Error):
+        client.voidresp()
+    assert started[:3] in ("125", "150")
+    path = server.root / "pub/incoming/sender/clear.bin"
+    assert not path.exists() or b"secret" not in path.read_bytes()
+    assert reply.startswith("534 Data in clear is refused here")
+
+
+# The second guard alone: pyftpdlib's PROT, which takes PROT C after PASV.
+PROT_C_TAKEN = """
+from airgap.server.ftp import protection
+del protection.DataProtection.ftp_PROT
+"""
+
+
+def test_required_tls_closes_a_data_connection_in_clear_however_it_came(serve):
+    server = serve("--tls", "required", prelude=PROT_C_TAKEN)
+    client = tls_client(server)
+    client.login("sender", server.password("sender"))
+    client.prot_p()
+    host, port = client.makepasv()
+    client.voidcmd("PROT C")  # let through, as pyftpdlib alone does
+    with socket.create_connection((host, port), timeout=10) as data:
+        with pytest.raises(ftplib.error_perm, match="522 Data connection in clear refused"):
+            client.getresp()
+        with contextlib.suppress(ConnectionResetError):
+            assert data.recv(1) == b""  # closed unused
+    with pytest.raises((EOFError, OSError)):
+        client.sendcmd("NOOP")  # and the session with it
+    assert not (server.root / "pub/incoming/sender/clear.bin").exists()
+    assert "data connection in clear refused" in server.stderr
 
 
 class _Bytes:

@@ -1,0 +1,39 @@
+"""PROT under ``--tls required``: data goes over TLS, or not at all.
+
+pyftpdlib checks the protection level only at PASV, EPSV, PORT and EPRT, and a data connection
+goes encrypted only if ``PROT P`` still holds when it connects: a ``PROT C`` sent in between
+made the next upload, download or listing cross in clear. Here ``PROT C`` is refused while
+TLS is required, and a data connection that arrives without TLS all the same (whatever led to
+it) is closed unused, with the session: it never carries a byte.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyftpdlib.utils import is_ssl_sock
+
+from airgap.server.ftp.session import Session
+
+logger = logging.getLogger("airgap.server")
+
+
+class DataProtection(Session):
+    """Mixed in before pyftpdlib's TLS_FTPHandler only (it has PROT and ``tls_data_required``)."""
+
+    def ftp_PROT(self, line: str) -> None:
+        if self.tls_data_required and line.strip().upper() == "C":
+            self.respond("534 Data in clear is refused here: TLS is required; use PROT P.")
+            return
+        super().ftp_PROT(line)
+
+    def _on_dtp_connection(self) -> None:
+        channel = self.data_channel
+        if self.tls_data_required and channel is not None and not is_ssl_sock(channel.socket):
+            logger.warning("%s: data connection in clear refused", self.remote_ip)
+            self.data_channel = None
+            channel.close()
+            self.respond("522 Data connection in clear refused: TLS is required; use PROT P.")
+            self.close_when_done()  # drops whatever transfer was waiting for it
+            return
+        super()._on_dtp_connection()
