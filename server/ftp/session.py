@@ -334,7 +334,9 @@ class Session(SessionAPI):
             super().ftp_MLSD(path)
 
     def ftp_MLST(self, path: str) -> None:
-        if self._allowed(Op.STAT if Path(path).is_file() else Op.LIST, path):
+        # LIST allows what STAT does, and more: judged without a look at the disk, a refusal
+        # says nothing of what the path is.
+        if self._allowed(Op.LIST, path):
             super().ftp_MLST(path)
 
     def ftp_STAT(self, path: str) -> None:

@@ -41,15 +41,19 @@ class UploadCommands(Session):
     def ftp_STOR(self, path: str, mode: str = "w") -> None:
         append = "a" in mode
         rest, self._restart_position = self._restart_position, 0
+        # The policy before the disk: a refused path gets one reply whether or not it exists
+        # (whoever may resume a file may also create it), and an account's name the same
+        # whether its area was made yet or not.
+        if self._takes_an_area(path):
+            self.respond("553 That name is a sender's area.")
+            return
+        if not self._allowed(Op.CREATE, path):
+            return
         target = storage.target(path)
         if isinstance(target, storage.Refusal):
             self.respond(target.reply)
             return
-        resuming = target.exists and (append or rest > 0)
-        if not self._allowed(Op.RESUME if resuming else Op.CREATE, path):
-            return
-        if self._takes_an_area(path):
-            self.respond("553 That name is a sender's area.")
+        if target.exists and (append or rest > 0) and not self._allowed(Op.RESUME, path):
             return
         offset = target.offset(append=append, rest=rest)
         if isinstance(offset, storage.Refusal):

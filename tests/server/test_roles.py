@@ -280,3 +280,37 @@ def test_a_second_appliance_on_the_same_root_is_refused(serve):
     assert second.returncode == 1, second.stderr
     assert f"another airgap serve is running on {server.root}" in second.stderr
     server.ftp("sender").voidcmd("NOOP")  # the first serves on
+
+
+def _reply(client: ftplib.FTP, command: str) -> str:
+    try:
+        return client.sendcmd(command)
+    except ftplib.Error as exc:
+        return str(exc)
+
+
+def test_a_refused_path_gets_one_reply_whether_or_not_it_exists(serve):
+    """Found in review: STOR looked at the disk before the policy, so an anonymous upload to
+    a directory anywhere under the root got "550 Not a regular file." where a missing name got
+    "Not allowed", which told which directories (and senders' areas) exist."""
+    server = serve("--tls", "off", "--anonymous", "upload")
+    server.ftp("sender").quit()  # its area exists now
+    assert (server.root / "pub/incoming/sender").is_dir()
+    client = server.ftp("anonymous", "x@y")
+    there = ("/state/tls", "/state/users.json", "/pub/outgoing", "/pub/incoming/sender/x")
+    missing = "/state/nosuch"
+    for command in ("STOR", "APPE", "RETR", "SIZE", "MDTM", "DELE", "RNFR", "HASH", "MLST"):
+        refused = _reply(client, f"{command} {missing}")
+        assert refused.startswith("550 Not allowed"), (command, refused)
+        for path in there:
+            assert _reply(client, f"{command} {path}") == refused, (command, path)
+    client.voidcmd("TYPE I")
+    client.sendcmd("REST 4")
+    refused = _reply(client, f"STOR {missing}")
+    client.sendcmd("REST 4")
+    assert _reply(client, "STOR /state/users.json") == refused
+    # An account's name is refused alike, whether its area was made yet or not.
+    assert _reply(client, "STOR /pub/incoming/sender") == _reply(
+        client, "STOR /pub/incoming/receiver"
+    )
+    assert not (server.root / "pub/incoming/receiver").exists()
