@@ -5,7 +5,8 @@ Events: ``login``, ``login-failed``, ``ban``, ``logout`` (a session ended becaus
 ``upload-incomplete``, ``publish``, ``quarantine``, ``download``, ``delete``, ``rename``,
 ``refused``, ``start``, ``stop``. Callers pass fields explicitly; this module never receives a
 password (there is no field for it) and strips control characters from every string, so a
-hostile file or user name cannot forge a log line.
+hostile file or user name cannot forge a log line; on stderr a value that is not a plain token
+is quoted (as a JSON string), so it cannot forge a field either.
 
 Each line is one ``write`` on an ``O_APPEND`` descriptor, so a line is whole or absent. A line
 that cannot be written (a full disk) is reported on stderr and dropped: the drop box keeps
@@ -18,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -25,12 +27,22 @@ from pathlib import Path
 logger = logging.getLogger("airgap.server")
 
 Field = str | int | float | bool | None
+_PLAIN = re.compile(r"[\w.,:/@+~-]+")  # no space, quote or "=": a value that cannot look like more
 
 
 def _clean(value: Field) -> Field:
     if isinstance(value, str):
         return "".join(c if c.isprintable() else "?" for c in value)[:1024]
     return value
+
+
+def _shown(value: Field) -> str:
+    """``value`` for the stderr line: as it is when a plain token, else quoted as a JSON
+    string, so that no file or user name (spaces and ``=`` are allowed in them) reads as
+    another field."""
+    if not isinstance(value, str):
+        return str(value)
+    return value if _PLAIN.fullmatch(value) else json.dumps(value, ensure_ascii=False)
 
 
 class AuditLog:
@@ -48,7 +60,7 @@ class AuditLog:
         entry.update({k: _clean(v) for k, v in fields.items()})
         line = json.dumps(entry, sort_keys=True, ensure_ascii=True)
         self._append((line + "\n").encode("ascii"))
-        logger.info("%s %s", event, " ".join(f"{k}={entry[k]}" for k in sorted(fields)))
+        logger.info("%s %s", event, " ".join(f"{k}={_shown(entry[k])}" for k in sorted(fields)))
 
     def _append(self, data: bytes) -> None:
         with self._lock:
