@@ -4,10 +4,11 @@ An entry is keyed by what the file is, not what it is called: (st_dev, st_ino, s
 st_mtime_ns, start, stop). A rename keeps the inode and the mtime, so ``X.part``, ``X`` and
 ``pub/outgoing/X`` are one entry. Content never changes under a key: every write sets a new
 mtime, no client can set an old one back (MFMT and utime are refused), an upload drops the
-file's entries as it opens it (:meth:`HashCache.forget`, for a write within one clock tick of
-the last and for a reused inode), and a digest is cached only if the file did not change while
-it was read. Callers asking for the same range at once share one read: a finished upload is
-hashed once, for its audit record, the client's ``HASH`` and the bundle check together.
+file's entries as it cuts the file or before its first write (:meth:`HashCache.forget`, for a
+write within one clock tick of the last and for a reused inode), and a digest is cached only
+if the file did not change while it was read. Callers asking for the same range at once share
+one read: a finished upload is hashed once, for its audit record, the client's ``HASH`` and the
+bundle check together.
 :func:`HashCache.digest` reads the file on a miss: call it on a worker thread, never on the IO
 loop (hashing as the bytes land would hold every upload to the hash's speed).
 """
@@ -88,6 +89,11 @@ class HashCache:
                 del self._reading[key]
             done.set()
         return hexdigest, start, stop
+
+    def known(self, info: os.stat_result) -> str | None:
+        """The cached digest of the whole file ``info`` describes, if there is one; never reads."""
+        with self._lock:
+            return self._entries.get(_key(info, 0, info.st_size))
 
     def forget(self, info: os.stat_result) -> None:
         """Drop every entry of this file (by inode): it is about to be written. A read of it

@@ -21,10 +21,12 @@ touches a socket and never follows a symbolic link.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import stat
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,15 +223,30 @@ def budget(
 
 
 class UploadFile:
-    """The file a STOR/APPE writes: enforces its area's quota and the disk watermark."""
+    """The file a STOR/APPE writes: enforces its area's quota and the disk watermark.
 
-    def __init__(self, fd: int, path: str, *, budget: Budget | None, min_free: int) -> None:
+    ``changed``: whether the upload changed the file yet (made it, cut it, or wrote to it).
+    ``before_write`` runs once, before the first byte is written.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        *,
+        budget: Budget | None,
+        min_free: int,
+        changed: bool = True,
+        before_write: Callable[[], None] | None = None,
+    ) -> None:
         self._fd = fd
         self.name = path
         self._area = budget.area if budget is not None else None
         self._quota = budget.quota if budget is not None else 0
         self._min_free = min_free
         self._since_check = 0
+        self.changed = changed
+        self._before_write = before_write
 
     @property
     def closed(self) -> bool:
@@ -244,6 +261,10 @@ class UploadFile:
             self._since_check = 0
             if free_bytes(self.name) < self._min_free:
                 raise OSError(errno.ENOSPC, "disk nearly full")
+        if self._before_write is not None:
+            before, self._before_write = self._before_write, None
+            before()
+        self.changed = self.changed or bool(data)
         view = memoryview(data)
         while view:  # a short write (a disk filling up) writes the rest or raises ENOSPC
             count = os.write(self._fd, view)
@@ -270,7 +291,9 @@ def open_for_upload(
 
     The area's count is set from ``budget`` only once the file is open and cut, so an upload
     refused here leaves the other uploads' count as it was. ``hashes`` forgets what it knew
-    of the file, which is about to change.
+    of the file as it changes: here if it is cut, else before the first byte is written. A
+    resume at the file's end is not a cut: until a byte comes, the file and its cached hash
+    stay as they were (a resume with nothing to send costs no hash).
     """
     flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if upload.exists else os.O_CREAT | os.O_EXCL)
     fd = os.open(upload.path, flags, 0o640)
@@ -278,13 +301,18 @@ def open_for_upload(
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "Not a regular file")
-        if hashes is not None:
-            hashes.forget(info)
-        os.ftruncate(fd, offset)
+        cut = not upload.exists or offset != info.st_size
+        if cut:
+            if hashes is not None:
+                hashes.forget(info)
+            os.ftruncate(fd, offset)  # sets a new mtime even at the same size
         os.lseek(fd, offset, os.SEEK_SET)
     except BaseException:
         os.close(fd)
         raise
     if budget is not None:
         budget.area.used = budget.used
-    return UploadFile(fd, upload.path, budget=budget, min_free=min_free)
+    forget = None if cut or hashes is None else functools.partial(hashes.forget, info)
+    return UploadFile(
+        fd, upload.path, budget=budget, min_free=min_free, changed=cut, before_write=forget
+    )

@@ -3,7 +3,9 @@
 An upload ending is only recorded (bytes and sha256, hashed off the loop) and handed to the
 bundle check: a socket that closed cleanly says nothing about whether the file is whole. The
 record's hash is the one a client's ``HASH`` and the bundle check then find in
-``services.hashes``: a finished upload is read once to hash it.
+``services.hashes``: a finished upload is read once to hash it, with one job at most waiting
+per file (:mod:`~airgap.server.ftp.records`), and an upload that wrote nothing at the file's
+end changed nothing and is not hashed again.
 
 A file is claimed in ``services.busy`` from before it is opened for writing until after it is
 closed, so the publisher never moves a file with a writable handle open on it; every upload of
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import Future
 from pathlib import Path
 from typing import ClassVar
 
 from airgap.server import storage
+from airgap.server.ftp.records import Ended, UploadRecords
 from airgap.server.ftp.session import Session
 from airgap.server.policy import Op
 from airgap.server.users import Role
@@ -30,6 +32,7 @@ class UploadCommands(Session):
     _upload: storage.UploadFile | None = None  # what this session writes, claimed in BusyFiles
     # One for the process, as the class is: areas are told apart by their directory's identity.
     _areas: ClassVar[storage.Areas] = storage.Areas()
+    _records: ClassVar[UploadRecords] = UploadRecords()  # one hash job waiting per file at most
 
     def ftp_APPE(self, path: str) -> None:
         if self._restart_position:
@@ -144,35 +147,42 @@ class UploadCommands(Session):
         self._upload_ended(file, complete=False)
 
     def _upload_ended(self, file: str, *, complete: bool) -> None:
+        upload = self._upload
         self._release_upload()
-        services, ip = self.services, self.remote_ip
-        user = self.principal.name if self.principal else ""
-        relative = os.path.relpath(file, services.layout.root)
+        # "completed" only means the socket closed cleanly; the bundle check decides.
         event = "upload-completed" if complete else "upload-incomplete"
+        try:
+            if upload is not None and upload.name == file and not upload.changed:
+                self._record_unchanged(file, event)
+            else:
+                self._record_hashed(file, event)
+        except OSError as exc:
+            logger.warning("after upload of %s: %r", file, exc)
+            self._check_bundle_of(file)
 
+    def _record_hashed(self, file: str, event: str) -> None:
         # Opened and sized here, on the loop, as the upload ends: a client may rename the file,
         # or resume it, before a worker gets to it, and the record is of what this upload left.
-        try:
-            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            logger.warning("after upload of %s: %r", relative, exc)
-            self._check_bundle_of(file)
-            return
-        handle = os.fdopen(fd, "rb")
-        size = os.fstat(fd).st_size
+        handle = os.fdopen(os.open(file, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        ended = self._ended(file, event, size=os.fstat(handle.fileno()).st_size)
+        self._records.add(self.services, handle, ended, lambda: self._check_bundle_of(file))
 
-        def work() -> None:
-            # "completed" only means the socket closed cleanly; the bundle check decides.
-            with handle:
-                digest, _, _ = services.hashes.digest_of(handle, 0, size)
-            services.audit.record(event, ip=ip, user=user, file=relative, bytes=size, sha256=digest)
+    def _record_unchanged(self, file: str, event: str) -> None:
+        """Nothing came at the file's end: the file is as it was, and so is its hash, which is
+        recorded if known (null otherwise), never taken again."""
+        info = os.lstat(file)
+        ended = self._ended(file, event, size=info.st_size)
+        ended.record(self.services.audit, self.services.hashes.known(info))
+        self._check_bundle_of(file)
 
-        def then(future: Future[None]) -> None:
-            if future.exception() is not None:
-                logger.warning("after upload of %s: %r", relative, future.exception())
-            self._check_bundle_of(file)
-
-        services.run(work, then)
+    def _ended(self, file: str, event: str, *, size: int) -> Ended:
+        return Ended(
+            event=event,
+            ip=self.remote_ip,
+            user=self.principal.name if self.principal else "",
+            file=os.path.relpath(file, self.services.layout.root),
+            size=size,
+        )
 
     def on_file_sent(self, file: str) -> None:
         self._record("download", file, complete=True)

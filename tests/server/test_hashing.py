@@ -232,3 +232,60 @@ def test_the_audit_record_is_of_what_the_upload_left_even_if_resumed_before_it_i
         (len(first), sha256(first)),
         (len(first) + len(more), sha256(first + more)),
     ]
+
+
+def test_a_resume_that_sends_nothing_changes_nothing_and_is_not_hashed(serve):
+    """Found in review: REST <size> + STOR + an empty data connection forgot the file's hash
+    and queued a whole-file hash on the publishing pool, each time, for nothing."""
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    client = server.ftp("sender")
+    data = os.urandom(MiB)
+    stor(client, "a.bin", data)
+    assert reads(server, "a.bin", digests=1) == [str(server.root / "pub/incoming/sender/a.bin")]
+    for _ in range(20):
+        stor(client, "a.bin", b"", rest=MiB)
+    assert wait_for(lambda: len(audited(server, "upload-completed", "a.bin")) == 21)
+    assert [r["sha256"] for r in audited(server, "upload-completed", "a.bin")] == [
+        sha256(data)
+    ] * 21
+    assert hash_of(client, "a.bin") == sha256(data)  # the cached hash was kept
+    assert len(reads(server, "a.bin")) == 1
+
+
+BUSY_POOL = """
+import time
+from airgap.server import hashing
+
+_unhurried, _waits = hashing.HashCache.digest_of, [True]
+
+def _slow(self, handle, start=0, end=None):
+    if _waits:
+        _waits.pop()
+        time.sleep(3)  # the only worker is busy: later jobs wait in the queue
+    return _unhurried(self, handle, start, end)
+
+hashing.HashCache.digest_of = _slow
+"""
+
+
+def test_uploads_of_one_file_wait_as_one_hash_job(serve, tmp_path):
+    """Found in review: each upload's end queued a whole-file hash holding a descriptor (985
+    resumes in 1.5 s: 970 descriptors open); one job waits per file, later uploads join it."""
+    toml = tmp_path / "serve.toml"
+    toml.write_text("workers = 1\n")
+    server = serve("--tls", "off", "--config", str(toml), prelude=COUNT_READS + BUSY_POOL)
+    client = server.ftp("sender")
+    stor(client, "blocker.bin", b"x")  # its hash holds the worker for 3 s
+    content = b""
+    for byte in range(11):
+        client.storbinary("APPE a.bin", io.BytesIO(bytes([byte])))
+        content += bytes([byte])
+    path = server.root / "pub/incoming/sender/a.bin"
+    fds = Path(f"/proc/{server.process.pid}/fd")
+    held = [fd for fd in fds.iterdir() if os.path.realpath(fd) == str(path)]
+    assert len(held) == 1  # the waiting job's, the other ten closed
+    assert wait_for(lambda: len(audited(server, "upload-completed", "a.bin")) == 11)
+    records = audited(server, "upload-completed", "a.bin")
+    assert [r["bytes"] for r in records] == list(range(1, 12))
+    assert [r["sha256"] for r in records] == [None] * 10 + [sha256(content)]
+    assert reads(server, "a.bin") == [str(path)]
