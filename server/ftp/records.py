@@ -72,7 +72,7 @@ class UploadRecords:
                 job.then.append(then)
                 return
             job = self._waiting[node] = _Job(handle, [ended], [then])
-        services.run(lambda: self._hash(services, node), lambda f: self._done(node, job, f))
+        services.run(lambda: self._hash(services, node), lambda f: self._done(job, f))
 
     def _hash(self, services: Services, node: _Node) -> None:
         with self._lock:
@@ -84,7 +84,7 @@ class UploadRecords:
             ended.record(services.audit, digest if ended.size == last.size else None)
 
     @staticmethod
-    def _done(node: _Node, job: _Job, future: Future[None]) -> None:
+    def _done(job: _Job, future: Future[None]) -> None:
         if future.exception() is not None:
             files = sorted({ended.file for ended in job.ended})
             logger.warning("after upload of %s: %r", ", ".join(files), future.exception())
