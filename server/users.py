@@ -113,7 +113,8 @@ class UserDB:
             raise StorageError(f"reading {self.path}: {exc.strerror or exc}") from exc
         try:
             return _parse(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, UsageError) as exc:
+            # whatever an edit by hand left there (a bad name, a list for a table)
             raise StorageError(f"{self.path} is not a valid users file") from exc
 
     def get(self, name: str) -> User | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ftplib
+import json
 import stat
 
 import pytest
@@ -89,3 +90,24 @@ def test_serve_help_shows_the_default_root():
     assert helped.returncode == 0
     root_line = next(line for line in helped.stdout.splitlines() if "--root" in line)
     assert f"(default ./{ServeConfig().root})" in root_line
+
+
+@pytest.mark.parametrize("broken", ["a list for the table", "a name no account may have"])
+def test_a_users_file_edited_wrong_ends_the_sessions_cleanly(serve, broken):
+    """Found in review: a users file that parsed but held a list for its table, or a name
+    check_name refuses, raised out of the check before each command (a traceback and a
+    dropped session at every command, with no logout record)."""
+    server = serve("--tls", "off")
+    sender = server.ftp("sender")
+    stor(sender, "before.bin", b"1")
+    path = server.root / "state/users.json"
+    users = json.loads(path.read_text())
+    if broken == "a list for the table":
+        users["users"] = list(users["users"].values())
+    else:
+        users["users"]["Bob Smith"] = users["users"]["sender"]
+    path.write_text(json.dumps(users))
+    with pytest.raises(ftplib.error_temp, match="421 Logged out: the users file cannot be read"):
+        stor(sender, "after.bin", b"2")
+    assert "Traceback" not in server.stderr
+    assert '"reason": "the users file cannot be read"' in server.audit()
