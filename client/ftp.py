@@ -65,13 +65,13 @@ class FtpTarget:
 
     @classmethod
     def parse(cls, url: str) -> FtpTarget:
+        if _password_in(url):  # first: no message below may quote it
+            raise UsageError(
+                "a password in the URL would show in the process list and shell history",
+                hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt",
+            )
         try:
             parts = urlsplit(url)
-            if parts.password is not None:  # first: no message below may quote it
-                raise UsageError(
-                    "a password in the URL would show in the process list and shell history",
-                    hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt",
-                )
             port = parts.port
         except ValueError as exc:  # a port out of range, an unclosed [ ...
             raise UsageError(f"{_shown(url)!r} is not a valid URL ({exc})") from exc
@@ -90,15 +90,23 @@ class FtpTarget:
         return f"{self.scheme}://{user}@{self.host}:{self.port}{self.path}"
 
 
+def _password_in(url: str) -> bool:
+    """Whether ``url`` may hold a password: a ``:`` in what precedes its last ``@``, before
+    any other ``@``. Stricter than urlsplit, which ends the user part at a ``/``, ``?`` or
+    ``#`` and so misses a password holding one (and a malformed URL's altogether); a path
+    with an ``@`` after a port is refused too, which no drop box needs."""
+    rest = url.partition("//")[2] if "//" in url else url.partition(":")[2]
+    userinfo = rest.rpartition("@")[0]
+    return ":" in userinfo.partition("@")[0]
+
+
 def _shown(url: str) -> str:
-    """``url`` as an error may quote it: whatever follows a user name before an ``@`` (a
-    password, unless the URL is malformed) becomes ``***``."""
-    scheme, slashes, rest = url.partition("//")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if not (slashes and at and ":" in userinfo):
+    """``url`` as an error may quote it: nothing before its last ``@`` (where a user name
+    and a password would be)."""
+    if "@" not in url:
         return url
-    return f"{scheme}//{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
+    scheme = url.partition("//")[0] + "//" if "//" in url else ""
+    return f"{scheme}...@{url.rpartition('@')[2]}"
 
 
 class _Bounded(ftplib.FTP):

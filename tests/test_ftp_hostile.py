@@ -313,8 +313,10 @@ def test_a_malformed_url_or_fingerprint_is_a_usage_error(
     [
         "ftps://u:s3cret@127.0.0.1:99999/",  # the port's error came first and quoted the URL
         "sftp://u:s3cret@127.0.0.1/",  # and so did the scheme's
-        "ftp://u:s3cret@[::1/",  # too broken to split: quoted with *** for the password
+        "ftp://u:s3cret@[::1/",  # too broken to split
         "ftp://u:s3cret@127.0.0.1:2121/",
+        "ftp://u:s3/cret@127.0.0.1:99999/",  # urlsplit ends the user part at the "/"
+        "ftp:/u:s3cret@127.0.0.1/",  # malformed: quoted whole
     ],
 )
 def test_a_password_in_a_url_is_never_shown(keydir: Path, url: str) -> None:
@@ -322,8 +324,8 @@ def test_a_password_in_a_url_is_never_shown(keydir: Path, url: str) -> None:
     only in argv; whatever else is wrong with the URL, the error never quotes the password."""
     listed = run_airgap(["ls", "--trust", keydir / "signing.pub"], env={"AIRGAP_SERVER": url})
     assert listed.returncode == 2, listed.stderr
-    assert "s3cret" not in listed.stderr + listed.stdout
-    assert "a password in the URL" in listed.stderr or "u:***@[::1/" in listed.stderr
+    assert "cret" not in listed.stderr + listed.stdout
+    assert "a password in the URL" in listed.stderr
 
 
 def test_a_fingerprint_in_capitals_is_still_one(keydir: Path) -> None:
