@@ -168,6 +168,14 @@ class Engine:
         with _errors(f"removing tag {ref}"), suppress(ImageNotFound):
             self._client.api.remove_image(ref, noprune=True)
 
+    def retag(self, before: dict[str, str | None]) -> None:
+        """Put each ref back on the image it named before (None: on none)."""
+        for ref, old in before.items():
+            if old is None:
+                self.untag(ref)
+            else:
+                self.tag(old, ref)
+
 
 def _endpoint() -> str:
     """Where the SDK will connect, as the Docker CLI would say it (for messages only)."""

@@ -21,6 +21,7 @@ from airgap.client.extract import extract_files
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
+from airgap.client.rollback import Newest, held, refusal
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
@@ -220,7 +221,7 @@ class _Run:
         self.identities, self.trusted = identities, trusted
         self.published = set(published)
         self.done = ledger.ids()
-        self.newest = ledger.newest()
+        self.newest = Newest(ledger.newest())
         self.tried: set[str] = set()
         self.outcomes: list[Outcome] = []
 
@@ -231,9 +232,13 @@ class _Run:
         transport, into = self.transport, self.into
         try:
             manifest, data = open_bundle(transport, bundle_id, self.trusted)
-            self._no_rollback(manifest)
+            newer = self.newest.newer(manifest)
+            if newer and not waiting:  # a carrier of layers a newer bundle needs may load
+                raise refusal(newer)
             self._layers_for(manifest, (*waiting, bundle_id))
-            imported = self._receive(manifest)
+            with held(into.engine, newer):  # but it moves none of those tags back
+                received = self._receive(manifest)
+            imported = tuple(ref for ref in received if ref not in newer)
             self.ledger.record(
                 bundle_id,
                 manifest_sha256=hashlib.sha256(data).hexdigest(),
@@ -241,7 +246,7 @@ class _Run:
                 refs=imported if manifest.images else (),
             )
             self.done.add(bundle_id)
-            self.newest.update(dict.fromkeys(imported if manifest.images else (), bundle_id))
+            self.newest.imported(imported if manifest.images else (), bundle_id)
             if into.keep is not None:  # after the record: what was imported stays imported
                 try:
                     _keep(transport, manifest, data, self.trusted, into.keep)
@@ -257,19 +262,6 @@ class _Run:
                 transport.forget(manifest.payload.name)
         except AirgapError as exc:
             self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
-
-    def _no_rollback(self, manifest: Manifest) -> None:
-        """A bundle older than the one a ref was last imported from would move that ref back
-        to an older image: a drop box or a stick that kept an old bundle could roll back a fix
-        that way. Refused, whatever else the bundle carries."""
-        refs = [ref for image in manifest.images for ref in image.refs]
-        if newer := {r: self.newest[r] for r in refs if self.newest.get(r, "") > manifest.id}:
-            ref, newest = next(iter(newer.items()))
-            raise ReplayError(
-                f"older than bundle {newest}, from which {ref} was imported here: loading it "
-                f"would move {ref} back to an older image",
-                hint="to have that image here again, send it anew from the connected side",
-            )
 
     def _receive(self, manifest: Manifest) -> tuple[str, ...]:
         quiet = self.into.quiet

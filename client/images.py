@@ -194,7 +194,7 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
     for ref, image in refs:
         got = engine.image_id(ref)
         if not _is(engine, ref, got, image):
-            _restore(engine, before)
+            engine.retag(before)
             raise VerificationError(
                 f"docker load: {ref} is {got or 'missing'} after the load, "
                 f"the manifest says {image.id}"
@@ -242,11 +242,3 @@ def _is(engine: Engine, ref: str, got: str | None, image: ImageEntry) -> bool:
         return True
     # A containerd image store names the image by a manifest of its own: ask for its config.
     return image.config is not None and engine.config_digest(ref) == image.config
-
-
-def _restore(engine: Engine, before: dict[str, str | None]) -> None:
-    for ref, old in before.items():
-        if old is None:
-            engine.untag(ref)
-        else:
-            engine.tag(old, ref)

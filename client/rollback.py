@@ -1,0 +1,84 @@
+"""Tags never move back: a bundle older than the one a ref was last imported from here would
+move that ref to an older image, so a drop box or a stick that kept an old bundle could roll a
+fix back. Such a bundle is refused; loaded only as the carrier of layers a newer thin bundle
+needs, it leaves those refs where they were.
+
+Refs are compared as the tag they move (``docker.io/library/app`` and ``app:latest`` are one).
+Bundle ids sort by time, and the ledger says which bundle each tag came from last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from airgap.shared.errors import ReplayError
+from airgap.shared.manifest import Manifest
+
+if TYPE_CHECKING:
+    from airgap.client.engine import Engine
+
+_DEFAULT_REGISTRY = ("docker.io/library/", "docker.io/", "index.docker.io/library/")
+
+
+def tag_of(ref: str) -> str:
+    """The tag ``ref`` moves, as Docker shows it: ``app`` is ``app:latest``, and so is
+    ``docker.io/library/app:latest``. A ref by digest is itself."""
+    for prefix in _DEFAULT_REGISTRY:
+        if ref.startswith(prefix):
+            ref = ref[len(prefix) :]
+            break
+    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return ref + ":latest"
+
+
+class Newest:
+    """For each tag, the newest bundle id it was imported from here."""
+
+    def __init__(self, by_ref: dict[str, str]) -> None:
+        self._by_tag: dict[str, str] = {}
+        for ref, bundle_id in by_ref.items():
+            self._raise(tag_of(ref), bundle_id)
+
+    def newer(self, manifest: Manifest) -> dict[str, str]:
+        """Each ref of ``manifest`` last imported from a newer bundle, with that bundle's id."""
+        refs = [ref for image in manifest.images for ref in image.refs]
+        return {
+            ref: self._by_tag[tag_of(ref)]
+            for ref in refs
+            if self._by_tag.get(tag_of(ref), "") > manifest.id
+        }
+
+    def imported(self, refs: Iterable[str], bundle_id: str) -> None:
+        for ref in refs:
+            self._raise(tag_of(ref), bundle_id)
+
+    def _raise(self, tag: str, bundle_id: str) -> None:
+        if bundle_id > self._by_tag.get(tag, ""):
+            self._by_tag[tag] = bundle_id
+
+
+def refusal(newer: dict[str, str]) -> ReplayError:
+    ref, newest = next(iter(newer.items()))
+    return ReplayError(
+        f"older than bundle {newest}, from which {ref} was imported here: loading it would "
+        f"move {ref} back to an older image",
+        hint="to have that image here again, send it anew from the connected side",
+    )
+
+
+@contextmanager
+def held(engine: Callable[[], Engine] | None, refs: Iterable[str]) -> Iterator[None]:
+    """Where ``refs`` point now, put back once the block (a carrier's load) is over."""
+    refs = list(refs)
+    if not refs or engine is None:
+        yield
+        return
+    docker = engine()
+    before = {ref: docker.image_id(ref) for ref in refs}
+    try:
+        yield
+    finally:
+        docker.retag(before)
