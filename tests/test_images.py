@@ -80,8 +80,16 @@ def _media(tmp_path: Path) -> None:
     (tmp_path / "drop").mkdir()
 
 
-def _send(keydir: Path, drop: Path, *refs: str, env: dict[str, str], encrypt: bool = True) -> str:
+def _send(
+    keydir: Path,
+    drop: Path,
+    *refs: str,
+    env: dict[str, str],
+    encrypt: bool = True,
+    full: bool = False,
+) -> str:
     to = ["-R", keydir / "recipient.txt"] if encrypt else ["--no-encrypt"]
+    to += ["--full"] if full else []
     sent = run_airgap(
         ["send", *refs, "--to", drop, *to, "--sign-key", keydir / "signing.key", "--json"],
         env=env,
@@ -497,7 +505,8 @@ def test_an_older_bundle_never_moves_a_tag_back(
         old = build_image(client, f"{repo}:1")
         old_id = _send(keydir, drop, f"{repo}:1", env=env)
         new = build_image(client, f"{repo}:1", extra='LABEL fixed="yes"\n')
-        new_id = _send(keydir, drop, f"{repo}:1", env=env)
+        # Whole, not thin: a thin one would fetch the old bundle first, to carry its layers.
+        new_id = _send(keydir, drop, f"{repo}:1", env=env, full=True)
         assert old_id < new_id
         client.images.remove(new.id, force=True)  # its build cache's parent, old, goes too
         with contextlib.suppress(docker.errors.ImageNotFound):

@@ -65,7 +65,12 @@ class UploadCommands(Session):
         config = self.services.config
         sender = self.principal is not None and self.principal.role is Role.SENDER
         quota = config.quota_bytes if sender else None
-        area = storage.survey(target, weigh=bool(quota))  # one pass: count and weigh
+        # One pass, and none for a resume without a quota, which neither counts nor weighs.
+        area = (
+            storage.survey(target, weigh=bool(quota))
+            if quota or not target.exists
+            else storage.Survey(files=0, size=0)
+        )
         if not target.exists and (refused := storage.crowded(area)) is not None:
             self.respond(refused.reply)
             return
