@@ -334,8 +334,9 @@ class Session(SessionAPI):
             super().ftp_MLSD(path)
 
     def ftp_MLST(self, path: str) -> None:
-        # LIST allows what STAT does, and more: judged without a look at the disk, a refusal
-        # says nothing of what the path is.
+        # LIST allows what STAT does, and more: one rule whether the path is a file or not, so
+        # a refusal does not say which (the policy still refuses a directory where a sender's
+        # area may not be listed).
         if self._allowed(Op.LIST, path):
             super().ftp_MLST(path)
 
