@@ -15,6 +15,7 @@ from pyftpdlib.servers import FTPServer
 
 from airgap.server.config import TlsMode
 from airgap.server.ftp.data import PlainData, throttled, tls_data_class
+from airgap.server.ftp.files import FileCommands
 from airgap.server.ftp.fs import AirgapFS, Authorizer
 from airgap.server.ftp.hashcmd import HashCommands
 from airgap.server.ftp.loop import Services
@@ -67,7 +68,7 @@ def handler_class(services: Services) -> type:
     config = services.config
     base: Any = FTPHandler  # or TLS_FTPHandler; untyped either way
     data: type = PlainData
-    mixins: tuple[type, ...] = (HashCommands, UploadCommands)
+    mixins: tuple[type, ...] = (HashCommands, UploadCommands, FileCommands)
     attributes: dict[str, Any] = {}
     if config.tls is not TlsMode.OFF:
         from pyftpdlib.handlers import TLS_FTPHandler

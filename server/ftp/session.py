@@ -1,13 +1,14 @@
 """One control connection: bans, hostile lines, logins off the loop, and the policy per command.
 
-Every command that names a path asks :func:`airgap.server.policy.decide` first, with the path
-made relative to the root by :class:`~airgap.server.ftp.fs.AirgapFS`. Logins are checked on a
-worker thread; until the answer comes back the session reads no more input, and the lines a
-client sent ahead in the same packets wait, a few at most, to run one by one after it (a packet
-of 2,000 PASS lines is one check, not 2,000). PASS lines never reach the audit log, and
-pyftpdlib is never handed the password to keep. A logged-in session whose account
-``airgap user`` changed or removed since its login is ended at its next command. A client that
-does not read its replies is disconnected rather than have them pile up in memory.
+Every command that names a path asks :func:`airgap.server.policy.decide` first (``_allowed``),
+with the path made relative to the root by :class:`~airgap.server.ftp.fs.AirgapFS`; the file
+commands that do so are in :mod:`~airgap.server.ftp.files`, uploads and HASH in their own.
+Logins are checked on a worker thread; until the answer comes back the session reads no more
+input, and the lines a client sent ahead in the same packets wait, a few at most, to run one by
+one after it (a packet of 2,000 PASS lines is one check, not 2,000). PASS lines never reach
+the audit log, and pyftpdlib is never handed the password to keep. A logged-in session whose
+account ``airgap user`` changed or removed since its login is ended at its next command. A
+client that does not read its replies is disconnected rather than have them pile up in memory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from airgap.server.ftp.base import SessionAPI
 from airgap.server.ftp.loop import Services
 from airgap.server.login import Login, authenticate
-from airgap.server.policy import Op, Parts, Principal, decide, rename_allowed
+from airgap.server.policy import Op, Principal, decide
 from airgap.server.publish import bundle_id_of
 from airgap.server.users import User
 
@@ -316,90 +317,6 @@ class Session(SessionAPI):
             self.respond(f"550 Not allowed: {decision.reason}.")
             return False
         return True
-
-    def ftp_CWD(self, path: str) -> None:
-        if self._allowed(Op.CWD, path):
-            super().ftp_CWD(path)
-
-    def ftp_LIST(self, path: str) -> None:
-        if self._allowed(Op.LIST, path):
-            super().ftp_LIST(path)
-
-    def ftp_NLST(self, path: str) -> None:
-        if self._allowed(Op.LIST, path):
-            super().ftp_NLST(path)
-
-    def ftp_MLSD(self, path: str) -> None:
-        if self._allowed(Op.LIST, path):
-            super().ftp_MLSD(path)
-
-    def ftp_MLST(self, path: str) -> None:
-        # LIST allows what STAT does, and more: one rule whether the path is a file or not, so
-        # a refusal does not say which (the policy still refuses a directory where a sender's
-        # area may not be listed).
-        if self._allowed(Op.LIST, path):
-            super().ftp_MLST(path)
-
-    def ftp_STAT(self, path: str) -> None:
-        if not path or self._allowed(Op.LIST, path):
-            super().ftp_STAT(path)
-
-    def ftp_SIZE(self, path: str) -> None:
-        if self._allowed(Op.STAT, path):
-            super().ftp_SIZE(path)
-
-    def ftp_MDTM(self, path: str) -> None:
-        if self._allowed(Op.STAT, path):
-            super().ftp_MDTM(path)
-
-    def ftp_RETR(self, path: str) -> None:
-        if self._allowed(Op.READ, path):
-            super().ftp_RETR(path)
-
-    def ftp_DELE(self, path: str) -> None:
-        if not self._allowed(Op.DELETE, path):
-            return
-        if self.services.busy.is_busy(Path(path)):
-            self.respond("450 File busy; try again later.")
-            return
-        if super().ftp_DELE(path):
-            self._record("delete", path)
-
-    def ftp_RNFR(self, path: str) -> None:
-        if self._allowed(Op.RENAME_FROM, path):
-            super().ftp_RNFR(path)
-
-    def ftp_RNTO(self, path: str) -> None:
-        source, self._rnfr = self._rnfr, None
-        if source is None:
-            self.respond("503 Bad sequence of commands: use RNFR first.")
-            return
-        if not self._allowed(Op.RENAME_TO, path):
-            return
-        if not self._renamable(self.fs.rel(source), self.fs.rel(path)):
-            self.respond("550 Not allowed: only X.part may be renamed, to X.")
-            return
-        busy, claimed = self.services.busy, [Path(source), Path(path)]
-        if not busy.claim(claimed):
-            self.respond("450 File busy; try again later.")
-            return
-        try:
-            if os.path.lexists(path):
-                self.respond("550 Not allowed: the target exists and is never replaced.")
-                return
-            Path(source).rename(path)
-        except OSError as exc:
-            self.respond(f"550 {exc.strerror}.")
-            return
-        finally:
-            busy.release(claimed)
-        self.respond("250 Renaming ok.")
-        self._record("rename", path, source=Path(source).name)
-        self._check_bundle_of(path)
-
-    @staticmethod
-    def _renamable(src: Parts | None, dst: Parts | None) -> bool:
-        return src is not None and dst is not None and rename_allowed(src, dst)
 
     # --- shared by the command mixins
 
