@@ -11,7 +11,7 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from airgap.client.extract import extract_files
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
-from airgap.client.rollback import Newest, held, refusal
+from airgap.client.rollback import Newest, refusal
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
@@ -202,6 +202,7 @@ def _fetch_new(
                 run.outcomes.append(Outcome(bundle_id, error=error))
             continue
         run.fetch(bundle_id)
+    run.outcomes += [Outcome(bundle_id, error=error) for bundle_id, error in run.parked.items()]
     return run.outcomes
 
 
@@ -224,44 +225,67 @@ class _Run:
         self.newest = Newest(ledger.newest())
         self.tried: set[str] = set()
         self.outcomes: list[Outcome] = []
+        self.parked: dict[str, AirgapError] = {}  # refused as rollbacks, unless carriers yet
+        self.held: dict[str, str | None] = {}  # tags a carrier's load must not move
 
     def fetch(self, bundle_id: str, waiting: tuple[str, ...] = ()) -> None:
         if bundle_id in self.tried:
             return
         self.tried.add(bundle_id)
-        transport, into = self.transport, self.into
         try:
-            manifest, data = open_bundle(transport, bundle_id, self.trusted)
-            newer = self.newest.newer(manifest)
-            if newer and not waiting:  # a carrier of layers a newer bundle needs may load
-                raise refusal(newer)
-            self._layers_for(manifest, (*waiting, bundle_id))
-            with held(into.engine, newer):  # but it moves none of those tags back
-                received = self._receive(manifest)
-            imported = tuple(ref for ref in received if ref not in newer)
-            self.ledger.record(
-                bundle_id,
-                manifest_sha256=hashlib.sha256(data).hexdigest(),
-                where=transport.describe(),
-                refs=imported if manifest.images else (),
-            )
-            self.done.add(bundle_id)
-            self.newest.imported(imported if manifest.images else (), bundle_id)
-            if into.keep is not None:  # after the record: what was imported stays imported
-                try:
-                    _keep(transport, manifest, data, self.trusted, into.keep)
-                except AirgapError as exc:
-                    exc.message = f"imported, but not kept in {into.keep}: {exc.message}"
-                    failed = exc.with_traceback(None)
-                    self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
-                    return
-            self.outcomes.append(Outcome(bundle_id, manifest, imported))
-            if into.consume:
-                _consume(transport, manifest)
-            if isinstance(transport, SpooledTransport):
-                transport.forget(manifest.payload.name)
+            self._fetch(bundle_id, waiting)
         except AirgapError as exc:
             self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+        finally:
+            if not waiting:  # after the outermost load: its image holds the carriers' layers
+                self._put_back()
+
+    def _fetch(self, bundle_id: str, waiting: tuple[str, ...]) -> None:
+        transport, into = self.transport, self.into
+        manifest, data = open_bundle(transport, bundle_id, self.trusted)
+        newer = self.newest.newer(manifest)
+        if newer and not waiting:
+            # Refused, unless a newer thin bundle of this run needs its layers after all.
+            self.tried.discard(bundle_id)
+            self.parked[bundle_id] = refusal(newer)
+            return
+        self.parked.pop(bundle_id, None)
+        self._layers_for(manifest, (*waiting, bundle_id))
+        self._hold(newer)  # a carrier: loaded, but those tags go back where they were
+        imported = tuple(ref for ref in self._receive(manifest) if ref not in newer)
+        self.ledger.record(
+            bundle_id,
+            manifest_sha256=hashlib.sha256(data).hexdigest(),
+            where=transport.describe(),
+            refs=imported if manifest.images else (),
+        )
+        self.done.add(bundle_id)
+        self.newest.imported(imported if manifest.images else (), bundle_id)
+        if into.keep is not None:  # after the record: what was imported stays imported
+            try:
+                _keep(transport, manifest, data, self.trusted, into.keep)
+            except AirgapError as exc:
+                exc.message = f"imported, but not kept in {into.keep}: {exc.message}"
+                failed = exc.with_traceback(None)
+                self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
+                return
+        self.outcomes.append(Outcome(bundle_id, manifest, imported))
+        if into.consume:
+            _consume(transport, manifest)
+        if isinstance(transport, SpooledTransport):
+            transport.forget(manifest.payload.name)
+
+    def _hold(self, refs: Iterable[str]) -> None:
+        """Remember where ``refs`` point now, to put them back after the outermost load."""
+        if self.into.engine is not None:
+            engine = self.into.engine()
+            for ref in refs:
+                self.held.setdefault(ref, engine.image_id(ref))
+
+    def _put_back(self) -> None:
+        if self.held and self.into.engine is not None:
+            held, self.held = self.held, {}
+            self.into.engine().retag(held)
 
     def _receive(self, manifest: Manifest) -> tuple[str, ...]:
         quiet = self.into.quiet

@@ -1,7 +1,8 @@
 """Tags never move back: a bundle older than the one a ref was last imported from here would
 move that ref to an older image, so a drop box or a stick that kept an old bundle could roll a
 fix back. Such a bundle is refused; loaded only as the carrier of layers a newer thin bundle
-needs, it leaves those refs where they were.
+needs, it leaves those refs where they were (``_Run`` in :mod:`airgap.client.fetch` puts them
+back once the thin bundle has loaded).
 
 Refs are compared as the tag they move (``docker.io/library/app`` and ``app:latest`` are one).
 Bundle ids sort by time, and the ledger says which bundle each tag came from last.
@@ -9,15 +10,10 @@ Bundle ids sort by time, and the ledger says which bundle each tag came from las
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 from airgap.shared.errors import ReplayError
 from airgap.shared.manifest import Manifest
-
-if TYPE_CHECKING:
-    from airgap.client.engine import Engine
 
 _DEFAULT_REGISTRY = ("docker.io/library/", "docker.io/", "index.docker.io/library/")
 
@@ -67,18 +63,3 @@ def refusal(newer: dict[str, str]) -> ReplayError:
         f"move {ref} back to an older image",
         hint="to have that image here again, send it anew from the connected side",
     )
-
-
-@contextmanager
-def held(engine: Callable[[], Engine] | None, refs: Iterable[str]) -> Iterator[None]:
-    """Where ``refs`` point now, put back once the block (a carrier's load) is over."""
-    refs = list(refs)
-    if not refs or engine is None:
-        yield
-        return
-    docker = engine()
-    before = {ref: docker.image_id(ref) for ref in refs}
-    try:
-        yield
-    finally:
-        docker.retag(before)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from airgap.client.rollback import Newest, held, refusal, tag_of
+from airgap.client import fetch
+from airgap.client.rollback import Newest, refusal, tag_of
 from airgap.shared.errors import ReplayError
 from airgap.shared.manifest import ImageEntry
 
@@ -62,26 +65,127 @@ def test_a_bundle_older_than_the_last_import_of_a_tag_is_newer_nowhere_else() ->
 
 
 class _Engine:
+    """The engine as a fetch sees it: tags, layers, and what happened, in order."""
+
     def __init__(self, tags: dict[str, str]) -> None:
         self.tags = tags
+        self.chains: set[str] = set()
+        self.events: list[str] = []
 
     def image_id(self, ref: str) -> str | None:
         return self.tags.get(ref)
 
     def retag(self, before: dict[str, str | None]) -> None:
+        self.events.append("retag")
         for ref, old in before.items():
             if old is None:
                 self.tags.pop(ref, None)
             else:
                 self.tags[ref] = old
 
+    def chain_ids(self) -> set[str]:
+        return self.chains
 
-def test_a_carrier_s_load_leaves_newer_tags_where_they_were() -> None:
-    engine = _Engine({"app:1.0": "sha256:new"})
-    with held(lambda: engine, ["app:1.0", "gone:1"]):  # type: ignore[arg-type, return-value]
-        engine.tags.update({"app:1.0": "sha256:old", "gone:1": "sha256:old"})  # the load
-    assert engine.tags == {"app:1.0": "sha256:new"}
-    with pytest.raises(RuntimeError), held(lambda: engine, ["app:1.0"]):  # type: ignore[arg-type, return-value]
-        engine.tags["app:1.0"] = "sha256:half"
-        raise RuntimeError("the load failed")
-    assert engine.tags == {"app:1.0": "sha256:new"}
+
+class _Ledger:
+    def __init__(self, newest: dict[str, str]) -> None:
+        self._newest = newest
+        self.records: list[tuple[str, tuple[str, ...]]] = []
+
+    def ids(self) -> set[str]:
+        return set(self._newest.values())
+
+    def newest(self) -> dict[str, str]:
+        return self._newest
+
+    def record(self, bundle_id: str, **fields: Any) -> None:
+        self.records.append((bundle_id, tuple(fields["refs"])))
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def _image(ref: str) -> ImageEntry:
+    return ImageEntry("sha256:x", (ref,), ())
+
+
+CARRIER, THIN = OLD, NEW  # the carrier is older than MID, from which app:1 came here
+MANIFESTS = {
+    CARRIER: SimpleNamespace(id=CARRIER, images=(_image("app:1"),), omitted=()),
+    THIN: SimpleNamespace(
+        id=THIN,
+        images=(_image("app:2"),),
+        omitted=(SimpleNamespace(chain_id="c1", bundle=CARRIER),),
+    ),
+}
+
+
+def _fetch(
+    monkeypatch: pytest.MonkeyPatch, engine: _Engine, ledger: _Ledger, only: tuple[str, ...]
+) -> list[Any]:
+    """A fetch of CARRIER and THIN, with stand-ins for the source and the load (the real
+    thing: test_images.py); THIN leaves out a layer only CARRIER carries."""
+
+    def receive(run: Any, manifest: Any) -> tuple[str, ...]:
+        engine.events.append(f"load {manifest.id}")
+        for image in manifest.images:
+            engine.tags[image.refs[0]] = f"sha256:{manifest.id}"
+        if manifest.id == CARRIER:
+            engine.chains.add("c1")
+        return tuple(image.refs[0] for image in manifest.images)
+
+    monkeypatch.setattr(fetch, "open_bundle", lambda _t, b, _k: (MANIFESTS[b], b"m"))
+    monkeypatch.setattr(fetch, "published_ids", lambda _names: sorted(MANIFESTS))
+    monkeypatch.setattr(fetch._Run, "_receive", receive)
+    monkeypatch.setattr(fetch, "missing_layers", _missing)
+    source = SimpleNamespace(list=lambda: [], describe=lambda: "media")
+    into = fetch.Destination(engine=lambda: engine)  # type: ignore[arg-type, return-value]
+    return fetch.fetch_bundles(
+        source,  # type: ignore[arg-type]
+        into,
+        identities=[],
+        trusted=[],
+        ledger=ledger,  # type: ignore[arg-type]
+        only=only,
+    )
+
+
+def _missing(manifest: Any, chains: set[str]) -> list[Any]:
+    return [o for o in manifest.omitted if o.chain_id not in chains]
+
+
+@pytest.mark.parametrize("only", [(), (THIN,)])
+def test_a_carrier_loads_for_a_newer_thin_bundle_and_leaves_the_newer_tag(
+    monkeypatch: pytest.MonkeyPatch, only: tuple[str, ...]
+) -> None:
+    """Found in review: a plain fetch tried the old carrier first (oldest first), refused it
+    as a rollback and never tried it again, so the thin bundle could not load."""
+    engine = _Engine({"app:1": "sha256:mid"})
+    ledger = _Ledger({"app:1": MID})
+    outcomes = _fetch(monkeypatch, engine, ledger, only)
+    assert [(o.bundle_id, o.imported, o.error) for o in outcomes] == [
+        (CARRIER, (), None),
+        (THIN, ("app:2",), None),
+    ]
+    assert ledger.records == [(CARRIER, ()), (THIN, ("app:2",))]
+    assert engine.tags == {"app:1": "sha256:mid", "app:2": f"sha256:{THIN}"}
+
+
+def test_tags_go_back_only_once_the_thin_bundle_has_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: the tag the carrier held back was gone from the engine, so putting it
+    back removed it, and with the carrier's only name its image and the layers it was loaded
+    for, before the thin bundle could use them."""
+    engine = _Engine({})  # app:1 removed since it was imported
+    _fetch(monkeypatch, engine, _Ledger({"app:1": MID}), ())
+    assert engine.events == [f"load {CARRIER}", f"load {THIN}", "retag"]
+    assert engine.tags == {"app:2": f"sha256:{THIN}"}
+
+
+def test_an_old_bundle_no_newer_one_needs_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _Engine({"app:1": "sha256:mid"})
+    (outcome,) = _fetch(monkeypatch, engine, _Ledger({"app:1": MID}), (CARRIER,))
+    assert isinstance(outcome.error, ReplayError)
+    assert outcome.error.message.startswith(f"older than bundle {MID}, from which app:1")
+    assert engine.tags == {"app:1": "sha256:mid"} and engine.events == []
