@@ -66,12 +66,11 @@ class FtpTarget:
     @classmethod
     def parse(cls, url: str) -> FtpTarget:
         if _password_in(url):  # first: no message below may quote it
-            raise UsageError(
-                "a password in the URL would show in the process list and shell history",
-                hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt",
-            )
+            raise _password_refused()
         try:
             parts = urlsplit(url)
+            if parts.password is not None:  # after a user name holding an "@"
+                raise _password_refused()
             port = parts.port
         except ValueError as exc:  # a port out of range, an unclosed [ ...
             raise UsageError(f"{_shown(url)!r} is not a valid URL ({exc})") from exc
@@ -98,6 +97,13 @@ def _password_in(url: str) -> bool:
     rest = url.partition("//")[2] if "//" in url else url.partition(":")[2]
     userinfo = rest.rpartition("@")[0]
     return ":" in userinfo.partition("@")[0]
+
+
+def _password_refused() -> UsageError:
+    return UsageError(
+        "a password in the URL would show in the process list and shell history",
+        hint="use AIRGAP_PASSWORD, ~/.netrc or the prompt (an @ in a path is written %40)",
+    )
 
 
 def _shown(url: str) -> str:

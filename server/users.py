@@ -106,14 +106,14 @@ class UserDB:
 
     def load(self) -> dict[str, User]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
             raise StorageError(f"reading {self.path}: {exc.strerror or exc}") from exc
         try:
-            return _parse(json.loads(text))
-        except (ValueError, KeyError, TypeError, AttributeError, UsageError) as exc:
+            return _parse(json.loads(data.decode("utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError, UsageError, RecursionError) as exc:
             # whatever an edit by hand left there (a bad name, a list for a table)
             raise StorageError(f"{self.path} is not a valid users file") from exc
 

@@ -317,6 +317,7 @@ def test_a_malformed_url_or_fingerprint_is_a_usage_error(
         "ftp://u:s3cret@127.0.0.1:2121/",
         "ftp://u:s3/cret@127.0.0.1:99999/",  # urlsplit ends the user part at the "/"
         "ftp:/u:s3cret@127.0.0.1/",  # malformed: quoted whole
+        "ftp://u@corp:s3cret@127.0.0.1/",  # after a user name holding an "@"
     ],
 )
 def test_a_password_in_a_url_is_never_shown(keydir: Path, url: str) -> None:

@@ -92,7 +92,9 @@ def test_serve_help_shows_the_default_root():
     assert f"(default ./{ServeConfig().root})" in root_line
 
 
-@pytest.mark.parametrize("broken", ["a list for the table", "a name no account may have"])
+@pytest.mark.parametrize(
+    "broken", ["a list for the table", "a name no account may have", "bytes not UTF-8"]
+)
 def test_a_users_file_edited_wrong_ends_the_sessions_cleanly(serve, broken):
     """Found in review: a users file that parsed but held a list for its table, or a name
     check_name refuses, raised out of the check before each command (a traceback and a
@@ -104,9 +106,9 @@ def test_a_users_file_edited_wrong_ends_the_sessions_cleanly(serve, broken):
     users = json.loads(path.read_text())
     if broken == "a list for the table":
         users["users"] = list(users["users"].values())
-    else:
+    elif broken == "a name no account may have":
         users["users"]["Bob Smith"] = users["users"]["sender"]
-    path.write_text(json.dumps(users))
+    path.write_bytes(json.dumps(users).encode() + (b"\xe9" if broken == "bytes not UTF-8" else b""))
     with pytest.raises(ftplib.error_temp, match="421 Logged out: the users file cannot be read"):
         stor(sender, "after.bin", b"2")
     assert "Traceback" not in server.stderr
