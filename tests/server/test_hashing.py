@@ -253,15 +253,17 @@ def test_a_resume_that_sends_nothing_changes_nothing_and_is_not_hashed(serve):
 
 
 BUSY_POOL = """
-import time
+import os, time
 from airgap.server import hashing
 
 _unhurried, _waits = hashing.HashCache.digest_of, [True]
 
 def _slow(self, handle, start=0, end=None):
-    if _waits:
+    if _waits:  # the only worker is busy until the test says so: later jobs wait in the queue
         _waits.pop()
-        time.sleep(3)  # the only worker is busy: later jobs wait in the queue
+        deadline = time.monotonic() + 60
+        while not os.path.exists("RELEASE") and time.monotonic() < deadline:
+            time.sleep(0.05)
     return _unhurried(self, handle, start, end)
 
 hashing.HashCache.digest_of = _slow
@@ -273,9 +275,11 @@ def test_uploads_of_one_file_wait_as_one_hash_job(serve, tmp_path):
     resumes in 1.5 s: 970 descriptors open); one job waits per file, later uploads join it."""
     toml = tmp_path / "serve.toml"
     toml.write_text("workers = 1\n")
-    server = serve("--tls", "off", "--config", str(toml), prelude=COUNT_READS + BUSY_POOL)
+    release = tmp_path / "release"
+    busy = BUSY_POOL.replace("RELEASE", str(release))
+    server = serve("--tls", "off", "--config", str(toml), prelude=COUNT_READS + busy)
     client = server.ftp("sender")
-    stor(client, "blocker.bin", b"x")  # its hash holds the worker for 3 s
+    stor(client, "blocker.bin", b"x")  # its hash holds the worker until the release
     content = b""
     for byte in range(11):
         client.storbinary("APPE a.bin", io.BytesIO(bytes([byte])))
@@ -284,6 +288,7 @@ def test_uploads_of_one_file_wait_as_one_hash_job(serve, tmp_path):
     fds = Path(f"/proc/{server.process.pid}/fd")
     held = [fd for fd in fds.iterdir() if os.path.realpath(fd) == str(path)]
     assert len(held) == 1  # the waiting job's, the other ten closed
+    release.touch()
     assert wait_for(lambda: len(audited(server, "upload-completed", "a.bin")) == 11)
     records = audited(server, "upload-completed", "a.bin")
     assert [r["bytes"] for r in records] == list(range(1, 12))
