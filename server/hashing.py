@@ -4,8 +4,9 @@ An entry is keyed by what the file is, not what it is called: (st_dev, st_ino, s
 st_mtime_ns, start, stop). A rename keeps the inode and the mtime, so ``X.part``, ``X`` and
 ``pub/outgoing/X`` are one entry. Content never changes under a key: every write sets a new
 mtime, no client can set an old one back (MFMT and utime are refused), an upload drops the
-file's entries as it cuts the file or before its first write (:meth:`HashCache.forget`, for a
-write within one clock tick of the last and for a reused inode), and a digest is cached only
+file's entries as it cuts the file (:meth:`HashCache.forget`, for a write within one clock
+tick of the last and for a reused inode; a write at the end of a file not cut changes its size,
+and so its key), and a digest is cached only
 if the file did not change while it was read. Callers asking for the same range at once share
 one read: a finished upload is hashed once, for its audit record, the client's ``HASH`` and the
 bundle check together.

@@ -21,12 +21,10 @@ touches a socket and never follows a symbolic link.
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import os
 import stat
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,7 +224,6 @@ class UploadFile:
     """The file a STOR/APPE writes: enforces its area's quota and the disk watermark.
 
     ``changed``: whether the upload changed the file yet (made it, cut it, or wrote to it).
-    ``before_write`` runs once, before the first byte is written.
     """
 
     def __init__(
@@ -237,7 +234,6 @@ class UploadFile:
         budget: Budget | None,
         min_free: int,
         changed: bool = True,
-        before_write: Callable[[], None] | None = None,
     ) -> None:
         self._fd = fd
         self.name = path
@@ -246,7 +242,6 @@ class UploadFile:
         self._min_free = min_free
         self._since_check = 0
         self.changed = changed
-        self._before_write = before_write
 
     @property
     def closed(self) -> bool:
@@ -261,9 +256,6 @@ class UploadFile:
             self._since_check = 0
             if free_bytes(self.name) < self._min_free:
                 raise OSError(errno.ENOSPC, "disk nearly full")
-        if self._before_write is not None:
-            before, self._before_write = self._before_write, None
-            before()
         self.changed = self.changed or bool(data)
         view = memoryview(data)
         while view:  # a short write (a disk filling up) writes the rest or raises ENOSPC
@@ -291,9 +283,10 @@ def open_for_upload(
 
     The area's count is set from ``budget`` only once the file is open and cut, so an upload
     refused here leaves the other uploads' count as it was. ``hashes`` forgets what it knew
-    of the file as it changes: here if it is cut, else before the first byte is written. A
-    resume at the file's end is not a cut: until a byte comes, the file and its cached hash
-    stay as they were (a resume with nothing to send costs no hash).
+    of a file that is cut. A resume at the file's end is not a cut: the file and its cached
+    hash stay as they were until a byte comes, and that byte makes the file longer, so no
+    entry cached for it before (keyed by its size) matches it any more; a resume with nothing
+    to send costs no hash.
     """
     flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if upload.exists else os.O_CREAT | os.O_EXCL)
     fd = os.open(upload.path, flags, 0o640)
@@ -312,7 +305,4 @@ def open_for_upload(
         raise
     if budget is not None:
         budget.area.used = budget.used
-    forget = None if cut or hashes is None else functools.partial(hashes.forget, info)
-    return UploadFile(
-        fd, upload.path, budget=budget, min_free=min_free, changed=cut, before_write=forget
-    )
+    return UploadFile(fd, upload.path, budget=budget, min_free=min_free, changed=cut)
