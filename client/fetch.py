@@ -221,8 +221,8 @@ class _Run:
         self.transport, self.into, self.ledger = transport, into, ledger
         self.identities, self.trusted = identities, trusted
         self.published = set(published)
-        self.done = ledger.ids()
-        self.newest = Newest(ledger.newest())
+        self.done, newest = ledger.read()
+        self.newest = Newest(newest)
         self.tried: set[str] = set()
         self.outcomes: list[Outcome] = []
         self.parked: dict[str, AirgapError] = {}  # refused as rollbacks, unless carriers yet
@@ -253,14 +253,15 @@ class _Run:
         self._layers_for(manifest, (*waiting, bundle_id))
         self._hold(newer)  # a carrier: loaded, but those tags go back where they were
         imported = tuple(ref for ref in self._receive(manifest) if ref not in newer)
+        tags = imported if manifest.images else ()  # a files bundle's are file names
         self.ledger.record(
             bundle_id,
             manifest_sha256=hashlib.sha256(data).hexdigest(),
             where=transport.describe(),
-            refs=imported if manifest.images else (),
+            refs=tags,
         )
         self.done.add(bundle_id)
-        self.newest.imported(imported if manifest.images else (), bundle_id)
+        self.newest.imported(tags, bundle_id)
         if into.keep is not None:  # after the record: what was imported stays imported
             try:
                 _keep(transport, manifest, data, self.trusted, into.keep)

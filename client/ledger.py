@@ -1,6 +1,6 @@
 """The receiver's ledger: which bundles were imported here, so re-runs skip them and an old
 bundle shown again is never imported twice; and which bundle each image ref came from last, so
-an older bundle never moves a ref back (:meth:`Ledger.newest`).
+an older bundle never moves a ref back (:meth:`Ledger.read`).
 
 One JSON object a line, appended and fsynced after each import; a torn last line (a crash while
 writing it) is ignored, so the worst case is one bundle offered again, never a lost record.
@@ -44,19 +44,25 @@ class Ledger:
         finally:
             os.close(fd)
 
-    def ids(self) -> set[str]:
-        return {bundle_id for bundle_id, _ in self._records()}
-
-    def newest(self) -> dict[str, str]:
-        """For each image ref, the newest bundle id that tagged it here (ids sort by time).
-        Records written before refs were recorded name none."""
-        found: dict[str, str] = {}
+    def read(self) -> tuple[set[str], dict[str, str]]:
+        """In one read: the bundle ids imported here, and for each image ref the newest of
+        them that tagged it (ids sort by time; records written before refs were recorded name
+        none)."""
+        ids: set[str] = set()
+        newest: dict[str, str] = {}
         for bundle_id, record in self._records():
+            ids.add(bundle_id)
             refs = record.get("refs")
             for ref in refs if isinstance(refs, list) else ():
-                if isinstance(ref, str) and bundle_id > found.get(ref, ""):
-                    found[ref] = bundle_id
-        return found
+                if isinstance(ref, str) and bundle_id > newest.get(ref, ""):
+                    newest[ref] = bundle_id
+        return ids, newest
+
+    def ids(self) -> set[str]:
+        return self.read()[0]
+
+    def newest(self) -> dict[str, str]:
+        return self.read()[1]
 
     def _records(self) -> Iterator[tuple[str, dict[str, object]]]:
         """Each readable record with its bundle id; a torn or foreign line is skipped."""

@@ -92,11 +92,8 @@ class _Ledger:
         self._newest = newest
         self.records: list[tuple[str, tuple[str, ...]]] = []
 
-    def ids(self) -> set[str]:
-        return set(self._newest.values())
-
-    def newest(self) -> dict[str, str]:
-        return self._newest
+    def read(self) -> tuple[set[str], dict[str, str]]:
+        return set(self._newest.values()), self._newest
 
     def record(self, bundle_id: str, **fields: Any) -> None:
         self.records.append((bundle_id, tuple(fields["refs"])))
