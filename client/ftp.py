@@ -140,13 +140,11 @@ class _Bounded(ftplib.FTP):
         return line
 
     def getline(self) -> str:
-        while (end := self._pending.find(b"\n")) < 0:
-            if len(self._pending) > self.maxline:
-                raise ftplib.Error(f"got more than {self.maxline} bytes")
+        while (end := self._pending.find(b"\n")) < 0 and len(self._pending) <= self.maxline:
             self._pending += self._receive()
-        raw, self._pending = self._pending[: end + 1], self._pending[end + 1 :]
-        if len(raw) > self.maxline + 1:
+        if not 0 <= end <= self.maxline:  # no end of line within ftplib's bound on one
             raise ftplib.Error(f"got more than {self.maxline} bytes")
+        raw, self._pending = self._pending[: end + 1], self._pending[end + 1 :]
         line = raw.decode(self.encoding)  # strict, as ftplib's file: see _errors
         return line[:-2] if line.endswith("\r\n") else line[:-1]
 
