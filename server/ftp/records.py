@@ -5,12 +5,14 @@ A job holds one open descriptor of its file and reads the whole of it on the wor
 also publishes. An upload that ends while its file's job still waits joins that job rather
 than queueing another (its descriptor replaces the job's): a client resuming one file over and
 over costs the server one waiting job and one descriptor, not one of each per resume. The job
-hashes what the latest upload left; a record it took over from an earlier upload of another
-size says ``sha256: null`` (a later upload changed the file before it could be hashed).
+hashes what the latest upload left, and the first bytes of the file up to each earlier
+upload's size in one more pass, so every record still has the sha256 of what its upload left
+(as long as no later upload cut the file below it: then that record says ``sha256: null``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -80,8 +82,9 @@ class UploadRecords:
         last = job.ended[-1]
         with job.handle as handle:
             digest, _, _ = services.hashes.digest_of(handle, 0, last.size)
+            earlier = _prefix_digests(handle, {e.size for e in job.ended} - {last.size})
         for ended in job.ended:
-            ended.record(services.audit, digest if ended.size == last.size else None)
+            ended.record(services.audit, earlier.get(ended.size, digest))
 
     @staticmethod
     def _done(job: _Job, future: Future[None]) -> None:
@@ -90,3 +93,18 @@ class UploadRecords:
             logger.warning("after upload of %s: %r", ", ".join(files), future.exception())
         for then in job.then:
             then()
+
+
+def _prefix_digests(handle: BinaryIO, sizes: set[int]) -> dict[int, str | None]:
+    """The sha256 of the file's first ``size`` bytes, for each of ``sizes``, in one read; None
+    for a size past what the file now holds."""
+    found: dict[int, str | None] = dict.fromkeys(sizes)
+    digest, at = hashlib.sha256(), 0
+    for size in sorted(sizes):
+        while at < size and (chunk := os.pread(handle.fileno(), min(1 << 20, size - at), at)):
+            digest.update(chunk)
+            at += len(chunk)
+        if at < size:
+            break
+        found[size] = digest.copy().hexdigest()
+    return found
