@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from airgap.client import terminal
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Meter:
@@ -24,6 +25,8 @@ class Meter:
     ) -> None:
         self._bar: tqdm[Any] | None = None
         if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm  # only here: its import costs a quiet command 20 ms
+
             terminal.write = _above_bars  # a retry's news, say, does not tear a bar apart
             self._bar = tqdm(
                 total=total,
@@ -82,6 +85,8 @@ class Meter:
 
 
 def _above_bars(text: str) -> None:
+    from tqdm import tqdm
+
     tqdm.write(text, file=sys.stderr)
 
 
