@@ -5,8 +5,12 @@
 
 The corpus is 1 GiB of real binaries and text (a tar of /usr/lib/x86_64-linux-gnu and
 /usr/lib/jvm, cut at 1 GiB), read from the page cache. Outputs go to tmpfs (/dev/shm) when
-there is room, so both sides are measured on CPU, not on the disk's writeback mood. Every
-figure is the median of five runs, each in its own process, the sides taking turns:
+there is room, so both sides are measured on CPU, not on the disk's writeback mood. A decode
+writes its plaintext in place over a file of the corpus's size that both sides keep from run to
+run (the shell with `1<>`): on this VM, the first touch of a new page of tmpfs costs from 0.6 to
+4 s of kernel time a GiB, from one run to the next, which drowned both pipelines' own cost. Each
+output is then checked against the corpus's sha256, untimed. Every figure is the median of five
+runs, each in its own process, the sides taking turns:
 
 * pipeline: the bundle pipeline on the corpus bytes as plaintext, as for an image (plaintext
   sha256, zstd, age, payload sha256 and segment hashes, manifest, signature) and back
@@ -18,6 +22,7 @@ figure is the median of five runs, each in its own process, the sides taking tur
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import statistics
@@ -27,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 GIB = 1 << 30
 WORK = Path(os.environ.get("AIRGAP_BENCH_DIR", "/tmp/airgap-bench"))
@@ -49,8 +55,13 @@ def timed(cmd: list[str] | str) -> Run:
     """One command in its own process: wall time and its peak RSS (children included)."""
     subprocess.run(["sync"], check=True)
     start = time.perf_counter()
+    shell = isinstance(cmd, str)
     proc = subprocess.Popen(
-        cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd,
+        shell=shell,
+        executable="/bin/bash" if shell else None,  # for pipefail
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     assert proc.stderr is not None
     errors = proc.stderr.read()
@@ -93,6 +104,39 @@ def corpus(size: int = GIB) -> Path:
     return path
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sink(name: str, like: Path) -> Path:
+    """A file that a decode writes over in place: made once, of ``like``'s size, and zeros,
+    so that a decode that wrote nothing cannot pass the check."""
+    path = SCRATCH / name
+    if not path.exists() or path.stat().st_size != like.stat().st_size:
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out:
+            zero_fill(out, like.stat().st_size)
+    return path
+
+
+def zero_fill(out: BinaryIO, size: int) -> None:
+    zeros = bytes(1 << 20)
+    while size:
+        size -= out.write(zeros[: min(size, len(zeros))])
+
+
+def decoded(path: Path, corpus: Path, digest: str) -> None:
+    """Untimed: the decode gave back the corpus; then zeros again for the next one."""
+    if path.stat().st_size != corpus.stat().st_size or sha256_of(path) != digest:
+        raise SystemExit(f"bench: {path.name} is not the corpus")
+    with path.open("r+b") as out:
+        zero_fill(out, corpus.stat().st_size)
+
+
 def fresh(name: str) -> Path:
     path = SCRATCH / name
     shutil.rmtree(path, ignore_errors=True)
@@ -122,22 +166,25 @@ def rounds(*sides: Once) -> list[tuple[Run, Run, int]]:
     ]
 
 
-def shell_once(path: Path, key_dir: Path) -> tuple[Run, Run, int]:
+def shell_once(path: Path, key_dir: Path, digest: str) -> tuple[Run, Run, int]:
     recipient = (key_dir / "recipient.txt").read_text().strip()
     out = fresh("shell")
-    enc_file, dec_file = out / "x.tar.zst.age", out / "x.tar"
+    enc_file, dec_file = out / "x.tar.zst.age", sink("shell.tar", path)
     enc = timed(f"zstd -q -1 -T0 -c '{path}' | age -r {recipient} > '{enc_file}'")
-    dec = timed(f"age -d -i '{key_dir}/identity.txt' '{enc_file}' | zstd -q -d -c > '{dec_file}'")
+    dec = timed(
+        f"set -o pipefail; age -d -i '{key_dir}/identity.txt' '{enc_file}' | zstd -q -d -c "
+        f"1<> '{dec_file}'"
+    )
+    decoded(dec_file, path, digest)
     return enc, dec, enc_file.stat().st_size
 
 
-def pipeline_once(path: Path, key_dir: Path, level: int = 1) -> tuple[Run, Run, int]:
-    drop, out = fresh("drop"), fresh("out")
+def pipeline_once(path: Path, key_dir: Path, digest: str, level: int = 1) -> tuple[Run, Run, int]:
+    drop, plain = fresh("drop"), sink("pipeline.tar", path)
     enc = timed([*PIPELINE, "encode", str(path), str(drop), str(key_dir), str(level)])
     size = sum(p.stat().st_size for p in drop.glob("*.tar.zst.age"))
-    dec = timed([*PIPELINE, "decode", str(drop), str(key_dir), str(out / "plain.tar")])
-    if (out / "plain.tar").stat().st_size != path.stat().st_size:
-        raise SystemExit("bench: the pipeline did not give back the corpus")
+    dec = timed([*PIPELINE, "decode", str(drop), str(key_dir), str(plain)])
+    decoded(plain, path, digest)
     return enc, dec, size
 
 
@@ -175,9 +222,10 @@ def main() -> None:
         f"outputs in {SCRATCH}; median of {ROUNDS} runs\n"
     )
 
+    digest = sha256_of(data)
     (s_enc, s_dec, s_size), (p_enc, p_dec, p_size), (c_enc, c_dec, _) = rounds(
-        lambda: shell_once(data, key_dir),
-        lambda: pipeline_once(data, key_dir),
+        lambda: shell_once(data, key_dir, digest),
+        lambda: pipeline_once(data, key_dir, digest),
         lambda: cli_once([data], key_dir),
     )
     shell_enc, shell_dec = mb / s_enc.seconds, mb / s_dec.seconds
@@ -205,7 +253,7 @@ def main() -> None:
 
     print("\nzstd levels considered for the default (pipeline, one run each):")
     for level in (1, 2, 3):
-        enc, _, payload = pipeline_once(data, key_dir, level)
+        enc, _, payload = pipeline_once(data, key_dir, digest, level)
         print(f"  level {level}: ratio {payload / size:.3f}, encode {mb / enc.seconds:6.1f} MB/s")
 
     second = WORK / "corpus-copy.tar"

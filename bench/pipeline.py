@@ -43,9 +43,11 @@ def decode_bundle(drop: Path, keys: Path, output: Path) -> None:
     (bundle_id,) = published_ids(transport.list())
     manifest, _ = open_bundle(transport, bundle_id, load_trusted([keys / "signing.pub"]))
     identities = load_identities([keys / "identity.txt"])
-    with output.open("wb") as out:
+    # In place, not truncated first: the benchmark writes over the same file each run.
+    with os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as out:
         for chunk in plaintext_of(transport, manifest, identities):
             out.write(chunk)
+        out.truncate()
 
 
 if __name__ == "__main__":
