@@ -47,8 +47,8 @@ def load_identities(paths: Sequence[Path]) -> list[age.X25519Identity]:
 
 def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X25519Recipient]:
     found = []
-    for value in values:
-        with _naming(f"--recipient {value[:24]!r}"):
+    for value in values:  # an argument, not a file: one that does not parse is a usage error
+        with _naming(f"--recipient {value[:24]!r}", usage=True):
             found.append(age.X25519Recipient.parse(value))
     for path in files:
         text = read_key_text(path, "recipients file")
@@ -78,9 +78,10 @@ _KINDS = (
 
 
 @contextlib.contextmanager
-def _naming(where: str, text: str = "", wanted: str = "") -> Iterator[None]:
+def _naming(where: str, text: str = "", wanted: str = "", *, usage: bool = False) -> Iterator[None]:
     """Errors about a key say which key: the option or the file it came from; and a key file
-    of another kind says which kind it is and where it goes."""
+    of another kind says which kind it is and where it goes. ``usage``: the key is an
+    argument's value, and an error about it is a usage error (exit code 2)."""
     try:
         yield
     except (KeyFileError, UsageError) as exc:
@@ -88,7 +89,7 @@ def _naming(where: str, text: str = "", wanted: str = "") -> Iterator[None]:
         kind = _kind_of(text)
         if kind is not None and kind[0] != wanted:
             hint = f"it holds {kind[0]}, which goes with {kind[1]}"
-        raise type(exc)(f"{where}: {exc.message}", hint=hint) from exc
+        raise (UsageError if usage else type(exc))(f"{where}: {exc.message}", hint=hint) from exc
 
 
 def _kind_of(text: str) -> tuple[str, str] | None:

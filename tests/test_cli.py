@@ -250,7 +250,7 @@ def test_send_refuses_bad_input_clearly(tmp_path: Path, keydir: Path) -> None:
     )
     assert directory.returncode == 2 and "not a regular file" in directory.stderr
     bad_recipient = run_airgap([*base, "--sign-key", keydir / "signing.key", "-r", "age1nope"])
-    assert bad_recipient.returncode == 1 and "Traceback" not in bad_recipient.stderr
+    assert bad_recipient.returncode == 2 and "Traceback" not in bad_recipient.stderr
     assert "--recipient 'age1nope': malformed Bech32" in bad_recipient.stderr
     (tmp_path / "empty.txt").write_text("# nobody yet\n")
     empty = run_airgap([*base, "--sign-key", keydir / "signing.key", "-R", tmp_path / "empty.txt"])
