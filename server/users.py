@@ -71,6 +71,11 @@ class User:
         return f"User(name={self.name!r}, role={self.role.value!r})"
 
 
+def could_be_name(name: str) -> bool:
+    """Whether ``name`` is shaped like a user name, whether or not such a user exists."""
+    return _NAME.fullmatch(name) is not None
+
+
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name) or name in RESERVED:
         raise UsageError(

@@ -23,7 +23,7 @@ from airgap.server import storage
 from airgap.server.ftp.records import Ended, UploadRecords
 from airgap.server.ftp.session import Session
 from airgap.server.policy import Op
-from airgap.server.users import Role
+from airgap.server.users import Role, could_be_name
 
 logger = logging.getLogger("airgap.server")
 
@@ -48,7 +48,7 @@ class UploadCommands(Session):
         # (whoever may resume a file may also create it), and an account's name the same
         # whether its area was made yet or not.
         if self._takes_an_area(path):
-            self.respond("553 That name is a sender's area.")
+            self.respond("553 Names like that are kept for senders' areas: add an extension.")
             return
         if not self._allowed(Op.CREATE, path):
             return
@@ -118,14 +118,15 @@ class UploadCommands(Session):
         self._start_receiving(upload, "APPE" if append else "STOR")
 
     def _takes_an_area(self, path: str) -> bool:
-        """An anonymous upload named as an account, in ``pub/incoming``: where that sender's
-        area goes (made at its first login), which the file would keep it from."""
-        services = self.services
+        """An anonymous upload in ``pub/incoming`` named as an account could be: where that
+        sender's area goes (made at its first login), which the file would keep it from. Every
+        such name is refused, whether the account exists or not, or what is refused would tell
+        anyone the names of the senders (and a file could squat an account made later)."""
         return (
             self.principal is not None
             and self.principal.role is None
-            and Path(path).parent == services.layout.incoming
-            and services.users.get(Path(path).name) is not None
+            and Path(path).parent == self.services.layout.incoming
+            and could_be_name(Path(path).name)
         )
 
     def _start_receiving(self, upload: storage.UploadFile, cmd: str) -> None:

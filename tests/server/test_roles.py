@@ -131,8 +131,14 @@ def test_anonymous_uploads_cannot_take_a_senders_area(serve, tmp_path):
     assert added.returncode == 0, added.stderr
     password = added.stdout.split("password: ")[1].strip()
     anonymous = server.ftp("anonymous", "x@y")
-    with pytest.raises(ftplib.error_perm, match="553"):
+    with pytest.raises(ftplib.error_perm, match="553") as taken:
         stor(anonymous, "pub/incoming/bob", b"squat")
+    # The same for a name no account has (yet): the refusal tells no sender's name.
+    with pytest.raises(ftplib.error_perm, match="553") as free:
+        stor(anonymous, "pub/incoming/dave", b"squat")
+    assert str(taken.value) == str(free.value)
+    assert not (server.root / "pub/incoming/dave").exists()
+    stor(anonymous, "pub/incoming/dave.txt", b"a name no account can have")
     server.ftp("bob", password).quit()
     assert (server.root / "pub/incoming/bob").is_dir()
 
