@@ -80,7 +80,8 @@ ALLOW = Decision(True)
 
 
 def refuse(principal: Principal, op: Op) -> Decision:
-    return Decision(False, f"a {principal.label} may not {op.value} here")
+    who = f"a {principal.role.value}" if principal.role else "anonymous"
+    return Decision(False, f"{who} may not {op.value} here")
 
 
 def valid_name(name: str) -> bool:

@@ -137,6 +137,9 @@ def test_anonymous_uploads_cannot_take_a_senders_area(serve, tmp_path):
     with pytest.raises(ftplib.error_perm, match="553") as free:
         stor(anonymous, "pub/incoming/dave", b"squat")
     assert str(taken.value) == str(free.value)
+    for area in ("bob", "dave"):  # nor does entering one
+        with pytest.raises(ftplib.error_perm, match="^550 Not allowed: anonymous may not enter"):
+            anonymous.cwd(f"/pub/incoming/{area}")
     assert not (server.root / "pub/incoming/dave").exists()
     stor(anonymous, "pub/incoming/dave.txt", b"a name no account can have")
     server.ftp("bob", password).quit()
