@@ -138,7 +138,7 @@ def test_anonymous_uploads_cannot_take_a_senders_area(serve, tmp_path):
         stor(anonymous, "pub/incoming/dave", b"squat")
     assert str(taken.value) == str(free.value)
     for area in ("bob", "dave"):  # nor does entering one
-        with pytest.raises(ftplib.error_perm, match="^550 Not allowed: anonymous may not enter"):
+        with pytest.raises(ftplib.error_perm, match=r"^550 Not allowed: anonymous may not enter"):
             anonymous.cwd(f"/pub/incoming/{area}")
     assert not (server.root / "pub/incoming/dave").exists()
     stor(anonymous, "pub/incoming/dave.txt", b"a name no account can have")
