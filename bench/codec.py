@@ -1,7 +1,10 @@
 """Bundle codec benchmark: airgap against `zstd -1 -T0 | age -r` and back, in the same run.
 
-    make bench                       # or: .venv/bin/python -m bench.codec
+    make bench                       # or: make bytecode; .venv/bin/python -m bench.codec
     AIRGAP_BENCH_DIR=/big/disk make bench
+
+`make bytecode` compiles the modules as a wheel's install does: where PYTHONDONTWRITEBYTECODE
+is set, each process of a benchmark would otherwise compile airgap again (0.13 s a start here).
 
 The corpus is 1 GiB of real binaries and text (a tar of /usr/lib/x86_64-linux-gnu and
 /usr/lib/jvm, cut at 1 GiB), read from the page cache. Outputs go to tmpfs (/dev/shm) when
