@@ -1,6 +1,6 @@
 """End-to-end transfer benchmark (issue 4): `airgap send` + `airgap fetch` beside today's ways.
 
-    make bench-transfer              # as root; or: make bytecode; .venv/bin/python -m bench.transfer
+    make bench-transfer              # as root; or: make bytecode, then python -m bench.transfer
     AIRGAP_BENCH_DIR=/big/disk make bench-transfer
     AIRGAP_BENCH_ROUNDS=1 make bench-transfer     # one round of the 1 GB flows, not three
 
