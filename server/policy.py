@@ -14,6 +14,8 @@ already normalised and proven to stay inside the root by the caller. The rules:
 - **anonymous** (only if enabled) starts at the root and may enter ``pub`` and
   ``pub/incoming``. ``upload``: create new files in ``pub/incoming``, no listing, no reading, no
   resume. ``read-write`` (the book's ch9_ftpd): also list, read and resume plain files there.
+  Neither touches a name a user could have (``hello``, not ``hello.1.tar``), whether or not a
+  sender's area has it: the replies would otherwise tell who the senders are.
 
 Overwriting is a storage question, not a policy one: see :mod:`airgap.server.storage`. This
 module never touches the disk.
@@ -25,7 +27,7 @@ import enum
 from dataclasses import dataclass
 
 from airgap.server.config import AnonymousMode
-from airgap.server.users import Role
+from airgap.server.users import Role, could_be_name
 
 PARTIAL_SUFFIX = ".part"
 #: What the publisher leaves in a sender's area for each of its bundles it quarantined.
@@ -133,13 +135,15 @@ def _anonymous(op: Op, rel: Parts, mode: AnonymousMode, *, is_dir: bool) -> bool
         return False
     if op is Op.CWD:
         return rel in ((), ("pub",), INCOMING)
-    if op is Op.CREATE:
-        return _in(rel, INCOMING) and not is_dir
-    if mode is not AnonymousMode.READ_WRITE:
-        return False
     if op is Op.LIST and rel in ((), ("pub",), INCOMING):
+        return mode is AnonymousMode.READ_WRITE
+    # Never a name a user could have: a sender's area (a directory) is refused, and a free
+    # name must be too, or the replies would tell who the senders are.
+    if not _in(rel, INCOMING) or is_dir or could_be_name(rel[-1]):
+        return False
+    if op is Op.CREATE:
         return True
-    return _in(rel, INCOMING) and not is_dir and op in (Op.LIST, Op.STAT, Op.READ, Op.RESUME)
+    return mode is AnonymousMode.READ_WRITE and op in (Op.LIST, Op.STAT, Op.READ, Op.RESUME)
 
 
 def visible(principal: Principal, directory: Parts, name: str, *, is_dir: bool) -> bool:

@@ -91,6 +91,37 @@ def test_anonymous_upload_writes_once_and_never_lists(serve):
     assert (server.root / "pub/incoming/drop.bin").read_bytes() == b"1234"
 
 
+def test_anonymous_read_write_cannot_tell_a_senders_area_from_a_free_name(serve):
+    """Found in review: in read-write mode, SIZE, MDTM, MLST, LIST, RETR... on a sender's area
+    (a directory) answered "not allowed" and on a free name "no such file": anyone could try
+    names until the senders' showed."""
+    server = serve("--tls", "off", "--anonymous", "read-write")
+    server.ftp("sender").quit()  # its area is made at its first login
+    assert (server.root / "pub/incoming/sender").is_dir()
+    anonymous = server.ftp("anonymous", "x@y")
+    anonymous.voidcmd("TYPE I")
+
+    def reply(command: str) -> str:
+        try:
+            if command.split()[0] in ("RETR", "LIST", "NLST", "APPE"):
+                anonymous.sendcmd("PASV")
+            return anonymous.sendcmd(command)
+        except ftplib.all_errors as exc:
+            return str(exc)
+
+    commands = ["SIZE", "MDTM", "MLST", "STAT", "HASH", "LIST", "NLST", "RETR", "APPE", "CWD"]
+    commands += ["RNFR", "DELE", "RMD", "MKD"]
+    for command in commands:
+        area, free = (
+            reply(f"{command} pub/incoming/sender"),
+            reply(f"{command} pub/incoming/nobody"),
+        )
+        assert area == free and area.startswith("5"), (command, area, free)
+    assert not (server.root / "pub/incoming/nobody").exists()
+    stor(anonymous, "pub/incoming/book.tar", b"the book's flow still works")
+    assert retr(anonymous, "pub/incoming/book.tar") == b"the book's flow still works"
+
+
 def test_wrong_passwords_lead_to_a_ban(serve):
     server = serve("--tls", "off", "--max-login-failures", "3", "--ban-seconds", "20")
     for attempt in range(3):
