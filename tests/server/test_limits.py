@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ftplib
 import itertools
 import signal
 import socket
 import ssl
 import struct
-import sys
-import termios
 import time
 
 import pytest
@@ -273,28 +270,27 @@ def test_max_rate_throttles_each_data_connection(serve):
     assert downloaded >= 1.5, f"2 MB came down in {downloaded:.2f} s at 1 MB/s"
 
 
-def test_a_throttled_upload_moves_steadily_with_little_held_unseen(serve):
+def test_a_throttled_upload_moves_steadily(serve):
     """At the limit an upload moves every quarter second or so. Found with a sender's progress
     bar: the IO loop ran its timers (a throttle's resume among them) up to a second late, so
-    an upload moved in bursts a second apart; and the server's kernel took megabytes the
-    throttle had not yet read, so that a sender's upload seemed done seconds early."""
+    an upload moved in bursts a second apart (here: three stalls of 0.96 s in 4 s).
+
+    What the server's kernel holds unread is not checked: it is the receive window the kernel
+    tunes for itself, from 1.2 to 3.5 MB here from one run to the next whether the timers ran
+    late or not, and a bound on it failed CI with timers on time."""
     server = serve("--tls", "off", "--max-rate", "4000000")
     client = server.ftp("sender")
     client.voidcmd("TYPE I")
     data = client.transfercmd("STOR steady.bin")
     landed = server.root / "pub/incoming/sender/steady.bin"
     chunk = b"s" * (256 * 1024)
-    moments, held = [], []
-    for sent in range(len(chunk), 65 * len(chunk), len(chunk)):  # 16 MiB: 4 s at the limit
+    moments = []
+    for _ in range(64):  # 16 MiB: 4 s at the limit
         data.sendall(chunk)
         moments.append(time.monotonic())
-        queued = fcntl.ioctl(data.fileno(), termios.TIOCOUTQ, bytes(4))  # not yet received
-        received = sent - int.from_bytes(queued, sys.byteorder)
-        held.append(received - landed.stat().st_size)
     data.close()
     client.voidresp()
     assert landed.stat().st_size == 64 * len(chunk)
     gaps = [b - a for a, b in itertools.pairwise(moments)]
     stalls = [round(gap, 2) for gap in gaps if gap > 0.4]
     assert len(stalls) <= 1, f"the upload stood still {stalls} s at a time"
-    assert max(held) < 3_000_000, f"the server's kernel held {max(held)} bytes unread"
