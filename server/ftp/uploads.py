@@ -121,7 +121,8 @@ class UploadCommands(Session):
         """An anonymous upload in ``pub/incoming`` named as an account could be: where that
         sender's area goes (made at its first login), which the file would keep it from. Every
         such name is refused, whether the account exists or not, or what is refused would tell
-        anyone the names of the senders (and a file could squat an account made later)."""
+        anyone the names of the senders (and a file could squat an account made later). The
+        access policy refuses these names too; this answers first, saying why."""
         return (
             self.principal is not None
             and self.principal.role is None
