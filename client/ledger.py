@@ -61,9 +61,6 @@ class Ledger:
     def ids(self) -> set[str]:
         return self.read()[0]
 
-    def newest(self) -> dict[str, str]:
-        return self.read()[1]
-
     def _records(self) -> Iterator[tuple[str, dict[str, object]]]:
         """Each readable record with its bundle id; a torn or foreign line is skipped."""
         try:

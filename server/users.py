@@ -77,7 +77,7 @@ def could_be_name(name: str) -> bool:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name) or name in RESERVED:
+    if not could_be_name(name) or name in RESERVED:
         raise UsageError(
             f"{name!r} is not a valid user name",
             hint="lower-case letters, digits, '-' and '_', starting with a letter, at most 32",
