@@ -6,7 +6,7 @@
 
 One run moves a realistic image (about 1.3 GB: this machine's /usr/lib/x86_64-linux-gnu, its
 JDKs and Python's standard library, three layers FROM scratch; built once, then kept) from the
-Docker engine back into it, four ways, one after the other:
+Docker engine back into it, five ways, one after the other:
 
 1. book: `docker save -o x.tar`, lftp `put` to vsftpd, lftp `get`, `docker load -i`;
 2. expert: `docker save | zstd -1 -T0 | age -R | curl -T -` to vsftpd, and back with
@@ -15,6 +15,9 @@ Docker engine back into it, four ways, one after the other:
 4. airgap: `airgap send IMAGE --server ftps://sender@...` through `airgap serve --tls required`
    (encrypted to the receiver, signed, certificate pinned), the appliance's check and
    publication, then `airgap fetch --server ftps://receiver@...` (verify, decrypt, load).
+5. bound: `docker save | zstd -1 -T0` into a local file, `zstd -d | docker load` back: no
+   target of its own, it shows what the compression the wire target needs costs on this
+   machine by itself, beside the floor (no encryption, hashing, network or check).
 
 Each flow's time is the sum of its steps' wall times; the image is removed before every load
 (untimed: it stands for the other side of the gap) and its id is checked after. Bytes on the
@@ -57,6 +60,7 @@ from bench.transfer_flows import (
     Setup,
     airgap,
     book,
+    bound,
     expert,
     floor,
 )
@@ -139,7 +143,10 @@ def run_flows(
     With several rounds, each flow's figures are those of its median round.
     """
     results: dict[str, Outcome] = {}
-    flows: dict[str, Callable[[], Flow]] = {"floor": partial(floor, setup)}
+    flows: dict[str, Callable[[], Flow]] = {
+        "floor": partial(floor, setup),
+        "bound": partial(bound, setup),
+    }
     with contextlib.ExitStack() as stack:
         try:
             ftpd = stack.enter_context(vsftpd(setup.work / "vsftpd", max_rate=rate))
@@ -191,6 +198,7 @@ LABELS = {
     "expert": "2 expert  save | zstd -1 -T0 | age | curl, curl | age -d | zstd -d | load",
     "floor": "3 floor   docker save > /dev/null, docker load -i local tar",
     "airgap": "4 airgap  airgap send + publish + airgap fetch, FTPS, encrypted, signed",
+    "bound": "5 bound   save | zstd -1 -T0 > file, zstd -d < file | load (no target)",
 }
 
 
@@ -232,6 +240,13 @@ def judge_fast(setup: Setup, results: dict[str, Outcome]) -> None:
             ratio_line(f"time vs {name}", ours.seconds, theirs.seconds, "s", target, ok)
         else:
             missing(f"time vs {name}", target)
+    least, floored = results.get("bound"), results.get("floor")
+    if isinstance(least, Flow) and isinstance(floored, Flow):
+        print(
+            f"  (bound vs floor: {least.seconds:.1f} / {floored.seconds:.1f} s = "
+            f"{least.seconds / floored.seconds:.2f}x: what compressing to zstd -1 alone costs here,"
+            " with no encryption, hashing, network or check)"
+        )
     tar = setup.tar.stat().st_size
     for direction in ("up", "down"):
         label = f"wire {direction} vs tar"
@@ -295,7 +310,7 @@ def preflight() -> str | None:
 
 def fast_phase(work: Path, keys: Path, meter: WireMeter) -> dict[str, Outcome]:
     setup = prepare(BIG, work, keys)
-    names = ("book", "expert", "floor", "airgap")
+    names = ("book", "expert", "floor", "airgap", "bound")
     results = run_flows(setup, meter, rate=0, names=names, rounds=ROUNDS)
     show_flows(results)
     judge_fast(setup, results)
