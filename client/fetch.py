@@ -368,16 +368,21 @@ def _keep(
     )
     open_manifest(verified, signature, trusted)
     target = DirectoryTransport(directory)
-    name = manifest.payload.name
+    name, limit = manifest.payload.name, manifest.payload.size
+    changed = VerificationError(f"{name}: the source no longer holds the verified payload")
     digest, size = hashlib.sha256(), 0
     try:
         with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
-            while chunk := source.read(1 << 20):
-                digest.update(chunk)
+            # Never more than the signed size and one byte to tell that there is more: a
+            # source that goes on and on would otherwise fill the disk before the size check.
+            while chunk := source.read(min(1 << 20, limit + 1 - size)):
                 size += len(chunk)
+                if size > limit:
+                    raise changed
+                digest.update(chunk)
                 out.write(chunk)
-        if size != manifest.payload.size or digest.hexdigest() != manifest.payload.sha256:
-            raise VerificationError(f"{name}: the source no longer holds the verified payload")
+        if size != limit or digest.hexdigest() != manifest.payload.sha256:
+            raise changed
     except BaseException:  # a failed read, a full disk, a changed source: no partial copy
         with suppress(AirgapError):
             target.delete(name + PARTIAL_SUFFIX)

@@ -203,6 +203,17 @@ class _PinnedTLS(_Bounded, ftplib.FTP_TLS):
         return conn, size
 
 
+#: How much of a server's refusal an error message quotes.
+SAID = 300
+
+
+def _said(exc: ftplib.Error) -> str:
+    """A server's reply as one line, cut short: the lines of a multi-line reply, printed as
+    they come, could pass for airgap's own ("fetched ...", "airgap: hint: ...")."""
+    text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= SAID else text[: SAID - 3] + "..."
+
+
 def _pinned(sock: socket.socket | None, pin: str) -> bool:
     der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
     return bool(der) and hmac.compare_digest(fingerprint(der or b""), pin)
@@ -321,7 +332,7 @@ class FtpTransport:
         try:
             yield
         except ftplib.error_perm as exc:
-            text = str(exc)
+            text = _said(exc)
             if text.startswith("530"):
                 raise LoginError(f"{self.describe()}: login refused ({text})") from exc
             if text.startswith("552"):
@@ -335,13 +346,14 @@ class FtpTransport:
             raise CertificateMismatch(f"{what}: {exc.message}", hint=exc.hint) from exc
         except ftplib.error_temp as exc:
             self._drop()
-            if "failed logins" in str(exc):  # the appliance's ban: asking again extends it
+            text = _said(exc)
+            if "failed logins" in text:  # the appliance's ban: asking again extends it
                 raise LoginError(
-                    f"{self.describe()}: refused after failed logins from here ({exc})",
+                    f"{self.describe()}: refused after failed logins from here ({text})",
                     hint="check the password, and wait for the ban to end (the server's "
                     "--ban-seconds) before trying again",
                 ) from exc
-            raise TransferError(f"{what}: {exc}") from exc
+            raise TransferError(f"{what}: {text}") from exc
         except socket.gaierror as exc:  # a name that does not resolve will not by waiting
             self._drop()
             raise UnknownHost(
@@ -351,7 +363,9 @@ class FtpTransport:
         except NETWORK_ERRORS as exc:
             self._drop()
             raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc
-        except ValueError as exc:  # a reply ftplib could not decode (UTF-8) or parse (SIZE)
+        # A reply ftplib could not decode (UTF-8) or parse (SIZE), or a passive port past
+        # 65535, which ftplib hands on to the socket as it is.
+        except (ValueError, OverflowError) as exc:
             self._drop()
             raise TransferError(
                 f"{what}: the server's reply makes no sense ({type(exc).__name__})"

@@ -153,9 +153,11 @@ class Manifest:
         if len(data) > MAX_MANIFEST_BYTES:
             raise ManifestError("manifest: larger than any manifest airgap writes")
         obj = _load(data)
+        # What cannot be written back is not canonical: lone surrogates, giant integers, and
+        # nesting that json.loads took but json.dumps cannot write (Python 3.12).
         try:
             canonical = _dump(obj) == data
-        except (ValueError, UnicodeError) as exc:  # lone surrogates, giant integers
+        except (ValueError, UnicodeError, RecursionError) as exc:
             raise ManifestError("manifest: not in canonical form") from exc
         if not canonical:
             raise ManifestError("manifest: not in canonical form")

@@ -12,6 +12,7 @@ import tempfile
 import threading
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -404,6 +405,61 @@ def test_keep_refuses_a_source_that_changed_since_it_was_verified(
     assert not (tmp_path / "kept").exists() or list((tmp_path / "kept").iterdir()) == []
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
     assert len(ledger.ids()) == 1  # imported: a second fetch does not unpack it again
+
+
+class _Endless(io.RawIOBase):
+    """The payload, then zeros: 32 MiB here, without end on a hostile server."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.served = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), len(self.data) + (32 << 20) - self.served)
+        head = self.data[self.served : self.served + count]
+        view[: len(head)] = head
+        view[len(head) : count] = bytes(count - len(head))
+        self.served += count
+        return count
+
+
+class _SecondReadGoesOn(DirectoryTransport):
+    """Media whose second read of the payload goes on past its end."""
+
+    reads = 0
+    endless: _Endless | None = None
+
+    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+        if not name.endswith(".age"):
+            return super().reader(name, offset=offset)
+        self.reads += 1
+        if self.reads == 1:
+            return super().reader(name, offset=offset)
+        with super().reader(name, offset=offset) as source:
+            self.endless = _Endless(source.read())
+        return io.BufferedReader(self.endless)
+
+
+def test_keep_reads_no_further_than_the_signed_size(bundle_dir: Path, tmp_path: Path) -> None:
+    """Found in review: the copy read on until the source ended, and only then compared sizes,
+    so a server that never ends its payload filled the disk under --keep."""
+    source = _SecondReadGoesOn(bundle_dir)
+    (outcome,) = fetch_bundles(
+        source,
+        Destination(tmp_path / "out", keep=tmp_path / "kept"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "ledger.jsonl"),
+    )
+    assert isinstance(outcome.error, VerificationError)
+    assert "no longer holds the verified payload" in outcome.error.message
+    assert source.endless is not None
+    payload = len(source.endless.data)
+    assert payload < source.endless.served <= payload + 1 + io.DEFAULT_BUFFER_SIZE
+    assert not (tmp_path / "kept").exists() or list((tmp_path / "kept").iterdir()) == []
 
 
 def test_the_ledger_knows_the_newest_bundle_of_each_ref(tmp_path: Path) -> None:

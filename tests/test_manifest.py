@@ -115,6 +115,20 @@ def test_non_canonical_forms_are_refused() -> None:
         Manifest.parse(b"\xff")
 
 
+def test_a_manifest_too_deep_to_write_back_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.12's json.loads takes nesting about 500 levels deeper than its json.dumps (with
+    an indent) can write: such a manifest is not canonical, not a crash. Python 3.11, which
+    runs this suite, has no such gap, so the writer is made to fail as 3.12's does."""
+    from airgap.shared import manifest
+
+    def too_deep(obj: object) -> bytes:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(manifest, "_dump", too_deep)
+    with pytest.raises(ManifestError, match="canonical"):
+        Manifest.parse(b"[" * 600 + b"]" * 600)
+
+
 def test_ids_sort_by_time_and_match_their_pattern() -> None:
     early, late = new_bundle_id(now=1_000_000), new_bundle_id(now=2_000_000)
     assert early < late and is_bundle_id(early) and is_bundle_id(late)
