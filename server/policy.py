@@ -87,13 +87,15 @@ def refuse(principal: Principal, op: Op) -> Decision:
 
 
 def valid_name(name: str) -> bool:
-    """A plain file name we are willing to store: no hidden, control or path characters."""
+    """A plain file name we are willing to store: no hidden, control or path characters, and
+    nothing a terminal or a log would not print as it is (C1 controls, line and paragraph
+    separators, bidirectional overrides and other format characters)."""
     return (
         bool(name)
         and not name.startswith(".")
         and "/" not in name
         and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES
-        and all(ord(c) >= 32 and ord(c) != 127 for c in name)
+        and name.isprintable()
     )
 
 

@@ -56,7 +56,10 @@ class UploadCommands(Session):
         if isinstance(target, storage.Refusal):
             self.respond(target.reply)
             return
-        if target.exists and (append or rest > 0) and not self._allowed(Op.RESUME, path):
+        # Writing into a file that is there is a resume, a plain STOR onto an empty one too
+        # (a STOR onto a file with bytes in it is refused below, whoever sends it).
+        resume = append or rest > 0 or target.size == 0
+        if target.exists and resume and not self._allowed(Op.RESUME, path):
             return
         offset = target.offset(append=append, rest=rest)
         if isinstance(offset, storage.Refusal):

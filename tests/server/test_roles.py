@@ -91,6 +91,38 @@ def test_anonymous_upload_writes_once_and_never_lists(serve):
     assert (server.root / "pub/incoming/drop.bin").read_bytes() == b"1234"
 
 
+def test_anonymous_upload_cannot_write_into_an_empty_file_either(serve):
+    """Found in review: a plain STOR onto a file another client left empty (its upload broke
+    before the first byte) wrote into it, a resume that upload-only anonymous may not do."""
+    server = serve("--tls", "off", "--anonymous", "upload")
+    first, second = server.ftp("anonymous", "a@b"), server.ftp("anonymous", "c@d")
+    first.cwd("pub/incoming")
+    second.cwd("pub/incoming")
+    stor(first, "drop.bin", b"")
+    with pytest.raises(ftplib.error_perm, match="550 Not allowed: anonymous may not resume"):
+        stor(second, "drop.bin", b"not theirs to write")
+    assert (server.root / "pub/incoming/drop.bin").read_bytes() == b""
+    sender = server.ftp("sender")  # a sender's own empty partial is a resume it may make
+    stor(sender, "data.bin.part", b"")
+    stor(sender, "data.bin.part", b"now")
+    assert (server.root / "pub/incoming/sender/data.bin.part").read_bytes() == b"now"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a\u2028b.part", "a\x85b.part", "a\u202eb.part", "a\u200bb.part"],
+)
+def test_names_a_terminal_would_not_print_as_they_are_are_refused(serve, name):
+    """Found in review: C1 controls, line separators and bidirectional overrides were stored,
+    and a name reaches the server's stderr and other clients' listings as it is."""
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    with pytest.raises(ftplib.error_perm, match=r"^550"):
+        stor(client, name, b"x")
+    stor(client, "caf\u00e9 \u65e5\u672c.part", b"x")  # letters of any script are names
+    assert client.nlst() == ["caf\u00e9 \u65e5\u672c.part"]
+
+
 def test_anonymous_read_write_cannot_tell_a_senders_area_from_a_free_name(serve):
     """Found in review: in read-write mode, SIZE, MDTM, MLST, LIST, RETR... on a sender's area
     (a directory) answered "not allowed" and on a free name "no such file": anyone could try
