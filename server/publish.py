@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class Publisher:
         self.busy = busy
         self.audit = audit
         self.hashes = hashes
+        # Held from the look into pub/outgoing to the last move into it: two areas' checks of
+        # one bundle id would otherwise both find it free, and the second move replace the first.
+        self._publishing = threading.Lock()
 
     def areas(self) -> list[Path]:
         """``pub/incoming`` (anonymous uploads) and every sender's area under it."""
@@ -188,10 +192,11 @@ class Publisher:
 
     def _publish(self, bundle_id: str, files: list[Path]) -> None:
         outgoing = self.layout.outgoing
-        if any((outgoing / f.name).exists() for f in files):
-            raise _Quarantine("a bundle with this id was published before", delivered=True)
-        for path in files:  # payload, manifest, signature: the signature last
-            path.rename(outgoing / path.name)
+        with self._publishing:
+            if any((outgoing / f.name).exists() for f in files):
+                raise _Quarantine("a bundle with this id was published before", delivered=True)
+            for path in files:  # payload, manifest, signature: the signature last
+                path.rename(outgoing / path.name)
         _fsync_dir(outgoing)
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
 

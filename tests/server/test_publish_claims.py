@@ -8,11 +8,13 @@ gap between the payload's hash and its move.
 from __future__ import annotations
 
 import ftplib
+import json
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import Server, begin_stor, wait_for
+from tests.server.conftest import Server, begin_stor, quarantined, stor, wait_for
 from tests.server.test_publish_and_clients import make_bundle, payload_of, upload_bundle
 
 pytestmark = pytest.mark.timeout(60)
@@ -101,3 +103,46 @@ def test_an_upload_replaced_before_its_data_connection_is_closed(serve):
     fds = Path(f"/proc/{server.process.pid}/fd")
     open_in_area = [fd for fd in fds.iterdir() if Path(fd.readlink()).parent == area]
     assert len(open_in_area) == 1, open_in_area
+
+
+# Held at the first move into pub/outgoing, after the check that nothing is there yet.
+_HOLD_MOVES = """
+import os, pathlib, time
+
+_rename = pathlib.Path.rename
+
+def _held(self, target):
+    if "/pub/outgoing/" in str(target) and str(target).endswith((".zst", ".age")):
+        os.write(2, b"airgap-test: moving\\n")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(GO) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return _rename(self, target)
+
+pathlib.Path.rename = _held
+"""
+
+
+def test_one_bundle_id_from_two_areas_is_published_once(serve, tmp_path, keyset):
+    """Found in review: two areas' checks of one bundle id could both find pub/outgoing free
+    and both move their files in, the second over the first (a rename replaces)."""
+    go = tmp_path / "go"
+    server = serve(
+        "--tls", "off", "--anonymous", "upload", prelude=f"GO = {str(go)!r}\n" + _HOLD_MOVES
+    )
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    anonymous = server.ftp("anonymous", "x@y")
+    anonymous.cwd("pub/incoming")
+    for name in sorted(files, key=lambda n: (n.endswith(".minisig"), n.endswith(".json"))):
+        stor(anonymous, name, files[name])
+    assert wait_for(lambda: "airgap-test: moving" in server.stderr), server.stderr
+    time.sleep(1)  # time for the other area's check to reach its move too, were it let
+    go.touch()
+    assert wait_for(lambda: published(server, bundle_id))
+    held = lambda: quarantined(server, "anonymous") + quarantined(server)  # noqa: E731
+    assert wait_for(lambda: len(held()) == 1), server.stderr
+    assert server.stderr.count("airgap-test: moving") == 1
+    records = [json.loads(line) for line in server.audit().splitlines()]
+    assert [r["bundle"] for r in records if r["event"] == "publish"] == [bundle_id]
+    assert "published before" in (held()[0] / "reason.txt").read_text()
