@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +53,7 @@ class Session(SessionAPI):
     _account: User | None = None  # what the password matched at login; None: anonymous
     _overlong = False
     _held: deque[bytes | None] | None = None  # while a check runs: lines not yet run
+    _login_by = 0.0  # the monotonic time by which the connection must have logged in
 
     # --- connection and command lines
 
@@ -64,6 +66,7 @@ class Session(SessionAPI):
         if self.services.guard.banned(self.remote_ip):
             self._refuse_banned()
             return
+        self._login_by = time.monotonic() + self.services.config.idle_timeout
         super().handle()
 
     def _refuse_banned(self) -> None:
@@ -191,9 +194,23 @@ class Session(SessionAPI):
         if cmd.upper() in REFUSED_COMMANDS or cmd.upper().startswith("SITE"):
             self.respond("502 Command not implemented here.")
             return
-        if self._account_changed():
+        if self._login_overdue() or self._account_changed():
             return
         super().pre_process_command(line, cmd, arg)
+
+    def _login_overdue(self) -> bool:
+        """A connection has ``--idle-timeout`` seconds to log in, however much it says meanwhile
+        (a silent one, the idle timer closes): that timer alone, which every command restarts,
+        let a NOOP a minute hold a connection slot for ever without an account. Checked as each
+        command comes, not by a timer of its own: pyftpdlib's scheduler holds a timer that is
+        due back behind one whose countdown was restarted (the idle timer, by every command)
+        until that one comes due, so a window timer never fired while the connection talked."""
+        if self.authenticated or time.monotonic() < self._login_by:
+            return False
+        self.services.audit.record("refused", ip=self.remote_ip, reason="no login in time")
+        self.respond("421 No login in time; closing control connection.")
+        self.close_when_done()
+        return True
 
     def _account_changed(self) -> bool:
         """End the session if ``airgap user`` changed or removed its account since its login."""
@@ -214,6 +231,8 @@ class Session(SessionAPI):
         super().flush_account()
         self.principal = None
         self._account = None
+        # Logged out (REIN, or USER again): as if it had just connected.
+        self._login_by = time.monotonic() + self.services.config.idle_timeout
 
     def ftp_PASS(self, line: str) -> None:
         if self.authenticated:

@@ -176,6 +176,33 @@ def test_idle_control_connection_is_closed(serve):
     assert busy.voidcmd("NOOP").startswith("200")
 
 
+def test_a_connection_that_never_logs_in_is_closed_however_much_it_says(serve):
+    """Found in review: every command restarted the idle timer, so a NOOP now and then held a
+    connection slot for ever without an account. The window to log in is not restarted."""
+    server = serve("--tls", "off", "--idle-timeout", "1")
+    talker = server.ftp()  # connected, never logged in
+    started, refused = time.monotonic(), None
+    while time.monotonic() - started < 4 and refused is None:
+        try:
+            talker.voidcmd("NOOP")
+        except ftplib.error_temp as exc:
+            refused = str(exc)
+        time.sleep(0.3)
+    assert refused is not None and refused.startswith("421 No login in time"), refused
+    assert 1 <= time.monotonic() - started < 3
+    assert '"reason": "no login in time"' in server.audit()
+    late = server.ftp()  # a login inside the window stays, talking, past it
+    late.login("sender", server.password("sender"))
+    for _ in range(6):
+        assert late.voidcmd("NOOP").startswith("200")
+        time.sleep(0.3)
+    late.sendcmd("REIN")  # logged out: the window opens again
+    with pytest.raises(ftplib.error_temp, match="421 No login in time"):
+        for _ in range(10):
+            late.voidcmd("NOOP")
+            time.sleep(0.3)
+
+
 def test_tls_upload_cut_by_a_tcp_reset_answers_426(serve):
     server = serve("--tls", "required")
     client = tls_client(server)
