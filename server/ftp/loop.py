@@ -23,6 +23,7 @@ from pyftpdlib.ioloop import AsyncChat, IOLoop
 from airgap.server.accounts import Accounts
 from airgap.server.audit import AuditLog
 from airgap.server.config import ServeConfig
+from airgap.server.ftp.timers import keep_timers_in_order
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles, LoginGuard
@@ -33,6 +34,7 @@ logger = logging.getLogger("airgap.server")
 
 
 def new_ioloop() -> Any:
+    keep_timers_in_order()
     return IOLoop.factory()
 
 

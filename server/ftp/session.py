@@ -199,12 +199,10 @@ class Session(SessionAPI):
         super().pre_process_command(line, cmd, arg)
 
     def _login_overdue(self) -> bool:
-        """A connection has ``--idle-timeout`` seconds to log in, however much it says meanwhile
-        (a silent one, the idle timer closes): that timer alone, which every command restarts,
-        let a NOOP a minute hold a connection slot for ever without an account. Checked as each
-        command comes, not by a timer of its own: pyftpdlib's scheduler holds a timer that is
-        due back behind one whose countdown was restarted (the idle timer, by every command)
-        until that one comes due, so a window timer never fired while the connection talked."""
+        """A connection has ``--idle-timeout`` seconds to log in, however much it says meanwhile:
+        the idle timer alone, which every command restarts, let a NOOP a minute hold a
+        connection slot for ever without an account. Checked as each command comes, so no timer
+        is needed: one that says nothing, the idle timer closes."""
         if self.authenticated or time.monotonic() < self._login_by:
             return False
         self.services.audit.record("refused", ip=self.remote_ip, reason="no login in time")
