@@ -34,7 +34,8 @@ logger = logging.getLogger("airgap.server")
 
 
 def new_ioloop() -> Any:
-    keep_timers_in_order()
+    if not keep_timers_in_order():
+        logger.warning("this pyftpdlib's timers may be held back by a restarted idle timer")
     return IOLoop.factory()
 
 

@@ -25,6 +25,13 @@ def _reset_in_order(self: Any) -> None:
     heapq.heapify(self._sched._tasks)
 
 
-def keep_timers_in_order() -> None:
-    """Install the reset above on pyftpdlib's timers (once is enough; again does no harm)."""
-    ioloop._CallLater.reset = _reset_in_order
+def keep_timers_in_order() -> bool:
+    """Install the reset above on pyftpdlib's timers (once is enough; again does no harm).
+    Only on the pyftpdlib it was written for (its timers hold ``_sched`` and ``_delay``): on
+    another, pyftpdlib's own reset stays, and False says so."""
+    timers = getattr(ioloop, "_CallLater", None)
+    slots = getattr(timers, "__slots__", ())
+    if not {"_sched", "_delay"} <= set(slots) or not callable(getattr(ioloop, "timer", None)):
+        return False
+    timers.reset = _reset_in_order  # type: ignore[union-attr]
+    return True
