@@ -24,6 +24,7 @@ module never touches the disk.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from dataclasses import dataclass
 
 from airgap.server.config import AnonymousMode
@@ -86,17 +87,30 @@ def refuse(principal: Principal, op: Op) -> Decision:
     return Decision(False, f"{who} may not {op.value} here")
 
 
+#: Characters that reorder the text around them on a terminal (and in a log read there).
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f"  # Arabic letter mark, left-to-right and right-to-left marks
+    "\u202a\u202b\u202c\u202d\u202e"  # embeddings and overrides, and their end
+    "\u2066\u2067\u2068\u2069"  # isolates, and their end
+)
+
+
 def valid_name(name: str) -> bool:
     """A plain file name we are willing to store: no hidden, control or path characters, and
-    nothing a terminal or a log would not print as it is (C1 controls, line and paragraph
-    separators, bidirectional overrides and other format characters)."""
+    nothing that changes how a terminal or a log shows the text around it: no C0 or C1
+    control, line or paragraph separator, or bidirectional control. Spaces of every kind,
+    joiners and letters of any script are names' business."""
     return (
         bool(name)
         and not name.startswith(".")
         and "/" not in name
         and len(name.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES
-        and name.isprintable()
+        and not any(_disturbs(c) for c in name)
     )
+
+
+def _disturbs(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in BIDI_CONTROLS
 
 
 def decide(principal: Principal, op: Op, rel: Parts, *, is_dir: bool = False) -> Decision:

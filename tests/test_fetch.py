@@ -426,8 +426,19 @@ class _Endless(io.RawIOBase):
         return count
 
 
+class _CutShort(io.BufferedReader):
+    """A download that, closed before its end, says what an FTP server then says."""
+
+    def close(self) -> None:
+        whole = self.raw.served >= len(self.raw.data) + (32 << 20)
+        super().close()
+        if not whole:
+            raise TransferError("downloading x: 426 Transfer aborted.")
+
+
 class _SecondReadGoesOn(DirectoryTransport):
-    """Media whose second read of the payload goes on past its end."""
+    """Media whose second read of the payload goes on past its end (and, closed before its
+    end, complain of a transfer cut short, as the FTP transport's reader does)."""
 
     reads = 0
     endless: _Endless | None = None
@@ -440,7 +451,7 @@ class _SecondReadGoesOn(DirectoryTransport):
             return super().reader(name, offset=offset)
         with super().reader(name, offset=offset) as source:
             self.endless = _Endless(source.read())
-        return io.BufferedReader(self.endless)
+        return _CutShort(self.endless)
 
 
 def test_keep_reads_no_further_than_the_signed_size(bundle_dir: Path, tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ class Session(SessionAPI):
     _overlong = False
     _held: deque[bytes | None] | None = None  # while a check runs: lines not yet run
     _login_by = 0.0  # the monotonic time by which the connection must have logged in
+    _ending = False  # told 421 and closing: lines still in the buffer get nothing more
 
     # --- connection and command lines
 
@@ -188,6 +189,8 @@ class Session(SessionAPI):
             self._held.extendleft(reversed(lines))
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if self._ending:  # one 421 and one audit record, not one for each line sent ahead
+            return
         if any(c in line for c in "\0\r\n"):
             self.respond("501 NUL, CR and LF are not allowed in commands.")
             return
@@ -207,6 +210,7 @@ class Session(SessionAPI):
             return False
         self.services.audit.record("refused", ip=self.remote_ip, reason="no login in time")
         self.respond("421 No login in time; closing control connection.")
+        self._ending = True
         self.close_when_done()
         return True
 
@@ -220,6 +224,7 @@ class Session(SessionAPI):
             return False
         self.services.audit.record("logout", ip=self.remote_ip, user=account.name, reason=reason)
         self.respond(f"421 Logged out: {reason} since this login.")
+        self._ending = True
         self.close_when_done()
         return True
 

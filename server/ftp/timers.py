@@ -5,8 +5,9 @@ pyftpdlib restarts the control connection's idle countdown on every command line
 as it was. Every timer below it in the heap then waits until that one comes due: one client
 sending a NOOP now and then held back the others' timers (a throttled upload's resume, a failed
 login's delay, another connection's idle timeout) for as long as it went on. The reset here
-restores the heap's order after moving the due time: one pass over the timers, a few
-microseconds a command line with hundreds of connections.
+restores the heap's order after moving the due time: one pass over the timers, which costs a
+command line about 10 us with 100 timers in the heap and 65 us with 600 (cancelled timers
+count until pyftpdlib sweeps them out; a connection holds one or two live ones).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def _reset_in_order(self: Any) -> None:
     if self.cancelled:
         raise RuntimeError("already cancelled")
     self.timeout = ioloop.timer() + self._delay
+    # As pyftpdlib's reset does: a timer taken out of the heap to run in this very pass (and
+    # reset by a timer run before it) goes back in rather than running.
+    self._repush = True
     heapq.heapify(self._sched._tasks)
 
 

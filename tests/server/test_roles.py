@@ -110,7 +110,7 @@ def test_anonymous_upload_cannot_write_into_an_empty_file_either(serve):
 
 @pytest.mark.parametrize(
     "name",
-    ["a\u2028b.part", "a\x85b.part", "a\u202eb.part", "a\u200bb.part"],
+    ["a\u2028b.part", "a\u2029b.part", "a\x85b.part", "a\u202eb.part", "a\u2066b.part"],
 )
 def test_names_a_terminal_would_not_print_as_they_are_are_refused(serve, name):
     """Found in review: C1 controls, line separators and bidirectional overrides were stored,
@@ -119,8 +119,17 @@ def test_names_a_terminal_would_not_print_as_they_are_are_refused(serve, name):
     client = server.ftp("sender")
     with pytest.raises(ftplib.error_perm, match=r"^550"):
         stor(client, name, b"x")
-    stor(client, "caf\u00e9 \u65e5\u672c.part", b"x")  # letters of any script are names
-    assert client.nlst() == ["caf\u00e9 \u65e5\u672c.part"]
+    # Letters of any script, spaces of any kind, joiners, and emoji newer than Python's data
+    fine = [
+        "caf\u00e9 \u65e5\u672c.part",
+        "Screenshot 10.22.33\u202fAM.png.part",
+        "a\u00a0b\u3000c.part",
+        "\u0645\u06cc\u200c\u0631\u0648\u0645.part",
+        "\U0001f468\u200d\U0001f4bb\U0001fae8.part",
+    ]
+    for name in fine:
+        stor(client, name, b"x")
+    assert sorted(client.nlst()) == sorted(fine)
 
 
 def test_anonymous_read_write_cannot_tell_a_senders_area_from_a_free_name(serve):
