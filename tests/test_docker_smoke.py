@@ -31,7 +31,7 @@ def test_save_encode_decode_load_gives_the_same_image(
     client = docker_engine.client
     identity, signer = age.X25519Identity.generate(), minisign.SecretKey.generate()
     encoder, payload_chunks = encode(
-        tiny_image.save(named=True), EncodeOptions([identity.recipient], level=1)
+        tiny_image.save(named=TAG), EncodeOptions([identity.recipient], level=1)
     )
     payload = b"".join(payload_chunks)
     image_entry = ImageEntry(tiny_image.id, (TAG,), tuple(tiny_image.attrs["RootFS"]["Layers"]))
