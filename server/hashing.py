@@ -11,7 +11,9 @@ if the file did not change while it was read. Callers asking for the same range 
 one read: a finished upload is hashed once, for its audit record, the client's ``HASH`` and the
 bundle check together.
 :func:`HashCache.digest` reads the file on a miss: call it on a worker thread, never on the IO
-loop (hashing as the bytes land would hold every upload to the hash's speed).
+loop. An upload written from the file's first byte is not read at all: a
+:class:`~airgap.server.tally.Tally` hashes it as it lands, and :meth:`HashCache.promise` makes
+its digest the one such callers wait for.
 """
 
 from __future__ import annotations
@@ -106,9 +108,40 @@ class HashCache:
             for key in [k for k in self._entries if k[:2] == node]:
                 del self._entries[key]
 
+    def generation(self, info: os.stat_result) -> int:
+        """How many uploads have cut this file (by inode) so far: see :meth:`promise`."""
+        with self._lock:
+            return self._generation.get((info.st_dev, info.st_ino), 0)
+
+    def promise(self, info: os.stat_result, generation: int) -> _Key | None:
+        """Claim the whole-file digest of the file ``info`` describes, for a tally that saw
+        every byte of it written: until :meth:`keep` is called with the key returned, callers
+        asking for it wait rather than read. None (nothing claimed) if an upload cut the file
+        since ``generation``, or its digest is known or being read already."""
+        key = _key(info, 0, info.st_size)
+        with self._lock:
+            if self._generation.get(key[:2], 0) != generation:
+                return None
+            if key in self._entries or key in self._reading:
+                return None
+            self._reading[key] = threading.Event()
+        return key
+
+    def keep(self, key: _Key, generation: int, hexdigest: str | None) -> None:
+        """End a :meth:`promise`: cache ``hexdigest`` (None: no digest after all) unless an
+        upload cut the file meanwhile, then let the waiting callers go on."""
+        with self._lock:
+            if hexdigest is not None and self._generation.get(key[:2], 0) == generation:
+                self._store(key, hexdigest)
+            done = self._reading.pop(key)
+        done.set()
+
     def _put(self, key: _Key, hexdigest: str) -> None:
         with self._lock:
-            self._entries[key] = hexdigest
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            self._store(key, hexdigest)
+
+    def _store(self, key: _Key, hexdigest: str) -> None:  # with the lock held
+        self._entries[key] = hexdigest
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)

@@ -12,8 +12,10 @@ The rules that pyftpdlib's STOR gets wrong for a drop box, free of any FTP libra
 
 :class:`UploadFile` writes unbuffered: every byte it reports written is in the file, an error
 (ENOSPC, EDQUOT) surfaces in :meth:`UploadFile.write` and never later in ``close()``. Nothing is
-hashed here, on the IO loop, where it would slow every upload down to the hash's speed: the
-server's :class:`~airgap.server.hashing.HashCache` hashes a finished upload once, on a worker.
+hashed here, on the IO loop, where it would slow every upload down to the hash's speed: an
+upload from the file's first byte hands what it writes to a :class:`~airgap.server.tally.Tally`
+(hashed on its own thread), and the server's :class:`~airgap.server.hashing.HashCache` hashes
+any other finished upload once, on a worker.
 This module answers with FTP reply texts because those are what a client sees, but it never
 touches a socket and never follows a symbolic link.
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.server.hashing import HashCache
+from airgap.server.tally import Tally
 
 #: How often (bytes written) an upload checks the free-disk watermark again.
 SPACE_CHECK_EVERY = 4 * 1024 * 1024
@@ -234,8 +237,10 @@ class UploadFile:
         budget: Budget | None,
         min_free: int,
         changed: bool = True,
+        tally: Tally | None = None,
     ) -> None:
         self._fd = fd
+        self._tally = tally
         self.name = path
         self._area = budget.area if budget is not None else None
         self._quota = budget.quota if budget is not None else 0
@@ -263,12 +268,18 @@ class UploadFile:
             if area is not None:
                 area.used += count
             view = view[count:]
+        if self._tally is not None:
+            self._tally.add(data)
         return len(data)
 
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            try:
+                if self._tally is not None:
+                    self._tally.end(os.fstat(fd))
+            finally:
+                os.close(fd)
 
 
 def open_for_upload(
@@ -286,7 +297,8 @@ def open_for_upload(
     of a file that is cut. A resume at the file's end is not a cut: the file and its cached
     hash stay as they were until a byte comes, and that byte makes the file longer, so no
     entry cached for it before (keyed by its size) matches it any more; a resume with nothing
-    to send costs no hash.
+    to send costs no hash. An upload from the first byte is hashed as it lands (a
+    :class:`~airgap.server.tally.Tally`).
     """
     flags = os.O_WRONLY | os.O_NOFOLLOW | (0 if upload.exists else os.O_CREAT | os.O_EXCL)
     fd = os.open(upload.path, flags, 0o640)
@@ -305,4 +317,5 @@ def open_for_upload(
         raise
     if budget is not None:
         budget.area.used = budget.used
-    return UploadFile(fd, upload.path, budget=budget, min_free=min_free, changed=cut)
+    tally = Tally(hashes, os.fstat(fd)) if hashes is not None and offset == 0 else None
+    return UploadFile(fd, upload.path, budget=budget, min_free=min_free, changed=cut, tally=tally)

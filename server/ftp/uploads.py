@@ -3,9 +3,10 @@
 An upload ending is only recorded (bytes and sha256, hashed off the loop) and handed to the
 bundle check: a socket that closed cleanly says nothing about whether the file is whole. The
 record's hash is the one a client's ``HASH`` and the bundle check then find in
-``services.hashes``: a finished upload is read once to hash it, with one job at most waiting
-per file (:mod:`~airgap.server.ftp.records`), and an upload that wrote nothing at the file's
-end changed nothing and is not hashed again.
+``services.hashes``: an upload from the file's first byte was hashed as it landed
+(:mod:`~airgap.server.tally`), any other finished upload is read once to hash it, with one job
+at most waiting per file (:mod:`~airgap.server.ftp.records`), and an upload that wrote nothing
+at the file's end changed nothing and is not hashed again.
 
 A file is claimed in ``services.busy`` from before it is opened for writing until after it is
 closed, so the publisher never moves a file with a writable handle open on it; every upload of

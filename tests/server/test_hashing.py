@@ -1,4 +1,5 @@
-"""A finished upload is read once to hash it: its audit record, HASH and the bundle check share it.
+"""An upload is hashed once: as it lands when it starts at the file's first byte (never read
+back), else by one read once it ends; its audit record, HASH and the bundle check share that.
 
 The server runs with its one file-reading hash path (``hashing._sha256``) wrapped to say on
 stderr which file it read, so reads are counted in the real server process. Every digest goes
@@ -15,6 +16,8 @@ import hashlib
 import io
 import json
 import os
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ pytestmark = pytest.mark.timeout(60)
 # One os.write per line: two workers' lines never run into one another.
 COUNT_READS = """
 import os
+import socket
+import struct
 from airgap.server import hashing
 
 _read, _digest = hashing._sha256, hashing.HashCache.digest_of
@@ -103,7 +108,7 @@ def change_in_place(path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("tls", ["off", "required"])
-def test_a_fresh_upload_is_read_once_even_renamed(serve, tls):
+def test_a_fresh_upload_is_never_read_back_even_renamed(serve, tls):
     server = serve("--tls", tls, prelude=COUNT_READS)
     client = sender(server, tls)
     data = os.urandom(3 * MiB + 123)
@@ -115,13 +120,13 @@ def test_a_fresh_upload_is_read_once_even_renamed(serve, tls):
     assert record["bytes"] == len(data)
     client.rename("image.tar.part", "image.tar")
     assert hash_of(client, "image.tar") == sha256(data)
-    # HASH, the audit record, HASH: one read between them, under the name it then had
-    assert reads(server, digests=3) == [str(server.root / "pub/incoming/sender/image.tar.part")]
+    # HASH, the audit record, HASH: all from the hash taken as the bytes landed
+    assert reads(server, digests=3) == []
     assert (server.root / "pub/incoming/sender/image.tar").read_bytes() == data
 
 
 def test_a_bundle_is_published_without_reading_its_payload_again(serve, tmp_path, keyset):
-    """The payload was hashed for its audit record: the bundle check finds that digest."""
+    """The payload was hashed as it landed: the bundle check finds that digest."""
     server = serve("--tls", "off", prelude=COUNT_READS)
     bundle_id, files = make_bundle(tmp_path, keyset)
     payload = payload_of(files)
@@ -132,9 +137,9 @@ def test_a_bundle_is_published_without_reading_its_payload_again(serve, tmp_path
     assert wait_for(lambda: audited(server, "upload-completed", part))  # renamed at once, still
     (record,) = audited(server, "upload-completed", part)
     assert record["sha256"] == sha256(files[payload])
-    # three records (payload, manifest, signature) and the bundle check: one read of the payload
+    # three records (payload, manifest, signature) and the bundle check: no read of the payload
     payload_reads = [p for p in reads(server, digests=4) if Path(p).name.startswith(payload)]
-    assert len(payload_reads) == 1, payload_reads
+    assert payload_reads == []
 
 
 def test_a_resumed_upload_is_hashed_from_the_file(serve):
@@ -144,13 +149,13 @@ def test_a_resumed_upload_is_hashed_from_the_file(serve):
     stor(client, "r.bin", data[:MiB])
     assert wait_for(lambda: audited(server, "upload-completed", "r.bin"))
     assert hash_of(client, "r.bin") == sha256(data[:MiB])
-    assert len(reads(server, "r.bin", digests=2)) == 1
+    assert reads(server, "r.bin", digests=2) == []  # hashed as it landed
     stor(client, "r.bin", data[MiB:], rest=MiB)
     assert hash_of(client, "r.bin") == sha256(data)
     assert wait_for(lambda: len(audited(server, "upload-completed", "r.bin")) == 2)
     first, second = audited(server, "upload-completed", "r.bin")
     assert (first["sha256"], second["sha256"]) == (sha256(data[:MiB]), sha256(data))
-    assert len(reads(server, "r.bin", digests=4)) == 2, "the resumed file not read: stale digest?"
+    assert len(reads(server, "r.bin", digests=4)) == 1, "the resumed file not read: stale digest?"
 
 
 def test_a_file_changed_after_upload_is_hashed_afresh(serve):
@@ -159,12 +164,12 @@ def test_a_file_changed_after_upload_is_hashed_afresh(serve):
     data = os.urandom(MiB)
     stor(client, "c.bin", data)
     assert hash_of(client, "c.bin") == sha256(data)
-    assert len(reads(server, "c.bin", digests=2)) == 1  # HASH and the audit record
+    assert reads(server, "c.bin", digests=2) == []  # HASH and the audit record: as it landed
     changed = change_in_place(server.root / "pub/incoming/sender/c.bin")
     assert hash_of(client, "c.bin") == sha256(changed)
-    assert len(reads(server, "c.bin", digests=3)) == 2
+    assert len(reads(server, "c.bin", digests=3)) == 1
     assert hash_of(client, "c.bin") == sha256(changed)  # now cached
-    assert len(reads(server, "c.bin", digests=4)) == 2
+    assert len(reads(server, "c.bin", digests=4)) == 1
 
 
 def test_a_payload_changed_after_upload_is_quarantined(serve, tmp_path, keyset):
@@ -241,7 +246,7 @@ def test_a_resume_that_sends_nothing_changes_nothing_and_is_not_hashed(serve):
     client = server.ftp("sender")
     data = os.urandom(MiB)
     stor(client, "a.bin", data)
-    assert reads(server, "a.bin", digests=1) == [str(server.root / "pub/incoming/sender/a.bin")]
+    assert reads(server, "a.bin", digests=1) == []  # hashed as it landed
     for _ in range(20):
         stor(client, "a.bin", b"", rest=MiB)
     assert wait_for(lambda: len(audited(server, "upload-completed", "a.bin")) == 21)
@@ -249,7 +254,7 @@ def test_a_resume_that_sends_nothing_changes_nothing_and_is_not_hashed(serve):
         sha256(data)
     ] * 21
     assert hash_of(client, "a.bin") == sha256(data)  # the cached hash was kept
-    assert len(reads(server, "a.bin")) == 1
+    assert reads(server, "a.bin") == []
 
 
 BUSY_POOL = """
@@ -303,3 +308,52 @@ def test_uploads_of_one_file_wait_as_one_hash_job(serve, tmp_path):
     # Every record has the hash of what its upload left: the earlier sizes in one more pass.
     assert [r["sha256"] for r in records] == [sha256(content[:n]) for n in range(1, 12)]
     assert reads(server, "a.bin") == [str(path)]
+
+
+def test_an_empty_fresh_upload_is_hashed_without_a_read(serve):
+    """The first upload of a server may send no byte: its digest must still be kept, not
+    waited for (the thread that hashes pieces as they land starts with the first one)."""
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    client = server.ftp("sender")
+    stor(client, "empty.bin", b"")
+    assert hash_of(client, "empty.bin") == sha256(b"")
+    assert wait_for(lambda: audited(server, "upload-completed", "empty.bin"))
+    assert [r["sha256"] for r in audited(server, "upload-completed", "empty.bin")] == [sha256(b"")]
+    assert reads(server, "empty.bin", digests=2) == []
+
+
+def test_an_upload_cut_by_a_reset_is_hashed_as_it_landed(serve):
+    server = serve("--tls", "off", prelude=COUNT_READS)
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    conn = client.transfercmd("STOR cut.bin")
+    conn.sendall(os.urandom(700_000))
+    target = server.root / "pub/incoming/sender/cut.bin"
+    assert wait_for(lambda: target.exists() and target.stat().st_size == 700_000)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match="426"):
+        client.voidresp()
+    assert hash_of(client, "cut.bin") == sha256(target.read_bytes())
+    assert wait_for(lambda: audited(server, "upload-incomplete", "cut.bin"))
+    (record,) = audited(server, "upload-incomplete", "cut.bin")
+    assert (record["bytes"], record["sha256"]) == (700_000, sha256(target.read_bytes()))
+    assert reads(server, "cut.bin", digests=2) == []
+
+
+FALLS_BEHIND = """
+from airgap.server import tally
+tally.MAX_BEHIND = 1000  # less than any piece a data connection hands over
+"""
+
+
+def test_an_upload_the_hashing_thread_cannot_keep_up_with_is_read_once_it_ends(serve):
+    server = serve("--tls", "off", prelude=COUNT_READS + FALLS_BEHIND)
+    client = server.ftp("sender")
+    data = os.urandom(2 * MiB + 5)
+    stor(client, "big.bin", data)
+    assert hash_of(client, "big.bin") == sha256(data)
+    assert wait_for(lambda: audited(server, "upload-completed", "big.bin"))
+    (record,) = audited(server, "upload-completed", "big.bin")
+    assert record["sha256"] == sha256(data)
+    assert reads(server, "big.bin", digests=2) == [str(server.root / "pub/incoming/sender/big.bin")]

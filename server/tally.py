@@ -1,0 +1,122 @@
+"""The sha256 of an upload taken as its bytes land, so a finished upload is never read back.
+
+A :class:`Tally` goes with an upload written from the file's first byte (a fresh file, or one
+cut to nothing). The IO loop hands it each piece once written; one thread, shared by every
+upload, hashes the pieces in order (hashlib lets go of the GIL), so the loop never waits on a
+hash. When the upload closes, a tally that saw every byte of what the file holds promises its
+digest to the :class:`~airgap.server.hashing.HashCache`: the audit record, the client's ``HASH``
+and the bundle check wait for it there, a moment at most, instead of reading the whole payload
+again (on an appliance's disk, long after it left the page cache).
+
+The thread may fall behind by :data:`MAX_BEHIND` bytes, over all uploads together; a piece
+that would take it further drops its upload's tally, and that upload is read once it ends, as
+a resumed one is. Nothing is promised for a file whose bytes the tally did not all see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+
+from airgap.server.hashing import HashCache
+
+logger = logging.getLogger("airgap.server")
+MAX_BEHIND = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _End:
+    key: tuple[int, int, int, int, int, int]
+
+
+class Tally:
+    """The sha256 of one upload's bytes, from the file's first; used from the IO loop."""
+
+    def __init__(self, hashes: HashCache, info: os.stat_result) -> None:
+        """``info``: the file as opened for the upload, cut to nothing (or empty already)."""
+        self._hashes = hashes
+        self._node = (info.st_dev, info.st_ino)
+        self._generation = hashes.generation(info)  # after the upload's own cut
+        self._sha = hashlib.sha256()  # the follower's alone
+        self._fed = 0
+        self._dropped = False  # given up: the file is read once the upload ends
+        self._ended = False
+
+    def add(self, data: bytes) -> None:
+        """``data`` has been written at the file's end."""
+        if self._dropped or self._ended or not data:
+            return
+        piece = bytes(data)  # the follower reads it later: never a buffer that could change
+        if not _FOLLOWER.take(len(piece)):
+            self._dropped = True  # the follower is too far behind: the file is read later
+            return
+        self._fed += len(piece)
+        _FOLLOWER.put(self, piece)
+
+    def end(self, info: os.stat_result) -> None:
+        """The upload writes no more; ``info`` is the file as it leaves it."""
+        if self._dropped or self._ended:
+            return
+        self._ended = True
+        if (info.st_dev, info.st_ino) != self._node or info.st_size != self._fed:
+            self._dropped = True  # a write that failed part way: bytes the tally lacks
+            return
+        key = self._hashes.promise(info, self._generation)
+        if key is not None:
+            _FOLLOWER.put(self, _End(key))
+
+    def _step(self, item: bytes | _End) -> None:
+        """On the follower: hash a piece, or keep the digest of them all."""
+        if isinstance(item, bytes):
+            if not self._dropped:  # else the file is read later: no use hashing the rest
+                self._sha.update(item)
+            return
+        digest: str | None = None
+        try:
+            digest = self._sha.hexdigest()
+        finally:
+            self._hashes.keep(item.key, self._generation, digest)
+
+
+class _Follower:
+    """One thread hashing every tally's pieces, in the order they came."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Tally, bytes | _End]] = queue.SimpleQueue()
+        self._behind = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def take(self, size: int) -> bool:
+        """Room for ``size`` more bytes in the queue, counted until they are hashed."""
+        with self._lock:
+            if self._behind + size > MAX_BEHIND:
+                return False
+            self._behind += size
+        return True
+
+    def put(self, tally: Tally, item: bytes | _End) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="airgap-tally", daemon=True)
+                self._thread.start()
+        self._queue.put((tally, item))
+
+    def _run(self) -> None:
+        while True:
+            tally, item = self._queue.get()
+            try:
+                tally._step(item)
+            except Exception:  # a digest not kept is read later; the thread must go on
+                logger.exception("hashing an upload as it landed")
+            finally:
+                if isinstance(item, bytes):
+                    with self._lock:
+                        self._behind -= len(item)
+
+
+_FOLLOWER = _Follower()
