@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def load_identities(paths: Sequence[Path]) -> list[age.X25519Identity]:
         text = read_key_text(path, "identity file")
         with _naming(str(path), text, "an age identity"):
             found += age.parse_identities(text)
+        _check_private(path, "identity file")
     return found
 
 
@@ -64,8 +66,24 @@ def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.Se
             f"signing key {path} is a public key",
             hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
         )
+    _check_private(path, "signing key")  # before its passphrase is asked for
     with _naming(f"signing key {path}", text, "a minisign secret key"):
         return minisign.SecretKey.parse(text, passphrase=passphrase)
+
+
+def _check_private(path: Path, what: str) -> None:
+    """A secret key in a file others may read or write is refused, as ssh refuses such a
+    private key (a pipe or a terminal, which has no such mode, is not checked)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return  # read a moment ago: gone since, it is nobody's to read
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        raise KeyFileError(
+            f"{what} {path} holds a secret key, and others may read or write it "
+            f"(mode {stat.S_IMODE(info.st_mode):04o})",
+            hint=f"chmod 600 {path}",
+        )
 
 
 #: How each kind of key file starts (after age's comment lines), and the option it goes with.

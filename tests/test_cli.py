@@ -522,3 +522,37 @@ def test_a_url_without_a_user_names_the_netrc_login_in_the_ledger(
     monkeypatch.setenv("NETRC", str(netrc))
     assert Place(server="ftps://box:2121/").describe() == "ftps://sender@box:2121/"
     assert Place(server="ftps://other:2121/").describe() == "ftps://anonymous@other:2121/"
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "mode"),
+    [
+        ("-i", "identity.txt", 0o644),
+        ("--sign-key", "signing.key", 0o640),
+        ("-i", "identity.txt", 0o602),
+    ],
+)
+def test_a_secret_key_others_may_read_is_refused_until_it_is_made_private(
+    keydir: Path, tmp_path: Path, option: str, name: str, mode: int
+) -> None:
+    """As ssh refuses such a private key; the hint says how to make it private."""
+    (tmp_path / "f").write_text("x")
+    box = tmp_path / "box"
+    box.mkdir()
+    sign = ["--sign-key", keydir / "signing.key", "-R", keydir / "recipient.txt"]
+    fetch = ["fetch", "--from", box, "--output-dir", tmp_path / "out"]
+    fetch += ["-i", keydir / "identity.txt", "--trust", keydir / "signing.pub"]
+    args = ["send", "--file", tmp_path / "f", "--to", box, *sign] if option != "-i" else fetch
+    if option == "-i":
+        assert run_airgap(["send", "--file", tmp_path / "f", "--to", box, *sign]).returncode == 0
+    (keydir / name).chmod(mode)
+    refused = run_airgap(args)
+    assert refused.returncode == 1, refused.stderr
+    first = refused.stderr.splitlines()[0]
+    assert str(keydir / name) in first and "others may read or write it" in first, first
+    assert f"(mode {mode:04o})" in first
+    assert f"airgap: hint: chmod 600 {keydir / name}" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    (keydir / name).chmod(0o600)
+    ran = run_airgap(args)
+    assert ran.returncode == 0, ran.stderr
