@@ -29,7 +29,9 @@ class LoginGuard:
     Failures are kept per IP and login name: a success clears only the failures against the
     name it logged in as, so a login to one's own account (or anonymous) does not wipe the
     guesses made at another. A ban's refused connections are counted, to be reported a few
-    at a time (:meth:`refused`, :meth:`ban_over`) rather than one log line each.
+    at a time (:meth:`refused`, :meth:`ban_over`) rather than one log line each. Failures
+    older than ``ban_seconds`` count for nothing, and are swept out once per ``ban_seconds``:
+    the table holds only the IPs that failed lately, however many addresses have tried.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class LoginGuard:
         self._clock = clock
         self._failures: dict[str, list[tuple[float, str]]] = {}  # ip: (when, login name)
         self._bans: dict[str, _Ban] = {}  # kept past their end until ban_over() reports them
+        self._swept = clock()
         self._lock = threading.Lock()
 
     def banned(self, ip: str) -> bool:
@@ -55,6 +58,7 @@ class LoginGuard:
         """Count a failure of login ``name``; if this one earned a ban, when the ban ends."""
         now = self._clock()
         with self._lock:
+            self._sweep(now)
             recent = [f for f in self._failures.get(ip, []) if now - f[0] < self.ban_seconds]
             recent.append((now, name))
             if len(recent) >= self.max_failures:
@@ -63,6 +67,20 @@ class LoginGuard:
                 return now + self.ban_seconds
             self._failures[ip] = recent
             return None
+
+    def _sweep(self, now: float) -> None:
+        """Drop the IPs whose last failure counts no more (with the lock held)."""
+        if now - self._swept < self.ban_seconds:
+            return
+        self._swept = now
+        stale = [ip for ip, kept in self._failures.items() if now - kept[-1][0] >= self.ban_seconds]
+        for ip in stale:
+            del self._failures[ip]
+
+    def tracked(self) -> int:
+        """How many IPs have failures on record (for tests and diagnostics)."""
+        with self._lock:
+            return len(self._failures)
 
     def succeeded(self, ip: str, name: str) -> None:
         """Forget the failures of login ``name`` from ``ip``; those of other names stay."""

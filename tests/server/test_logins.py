@@ -84,3 +84,23 @@ def test_the_refusals_of_a_long_ban_are_counted_once_a_minute():
     assert [r for r in reports if r] == [1, 60, 60]
     assert guard.ban_over("10.0.0.1", until) == 29
     assert not guard.banned("10.0.0.1")
+
+
+def test_failures_that_count_no_more_are_swept_out():
+    """One failed login from each of many addresses that never come back must not grow the
+    table for ever (found in review: an IPv6 host has addresses to spare)."""
+    now = [0.0]
+    guard = LoginGuard(max_failures=5, ban_seconds=600, clock=lambda: now[0])
+    for n in range(3000):
+        guard.failed(f"2001:db8::{n:x}", "receiver")
+        now[0] += 0.1  # 300 s in all
+    assert guard.tracked() == 3000
+    now[0] = 600 + 149.95  # the first half counts no more
+    guard.failed("192.0.2.7", "receiver")
+    assert guard.tracked() == 1500 + 1
+    now[0] = 1400.0  # a sweep at most once per ban_seconds: the last was at 749.95
+    guard.failed("192.0.2.8", "receiver")
+    assert guard.tracked() == 1
+    for _ in range(4):  # a failure still within the window counts after any sweep
+        guard.failed("192.0.2.8", "receiver")
+    assert guard.banned("192.0.2.8")
