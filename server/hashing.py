@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1024 * 1024
+GENERATIONS = 4096  # files whose tokens are kept before those of files not cached are dropped
 _Key = tuple[int, int, int, int, int, int]
+
+
+class Generation:
+    """A file's state between two uploads that cut it: compared by identity, never equal to
+    one made before or after it (a count restarted after a trim could come round again)."""
+
+    __slots__ = ()
 
 
 def _key(info: os.stat_result, start: int, stop: int) -> _Key:
@@ -49,7 +57,8 @@ class HashCache:
         self.capacity = capacity
         self._entries: OrderedDict[_Key, str] = OrderedDict()
         self._reading: dict[_Key, threading.Event] = {}  # ranges being hashed right now
-        self._generation: dict[tuple[int, int], int] = {}  # (dev, inode): uploads opened it
+        # (dev, inode): a token an upload cutting the file replaces (see :meth:`generation`)
+        self._generation: dict[tuple[int, int], Generation] = {}
         self._lock = threading.Lock()
 
     def digest(self, path: Path, start: int = 0, end: int | None = None) -> tuple[str, int, int]:
@@ -64,7 +73,7 @@ class HashCache:
         """:meth:`digest` of a file already open (by whatever name it has now)."""
         node = os.fstat(handle.fileno())
         with self._lock:  # before the stat that makes the key: any upload after it shows
-            generation = self._generation.get((node.st_dev, node.st_ino), 0)
+            generation = self._token((node.st_dev, node.st_ino))
         info = os.fstat(handle.fileno())
         stop = info.st_size if end is None else min(end, info.st_size)
         if start > stop:
@@ -84,7 +93,7 @@ class HashCache:
         try:
             hexdigest, whole = _sha256(handle, start, stop)
             with self._lock:  # kept only if no upload opened the file meanwhile, and it held
-                unchanged = self._generation.get(key[:2], 0) == generation  # every byte
+                unchanged = self._generation.get(key[:2]) is generation  # every byte
             if whole and unchanged and _key(os.fstat(handle.fileno()), start, stop) == key:
                 self._put(key, hexdigest)
         finally:
@@ -104,34 +113,52 @@ class HashCache:
         same size and mtime (a rewrite within one clock tick)."""
         with self._lock:
             node = (info.st_dev, info.st_ino)
-            self._generation[node] = self._generation.get(node, 0) + 1
+            self._trim()
+            self._generation[node] = Generation()
             for key in [k for k in self._entries if k[:2] == node]:
                 del self._entries[key]
 
-    def generation(self, info: os.stat_result) -> int:
-        """How many uploads have cut this file (by inode) so far: see :meth:`promise`."""
+    def generation(self, info: os.stat_result) -> Generation:
+        """This file's (by inode) until an upload cuts it: see :meth:`promise`."""
         with self._lock:
-            return self._generation.get((info.st_dev, info.st_ino), 0)
+            return self._token((info.st_dev, info.st_ino))
 
-    def promise(self, info: os.stat_result, generation: int) -> _Key | None:
+    def _token(self, node: tuple[int, int]) -> Generation:  # with the lock held
+        token = self._generation.get(node)
+        if token is None:
+            self._trim()
+            token = self._generation[node] = Generation()
+        return token
+
+    def _trim(self) -> None:  # with the lock held
+        """Forget the tokens of files the cache neither holds nor is hashing, once there are
+        many: a holder of a forgotten token finds another (or none) and keeps no digest, so
+        this costs at most a read, never a stale digest."""
+        if len(self._generation) <= GENERATIONS:
+            return
+        wanted = {key[:2] for key in self._entries} | {key[:2] for key in self._reading}
+        for node in [node for node in self._generation if node not in wanted]:
+            del self._generation[node]
+
+    def promise(self, info: os.stat_result, generation: Generation) -> _Key | None:
         """Claim the whole-file digest of the file ``info`` describes, for a tally that saw
         every byte of it written: until :meth:`keep` is called with the key returned, callers
         asking for it wait rather than read. None (nothing claimed) if an upload cut the file
         since ``generation``, or its digest is known or being read already."""
         key = _key(info, 0, info.st_size)
         with self._lock:
-            if self._generation.get(key[:2], 0) != generation:
+            if self._generation.get(key[:2]) is not generation:
                 return None
             if key in self._entries or key in self._reading:
                 return None
             self._reading[key] = threading.Event()
         return key
 
-    def keep(self, key: _Key, generation: int, hexdigest: str | None) -> None:
+    def keep(self, key: _Key, generation: Generation, hexdigest: str | None) -> None:
         """End a :meth:`promise`: cache ``hexdigest`` (None: no digest after all) unless an
         upload cut the file meanwhile, then let the waiting callers go on."""
         with self._lock:
-            if hexdigest is not None and self._generation.get(key[:2], 0) == generation:
+            if hexdigest is not None and self._generation.get(key[:2]) is generation:
                 self._store(key, hexdigest)
             done = self._reading.pop(key)
         done.set()

@@ -93,3 +93,33 @@ def test_a_promise_for_a_file_cut_since_the_tally_began_is_refused(tmp_path: Pat
     generation = hashes.generation(info)
     hashes.forget(info)
     assert hashes.promise(info, generation) is None
+
+
+def _stat_of(inode: int) -> os.stat_result:
+    """A stat of a file that is not there: only device, inode, size and mtime are read."""
+    # mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime; then the float and ns times
+    return os.stat_result((0o100600, inode, 1, 1, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0))
+
+
+def test_the_tokens_of_files_cut_long_ago_do_not_pile_up(tmp_path: Path) -> None:
+    """One per file ever cut was kept for ever (noted in review); past GENERATIONS, those of
+    files neither cached nor being hashed go, and a holder of one then keeps no digest."""
+    hashes, path = HashCache(), tmp_path / "kept.bin"
+    path.write_bytes(b"kept")
+    digest = hashes.digest(path)[0]  # cached: its token stays
+    held_info = path.stat()
+    for inode in range(10_000_000, 10_000_000 + 3 * hashing.GENERATIONS):
+        hashes.forget(_stat_of(inode))
+    assert len(hashes._generation) <= hashing.GENERATIONS + 1
+    assert hashes.known(held_info) == digest
+    stale = hashes.generation(_stat_of(1))  # held across a trim, like a tally's
+    for inode in range(20_000_000, 20_000_000 + hashing.GENERATIONS + 1):
+        hashes.forget(_stat_of(inode))
+    assert 1 not in {node[1] for node in hashes._generation}  # trimmed
+    assert hashes.promise(_stat_of(1), stale) is None  # another token now: nothing promised
+    fresh = hashes.generation(_stat_of(1))
+    assert fresh is not stale
+    key = hashes.promise(_stat_of(1), fresh)
+    assert key is not None
+    hashes.keep(key, stale, "0" * 64)  # kept under the token that was trimmed: not cached
+    assert hashes.known(_stat_of(1)) is None
