@@ -277,7 +277,7 @@ class UploadFile:
             fd, self._fd = self._fd, -1
             try:
                 if self._tally is not None:
-                    self._tally.end(os.fstat(fd))
+                    self._tally.end(fd)
             finally:
                 os.close(fd)
 

@@ -10,7 +10,9 @@ again (on an appliance's disk, long after it left the page cache).
 
 The thread may fall behind by :data:`MAX_BEHIND` bytes, over all uploads together; a piece
 that would take it further drops its upload's tally, and that upload is read once it ends, as
-a resumed one is. Nothing is promised for a file whose bytes the tally did not all see.
+a resumed one is. Nothing is promised for a file whose bytes the tally did not all see, and a
+promise holds a descriptor of its file until it is kept, so the inode cannot pass to another
+file meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ MAX_BEHIND = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class _End:
     key: tuple[int, int, int, int, int, int]
+    pin: int  # a descriptor of the file, held until its digest is kept: the inode stays its own
 
 
 class Tally:
@@ -55,19 +58,35 @@ class Tally:
             self._dropped = True  # the follower is too far behind: the file is read later
             return
         self._fed += len(piece)
-        _FOLLOWER.put(self, piece)
+        try:
+            _FOLLOWER.put(self, piece)
+        except RuntimeError:  # no thread to hash it (the process is out of them): read later
+            self._dropped = True
+            _FOLLOWER.done(len(piece))
 
-    def end(self, info: os.stat_result) -> None:
-        """The upload writes no more; ``info`` is the file as it leaves it."""
+    def end(self, fd: int) -> None:
+        """The upload writes no more; ``fd`` is its descriptor, still open."""
         if self._dropped or self._ended:
             return
         self._ended = True
+        info = os.fstat(fd)
         if (info.st_dev, info.st_ino) != self._node or info.st_size != self._fed:
             self._dropped = True  # a write that failed part way: bytes the tally lacks
             return
+        # Until the digest is kept, the file (deleted or not) keeps its inode: no other file
+        # can take it and be taken for this one under the promised key.
+        pin = os.dup(fd)
         key = self._hashes.promise(info, self._generation)
-        if key is not None:
-            _FOLLOWER.put(self, _End(key))
+        if key is None:
+            os.close(pin)
+            return
+        try:
+            _FOLLOWER.put(self, _End(key, pin))
+        except BaseException as exc:
+            os.close(pin)
+            self._hashes.keep(key, self._generation, None)  # no caller waits for it for ever
+            if not isinstance(exc, RuntimeError):  # RuntimeError: no thread; the file is read
+                raise
 
     def _step(self, item: bytes | _End) -> None:
         """On the follower: hash a piece, or keep the digest of them all."""
@@ -80,6 +99,7 @@ class Tally:
             digest = self._sha.hexdigest()
         finally:
             self._hashes.keep(item.key, self._generation, digest)
+            os.close(item.pin)
 
 
 class _Follower:
@@ -102,8 +122,9 @@ class _Follower:
     def put(self, tally: Tally, item: bytes | _End) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="airgap-tally", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="airgap-tally", daemon=True)
+                thread.start()  # if it cannot, the next piece tries again
+                self._thread = thread
         self._queue.put((tally, item))
 
     def _run(self) -> None:
@@ -115,8 +136,12 @@ class _Follower:
                 logger.exception("hashing an upload as it landed")
             finally:
                 if isinstance(item, bytes):
-                    with self._lock:
-                        self._behind -= len(item)
+                    self.done(len(item))
+
+    def done(self, size: int) -> None:
+        """``size`` bytes :meth:`take` counted are hashed (or never will be)."""
+        with self._lock:
+            self._behind -= size
 
 
 _FOLLOWER = _Follower()

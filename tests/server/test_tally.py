@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap.server import hashing, storage
+from airgap.server import hashing, storage, tally
 from airgap.server.hashing import HashCache
 
 
@@ -123,3 +123,26 @@ def test_the_tokens_of_files_cut_long_ago_do_not_pile_up(tmp_path: Path) -> None
     assert key is not None
     hashes.keep(key, stale, "0" * 64)  # kept under the token that was trimmed: not cached
     assert hashes.known(_stat_of(1)) is None
+
+
+@pytest.mark.parametrize("pieces", [[], [b"some bytes"]])
+def test_without_a_thread_to_hash_on_the_file_is_read_and_nobody_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_reads: list[str], pieces: list[bytes]
+) -> None:
+    """Found in review: a follower that could not start left a promise nobody would keep."""
+
+    def cannot(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    start = threading.Thread.start
+    monkeypatch.setattr(tally, "_FOLLOWER", tally._Follower())
+    monkeypatch.setattr(threading.Thread, "start", cannot)
+    hashes, path = HashCache(), tmp_path / "f.bin"
+    upload(path, hashes, pieces)
+    got: list[str] = []
+    monkeypatch.setattr(threading.Thread, "start", start)  # the waiter's own thread
+    waiter = threading.Thread(target=lambda: got.append(hashes.digest(path)[0]), daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert got == [hashlib.sha256(b"".join(pieces)).hexdigest()]
+    assert no_reads == [str(path)]
