@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -66,27 +67,31 @@ def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.Se
             f"signing key {path} is a public key",
             hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
         )
-    _check_private(path, "signing key")  # before its passphrase is asked for
+    if _kind_of(text) == _SECRET_SIGNING:  # before its passphrase is asked for; a file of
+        _check_private(path, "signing key")  # another kind is named for what it is, below
     with _naming(f"signing key {path}", text, "a minisign secret key"):
         return minisign.SecretKey.parse(text, passphrase=passphrase)
 
 
 def _check_private(path: Path, what: str) -> None:
-    """A secret key in a file others may read or write is refused, as ssh refuses such a
-    private key (a pipe or a terminal, which has no such mode, is not checked)."""
+    """A secret key in a file of one's own that others may read or write is refused, as ssh
+    refuses such a private key (another user's file, a pipe or a terminal is not checked)."""
     try:
         info = path.stat()
     except OSError:
         return  # read a moment ago: gone since, it is nobody's to read
-    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077:
+        shown = shlex.quote(str(path))
         raise KeyFileError(
             f"{what} {path} holds a secret key, and others may read or write it "
             f"(mode {stat.S_IMODE(info.st_mode):04o})",
-            hint=f"chmod 600 {path}",
+            hint=f"chmod 600 {shown} (on a medium that keeps no modes, such as FAT, copy it "
+            "to a private directory first)",
         )
 
 
 #: How each kind of key file starts (after age's comment lines), and the option it goes with.
+_SECRET_SIGNING = ("a minisign secret key", "--sign-key")
 _KINDS = (
     ("AGE-SECRET-KEY-1", "an age identity", "--identity"),
     ("untrusted comment: minisign public key", "a minisign public key", "--trust"),

@@ -551,8 +551,23 @@ def test_a_secret_key_others_may_read_is_refused_until_it_is_made_private(
     first = refused.stderr.splitlines()[0]
     assert str(keydir / name) in first and "others may read or write it" in first, first
     assert f"(mode {mode:04o})" in first
-    assert f"airgap: hint: chmod 600 {keydir / name}" in refused.stderr
+    assert f"airgap: hint: chmod 600 {keydir / name} (on a medium" in refused.stderr
     assert not (tmp_path / "out").exists()
     (keydir / name).chmod(0o600)
     ran = run_airgap(args)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_a_public_key_file_given_as_the_signing_key_is_named_whatever_its_mode(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a recipients file others may read, given as --sign-key, was told to be
+    made private, rather than named for what it is."""
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "box").mkdir()
+    (keydir / "recipient.txt").chmod(0o644)
+    keys = ["--sign-key", keydir / "recipient.txt", "-R", keydir / "recipient.txt"]
+    ran = run_airgap(["send", "--file", tmp_path / "f", "--to", tmp_path / "box", *keys])
+    assert ran.returncode == 1, ran.stderr
+    assert "airgap: hint: it holds an age recipient" in ran.stderr, ran.stderr
+    assert "chmod" not in ran.stderr
