@@ -78,6 +78,7 @@ def test_cli_fetch_into_a_shared_mount_writes_through_no_planted_link(
 ) -> None:
     planted = _plant_links(shared_out, victim)
     (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "id.txt").chmod(0o600)  # a secret key others may read is refused
     (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
     result = run_airgap(
         [

@@ -222,6 +222,7 @@ def test_existing_files_are_never_replaced(bundle_dir: Path, tmp_path: Path) -> 
 
 def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:
     (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "id.txt").chmod(0o600)  # a secret key others may read is refused
     (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
     drop = tmp_path / "drop"
     shutil.copytree(bundle_dir, drop)
@@ -359,6 +360,7 @@ def test_every_file_and_the_folder_are_durable_before_the_ledger_says_imported(
 
 def test_keep_copies_the_bundle_as_verified(bundle_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "id.txt").chmod(0o600)  # a secret key others may read is refused
     (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
     (tmp_path / "kept").mkdir()
     keys = ["-i", tmp_path / "id.txt", "--trust", tmp_path / "trusted.pub"]
