@@ -30,6 +30,13 @@ class TlsMode(enum.StrEnum):
     OFF = "off"
 
 
+class TlsReuse(enum.StrEnum):
+    """Whether a TLS data connection must resume its control connection's TLS session."""
+
+    REQUIRED = "required"
+    OFF = "off"
+
+
 class AnonymousMode(enum.StrEnum):
     OFF = "off"
     UPLOAD = "upload"
@@ -44,6 +51,7 @@ class ServeConfig:
     passive_ports: tuple[int, int] = (60000, 60099)
     masquerade_address: str | None = None
     tls: TlsMode = TlsMode.OPTIONAL
+    tls_reuse: TlsReuse = TlsReuse.REQUIRED
     anonymous: AnonymousMode = AnonymousMode.OFF
     trusted_signers: tuple[Path, ...] = ()
     max_connections: int = 256
@@ -135,6 +143,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "passive_ports": _port_range,
     "masquerade_address": _address,
     "tls": _enum(TlsMode),
+    "tls_reuse": _enum(TlsReuse),
     "anonymous": _enum(AnonymousMode),
     "trusted_signers": _paths,
     "max_connections": _int,

@@ -27,7 +27,8 @@ from types import FrameType
 from airgap.server import credentials, ftp, sweep
 from airgap.server.accounts import Accounts
 from airgap.server.audit import AuditLog
-from airgap.server.config import AnonymousMode, ServeConfig, TlsMode
+from airgap.server.config import AnonymousMode, ServeConfig, TlsMode, TlsReuse
+from airgap.server.ftp.reuse import checkable as reuse_checkable
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout, resolved
 from airgap.server.limits import BusyFiles, LoginGuard
@@ -113,6 +114,11 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         say("airgap: WARNING: only; never on a network you do not fully control.")
     if config.tls is TlsMode.OFF:
         say("airgap: warning: --tls off: passwords and data cross the network in clear")
+    elif config.tls_reuse is TlsReuse.REQUIRED and not reuse_checkable():
+        say(
+            "airgap: warning: this pyOpenSSL cannot tell a resumed TLS session: TLS data "
+            "connections are not bound to their control connection (--tls-reuse not enforced)"
+        )
     if trusted:
         say(f"airgap: publishing bundles signed by {', '.join(k.key_id_hex for k in trusted)}")
     else:

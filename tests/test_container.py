@@ -40,6 +40,7 @@ import pytest
 
 from tests.conftest import build_image, run_airgap
 from tests.server.conftest import start_server
+from tests.server.test_limits import ReusingTLS
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -441,7 +442,7 @@ def test_first_start_with_defaults_then_ftps_and_a_clean_stop(
         }
         # The certificate made on first start, trusted as the pinned one a client is given.
         tls = ssl.create_default_context(cafile=running.volume / "state/tls/cert.pem")
-        ftps = ftplib.FTP_TLS(context=tls, timeout=30)
+        ftps = ReusingTLS(context=tls, timeout=30)  # the appliance requires TLS reuse
         try:
             ftps.connect("127.0.0.1", running.port)
             ftps.login("sender", accounts["sender"])  # AUTH TLS first, then USER/PASS

@@ -44,6 +44,14 @@ def serve(
         str | None, typer.Option("--masquerade-address", help="Address announced for PASV.")
     ] = None,
     tls: Annotated[str | None, typer.Option("--tls", help="required, optional or off.")] = None,
+    tls_reuse: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-reuse",
+            help="required (default): a TLS data connection must resume its control "
+            "connection's TLS session; off.",
+        ),
+    ] = None,
     anonymous: Annotated[
         str | None, typer.Option("--anonymous", help="off, upload or read-write.")
     ] = None,
@@ -90,6 +98,7 @@ def serve(
         "passive_ports": passive_ports,
         "masquerade_address": masquerade_address,
         "tls": tls,
+        "tls_reuse": tls_reuse,
         "anonymous": anonymous,
         "trusted_signers": [str(p) for p in trusted_signer or []],
         "max_connections": max_connections,

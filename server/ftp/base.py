@@ -63,6 +63,8 @@ if TYPE_CHECKING:
         producer_fifo: Any  # asynchat's queue of output not yet sent
         socket: socket.socket
         tls_data_required: bool  # TLS_FTPHandler only
+        ssl_context: Any  # TLS_FTPHandler only: the OpenSSL.SSL.Context of its handshakes
+        connected: bool
 
         def push(self, data: bytes) -> None: ...
 

@@ -19,6 +19,7 @@ from OpenSSL import SSL
 from pyftpdlib.handlers.ftp.data import DTPHandler
 
 from airgap.server.ftp.base import DataChannelAPI
+from airgap.server.ftp.reuse import resumed
 
 logger = logging.getLogger("airgap.server")
 PAUSE_MIN = 0.005  # seconds ahead of the limit before a pause is worth a turn of the loop
@@ -127,7 +128,24 @@ def tls_data_class() -> type:
     from pyftpdlib.handlers.ftps.data import TLS_DTPHandler
 
     class TlsData(SpaceAwareData, TLS_DTPHandler, ResetAwareData):  # type: ignore[misc]
-        pass
+        def handle_ssl_established(self) -> None:
+            """Before the first byte: a data connection that did not resume its control
+            connection's session is refused, with the session (:mod:`.reuse`)."""
+            control = self.cmd_channel
+            if getattr(control, "tls_reuse_required", False) and not resumed(self.socket):
+                logger.warning(
+                    "%s: TLS data connection without its control connection's session refused",
+                    control.remote_ip,
+                )
+                control.data_channel = None
+                self.close()
+                control.respond(
+                    "522 Data connection refused: it must resume the control connection's "
+                    "TLS session."
+                )
+                control.close_when_done()  # drops whatever transfer was waiting for it
+                return
+            super().handle_ssl_established()
 
     return TlsData
 

@@ -5,11 +5,15 @@ goes encrypted only if ``PROT P`` still holds when it connects: a ``PROT C`` sen
 made the next upload, download or listing cross in clear. Here ``PROT C`` is refused while
 TLS is required, and a data connection that arrives without TLS all the same (whatever led to
 it) is closed unused, with the session: it never carries a byte.
+
+With ``--tls-reuse required`` (the default) each control connection gets a TLS context of its
+own, so that its data connections can resume its session and no other (:mod:`.reuse`).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pyftpdlib.utils import is_ssl_sock
 
@@ -20,6 +24,14 @@ logger = logging.getLogger("airgap.server")
 
 class DataProtection(Session):
     """Mixed in before pyftpdlib's TLS_FTPHandler only (it has PROT and ``tls_data_required``)."""
+
+    tls_reuse_required = False
+    tls_context_factory: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.connected and self.tls_reuse_required:
+            self.ssl_context = self.tls_context_factory()
 
     def ftp_PROT(self, line: str) -> None:
         if self.tls_data_required and line.strip().upper() == "C":

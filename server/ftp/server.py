@@ -13,13 +13,14 @@ from typing import Any, Protocol
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from airgap.server.config import TlsMode
+from airgap.server.config import TlsMode, TlsReuse
 from airgap.server.ftp.data import PlainData, throttled, tls_data_class
 from airgap.server.ftp.files import FileCommands
 from airgap.server.ftp.fs import AirgapFS, Authorizer
 from airgap.server.ftp.hashcmd import HashCommands
 from airgap.server.ftp.loop import Services
 from airgap.server.ftp.protection import DataProtection
+from airgap.server.ftp.reuse import checkable as reuse_checkable
 from airgap.server.ftp.session import REFUSED_COMMANDS
 from airgap.server.ftp.uploads import UploadCommands
 from airgap.server.layout import Layout
@@ -41,12 +42,19 @@ def _commands(base: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+#: How long a TLS session may be resumed: as long as a control connection may last (a slow
+#: transfer of many GB), where OpenSSL's default (two hours) would refuse its next data
+#: connection when TLS resumption is required.
+SESSION_SECONDS = 7 * 24 * 3600
+
+
 def _tls_context(layout: Layout) -> Any:
     from OpenSSL import SSL
 
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION)
+    context.set_timeout(SESSION_SECONDS)
     context.use_certificate_chain_file(str(layout.tls_cert))
     context.use_privatekey_file(str(layout.tls_key))
     return context
@@ -76,10 +84,15 @@ def handler_class(services: Services) -> type:
         base, data = TLS_FTPHandler, tls_data_class()
         mixins = (DataProtection, *mixins)
         required = config.tls is TlsMode.REQUIRED
+        reuse = config.tls_reuse is TlsReuse.REQUIRED and reuse_checkable()
+        layout = services.layout
         attributes |= {
-            "ssl_context": _tls_context(services.layout),
+            "ssl_context": _tls_context(layout),
             "tls_control_required": required,
             "tls_data_required": required,
+            "tls_reuse_required": reuse,
+            # One context per control connection when reuse is required (see ftp.reuse).
+            "tls_context_factory": staticmethod(lambda: _tls_context(layout)),
         }
     if config.max_rate:
         data = throttled(data, config.max_rate)

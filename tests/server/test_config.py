@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap.server.config import ServeConfig, TlsMode, load_config
+from airgap.server.config import ServeConfig, TlsMode, TlsReuse, load_config
 from airgap.shared.errors import UsageError
 from tests.server.conftest import start_server
 
@@ -26,6 +26,11 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     assert defaults.root == Path("airgap-data")
     assert defaults.partial_expiry == 7 * 24 * 3600  # an abandoned upload goes after a week
     assert load_config({}, environ={"AIRGAP_SERVE_PARTIAL_EXPIRY": "0"}).partial_expiry == 0
+    assert defaults.tls_reuse == TlsReuse.REQUIRED  # data connections resume the session
+    toml.write_text('tls-reuse = "off"\n')
+    assert load_config({}, environ={}, config_file=toml).tls_reuse == TlsReuse.OFF
+    with pytest.raises(UsageError, match="bad tls-reuse 'maybe': choose required, off"):
+        load_config({"tls_reuse": "maybe"}, environ={})
 
 
 def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:

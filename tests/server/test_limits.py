@@ -18,9 +18,23 @@ from tests.server.conftest import Server, retr, stor, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
-def tls_client(server: Server) -> ftplib.FTP_TLS:
+class ReusingTLS(ftplib.FTP_TLS):
+    """FTP_TLS whose data connections resume the control connection's TLS session, as lftp,
+    curl and airgap's own client do (the standard library's does not)."""
+
+    session: ssl.SSLSession | None = None  # the session to offer; None: the control's own
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:  # type: ignore[attr-defined]
+            session = self.session or self.sock.session  # type: ignore[attr-defined]
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
+
+
+def tls_client(server: Server, *, reuse: bool = True) -> ftplib.FTP_TLS:
     context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
-    client = ftplib.FTP_TLS(context=context)
+    client = ReusingTLS(context=context) if reuse else ftplib.FTP_TLS(context=context)
     server.clients.append(client)
     client.connect("127.0.0.1", server.port, timeout=20)
     return client
@@ -92,7 +106,7 @@ def test_required_tls_closes_a_data_connection_in_clear_however_it_came(serve):
     with pytest.raises((EOFError, OSError)):
         client.sendcmd("NOOP")  # and the session with it
     assert not (server.root / "pub/incoming/sender/clear.bin").exists()
-    assert "data connection in clear refused" in server.stderr
+    assert wait_for(lambda: "data connection in clear refused" in server.stderr)
 
 
 class _Bytes:
