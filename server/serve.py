@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from airgap.server import credentials, ftp, sweep
 from airgap.server.accounts import Accounts
@@ -180,11 +181,26 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     say("airgap: stopped")
 
 
-def _run(server: ftp.Listener, ioloop: object) -> None:
+#: How often the loop looks again for a stop asked by a signal (see :func:`_run`).
+STOP_CHECK = 0.5
+
+
+def _run(server: ftp.Listener, ioloop: Any) -> None:
+    stopping = False
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
         raise KeyboardInterrupt
 
+    def stop_if_asked() -> None:
+        # The signal's KeyboardInterrupt is printed and lost when it lands in a finalizer or a
+        # weakref callback (seen here: the server then never stopped); this raises it again.
+        if stopping:
+            raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, stop)
+    ioloop.call_every(STOP_CHECK, stop_if_asked)
     try:
         # No fixed poll timeout: pyftpdlib then waits only until its next scheduled call (a
         # throttle's resume, a login's delay) instead of up to a second past it.

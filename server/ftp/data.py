@@ -8,6 +8,7 @@ With ``--max-rate``, :class:`Throttle` goes on top of either connection class.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import sys
@@ -28,6 +29,7 @@ TLS_RECORD = 16 * 1024  # the most plaintext one TLS record carries
 # CPU than a record per event, and went 15% faster; 1 MiB (out of cache by the time it is
 # written and hashed) took more CPU than either.
 TLS_DRAIN = 256 * 1024
+REUSE_REFUSED = "522 Data connection refused: it must resume the control connection's TLS session."
 
 
 class SpaceAwareData(DataChannelAPI):
@@ -110,6 +112,15 @@ class ResetAwareData(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
             total += len(data)
         return b"".join(chunks)
 
+    def close(self) -> None:
+        # A TLS connection closed without a TLS shutdown (a reset, an error, a refusal) would
+        # have OpenSSL drop its session from the cache: it is the control connection's, and
+        # a client resuming by session id could not open its next data connection.
+        if isinstance(self.socket, SSL.Connection):
+            with contextlib.suppress(Exception):
+                self.socket.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+        super().close()
+
     def handle_close(self) -> None:
         if self._reset and self.receive and not self._closed:
             self.transfer_finished = False
@@ -128,6 +139,13 @@ def tls_data_class() -> type:
     from pyftpdlib.handlers.ftps.data import TLS_DTPHandler
 
     class TlsData(SpaceAwareData, TLS_DTPHandler, ResetAwareData):  # type: ignore[misc]
+        def send(self, data: bytes) -> int:
+            # A TLS write finishes a handshake still under way by itself, and sends, without
+            # handle_ssl_established ever being asked: the loop's next event finishes it.
+            if self._ssl_accepting:
+                return 0
+            return super().send(data)  # type: ignore[no-any-return]
+
         def handle_ssl_established(self) -> None:
             """Before the first byte: a data connection that did not resume its control
             connection's session is refused, with the session (:mod:`.reuse`)."""
@@ -137,12 +155,9 @@ def tls_data_class() -> type:
                     "%s: TLS data connection without its control connection's session refused",
                     control.remote_ip,
                 )
-                control.data_channel = None
+                self._error = True  # closed at once: no TLS shutdown owed to it
+                self._resp = (REUSE_REFUSED, logger.warning)  # after the close (RFC 959)
                 self.close()
-                control.respond(
-                    "522 Data connection refused: it must resume the control connection's "
-                    "TLS session."
-                )
                 control.close_when_done()  # drops whatever transfer was waiting for it
                 return
             super().handle_ssl_established()

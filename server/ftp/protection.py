@@ -28,10 +28,12 @@ class DataProtection(Session):
     tls_reuse_required = False
     tls_context_factory: Any = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.connected and self.tls_reuse_required:
+    def ftp_AUTH(self, line: str) -> None:
+        # A context of this connection's own, made as it asks for TLS (not for every connection
+        # accepted, before the limits and bans have had their say).
+        if self.tls_reuse_required and self.ssl_context is type(self).ssl_context:
             self.ssl_context = self.tls_context_factory()
+        super().ftp_AUTH(line)
 
     def ftp_PROT(self, line: str) -> None:
         if self.tls_data_required and line.strip().upper() == "C":

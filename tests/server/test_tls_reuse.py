@@ -9,6 +9,9 @@ import contextlib
 import ftplib
 import os
 import shutil
+import socket
+import ssl
+import struct
 import subprocess
 from pathlib import Path
 
@@ -122,3 +125,33 @@ def test_curl_uploads_and_downloads_over_tls_with_reuse_required(serve, tmp_path
     assert landed.read_bytes() == (tmp_path / "up.bin").read_bytes()
     with contextlib.suppress(FileNotFoundError):
         assert "refused" not in server.stderr
+
+
+def test_a_tls12_session_id_client_resumes_after_a_reset_upload(serve):
+    """A client resuming by session id (TLS 1.2 without tickets, as curl does) keeps its session
+    across an upload cut by a reset: the resume the 426 asks for is not refused. (OpenSSL drops
+    a session whose connection closed without a TLS shutdown; the reset path here still shuts
+    down, and the data connection's close marks the session shut down on every path.)"""
+    server = serve("--tls", "required")
+    context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_TICKET
+    client = ReusingTLS(context=context)
+    server.clients.append(client)
+    client.connect("127.0.0.1", server.port, timeout=20)
+    client.login("sender", server.password("sender"))
+    client.prot_p()
+    client.voidcmd("TYPE I")
+    data = os.urandom(400_000)
+    conn = client.transfercmd("STOR cut.bin")
+    assert isinstance(conn, ssl.SSLSocket) and conn.session_reused
+    conn.sendall(data[:200_000])
+    target = server.root / "pub/incoming/sender/cut.bin"
+    assert wait_for(lambda: target.exists() and target.stat().st_size == 200_000)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # a reset, no TLS shutdown
+    with pytest.raises(ftplib.error_temp, match="426"):
+        client.voidresp()
+    stor(client, "cut.bin", data[200_000:], rest=200_000)  # the resume the 426 asked for
+    assert target.read_bytes() == data
+    assert "refused" not in server.stderr
