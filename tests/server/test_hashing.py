@@ -84,6 +84,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def upload_checked(server: Server, client: ftplib.FTP, name: str, data: bytes) -> None:
+    """STOR ``name``: its HASH and its audit record both give the sha256 of ``data``."""
+    stor(client, name, data)
+    assert hash_of(client, name) == sha256(data)
+    assert wait_for(lambda: audited(server, "upload-completed", name))
+    (record,) = audited(server, "upload-completed", name)
+    assert (record["sha256"], record["bytes"]) == (sha256(data), len(data))
+
+
 def sender(server: Server, tls: str) -> ftplib.FTP:
     if tls == "off":
         return server.ftp("sender")
@@ -112,12 +121,7 @@ def test_a_fresh_upload_is_never_read_back_even_renamed(serve, tls):
     server = serve("--tls", tls, prelude=COUNT_READS)
     client = sender(server, tls)
     data = os.urandom(3 * MiB + 123)
-    stor(client, "image.tar.part", data)
-    assert hash_of(client, "image.tar.part") == sha256(data)
-    assert wait_for(lambda: audited(server, "upload-completed", "image.tar.part"))
-    (record,) = audited(server, "upload-completed", "image.tar.part")
-    assert record["sha256"] == sha256(data)
-    assert record["bytes"] == len(data)
+    upload_checked(server, client, "image.tar.part", data)
     client.rename("image.tar.part", "image.tar")
     assert hash_of(client, "image.tar") == sha256(data)
     # HASH, the audit record, HASH: all from the hash taken as the bytes landed
@@ -351,9 +355,5 @@ def test_an_upload_the_hashing_thread_cannot_keep_up_with_is_read_once_it_ends(s
     server = serve("--tls", "off", prelude=COUNT_READS + FALLS_BEHIND)
     client = server.ftp("sender")
     data = os.urandom(2 * MiB + 5)
-    stor(client, "big.bin", data)
-    assert hash_of(client, "big.bin") == sha256(data)
-    assert wait_for(lambda: audited(server, "upload-completed", "big.bin"))
-    (record,) = audited(server, "upload-completed", "big.bin")
-    assert record["sha256"] == sha256(data)
+    upload_checked(server, client, "big.bin", data)
     assert reads(server, "big.bin", digests=2) == [str(server.root / "pub/incoming/sender/big.bin")]
