@@ -69,13 +69,17 @@ class Tally:
         if self._dropped or self._ended:
             return
         self._ended = True
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) != self._node or info.st_size != self._fed:
-            self._dropped = True  # a write that failed part way: bytes the tally lacks
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self._node or info.st_size != self._fed:
+                self._dropped = True  # a write that failed part way: bytes the tally lacks
+                return
+            # Until the digest is kept, the file (deleted or not) keeps its inode: no other
+            # file can take it and be taken for this one under the promised key.
+            pin = os.dup(fd)
+        except OSError:  # out of descriptors, say: the file is read once the upload ends
+            self._dropped = True
             return
-        # Until the digest is kept, the file (deleted or not) keeps its inode: no other file
-        # can take it and be taken for this one under the promised key.
-        pin = os.dup(fd)
         key = self._hashes.promise(info, self._generation)
         if key is None:
             os.close(pin)
