@@ -113,9 +113,9 @@ class ResetAwareData(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
         return b"".join(chunks)
 
     def close(self) -> None:
-        # A TLS connection closed without a TLS shutdown (a reset, an error, a refusal) would
-        # have OpenSSL drop its session from the cache: it is the control connection's, and
-        # a client resuming by session id could not open its next data connection.
+        # OpenSSL drops from its cache the session of a TLS connection freed without a TLS
+        # shutdown (the error path, a refusal): it is the control connection's, and a client
+        # resuming by session id (TLS 1.2, no tickets) could not open its next data connection.
         if isinstance(self.socket, SSL.Connection):
             with contextlib.suppress(Exception):
                 self.socket.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
