@@ -10,9 +10,13 @@ again (on an appliance's disk, long after it left the page cache).
 
 The thread may fall behind by :data:`MAX_BEHIND` bytes, over all uploads together; a piece
 that would take it further drops its upload's tally, and that upload is read once it ends, as
-a resumed one is. Nothing is promised for a file whose bytes the tally did not all see, and a
-promise holds a descriptor of its file until it is kept, so the inode cannot pass to another
-file meanwhile.
+a resumed one is. Nothing is promised for a file whose bytes the tally did not all see.
+
+A promise holds no descriptor of its file: an upload's file must have no handle left once its
+claim is released (the publisher moves it). So a file deleted while its digest is still being
+kept (30 ms at most, 64 MiB behind) frees its inode; a file not written by an upload, given
+that inode with the same size and nanosecond mtime within that moment, would find the old
+digest. Every file a client can write is an upload, and an upload cuts the file, which drops it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ MAX_BEHIND = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class _End:
     key: tuple[int, int, int, int, int, int]
-    pin: int  # a descriptor of the file, held until its digest is kept: the inode stays its own
 
 
 class Tally:
@@ -71,23 +74,18 @@ class Tally:
         self._ended = True
         try:
             info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) != self._node or info.st_size != self._fed:
-                self._dropped = True  # a write that failed part way: bytes the tally lacks
-                return
-            # Until the digest is kept, the file (deleted or not) keeps its inode: no other
-            # file can take it and be taken for this one under the promised key.
-            pin = os.dup(fd)
-        except OSError:  # out of descriptors, say: the file is read once the upload ends
+        except OSError:  # the file is read once the upload ends
             self._dropped = True
+            return
+        if (info.st_dev, info.st_ino) != self._node or info.st_size != self._fed:
+            self._dropped = True  # a write that failed part way: bytes the tally lacks
             return
         key = self._hashes.promise(info, self._generation)
         if key is None:
-            os.close(pin)
             return
         try:
-            _FOLLOWER.put(self, _End(key, pin))
+            _FOLLOWER.put(self, _End(key))
         except BaseException as exc:
-            os.close(pin)
             self._hashes.keep(key, self._generation, None)  # no caller waits for it for ever
             if not isinstance(exc, RuntimeError):  # RuntimeError: no thread; the file is read
                 raise
@@ -103,7 +101,6 @@ class Tally:
             digest = self._sha.hexdigest()
         finally:
             self._hashes.keep(item.key, self._generation, digest)
-            os.close(item.pin)
 
 
 class _Follower:

@@ -148,23 +148,23 @@ def test_without_a_thread_to_hash_on_the_file_is_read_and_nobody_waits(
     assert no_reads == [str(path)]
 
 
-def test_a_tally_that_cannot_pin_its_file_promises_nothing(
+def test_a_tally_that_cannot_stat_its_file_promises_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_reads: list[str]
 ) -> None:
-    """Out of descriptors as the upload closes: the close still closes, and the file is read."""
+    """An fstat failing as the upload closes: the close still closes, and the file is read."""
 
-    def no_more(fd: int) -> int:
-        raise OSError(24, "Too many open files")
+    def no_more(fd: int) -> os.stat_result:
+        raise OSError(5, "Input/output error")
 
     hashes, path = HashCache(), tmp_path / "f.bin"
     target = storage.target(str(path))
     assert isinstance(target, storage.Target)
     file = storage.open_for_upload(target, 0, budget=None, min_free=0, hashes=hashes)
     file.write(b"pieces")
-    dup = os.dup
-    monkeypatch.setattr(tally.os, "dup", no_more)
+    fstat = os.fstat
+    monkeypatch.setattr(tally.os, "fstat", no_more)
     file.close()
     assert file.closed
-    monkeypatch.setattr(tally.os, "dup", dup)
+    monkeypatch.setattr(tally.os, "fstat", fstat)
     assert hashes.digest(path)[0] == hashlib.sha256(b"pieces").hexdigest()
     assert no_reads == [str(path)]
