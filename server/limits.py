@@ -77,11 +77,6 @@ class LoginGuard:
         for ip in stale:
             del self._failures[ip]
 
-    def tracked(self) -> int:
-        """How many IPs have failures on record (for tests and diagnostics)."""
-        with self._lock:
-            return len(self._failures)
-
     def succeeded(self, ip: str, name: str) -> None:
         """Forget the failures of login ``name`` from ``ip``; those of other names stay."""
         with self._lock:

@@ -181,7 +181,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     say("airgap: stopped")
 
 
-#: How often the loop looks again for a stop asked by a signal (see :func:`_run`).
+#: How often the loop looks for a stop asked by a signal (see :func:`_run`).
 STOP_CHECK = 0.5
 
 
@@ -189,13 +189,13 @@ def _run(server: ftp.Listener, ioloop: Any) -> None:
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        # Only noted: a KeyboardInterrupt raised here lands wherever the loop happens to be,
+        # and one that lands in a finalizer or a weakref callback is printed and lost (seen
+        # here: the server then never stopped). The loop raises it at a point of its own.
         nonlocal stopping
         stopping = True
-        raise KeyboardInterrupt
 
     def stop_if_asked() -> None:
-        # The signal's KeyboardInterrupt is printed and lost when it lands in a finalizer or a
-        # weakref callback (seen here: the server then never stopped); this raises it again.
         if stopping:
             raise KeyboardInterrupt
 

@@ -121,11 +121,12 @@ class _Follower:
         return True
 
     def put(self, tally: Tally, item: bytes | _End) -> None:
-        with self._lock:
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="airgap-tally", daemon=True)
-                thread.start()  # if it cannot, the next piece tries again
-                self._thread = thread
+        if self._thread is None:  # once: no lock on the loop for every piece after
+            with self._lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name="airgap-tally", daemon=True)
+                    thread.start()  # if it cannot, the next piece tries again
+                    self._thread = thread
         self._queue.put((tally, item))
 
     def _run(self) -> None:
