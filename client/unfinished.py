@@ -131,6 +131,17 @@ def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
         _write(spool / KEY, text.encode())
 
 
+def began_encoding(spool: Path) -> bool:
+    """Whether the send in ``spool`` wrote anything past its record: one that failed before
+    (no password, a key file refused) has nothing to continue, though it keeps its key."""
+    try:
+        return any(p.name not in (RECIPE, KEY, LOCK) for p in spool.iterdir())
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError(f"spool {spool}: {exc.strerror or exc}") from exc
+
+
 def recipe_of(spool: Path) -> Recipe | None:
     try:
         return Recipe.from_json((spool / RECIPE).read_text(encoding="utf-8"))

@@ -137,6 +137,23 @@ def test_a_send_refused_for_its_options_leaves_no_spool(
     )
 
 
+def test_a_send_failed_before_encoding_is_not_announced_as_continued(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a send refused before its first byte was encoded (no password here)
+    kept its spool, and the next run said it was "continuing the interrupted send"."""
+    (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
+    with vsftpd.running(tmp_path / "ftp") as ftp:
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        args = ["send", "--file", tmp_path / "report.txt", "--server", url, "--json"]
+        args += ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
+        unasked = run_airgap(args, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+        assert unasked.returncode == 2 and "no password" in unasked.stderr, unasked.stderr
+        again = run_airgap(args, env=_env(tmp_path, ftp.password))
+        assert again.returncode == 0, again.stderr
+        assert "continuing" not in again.stderr, again.stderr
+
+
 @pytest.mark.parametrize("value", ["../../etc", "x"])
 def test_resume_takes_only_a_bundle_id(value: str, keydir: Path, tmp_path: Path) -> None:
     bad = run_airgap(["send", "--resume", value, "--server", "ftp://u@127.0.0.1:1/"])

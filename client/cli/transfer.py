@@ -35,7 +35,7 @@ from airgap.client.sendledger import audience
 from airgap.client.spool import ContinueMismatch, SpooledTransport
 from airgap.client.terminal import printable, say
 from airgap.client.transport import Transport
-from airgap.client.unfinished import Recipe, claim, key_of, stand_ins
+from airgap.client.unfinished import Recipe, began_encoding, claim, key_of, stand_ins
 from airgap.shared import age
 from airgap.shared.errors import UsageError
 from airgap.shared.ids import is_bundle_id
@@ -173,7 +173,8 @@ def send(
                 sendjob.drop_encoded(begun.bundle_id, place)
                 begun = sendjob.start(recipe, recipients, place)
     if begun.continuing:
-        say(f"continuing the interrupted send of bundle {begun.bundle_id}")
+        if began_encoding(send_spool(begun.bundle_id)):
+            say(f"continuing the interrupted send of bundle {begun.bundle_id}")
         if sendjob.encoded(begun.bundle_id):
             manifest, transport = sendjob.finish(begun.bundle_id, place, ledgers, quiet=quiet)
             _sent(manifest, transport, time.monotonic() - started, as_json)
