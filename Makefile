@@ -92,9 +92,9 @@ images: wheelhouse ## Build airgap-server and airgap-client images, offline (--n
 	    $(MAKE) --no-print-directory base-image && base=$(LOCAL_BASE); \
 	fi; \
 	for side in server client; do \
-	    $(DOCKER) build -q --network none --build-arg BASE_IMAGE=$$base \
+	    out=$$($(DOCKER) build -q --network none --build-arg BASE_IMAGE=$$base \
 	        -t airgap-$$side:$(VERSION) -t airgap-$$side:latest \
-	        -f containers/$$side/Dockerfile containers || exit 1; \
+	        -f containers/$$side/Dockerfile containers 2>&1) || { echo "$$out"; exit 1; }; \
 	    echo "built airgap-$$side:$(VERSION) on $$base"; \
 	done; \
 	$(DOCKER) images -q --filter dangling=true --filter label=airgap.stage=install \

@@ -31,6 +31,33 @@ def test_version_and_help() -> None:
         assert command in helped.stdout
 
 
+def test_serve_help_gives_the_defaults_the_server_uses() -> None:
+    """The CLI names defaults without importing the server: they must not drift apart."""
+    from airgap.server.config import ServeConfig
+
+    c = ServeConfig()
+    shown = " ".join(run_airgap(["serve", "--help"], env={"COLUMNS": "250"}).stdout.split())
+    for said in (
+        f"(default ./{c.root})",
+        f"(default {c.host}:{c.port};",
+        f"(default {c.passive_ports[0]}-{c.passive_ports[1]})",
+        f"{c.tls} (default)",
+        f"{c.tls_reuse} (default)",
+        f"{c.anonymous} (default)",
+        f"(default {c.max_connections})",
+        f"(default {c.max_connections_per_ip})",
+        f"(default {c.max_login_failures})",
+        f"(default {c.login_failure_delay:g})",
+        f"(default {c.ban_seconds:g})",
+        f"(default {c.idle_timeout})",
+        f"(default {c.data_timeout})",
+        f"(default {c.quota_bytes}: no quota)",
+        f"(default {c.min_free_bytes})",
+        f"(default {c.partial_expiry // 86400} days)",
+    ):
+        assert said in shown, said
+
+
 @pytest.mark.parametrize("args", [["--version"], ["keygen", "--out", "KEYS"]])
 def test_commands_that_need_no_engine_do_not_load_the_docker_sdk(
     tmp_path: Path, args: list[str]

@@ -27,6 +27,8 @@ def _init(home: Path, role: str, *extra: str) -> dict[str, str]:
     }
     made = run_airgap(["init", "--role", role, *extra], env=env)
     assert made.returncode == 0, made.stderr
+    if role == "sender":  # the appliance checks signers too (README: "as it should")
+        assert "to the drop box (airgap serve --trusted-signer)" in made.stderr, made.stderr
     return env
 
 

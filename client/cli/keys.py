@@ -45,7 +45,12 @@ def keygen(
 def init(
     role: Annotated[str, typer.Option("--role", help="sender or receiver.")],
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="Where (default ~/.config/airgap).")
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Where (default: beside $AIRGAP_CONFIG, else $XDG_CONFIG_HOME/airgap, "
+            "else ~/.config/airgap).",
+        ),
     ] = None,
     server: Annotated[
         str | None, typer.Option("--server", help="This side's drop box URL (user@host).")
@@ -77,7 +82,8 @@ def init(
     if chosen is not None and made.absolute() != config.default_path().absolute():
         say(f"airgap reads it with AIRGAP_CONFIG={made.absolute()} set")
     if role == "sender":
-        say(f"carry {directory}/keys/signing.pub to each receiver (into its trusted/);")
+        say(f"carry {directory}/keys/signing.pub to each receiver (into its trusted/)")
+        say("and to the drop box (airgap serve --trusted-signer), which checks senders;")
         say(f"put each receiver's recipient line into {directory}/recipients.txt")
     else:
         say(f"carry {directory}/keys/recipient.txt to each sender (into its recipients.txt);")

@@ -36,14 +36,20 @@ def serve(
         Path | None,
         typer.Option("--root", help=f"Server root directory (default ./{DEFAULT_ROOT})."),
     ] = None,
-    listen: Annotated[str | None, typer.Option("--listen", help="HOST:PORT (port 0: any).")] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option("--listen", help="HOST:PORT (default 127.0.0.1:2121; port 0: any)."),
+    ] = None,
     passive_ports: Annotated[
-        str | None, typer.Option("--passive-ports", help="Passive data ports A-B.")
+        str | None,
+        typer.Option("--passive-ports", help="Passive data ports A-B (default 60000-60099)."),
     ] = None,
     masquerade_address: Annotated[
         str | None, typer.Option("--masquerade-address", help="Address announced for PASV.")
     ] = None,
-    tls: Annotated[str | None, typer.Option("--tls", help="required, optional or off.")] = None,
+    tls: Annotated[
+        str | None, typer.Option("--tls", help="required, optional (default) or off.")
+    ] = None,
     tls_reuse: Annotated[
         str | None,
         typer.Option(
@@ -53,23 +59,39 @@ def serve(
         ),
     ] = None,
     anonymous: Annotated[
-        str | None, typer.Option("--anonymous", help="off, upload or read-write.")
+        str | None, typer.Option("--anonymous", help="off (default), upload or read-write.")
     ] = None,
     trusted_signer: Annotated[
         list[Path] | None,
         typer.Option("--trusted-signer", help="A signing.pub whose bundles may be published."),
     ] = None,
-    max_connections: Annotated[int | None, typer.Option(help="Connections in total.")] = None,
-    max_connections_per_ip: Annotated[int | None, typer.Option(help="Connections per IP.")] = None,
-    max_login_failures: Annotated[int | None, typer.Option(help="Failures before a ban.")] = None,
-    login_failure_delay: Annotated[
-        float | None, typer.Option(help="Seconds before a failed login is answered.")
+    max_connections: Annotated[
+        int | None, typer.Option(help="Connections in total (default 256).")
     ] = None,
-    ban_seconds: Annotated[float | None, typer.Option(help="How long a ban lasts.")] = None,
-    idle_timeout: Annotated[int | None, typer.Option(help="Control idle timeout (s).")] = None,
-    data_timeout: Annotated[int | None, typer.Option(help="Stalled data timeout (s).")] = None,
-    quota_bytes: Annotated[int | None, typer.Option(help="Per-sender quota, 0: none.")] = None,
-    min_free_bytes: Annotated[int | None, typer.Option(help="Free-disk watermark.")] = None,
+    max_connections_per_ip: Annotated[
+        int | None, typer.Option(help="Connections per IP (default 16).")
+    ] = None,
+    max_login_failures: Annotated[
+        int | None, typer.Option(help="Failed logins from one IP before a ban (default 5).")
+    ] = None,
+    login_failure_delay: Annotated[
+        float | None, typer.Option(help="Seconds before a failed login is answered (default 2).")
+    ] = None,
+    ban_seconds: Annotated[
+        float | None, typer.Option(help="Seconds a ban lasts (default 600).")
+    ] = None,
+    idle_timeout: Annotated[
+        int | None, typer.Option(help="Seconds a control connection may idle (default 300).")
+    ] = None,
+    data_timeout: Annotated[
+        int | None, typer.Option(help="Seconds a data connection may stall (default 120).")
+    ] = None,
+    quota_bytes: Annotated[
+        int | None, typer.Option(help="Bytes each sender may hold (default 0: no quota).")
+    ] = None,
+    min_free_bytes: Annotated[
+        int | None, typer.Option(help="Uploads stop below this much free disk (default 268435456).")
+    ] = None,
     max_rate: Annotated[
         int | None,
         typer.Option(
@@ -88,7 +110,11 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the FTP drop box (first start: makes a certificate and two accounts)."""
+    """Run the FTP drop box (first start: makes a certificate and two accounts).
+
+    Each setting comes from its flag, else its AIRGAP_SERVE_* variable (AIRGAP_SERVE_ROOT), else
+    the --config file, else its default.
+    """
     from airgap.server.config import load_config
     from airgap.server.serve import serve as run_server
 
@@ -217,7 +243,7 @@ def user_remove(
 @user_app.command("passwd")
 @guarded
 def user_passwd(
-    name: Annotated[str, typer.Argument()],
+    name: Annotated[str, typer.Argument(help="The account whose password changes.")],
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
