@@ -67,6 +67,13 @@ def send_images(
         for chunk in counted(engine.save(refs), meters.encoded):
             archive.update(chunk)
             yield chunk
+        for entry in described:  # a tag moved between the describe and the save
+            if not archive.holds(entry.id):
+                raise EngineError(
+                    f"{', '.join(entry.refs)} changed while the engine saved it: the archive "
+                    f"does not hold image {entry.id}",
+                    hint="send again",
+                )
         entries.extend(replace(e, config=archive.config_of(e.id)) for e in described)
         files.update(archive.layer_files(entries))
 

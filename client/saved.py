@@ -73,6 +73,11 @@ class SavedArchive:
                 return digest if isinstance(digest, str) else None
         return image_id if image_id in self.configs() else None
 
+    def holds(self, image_id: str) -> bool:
+        """Whether the archive holds the image the engine calls ``image_id``: its manifest (or
+        index) blob, or its config among manifest.json's."""
+        return blob_name(image_id) in self.members or image_id in self.configs()
+
     def configs(self) -> list[str]:
         """The config digests manifest.json lists, in its order."""
         return list(self._entries())

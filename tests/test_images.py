@@ -13,7 +13,7 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +23,7 @@ import docker.errors
 import pytest
 
 from airgap.client.engine import Engine
-from airgap.client.images import archive_refs, load_images, withhold_last
+from airgap.client.images import archive_refs, load_images, send_images, withhold_last
 from airgap.client.keyfiles import load_recipients
 from airgap.client.saved import SavedArchive
 from airgap.client.send import send_stream
@@ -304,6 +304,41 @@ def test_engine_describes_shared_images_once(
     entries = Engine(docker_engine.client).describe([first, first, second])
     assert [e.refs for e in entries] == [(first,), (second,)]
     assert [e.id for e in entries] == [image.id for image in two_images]
+
+
+class _Retagging(Engine):
+    """The real engine, with a tag moved to another image between describe and save: the
+    window a `docker tag` or a build running meanwhile may hit."""
+
+    def __init__(self, client: Any, ref: str, other: str) -> None:
+        super().__init__(client)
+        self._move = (ref, other)
+
+    def save(self, refs: Sequence[str], *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        ref, other = self._move
+        repository, _, tag = ref.rpartition(":")
+        self._client.images.get(other).tag(repository, tag)
+        return super().save(refs, chunk_size=chunk_size)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(60)
+def test_a_tag_moved_during_the_save_fails_the_send_before_anything_is_signed(
+    docker_engine: DockerEngine, two_images: list[Any], tmp_path: Path
+) -> None:
+    """Found in review: the manifest named the image described, the payload held the one
+    saved, and the ledger recorded layers as sent that never left."""
+    first, second = (image.tags[0] for image in two_images)
+    engine = _Retagging(docker_engine.client, first, second)
+    with pytest.raises(EngineError, match="changed while the engine saved it"):
+        send_images(
+            [first],
+            DirectoryTransport(tmp_path / "drop"),
+            engine=engine,
+            options=EncodeOptions([]),
+            key=minisign.SecretKey.generate(),
+        )
+    assert not list((tmp_path / "drop").glob("*.minisig"))
 
 
 # The pieces, with bytes alone.
