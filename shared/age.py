@@ -135,14 +135,18 @@ class ScryptRecipient:
     def opens(self, key: PayloadKey) -> bool:
         """Whether this passphrase is the one ``key``'s header wraps its file key with."""
         header = parse_header(key.preamble[:-NONCE_SIZE])
-        found = scrypt_unwrap(self._passphrase, header.stanzas, max_work_factor=30)
+        found = scrypt_unwrap(
+            self._passphrase, header.stanzas, max_work_factor=ScryptIdentity.MAX_WORK_FACTOR
+        )
         return found == key.file_key
 
 
 class ScryptIdentity:
     """A passphrase to decrypt with; refuses work factors above ``max_work_factor``."""
 
-    def __init__(self, passphrase: bytes, *, max_work_factor: int = 22) -> None:
+    MAX_WORK_FACTOR = 22  # age's own default cap: 4 GiB of memory, seconds of work
+
+    def __init__(self, passphrase: bytes, *, max_work_factor: int = MAX_WORK_FACTOR) -> None:
         self._passphrase = passphrase
         self.max_work_factor = max_work_factor
 

@@ -272,7 +272,12 @@ def scrypt_unwrap(
             raise AgeHeaderError(f"age header: scrypt work factor above {max_work_factor}")
         if len(stanza.body) != _WRAPPED_KEY_SIZE:
             raise AgeHeaderError("age header: scrypt stanza body has the wrong length")
-        key = _scrypt_key(passphrase, salt, int(text))
+        try:
+            key = _scrypt_key(passphrase, salt, int(text))
+        except MemoryError:  # a work factor within the cap, on a machine with less memory
+            raise AgeHeaderError(
+                f"age header: scrypt work factor {text} needs more memory than there is"
+            ) from None
         if (file_key := _open_file_key(key, stanza.body)) is not None:
             return file_key
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from airgap.shared.errors import ManifestError
@@ -26,7 +27,7 @@ DEFAULT_SEGMENT = 16 * 1024 * 1024
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_CREATED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+_CREATED = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
 _KEY_ID = re.compile(r"^[0-9A-F]{16}$")
 
 
@@ -220,6 +221,16 @@ def _str(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
     return value
 
 
+def _created(value: Any) -> str:
+    """A UTC time in seconds, as ``2026-11-27T23:13:01Z``, and one the calendar has."""
+    text = _str(value, "created", _CREATED)
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise ManifestError("manifest: created is no such time") from None
+    return text
+
+
 def _strs(value: Any, where: str, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ManifestError(f"manifest: {where} must be a list")
@@ -236,13 +247,14 @@ def _from_obj(obj: Any) -> Manifest:
         raise ManifestError("manifest: id is malformed")
     plain = _obj(top["plaintext"], {"size", "sha256"}, "plaintext")
     comp = _obj(top["compression"], {"algorithm", "level"}, "compression")
-    if comp["algorithm"] != "zstd" or not isinstance(comp["level"], int):
+    level = comp["level"]
+    if comp["algorithm"] != "zstd" or not isinstance(level, int) or isinstance(level, bool):
         raise ManifestError("manifest: compression must be zstd with an integer level")
     encryption = _encryption(top["encryption"])
     files, images, omitted = _content(top["content"])
     return Manifest(
         id=bundle_id,
-        created=_str(top["created"], "created", _CREATED),
+        created=_created(top["created"]),
         tool=_str(top["tool"], "tool"),
         signer=_str(top["signer"], "signer", _KEY_ID),
         plaintext_size=_int(plain["size"], "plaintext size"),
@@ -303,6 +315,8 @@ def _content(value: Any) -> _Content:
         if not isinstance(content["images"], list) or not content["images"]:
             raise ManifestError("manifest: images must be a non-empty list")
         images = tuple(_image(i) for i in content["images"])
+        if "omitted" in content and content["omitted"] is None:  # absent has one form only
+            raise ManifestError("manifest: omitted must be a non-empty list")
         return (), images, _omitted(content.get("omitted"), images)
     raise ManifestError("manifest: content type must be files or images")
 

@@ -84,6 +84,27 @@ _MAX_SCRYPT_WORK: Final = 2**22
 _MAX_PASSPHRASE: Final = 1022
 
 
+_P: Final = 2**255 - 19
+#: The y coordinates of the eight points of small order on edwards25519 (libsodium's
+#: blocklist, whatever the sign of x): OpenSSL's Ed25519 takes such a public key, and with it
+#: a signature over any message; libsodium, so minisign, refuses it.
+_SMALL_ORDER_Y: Final = frozenset(
+    {
+        0,
+        1,
+        _P - 1,
+        2707385501144840649318225287225658788936804267575313519463743609750303402022,
+        55188659117513257062467267217118295137698188065244968500265048394206261417927,
+    }
+)
+
+
+def _usable_point(key: bytes) -> bool:
+    """An Ed25519 public key libsodium would verify with: y canonical, not of small order."""
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    return y < _P and y not in _SMALL_ORDER_Y
+
+
 @dataclass(frozen=True)
 class PublicKey:
     """An Ed25519 public key and the random 8-byte id minisign tags it with."""
@@ -94,6 +115,11 @@ class PublicKey:
     def __post_init__(self) -> None:
         _require_len(self.key_id, _KEY_ID_LEN, "public key id", KeyFileError)
         _require_len(self.key, _PUBLIC_LEN, "public key", KeyFileError)
+        if not _usable_point(self.key):
+            raise KeyFileError(
+                "public key: not a usable Ed25519 key (a point of small order, or an encoding "
+                "that is not canonical): it would take signatures over anything"
+            )
 
     @classmethod
     def parse(cls, text: str) -> PublicKey:

@@ -77,6 +77,9 @@ def _edit(mutate: object, *, images: bool = False) -> bytes:
         (lambda o: o.update(id="not-an-id"), "id"),
         (lambda o: o["content"].update(type="secrets"), "content type"),
         (lambda o: o["content"]["files"].append(dict(o["content"]["files"][0])), "twice"),
+        # found in review: each of these was taken
+        (lambda o: o["compression"].update(level=True), "integer level"),
+        (lambda o: o.update(created="9999-99-99T99:99:99Z"), "no such time"),
     ],
 )
 def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> None:
@@ -98,6 +101,15 @@ def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> Non
 def test_inconsistent_image_entries_are_refused(mutate: object, message: str) -> None:
     data = _edit(lambda o: mutate(o["content"]["images"][0]), images=True)  # type: ignore[operator]
     with pytest.raises(ManifestError, match=message):
+        Manifest.parse(data)
+
+
+def test_created_is_in_ascii_digits() -> None:
+    """Found in review: ``\\d`` took Arabic-Indic digits, written as UTF-8 as the writer does."""
+    obj = json.loads(_manifest().to_bytes())
+    obj["created"] = "\u0662\u0660\u0662\u0666-11-27T23:13:01Z"
+    data = (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    with pytest.raises(ManifestError, match="created is malformed"):
         Manifest.parse(data)
 
 
@@ -161,6 +173,7 @@ def test_omitted_layers_round_trip_and_full_bundles_keep_their_form() -> None:
         [{"chain_id": "sha256:" + "1" * 64}],
         [{"chain_id": "sha256:" + "1" * 64, "bundle": None}] * 2,
         "sha256:" + "1" * 64,
+        None,  # found in review: taken, and written back without the key (a second form)
     ],
 )
 def test_malformed_omitted_layers_are_refused(omitted: object) -> None:

@@ -513,3 +513,56 @@ def test_comment_limits_match_minisign(tmp_path: Path, key: SecretKey) -> None:
         if name != "longest":
             with pytest.raises(SignatureError, match="longer"):
                 Signature.parse(text)
+
+
+_P = 2**255 - 19
+_SMALL_ORDER_Y = (
+    0,
+    1,
+    _P - 1,
+    2707385501144840649318225287225658788936804267575313519463743609750303402022,
+    55188659117513257062467267217118295137698188065244968500265048394206261417927,
+)
+_UNUSABLE = [
+    *(y.to_bytes(32, "little") for y in _SMALL_ORDER_Y),
+    *((y | 1 << 255).to_bytes(32, "little") for y in _SMALL_ORDER_Y),  # x of the other sign
+    _P.to_bytes(32, "little"),  # 0 and 1 again, not canonical
+    (_P + 1).to_bytes(32, "little"),
+    ((1 << 255) - 1).to_bytes(32, "little"),
+]
+
+
+def _forged(tmp_path: Path, point: bytes) -> tuple[Path, Path, Path]:
+    """A .pub of ``point`` and a .minisig with R = the identity, S = 0, over a message."""
+    key_id = b"\x11" * 8
+    (tmp_path / "weak.pub").write_text(
+        "untrusted comment: weak\n" + base64.b64encode(b"Ed" + key_id + point).decode() + "\n"
+    )
+    identity = (1).to_bytes(32, "little") + bytes(32)
+    trusted = "timestamp:0"
+    signature = Signature(key_id, b"ED", identity, trusted, identity, "forged")
+    (tmp_path / "m.txt").write_bytes(b"anything at all")
+    (tmp_path / "m.txt.minisig").write_text(signature.encode())
+    return tmp_path / "weak.pub", tmp_path / "m.txt", tmp_path / "m.txt.minisig"
+
+
+@pytest.mark.parametrize("point", _UNUSABLE, ids=range(len(_UNUSABLE)))
+def test_a_public_key_of_small_order_is_refused(point: bytes, tmp_path: Path) -> None:
+    """Found in review: OpenSSL verifies against such a key, and a small-order key takes a
+    forged signature over anything; libsodium (so minisign) refuses it, and so must we."""
+    pub, message, _ = _forged(tmp_path, point)
+    with pytest.raises(KeyFileError, match="not a usable Ed25519 key"):
+        PublicKey.parse(pub.read_text())
+    if MINISIGN is not None:  # the reference refuses it too
+        checked = run_minisign("-Vm", message, "-p", pub, cwd=tmp_path)
+        assert checked.returncode != 0, checked.stdout
+
+
+def test_the_identity_key_would_have_taken_a_forged_signature(tmp_path: Path) -> None:
+    """What the check stops: past it, the forgery verifies (so the test above means it)."""
+    pub, message, signature = _forged(tmp_path, (1).to_bytes(32, "little"))
+    raw = base64.b64decode(pub.read_text().splitlines()[1])
+    unchecked = object.__new__(PublicKey)
+    object.__setattr__(unchecked, "key_id", raw[2:10])
+    object.__setattr__(unchecked, "key", raw[10:])
+    minisign.verify([unchecked], message.read_bytes(), signature.read_text())
