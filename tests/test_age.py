@@ -573,3 +573,12 @@ def test_a_payload_key_repeats_an_encryption_byte_for_byte() -> None:
 def _encrypt_once(recipient: age.Recipient, data: bytes) -> bytes:
     encryptor = age.AgeEncryptor([recipient])
     return encryptor.update(data) + encryptor.finish()
+
+
+def test_a_work_factor_beyond_this_machines_memory_is_a_header_error() -> None:
+    """Found in review: scrypt's MemoryError came out as an internal error."""
+    from airgap.shared.age_header import Stanza, b64encode
+
+    stanza = Stanza(("scrypt", b64encode(b"s" * 16), "30"), bytes(32))
+    with pytest.raises(AgeHeaderError, match="needs more memory than there is"):
+        age.ScryptIdentity(b"pw", max_work_factor=30).unwrap([stanza])
