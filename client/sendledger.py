@@ -72,12 +72,22 @@ class Summary:
 
 
 class SendLedger:
+    """What the bundles sent to one place for one audience took there.
+
+    An audience with a passphrase keeps no ledger: all passphrase sends would share it (the
+    passphrase itself is not kept, not even as a hash one could guess against), and a thin
+    bundle could then lean on one that only another passphrase opens. Such sends go whole.
+    """
+
     def __init__(self, directory: Path, destination: str, who: Sequence[str]) -> None:
         self.destination, self.audience = destination, tuple(who)
         key = hashlib.sha256(f"{destination}\n{','.join(who)}".encode()).hexdigest()[:16]
         self.path = directory / f"{key}.json"
+        self.kept = "passphrase" not in self.audience
 
     def far_side(self) -> FarSide:
+        if not self.kept:
+            return FarSide()
         data = _read(self.path)
         if data is None:
             return FarSide()
@@ -87,6 +97,8 @@ class SendLedger:
     def record(self, manifest: Manifest, files: Mapping[str, LayerFile]) -> None:
         """Add a bundle that was completely uploaded: each of its layers is now on the far
         side, carried by this bundle unless the manifest says an earlier one carried it."""
+        if not self.kept:
+            return
         omitted = {o.chain_id: o.bundle for o in manifest.omitted}
         with self._locked():
             data = _read(self.path) or {"layers": {}, "files": {}, "bundles": []}

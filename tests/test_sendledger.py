@@ -43,6 +43,17 @@ def _manifest(layers: tuple[str, ...], omitted: tuple[OmittedLayer, ...] = ()) -
     )
 
 
+@pytest.mark.parametrize("who", [("passphrase",), ("age1alice", "passphrase")])
+def test_a_passphrase_audience_keeps_no_ledger(tmp_path: Path, who: tuple[str, ...]) -> None:
+    """Found in review: every passphrase send shared one ledger, so a send to one passphrase
+    left out layers only a bundle under another passphrase carried."""
+    first = SendLedger(tmp_path, "ftps://sender@box:2121/", who)
+    first.record(_manifest(LAYERS), {LAYERS[0]: LayerFile(4096, None)})
+    later = SendLedger(tmp_path, "ftps://sender@box:2121/", who)
+    assert later.far_side().layers == {} and later.far_side().files == {}
+    assert not list(tmp_path.iterdir())
+
+
 def test_layers_are_known_per_destination_and_audience(tmp_path: Path) -> None:
     alice = SendLedger(tmp_path, "ftps://sender@box:2121/", ("age1alice",))
     first = _manifest(LAYERS[:2])
