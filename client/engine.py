@@ -199,9 +199,9 @@ def _errors(what: str) -> Iterator[None]:
     try:
         yield
     except (DockerException, RequestException) as exc:
-        raise EngineError(
-            f"{what}: {exc}", hint="is the Docker engine running? (DOCKER_HOST, docker info)"
-        ) from exc
+        answered = getattr(getattr(exc, "response", None), "status_code", None) is not None
+        hint = None if answered else "is the Docker engine running? (DOCKER_HOST, docker info)"
+        raise EngineError(f"{what}: {exc}", hint=hint) from exc
 
 
 class _Sized:

@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from airgap.client.transport import MAX_LISTING
 from airgap.shared.errors import (
+    AirgapError,
     CertificateMismatch,
     LoginError,
     StorageError,
@@ -44,10 +45,14 @@ from airgap.shared.errors import (
 from airgap.shared.pipeline import interrupted
 
 DEFAULT_TIMEOUT = 60.0
+#: How long an upload whose data connection broke waits for the server to say why.
+REFUSAL_WAIT = 2.0
 #: A download read returns once it has this much, or the end of the file.
 FILL = 1 << 20
 #: What ftplib raises when the connection, not the server, fails us.
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, EOFError)
+#: No reply after a broken upload, or one that makes no sense.
+_UNSAID: tuple[type[BaseException], ...] = (*NETWORK_ERRORS, ValueError)
 #: The most a reply may hold, all its lines (ftplib caps only each line, at 8 KiB).
 MAX_REPLY = 64 << 10
 #: A download that brings fewer bytes than this in a whole timeout has stalled: a server can
@@ -334,7 +339,11 @@ class FtpTransport:
         except ftplib.error_perm as exc:
             text = _said(exc)
             if text.startswith("530"):
-                raise LoginError(f"{self.describe()}: login refused ({text})") from exc
+                raise LoginError(
+                    f"{self.describe()}: login refused ({text})",
+                    hint="check the user name and the password (AIRGAP_PASSWORD, ~/.netrc or "
+                    "the configured password_file)",
+                ) from exc
             if text.startswith("552"):
                 raise StorageError(f"{what}: the drop box is full or over quota ({text})") from exc
             if login:
@@ -474,6 +483,28 @@ class FtpTransport:
         with self._errors(f"deleting {name}"):
             ftp.delete(name)
 
+    def refusal(self, name: str) -> AirgapError | None:
+        """After an upload's data connection broke: the reply the server sent with the break,
+        if one comes within :data:`REFUSAL_WAIT` s (its 552 for a full disk or quota, said on
+        the control connection as it closed the data one), as the error it means."""
+        ftp = self._ftp
+        if ftp is None:
+            return None
+        timeout, ftp.timeout = ftp.timeout, REFUSAL_WAIT
+        try:
+            try:
+                ftp.voidresp()
+            except (ftplib.error_perm, ftplib.error_temp) as said:
+                with self._errors(f"uploading {name}"):
+                    raise said
+            except _UNSAID:
+                return None  # no reply, or none that says more than the break itself
+        except AirgapError as exc:
+            return exc
+        finally:
+            ftp.timeout = timeout
+        return None
+
     def _finish(self, name: str, what: str) -> None:
         ftp = self._connect()
         with self._errors(f"{what} {name}"):
@@ -559,11 +590,18 @@ class _DataWriter(_DataConnection):
     def writable(self) -> bool:
         return True
 
+    _first: AirgapError | None = None  # what broke the upload: said again by later writes
+
     def write(self, data: Any) -> int:
+        if self._first is not None:  # the buffer above flushing as it closes, say
+            raise self._first
         try:
             self._conn.sendall(data)
         except OSError as exc:
-            raise self._failed(exc) from exc
+            refused = self._owner.refusal(self._name)
+            failed = self._failed(exc)
+            self._first = refused or failed
+            raise self._first from exc
         return len(data)
 
     def unsent(self) -> int:

@@ -59,6 +59,12 @@ class Place:
             return with_login(FtpTarget.parse(self.server)).describe()
         return str((self.directory or Path()).resolve())
 
+    def flags(self, *, pinned: bool = True) -> str:
+        """The options that name this drop box again, as a hint to type them (``pinned``:
+        with its certificate pin, unless that pin was just refused)."""
+        pin = f" --tls-fingerprint {self.fingerprint}" if self.fingerprint and pinned else ""
+        return f"--server {self.server}{pin}"
+
     def key(self) -> str:
         """A stable name for this place, for its spool folder."""
         where = self.server or str(self.directory)

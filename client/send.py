@@ -8,11 +8,13 @@ partial payload, so nothing half-written is ever offered to a receiver.
 from __future__ import annotations
 
 import contextlib
+import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from airgap.client.private import sync_dir
 from airgap.client.progress import UNSEEN, Meter, counted
 from airgap.client.spool import ContinueMismatch, SpooledTransport, VouchedWriter
 from airgap.client.transport import (
@@ -26,7 +28,7 @@ from airgap.client.transport import (
 from airgap.shared import minisign
 from airgap.shared.archive import Member, check_name, tar_stream
 from airgap.shared.bundle import EncodeOptions, encode, sign_manifest
-from airgap.shared.errors import StorageError, UsageError
+from airgap.shared.errors import ManifestError, StorageError, UsageError
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import FileEntry, ImageEntry, Manifest, OmittedLayer, payload_name
 
@@ -107,11 +109,36 @@ class Resuming:
     continuing: bool = False  # the spool holds the start of this very payload already
 
     def keep(self, manifest: Manifest, data: bytes, signature: str) -> None:
+        """The signed manifest, durable in the spool: the signature first, then the manifest,
+        whose presence says the payload is whole (a crash between them leaves no manifest)."""
         try:
-            (self.spool / (manifest.id + MANIFEST_SUFFIX)).write_bytes(data)
-            (self.spool / (manifest.id + SIGNATURE_SUFFIX)).write_text(signature)
+            _durable(self.spool / (manifest.id + SIGNATURE_SUFFIX), signature.encode())
+            _durable(self.spool / (manifest.id + MANIFEST_SUFFIX), data)
+            sync_dir(self.spool)
         except OSError as exc:
             raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
+
+
+def _durable(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all, and on the disk before this returns."""
+    part = path.with_name(path.name + ".tmp")
+    with part.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    part.replace(path)
+
+
+def spooled_manifest(spool: Path, bundle_id: str) -> Manifest:
+    """The manifest an interrupted send kept, or a clear error if it is damaged (a disk that
+    failed, a hand that edited it): the spool can then only be given up."""
+    try:
+        return Manifest.parse((spool / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+    except (OSError, ManifestError) as exc:
+        raise StorageError(
+            f"the spool of bundle {bundle_id} holds no readable manifest",
+            hint=f"airgap spool drop {bundle_id}, then send again (a new bundle)",
+        ) from exc
 
 
 def resume_send(bundle_id: str, transport: SpooledTransport, *, meter: Meter = UNSEEN) -> Manifest:
@@ -124,15 +151,21 @@ def resume_send(bundle_id: str, transport: SpooledTransport, *, meter: Meter = U
             f"bundle {bundle_id} was interrupted before it was encoded: nothing to resume",
             hint="send the images or files again (a new bundle)",
         )
-    manifest = Manifest.parse(data_path.read_bytes())
+    manifest = spooled_manifest(spool, bundle_id)
+    signature = spool / (bundle_id + SIGNATURE_SUFFIX)
     payload = spool / manifest.payload.name
     if not payload.exists():
         payload = spool / (manifest.payload.name + PARTIAL_SUFFIX)
     if not payload.exists() or payload.stat().st_size != manifest.payload.size:
         raise StorageError(f"the spool of bundle {bundle_id} lacks its payload")
+    if not signature.is_file() or not signature.stat().st_size:
+        raise StorageError(
+            f"the spool of bundle {bundle_id} lacks its signature",
+            hint=f"airgap spool drop {bundle_id}, then send again (a new bundle)",
+        )
     transport.upload_file(manifest.payload.name, payload, meter=meter)
     transport.upload_file(bundle_id + MANIFEST_SUFFIX, data_path)
-    transport.upload_file(bundle_id + SIGNATURE_SUFFIX, spool / (bundle_id + SIGNATURE_SUFFIX))
+    transport.upload_file(bundle_id + SIGNATURE_SUFFIX, signature)
     return manifest
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +21,25 @@ from airgap.client.images import learn_layer_files, send_images
 from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
 from airgap.client.progress import Meter
 from airgap.client.refusals import take_refusals
-from airgap.client.send import Meters, Resuming, resume_send, send_files
+from airgap.client.saved import LayerFile
+from airgap.client.send import Meters, Resuming, resume_send, send_files, spooled_manifest
 from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
 from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
-from airgap.client.unfinished import Recipe, begin, find, is_stand_in, key_of, recipe_of
+from airgap.client.unfinished import (
+    Recipe,
+    began_encoding,
+    begin,
+    find,
+    is_stand_in,
+    key_of,
+    recipe_of,
+)
 from airgap.shared import age, minisign
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import (
     AirgapError,
+    CertificateMismatch,
     Interrupted,
     StorageError,
     TransferError,
@@ -90,10 +100,17 @@ def unfinished(bundle_id: str) -> Recipe | None:
     return recipe_of(send_spool(bundle_id))
 
 
-def changed(bundle_id: str, recipe: Recipe) -> str | None:
+@dataclass(frozen=True)
+class Change:
+    why: str
+    gone: bool  # nothing to send in its place: the interrupted send is all there is
+
+
+def changed(bundle_id: str, recipe: Recipe) -> Change | None:
     """What ``recipe`` names now that the wholly encoded, interrupted send ``bundle_id`` does
-    not hold (an image rebuilt or retagged, a file edited), or None if it still holds it all.
-    Continuing such a send would publish the content as it was when the send began."""
+    not hold (an image rebuilt, retagged or removed, a file edited or gone), or None if it still
+    holds it all. Continuing such a send would publish the content as it was when the send
+    began."""
     manifest = _spooled_manifest(bundle_id)
     if recipe.images:
         held = {ref: image.id for image in manifest.images for ref in image.refs}
@@ -101,8 +118,10 @@ def changed(bundle_id: str, recipe: Recipe) -> str | None:
         try:
             for ref in recipe.images:
                 now = engine.image_id(ref)
-                if now is None or held.get(ref) != now:
-                    return f"{ref} is now {'no image' if now is None else now}"
+                if now is None:
+                    return Change(f"{ref} is now no image", gone=True)
+                if held.get(ref) != now:
+                    return Change(f"{ref} is now {now}", gone=False)
         finally:
             engine.close()
         return None
@@ -117,14 +136,14 @@ def changed(bundle_id: str, recipe: Recipe) -> str | None:
                     and hashlib.file_digest(handle, "sha256").hexdigest() == entry.sha256
                 )
         except OSError as exc:
-            return f"{path}: {exc.strerror or exc}"
+            return Change(f"{path}: {exc.strerror or exc}", gone=True)
         if not same:
-            return f"{path} has changed"
+            return Change(f"{path} has changed", gone=False)
     return None
 
 
 def _spooled_manifest(bundle_id: str) -> Manifest:
-    return Manifest.parse((send_spool(bundle_id) / (bundle_id + MANIFEST_SUFFIX)).read_bytes())
+    return spooled_manifest(send_spool(bundle_id), bundle_id)
 
 
 def drop_encoded(bundle_id: str, place: Place) -> None:
@@ -153,7 +172,19 @@ class Sender:
 
 
 def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
-    """Encode and upload (or write into the directory); the bundle is published on return."""
+    """Encode and upload (or write into the directory); the bundle is published on return.
+    A new send that fails before its first encoded byte (no password, an unknown image) leaves
+    no spool: there is nothing to continue, and the next run starts afresh."""
+    try:
+        return _run(recipe, begun, by)
+    except BaseException:
+        spool = send_spool(begun.bundle_id)
+        if by.place.server and not begun.continuing and not began_encoding(spool):
+            forget_spool(spool)
+        raise
+
+
+def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     key = by.signing
     spool = send_spool(begun.bundle_id) if by.place.server else None
     transport = open_place(by.place, "--to", spool=spool)
@@ -189,7 +220,9 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
             finally:
                 engine.close()
             manifest = sent.manifest
-            ledger.record(manifest, sent.files)
+            if spool is not None:  # published: a rerun must not upload it again
+                forget_spool(spool)
+            _record(ledger, manifest, sent.files, by.tell)
         else:
             paths = [Path(p) for p in recipe.files]
             size = sum(p.stat().st_size for p in paths if p.is_file())
@@ -203,7 +236,7 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
         raise
     except TransferError as exc:
         if spool is not None:
-            exc.hint = _continue_hint(begun.bundle_id, by.place)
+            _hint_continue(exc, begun.bundle_id, by.place)
         raise
     except KeyboardInterrupt as exc:
         if spool is None:
@@ -244,17 +277,54 @@ def _refused_before(transport: Transport, by: Sender) -> None:
         )
 
 
+def _hint_continue(exc: TransferError, bundle_id: str, place: Place) -> None:
+    """How to go on after ``exc``. A refusal that stands (a wrong password, a ban, another
+    certificate than the pinned one) keeps its own hint, and the way back names no pin that
+    was just refused: running the same command again would only meet it again, or earn a ban."""
+    if exc.transient:
+        exc.hint = _continue_hint(bundle_id, place)
+        return
+    pinned = not isinstance(exc, CertificateMismatch)
+    later = "once that is put right, " + _resume_hint(bundle_id, place, pinned=pinned)
+    exc.hint = f"{exc.hint}; {later}" if exc.hint else later
+
+
 def _continue_hint(bundle_id: str, place: Place) -> str:
-    pin = f" --tls-fingerprint {place.fingerprint}" if place.fingerprint else ""
+    return "run the same command again, or " + _resume_hint(bundle_id, place)
+
+
+def _resume_hint(bundle_id: str, place: Place, *, pinned: bool = True) -> str:
     return (
-        f"run the same command again, or airgap send --resume {bundle_id} --server "
-        f"{place.server}{pin} (with --sign-key if it was still encoding); "
-        f"airgap spool drop {bundle_id} gives it up"
+        f"airgap send --resume {bundle_id} {place.flags(pinned=pinned)} (with --sign-key if it "
+        f"was still encoding); airgap spool drop {bundle_id} gives it up"
     )
 
 
+def _record(
+    ledger: SendLedger,
+    manifest: Manifest,
+    files: Mapping[str, LayerFile],
+    tell: Callable[[str], None],
+) -> None:
+    """Note a published bundle in the ledger. Failing that is no reason to fail the send: the
+    bundle is on the drop box already, and a run told otherwise would upload it again."""
+    try:
+        ledger.record(manifest, files)
+    except StorageError as exc:
+        tell(
+            f"airgap: warning: bundle {manifest.id} is published, but the ledger of what the "
+            f"far side holds was not updated ({exc.message}); later sends there will not leave "
+            "its layers out"
+        )
+
+
 def finish(
-    bundle_id: str, place: Place, ledgers: Path, *, quiet: bool = True
+    bundle_id: str,
+    place: Place,
+    ledgers: Path,
+    *,
+    quiet: bool = True,
+    tell: Callable[[str], None] = lambda news: None,
 ) -> tuple[Manifest, Transport]:
     """Upload what an interrupted send encoded wholly: payload, manifest, signature."""
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
@@ -264,16 +334,16 @@ def finish(
         with Meter("uploading", quiet=quiet) as meter:
             manifest = resume_send(bundle_id, transport, meter=meter)
     except TransferError as exc:
-        exc.hint = _continue_hint(bundle_id, place)
+        _hint_continue(exc, bundle_id, place)
         raise
     except KeyboardInterrupt as exc:
         raise Interrupted("interrupted", hint=_continue_hint(bundle_id, place)) from exc
     finally:
         transport.close()
+    forget_spool(send_spool(bundle_id))  # published: a rerun must not upload it again
     if manifest.images:
         who = audience_of(manifest.encryption)
-        SendLedger(ledgers, place.describe(), who).record(manifest, {})
-    forget_spool(send_spool(bundle_id))
+        _record(SendLedger(ledgers, place.describe(), who), manifest, {}, tell)
     return manifest, transport
 
 

@@ -16,6 +16,7 @@ safely sent or imported; a failed send leaves it for ``airgap send --resume``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -354,7 +355,14 @@ class _SpooledUpload(io.RawIOBase):
                 self._at += self._file.write(view)
                 self._file.flush()
         except OSError as exc:
-            raise StorageError(f"spool: {exc.strerror or exc}") from exc
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise StorageError(
+                f"spool {self._file.name}: {exc.strerror or exc}",
+                hint="free some space there (airgap spool show lists what the spool holds), "
+                "then run the same command again"
+                if full
+                else None,
+            ) from exc
         self.uploader.wake()
         return size
 

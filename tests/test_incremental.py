@@ -413,3 +413,28 @@ def test_a_bundle_the_appliance_refused_is_carried_again_by_the_next_send(
         finally:
             if side.server is not None:
                 side.server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_ledger_not_written_does_not_fail_a_published_send(
+    keydir: Path, tmp_path: Path, docker_engine: DockerEngine
+) -> None:
+    """Found in review: the bundle was published, yet the send failed (exit 1) and kept its
+    spool, so the next run uploaded it again and the appliance quarantined it as a replay."""
+    state = tmp_path / "sender-state"
+    state.mkdir()
+    (state / "sent").write_text("a file where the ledgers' folder goes")
+    with chain_on(docker_engine.client, tmp_path, (1 << 20,)) as made:
+        box = Appliance(keydir, tmp_path, docker_engine)
+        try:
+            args = ["send", made.ref(1), "--full", "--state-dir", state, *box.where("sender")]
+            args += ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
+            sent = run_airgap([*args, "--json"], env=box.env("sender"))
+            assert sent.returncode == 0, sent.stderr
+            bundle_id = json.loads(sent.stdout)["id"]
+            assert f"bundle {bundle_id} is published, but the ledger" in sent.stderr
+            assert not list((tmp_path / "cache" / "airgap" / "send").iterdir())
+            box.published(bundle_id)
+        finally:
+            assert box.server is not None
+            box.server.stop()

@@ -122,9 +122,16 @@ def test_wrong_pin_wrong_password_and_server_down(
         env=_env(tmp_path, appliance.password("sender"), AIRGAP_RETRIES="1"),
     )
     assert wrong_pin.returncode == 4 and "pinned fingerprint" in wrong_pin.stderr
+    # a refusal that stands keeps its own hint; the way back names no refused pin (review)
+    assert "0" * 64 not in wrong_pin.stderr.split("hint:")[1]
+    assert "run the same command again" not in wrong_pin.stderr
     started = time.monotonic()
     wrong_password = run_airgap([*base, *pinned], env=_env(tmp_path, "not-the-password"))
     assert wrong_password.returncode == 4 and "login refused" in wrong_password.stderr
+    hint = wrong_password.stderr.split("hint:")[1]
+    assert "check the user name and the password" in hint, hint
+    assert "once that is put right, airgap send --resume" in hint
+    assert "run the same command again" not in hint
     assert time.monotonic() - started < 20  # a refused login is not retried
     down = run_airgap(
         [*base, "--server", f"ftp://sender@127.0.0.1:{vsftpd.free_port()}/"],
@@ -354,3 +361,27 @@ def test_a_manifest_by_a_signer_not_trusted_is_never_downloaded_nor_cached(
         if '"event": "download"' in line
     ]
     assert downloads and not [d for d in downloads if d.endswith(".manifest.json")]
+
+
+@pytest.mark.parametrize("tls", ["required", "off"])
+def test_an_upload_over_quota_says_so_and_is_not_retried(
+    tls: str, keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: the data connection broke before the 552 was read, so the send retried
+    six times over half a minute and ended with "EOF occurred in violation of protocol"."""
+    server = start_server(tmp_path / "root", "--tls", tls, "--quota-bytes", "2000000")
+    try:
+        (tmp_path / "big.bin").write_bytes(os.urandom(6 << 20))
+        scheme = "ftps" if tls == "required" else "ftp"
+        where = ["--server", f"{scheme}://sender@127.0.0.1:{server.port}/"]
+        if tls == "required":
+            where += ["--tls-fingerprint", _fingerprint(server)]
+        started = time.monotonic()
+        args = ["send", "--file", tmp_path / "big.bin", *where, "--no-encrypt"]
+        args += ["--sign-key", keydir / "signing.key"]
+        sent = run_airgap(args, env=_env(tmp_path, server.password("sender")))
+        assert sent.returncode == 1, sent.stderr
+        assert "the drop box is full or over quota (552" in sent.stderr, sent.stderr
+        assert "retry" not in sent.stderr and time.monotonic() - started < 20
+    finally:
+        server.stop()

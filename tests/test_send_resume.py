@@ -113,6 +113,26 @@ def test_a_wholly_encoded_send_resumes_only_to_its_own_drop_box(
         assert json.loads(resumed.stdout)["id"] == bundle_id
 
 
+@pytest.mark.parametrize("damage", ["empty manifest", "no signature"])
+def test_a_damaged_spool_is_named_with_the_way_out(
+    damage: str, keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: an empty spooled manifest failed every rerun as a verification error
+    naming no bundle, and a missing signature was an internal error."""
+    with _login_refused(keydir, tmp_path) as (ftp, bundle_id, spool):
+        if damage == "empty manifest":
+            (spool / f"{bundle_id}.manifest.json").write_bytes(b"")
+            said = "holds no readable manifest"
+        else:
+            (spool / f"{bundle_id}.manifest.json.minisig").unlink()
+            said = "lacks its signature"
+        again = _send(ftp, keydir, tmp_path)
+        assert again.returncode == 1, again.stderr
+        assert f"the spool of bundle {bundle_id} {said}" in again.stderr
+        assert f"airgap spool drop {bundle_id}" in again.stderr
+        assert "Traceback" not in again.stderr and "internal error" not in again.stderr
+
+
 @pytest.mark.parametrize(
     "server",
     [
@@ -149,6 +169,7 @@ def test_a_send_failed_before_encoding_is_not_announced_as_continued(
         args += ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
         unasked = run_airgap(args, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
         assert unasked.returncode == 2 and "no password" in unasked.stderr, unasked.stderr
+        assert not list((tmp_path / "cache" / "airgap" / "send").iterdir())  # nothing to continue
         again = run_airgap(args, env=_env(tmp_path, ftp.password))
         assert again.returncode == 0, again.stderr
         assert "continuing" not in again.stderr, again.stderr
@@ -201,6 +222,38 @@ def _send_signed(
         ["send", *args, "--sign-key", keydir / "signing.key", "--json"],
         env={**_env(tmp_path, password, AIRGAP_RETRIES="1"), **env},
     )
+
+
+def test_a_file_gone_since_keeps_its_interrupted_send_and_says_how_to_finish_it(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: the rerun dropped the wholly encoded send, then failed for the missing
+    file: the only copy of what was being sent was lost, and --resume found nothing."""
+    report = tmp_path / "report.txt"
+    report.write_bytes(os.urandom(300_000))
+    kept = report.read_bytes()
+    what: list[str | Path] = ["--file", report]
+    with vsftpd.running(tmp_path / "ftp") as ftp:
+        assert _send_signed(ftp, keydir, tmp_path, what, "not the password", {}).returncode == 4
+        old = _interrupted(tmp_path)
+        report.unlink()
+        again = _send_signed(ftp, keydir, tmp_path, what, ftp.password, {})
+        assert again.returncode == 2, again.stderr
+        assert f"the interrupted send of bundle {old} holds it" in again.stderr
+        assert f"airgap send --resume {old}" in again.stderr
+        assert [p.name for p in (tmp_path / "cache" / "airgap" / "send").iterdir()] == [old]
+
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        resumed = run_airgap(
+            ["send", "--resume", old, "--server", url, "--json"], env=_env(tmp_path, ftp.password)
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        out = tmp_path / "out"
+        fetched = run_airgap(
+            ["fetch", "--from", ftp.home, "--output-dir", out, *receiving(keydir, tmp_path / "st")]
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        assert (out / "report.txt").read_bytes() == kept
 
 
 def test_an_edited_file_is_sent_anew_not_continued(keydir: Path, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def send(
                 hint="resume it with that --server URL",
             )
         if sendjob.encoded(resume):
-            manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet)
+            manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet, tell=say)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
         images, file = list(stored.images), [Path(p) for p in stored.files]
@@ -166,9 +166,16 @@ def send(
     else:
         begun = sendjob.start(recipe, recipients, place)
         if begun.continuing and sendjob.encoded(begun.bundle_id):
-            why = sendjob.changed(begun.bundle_id, recipe)
-            if why is not None:
-                say(f"airgap: not continuing bundle {begun.bundle_id}: {why}")
+            change = sendjob.changed(begun.bundle_id, recipe)
+            if change is not None and change.gone:  # a new send could not start: keep this one
+                raise UsageError(
+                    f"{change.why}; the interrupted send of bundle {begun.bundle_id} holds it "
+                    "as it was when that send began",
+                    hint=f"finish that send with airgap send --resume {begun.bundle_id} "
+                    f"{place.flags()}, or give it up with airgap spool drop {begun.bundle_id}",
+                )
+            if change is not None:
+                say(f"airgap: not continuing bundle {begun.bundle_id}: {change.why}")
                 say("airgap: sending a new bundle instead")
                 sendjob.drop_encoded(begun.bundle_id, place)
                 begun = sendjob.start(recipe, recipients, place)
@@ -176,7 +183,9 @@ def send(
         if began_encoding(send_spool(begun.bundle_id)):
             say(f"continuing the interrupted send of bundle {begun.bundle_id}")
         if sendjob.encoded(begun.bundle_id):
-            manifest, transport = sendjob.finish(begun.bundle_id, place, ledgers, quiet=quiet)
+            manifest, transport = sendjob.finish(
+                begun.bundle_id, place, ledgers, quiet=quiet, tell=say
+            )
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
     by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet, tell=say)
