@@ -94,7 +94,7 @@ images: wheelhouse ## Build airgap-server and airgap-client images, offline (--n
 	for side in server client; do \
 	    out=$$($(DOCKER) build -q --network none --build-arg BASE_IMAGE=$$base \
 	        -t airgap-$$side:$(VERSION) -t airgap-$$side:latest \
-	        -f containers/$$side/Dockerfile containers 2>&1) || { echo "$$out"; exit 1; }; \
+	        -f containers/$$side/Dockerfile containers 2>&1) || { echo "$$out" >&2; exit 1; }; \
 	    echo "built airgap-$$side:$(VERSION) on $$base"; \
 	done; \
 	$(DOCKER) images -q --filter dangling=true --filter label=airgap.stage=install \

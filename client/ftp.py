@@ -38,7 +38,6 @@ from airgap.shared.errors import (
     AirgapError,
     CertificateMismatch,
     LoginError,
-    StorageError,
     TransferError,
     UsageError,
 )
@@ -345,7 +344,10 @@ class FtpTransport:
                     "the configured password_file)",
                 ) from exc
             if text.startswith("552"):
-                raise StorageError(f"{what}: the drop box is full or over quota ({text})") from exc
+                raise DropBoxFull(
+                    f"{what}: the drop box is full or over quota ({text})",
+                    hint="ask the appliance's operator for space or a larger --quota-bytes",
+                ) from exc
             if login:
                 hint = "use ftps://" if self.target.scheme == "ftp" and "TLS" in text else None
                 raise LoginError(f"{what}: refused by the server ({text})", hint=hint) from exc
@@ -488,7 +490,7 @@ class FtpTransport:
         if one comes within :data:`REFUSAL_WAIT` s (its 552 for a full disk or quota, said on
         the control connection as it closed the data one), as the error it means."""
         ftp = self._ftp
-        if ftp is None:
+        if ftp is None or interrupted():  # Ctrl-C cut the connection: nothing to wait for
             return None
         timeout, ftp.timeout = ftp.timeout, REFUSAL_WAIT
         try:
@@ -586,11 +588,10 @@ class _DataReader(_DataConnection):
 
 class _DataWriter(_DataConnection):
     verb = "uploading"
+    _first: AirgapError | None = None  # what broke the upload: said again by later writes
 
     def writable(self) -> bool:
         return True
-
-    _first: AirgapError | None = None  # what broke the upload: said again by later writes
 
     def write(self, data: Any) -> int:
         if self._first is not None:  # the buffer above flushing as it closes, say
@@ -612,6 +613,13 @@ class _DataWriter(_DataConnection):
         except (OSError, ValueError):
             return 0
         return max(0, int.from_bytes(queue, sys.byteorder, signed=True))
+
+
+class DropBoxFull(TransferError):
+    """The drop box's disk or the sender's quota is full (552): trying again at once would
+    only meet it again; the upload resumes once there is room."""
+
+    transient = False
 
 
 class UnknownHost(TransferError):

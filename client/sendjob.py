@@ -114,18 +114,20 @@ def changed(bundle_id: str, recipe: Recipe) -> Change | None:
     manifest = _spooled_manifest(bundle_id)
     if recipe.images:
         held = {ref: image.id for image in manifest.images for ref in image.refs}
+        changes: list[Change] = []
         engine = Engine.from_env()
         try:
             for ref in recipe.images:
                 now = engine.image_id(ref)
                 if now is None:
-                    return Change(f"{ref} is now no image", gone=True)
-                if held.get(ref) != now:
-                    return Change(f"{ref} is now {now}", gone=False)
+                    changes.append(Change(f"{ref} is now no image", gone=True))
+                elif held.get(ref) != now:
+                    changes.append(Change(f"{ref} is now {now}", gone=False))
         finally:
             engine.close()
-        return None
+        return _weightiest(changes)
     entries = {entry.name: entry for entry in manifest.files}
+    changes = []
     for name in recipe.files:
         path, entry = Path(name), entries.get(Path(name).name)
         try:
@@ -136,10 +138,17 @@ def changed(bundle_id: str, recipe: Recipe) -> Change | None:
                     and hashlib.file_digest(handle, "sha256").hexdigest() == entry.sha256
                 )
         except OSError as exc:
-            return Change(f"{path}: {exc.strerror or exc}", gone=True)
+            changes.append(Change(f"{path}: {exc.strerror or exc}", gone=True))
+            continue
         if not same:
-            return Change(f"{path} has changed", gone=False)
-    return None
+            changes.append(Change(f"{path} has changed", gone=False))
+    return _weightiest(changes)
+
+
+def _weightiest(changes: Sequence[Change]) -> Change | None:
+    """One item gone outweighs any number changed: the interrupted send then holds the only
+    copy of it, and a new send could not start."""
+    return next((c for c in changes if c.gone), changes[0] if changes else None)
 
 
 def _spooled_manifest(bundle_id: str) -> Manifest:
@@ -177,10 +186,12 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     no spool: there is nothing to continue, and the next run starts afresh."""
     try:
         return _run(recipe, begun, by)
-    except BaseException:
+    except BaseException as exc:
         spool = send_spool(begun.bundle_id)
         if by.place.server and not begun.continuing and not began_encoding(spool):
             forget_spool(spool)
+            if isinstance(exc, AirgapError) and begun.bundle_id in (exc.hint or ""):
+                exc.hint = "nothing was encoded yet: run the same command again"
         raise
 
 
@@ -222,7 +233,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
             manifest = sent.manifest
             if spool is not None:  # published: a rerun must not upload it again
                 forget_spool(spool)
-            _record(ledger, manifest, sent.files, by.tell)
+            _record(ledger, manifest, files=sent.files, tell=by.tell)
         else:
             paths = [Path(p) for p in recipe.files]
             size = sum(p.stat().st_size for p in paths if p.is_file())
@@ -236,7 +247,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
         raise
     except TransferError as exc:
         if spool is not None:
-            _hint_continue(exc, begun.bundle_id, by.place)
+            _hint_continue(exc, bundle_id=begun.bundle_id, place=by.place)
         raise
     except KeyboardInterrupt as exc:
         if spool is None:
@@ -269,15 +280,15 @@ def _refused_before(transport: Transport, by: Sender) -> None:
             + (
                 "again (no later send from here leaves its layers out)"
                 if notice.ours
-                else "again. No ledger here holds it (a bundle of files, or one another "
-                "machine sent with this account): if it held images another machine sent, "
-                "that machine's ledger still counts their layers as delivered (send them from "
-                "there with --full)"
+                else "again. No ledger here holds it (a bundle of files, one to a "
+                "passphrase, or one another machine sent with this account): if it held "
+                "images another machine sent, that machine's ledger still counts their layers "
+                "as delivered (send them from there with --full)"
             )
         )
 
 
-def _hint_continue(exc: TransferError, bundle_id: str, place: Place) -> None:
+def _hint_continue(exc: TransferError, *, bundle_id: str, place: Place) -> None:
     """How to go on after ``exc``. A refusal that stands (a wrong password, a ban, another
     certificate than the pinned one) keeps its own hint, and the way back names no pin that
     was just refused: running the same command again would only meet it again, or earn a ban."""
@@ -303,6 +314,7 @@ def _resume_hint(bundle_id: str, place: Place, *, pinned: bool = True) -> str:
 def _record(
     ledger: SendLedger,
     manifest: Manifest,
+    *,
     files: Mapping[str, LayerFile],
     tell: Callable[[str], None],
 ) -> None:
@@ -334,7 +346,7 @@ def finish(
         with Meter("uploading", quiet=quiet) as meter:
             manifest = resume_send(bundle_id, transport, meter=meter)
     except TransferError as exc:
-        _hint_continue(exc, bundle_id, place)
+        _hint_continue(exc, bundle_id=bundle_id, place=place)
         raise
     except KeyboardInterrupt as exc:
         raise Interrupted("interrupted", hint=_continue_hint(bundle_id, place)) from exc
@@ -343,7 +355,7 @@ def finish(
     forget_spool(send_spool(bundle_id))  # published: a rerun must not upload it again
     if manifest.images:
         who = audience_of(manifest.encryption)
-        _record(SendLedger(ledgers, place.describe(), who), manifest, {}, tell)
+        _record(SendLedger(ledgers, place.describe(), who), manifest, files={}, tell=tell)
     return manifest, transport
 
 

@@ -132,10 +132,12 @@ def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
 
 
 def began_encoding(spool: Path) -> bool:
-    """Whether the send in ``spool`` wrote anything past its record: one that failed before
-    (no password, a key file refused) has nothing to continue, though it keeps its key."""
+    """Whether the send in ``spool`` wrote a byte past its record: one that failed before (no
+    password, an unknown image, a save the engine refused) has nothing to continue."""
     try:
-        return any(p.name not in (RECIPE, KEY, LOCK) for p in spool.iterdir())
+        return any(
+            p.name not in (RECIPE, KEY, LOCK) and p.stat().st_size > 0 for p in spool.iterdir()
+        )
     except FileNotFoundError:
         return False
     except OSError as exc:

@@ -228,14 +228,17 @@ def test_a_file_gone_since_keeps_its_interrupted_send_and_says_how_to_finish_it(
     keydir: Path, tmp_path: Path
 ) -> None:
     """Found in review: the rerun dropped the wholly encoded send, then failed for the missing
-    file: the only copy of what was being sent was lost, and --resume found nothing."""
-    report = tmp_path / "report.txt"
+    file: the only copy of what was being sent was lost, and --resume found nothing. A file
+    gone outweighs one edited before it in the list (found in the review of that fix)."""
+    notes, report = tmp_path / "notes.txt", tmp_path / "report.txt"
+    notes.write_bytes(b"version 1\n" * 1000)
     report.write_bytes(os.urandom(300_000))
     kept = report.read_bytes()
-    what: list[str | Path] = ["--file", report]
+    what: list[str | Path] = ["--file", notes, "--file", report]
     with vsftpd.running(tmp_path / "ftp") as ftp:
         assert _send_signed(ftp, keydir, tmp_path, what, "not the password", {}).returncode == 4
         old = _interrupted(tmp_path)
+        notes.write_bytes(b"version 2\n" * 1000)
         report.unlink()
         again = _send_signed(ftp, keydir, tmp_path, what, ftp.password, {})
         assert again.returncode == 2, again.stderr

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from airgap.client import spools
-from airgap.client.unfinished import Recipe, begin
-from airgap.shared.errors import StorageError, UsageError
+from airgap.client import sendjob, spools
+from airgap.client.places import Place, send_spool
+from airgap.client.unfinished import Recipe, began_encoding, begin
+from airgap.shared import minisign
+from airgap.shared.errors import Interrupted, StorageError, UsageError
 from airgap.shared.ids import made_at, new_bundle_id
 from tests import vsftpd
 from tests.conftest import run_airgap, spawn_airgap
@@ -195,3 +197,38 @@ def test_an_interrupted_fetch_stops_at_once_then_resumes(
         again = run_airgap(fetch, env=env)
         assert again.returncode == 0, again.stderr
         assert (out / "big.bin").read_bytes() == payload.read_bytes()
+
+
+def test_a_spool_began_encoding_only_with_a_byte_past_its_record(tmp_path: Path) -> None:
+    """An empty .part (the writer opened, the save refused) is nothing to continue (review)."""
+    spool = tmp_path / "01M8K984T5Y5XB057M5GVHWJXW"
+    begin(spool, Recipe("ftp://u@h:1/", ("none",), 1, files=("/x",)), None)
+    assert not began_encoding(spool)
+    part = spool / "01M8K984T5Y5XB057M5GVHWJXW.tar.zst.part"
+    part.touch()
+    assert not began_encoding(spool)
+    part.write_bytes(b"\x28")
+    assert began_encoding(spool)
+    assert not began_encoding(tmp_path / "gone")
+
+
+def test_a_send_that_fails_before_encoding_forgets_its_spool_and_the_way_back_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the hint named a --resume of the spool the failure then removed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    place = Place(server="ftp://u@127.0.0.1:1/")
+    recipe = Recipe(place.describe(), ("none",), 1, files=(str(tmp_path / "f"),))
+    begun = sendjob.start(recipe, [], place)
+    spool = send_spool(begun.bundle_id)
+    assert spool.is_dir()
+
+    def interrupted(*_: object) -> None:
+        raise Interrupted("interrupted", hint=f"airgap send --resume {begun.bundle_id} ...")
+
+    monkeypatch.setattr(sendjob, "_run", interrupted)
+    by = sendjob.Sender(place, [], minisign.SecretKey.generate(), tmp_path / "ledgers")
+    with pytest.raises(Interrupted) as caught:
+        sendjob.run(recipe, begun, by)
+    assert not spool.exists()
+    assert caught.value.hint == "nothing was encoded yet: run the same command again"
