@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from airgap.client.private import private_dir, sync_dir
+from airgap.client.private import private_dir, staged, sync_dir
 from airgap.shared import age, minisign
 from airgap.shared.errors import KeyFileError, StorageError, UsageError
 from airgap.shared.keys import KeyFile
@@ -151,38 +151,18 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
             hint="use --force to replace them (the old keys are lost), or another directory",
         )
     private_dir(directory)
-    staged: list[tuple[Path, Path]] = []
+    ready: list[tuple[Path, Path]] = []
     try:
         for key_file in files:  # every file written and synced first, then all renamed
             path = directory / key_file.name
             private_dir(path.parent)
-            staged.append((_staged(path, key_file.text.encode(), key_file.mode), path))
-        for tmp, path in staged:
+            ready.append((staged(path, key_file.text.encode(), key_file.mode), path))
+        for tmp, path in ready:
             tmp.replace(path)
-        for folder in {path.parent for _, path in staged}:  # the renames, on disk too
+        for folder in {path.parent for _, path in ready}:  # the renames, on disk too
             sync_dir(folder)
     except OSError as exc:
-        for tmp, _ in staged:
+        for tmp, _ in ready:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise StorageError(f"writing keys to {directory}: {exc.strerror or exc}") from exc
-
-
-def _staged(path: Path, data: bytes, mode: int) -> Path:
-    """``data`` in a hidden file beside ``path``, on disk: renamed over ``path``, it is whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have narrowed it; never widened a secret
-        left = memoryview(data)
-        while left:
-            left = left[os.write(fd, left) :]
-        os.fsync(fd)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    return tmp

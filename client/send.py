@@ -8,13 +8,12 @@ partial payload, so nothing half-written is ever offered to a receiver.
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from airgap.client.private import sync_dir
+from airgap.client.private import sync_dir, write_whole
 from airgap.client.progress import UNSEEN, Meter, counted
 from airgap.client.spool import ContinueMismatch, SpooledTransport, VouchedWriter
 from airgap.client.transport import (
@@ -112,21 +111,11 @@ class Resuming:
         """The signed manifest, durable in the spool: the signature first, then the manifest,
         whose presence says the payload is whole (a crash between them leaves no manifest)."""
         try:
-            _durable(self.spool / (manifest.id + SIGNATURE_SUFFIX), signature.encode())
-            _durable(self.spool / (manifest.id + MANIFEST_SUFFIX), data)
+            write_whole(self.spool / (manifest.id + SIGNATURE_SUFFIX), signature.encode())
+            write_whole(self.spool / (manifest.id + MANIFEST_SUFFIX), data)
             sync_dir(self.spool)
         except OSError as exc:
             raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
-
-
-def _durable(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, whole or not at all, and on the disk before this returns."""
-    part = path.with_name(path.name + ".tmp")
-    with part.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    part.replace(path)
 
 
 def spooled_manifest(spool: Path, bundle_id: str) -> Manifest:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airgap.client.private import write_whole
 from airgap.client.saved import LayerFile
 from airgap.shared import age
 from airgap.shared.errors import StorageError
@@ -217,13 +218,7 @@ def _unreadable(path: Path, exc: Exception) -> StorageError:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_suffix(".json.part")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        partial.replace(path)
+        write_whole(path, json.dumps(data, sort_keys=True, indent=1).encode())
     except OSError as exc:
         raise StorageError(f"ledger {path}: {exc.strerror or exc}") from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
+from airgap.client.private import sync_dir
 from airgap.shared.errors import StorageError, TransferError
 from airgap.shared.ids import ID_LENGTH, is_bundle_id
 from airgap.shared.manifest import is_plain_name
@@ -172,7 +173,7 @@ class DirectoryTransport:
     def rename(self, src: str, dst: str) -> None:
         with self._errors(f"renaming {src}"):
             self._path(src).replace(self._path(dst))
-            _fsync_dir(self.root)
+            sync_dir(self.root)
 
     def delete(self, name: str) -> None:
         with self._errors(f"deleting {name}"):
@@ -230,11 +231,3 @@ class _SyncOnClose:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
