@@ -71,6 +71,35 @@ def start(recipe: Recipe, recipients: Sequence[age.Recipient], place: Place) -> 
     return Start(bundle_id, key, continuing=False)
 
 
+def start_current(
+    recipe: Recipe,
+    recipients: Sequence[age.Recipient],
+    place: Place,
+    *,
+    tell: Callable[[str], None],
+) -> Start:
+    """:func:`start`, unless the unfinished send it finds was wholly encoded from content that
+    has changed since: that one is dropped and a new one started. One whose content is gone
+    is kept, and refused: it holds the only copy, and a new send could not start."""
+    begun = start(recipe, recipients, place)
+    if not (begun.continuing and encoded(begun.bundle_id)):
+        return begun
+    change = changed(begun.bundle_id, recipe)
+    if change is None:
+        return begun
+    if change.gone:
+        raise UsageError(
+            f"{change.why}; the interrupted send of bundle {begun.bundle_id} holds it as it was "
+            "when that send began",
+            hint=f"finish that send with airgap send --resume {begun.bundle_id} "
+            f"{place.flags()}, or give it up with airgap spool drop {begun.bundle_id}",
+        )
+    tell(f"airgap: not continuing bundle {begun.bundle_id}: {change.why}")
+    tell("airgap: sending a new bundle instead")
+    drop_encoded(begun.bundle_id, place)
+    return start(recipe, recipients, place)
+
+
 def check_passphrase(
     bundle_id: str, key: age.PayloadKey | None, recipients: Sequence[age.Recipient]
 ) -> None:

@@ -164,21 +164,7 @@ def send(
         sendjob.check_passphrase(resume, payload_key, recipients)
         begun = sendjob.Start(resume, payload_key, continuing=True)
     else:
-        begun = sendjob.start(recipe, recipients, place)
-        if begun.continuing and sendjob.encoded(begun.bundle_id):
-            change = sendjob.changed(begun.bundle_id, recipe)
-            if change is not None and change.gone:  # a new send could not start: keep this one
-                raise UsageError(
-                    f"{change.why}; the interrupted send of bundle {begun.bundle_id} holds it "
-                    "as it was when that send began",
-                    hint=f"finish that send with airgap send --resume {begun.bundle_id} "
-                    f"{place.flags()}, or give it up with airgap spool drop {begun.bundle_id}",
-                )
-            if change is not None:
-                say(f"airgap: not continuing bundle {begun.bundle_id}: {change.why}")
-                say("airgap: sending a new bundle instead")
-                sendjob.drop_encoded(begun.bundle_id, place)
-                begun = sendjob.start(recipe, recipients, place)
+        begun = sendjob.start_current(recipe, recipients, place, tell=say)
     if begun.continuing:
         if began_encoding(send_spool(begun.bundle_id)):
             say(f"continuing the interrupted send of bundle {begun.bundle_id}")
