@@ -100,10 +100,11 @@ def forget_spool(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def check_space(directory: Path, plaintext: int) -> None:
+def check_space(directory: Path, plaintext: int, *, held: int = 0) -> None:
     """Refuse before starting when ``directory`` cannot hold a payload of ``plaintext`` bytes
-    (compression only shrinks it; age adds 16 bytes a 64 KiB chunk)."""
-    needed = plaintext + plaintext // 1000 + (1 << 20)
+    (compression only shrinks it; age adds 16 bytes a 64 KiB chunk), of which it already
+    ``held`` bytes (a continued send's spool: compared, not written again)."""
+    needed = max(0, plaintext + plaintext // 1000 - held) + (1 << 20)
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

@@ -30,6 +30,7 @@ from airgap.client.unfinished import (
     Recipe,
     began_encoding,
     begin,
+    encoded_bytes,
     find,
     is_stand_in,
     key_of,
@@ -245,7 +246,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
                     far = far.knowing(engine.describe(recipe.bases))
                     far = learn_layer_files(engine, recipe.bases, far)
                 size = engine.size(recipe.images)
-                check_space(room, size)
+                check_space(room, size, held=_held(spool))
                 with _meters(by, spool, size) as meters:
                     sent = send_images(
                         recipe.images,
@@ -266,7 +267,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
         else:
             paths = [Path(p) for p in recipe.files]
             size = sum(p.stat().st_size for p in paths if p.is_file())
-            check_space(room, size)
+            check_space(room, size, held=_held(spool))
             with _meters(by, spool, size) as meters:
                 manifest = send_files(
                     paths, transport, options=options, key=key, resuming=resuming, meters=meters
@@ -287,6 +288,10 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
     if spool:
         forget_spool(spool)
     return manifest, transport
+
+
+def _held(spool: Path | None) -> int:
+    return encoded_bytes(spool) if spool is not None else 0
 
 
 @contextlib.contextmanager

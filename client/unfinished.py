@@ -134,12 +134,16 @@ def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
 def began_encoding(spool: Path) -> bool:
     """Whether the send in ``spool`` wrote a byte past its record: one that failed before (no
     password, an unknown image, a save the engine refused) has nothing to continue."""
+    return encoded_bytes(spool) > 0
+
+
+def encoded_bytes(spool: Path) -> int:
+    """The bytes the send in ``spool`` has encoded so far (its payload, and once done its
+    manifest and signature): a continued send compares them, it does not write them again."""
     try:
-        return any(
-            p.name not in (RECIPE, KEY, LOCK) and p.stat().st_size > 0 for p in spool.iterdir()
-        )
+        return sum(p.stat().st_size for p in spool.iterdir() if p.name not in (RECIPE, KEY, LOCK))
     except FileNotFoundError:
-        return False
+        return 0
     except OSError as exc:
         raise StorageError(f"spool {spool}: {exc.strerror or exc}") from exc
 

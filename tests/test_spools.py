@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from airgap.client import sendjob, spools
-from airgap.client.places import Place, send_spool
-from airgap.client.unfinished import Recipe, began_encoding, begin
+from airgap.client.places import Place, check_space, send_spool
+from airgap.client.unfinished import Recipe, began_encoding, begin, encoded_bytes
 from airgap.shared import minisign
 from airgap.shared.errors import Interrupted, StorageError, UsageError
 from airgap.shared.ids import made_at, new_bundle_id
@@ -210,6 +212,26 @@ def test_a_spool_began_encoding_only_with_a_byte_past_its_record(tmp_path: Path)
     part.write_bytes(b"\x28")
     assert began_encoding(spool)
     assert not began_encoding(tmp_path / "gone")
+
+
+def test_a_continued_send_needs_room_only_for_what_its_spool_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send that filled its disk and failed must go on once the rest fits: the bytes it
+    encoded are compared, not written again, so they do not count twice (review)."""
+    spool = tmp_path / "01M8K984T5Y5XB057M5GVHWJXW"
+    begin(spool, Recipe("ftp://u@h:1/", ("none",), 1, files=("/x",)), None)
+    (spool / "01M8K984T5Y5XB057M5GVHWJXW.tar.zst.part").write_bytes(b"\x28" * 7000)
+    assert encoded_bytes(spool) == 7000
+    assert encoded_bytes(tmp_path / "gone") == 0
+    mib = 1 << 20
+    free = 100 * mib
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
+    with pytest.raises(StorageError, match="not enough space"):
+        check_space(spool, 150 * mib)
+    check_space(spool, 150 * mib, held=60 * mib)
+    with pytest.raises(StorageError, match="not enough space"):
+        check_space(spool, 150 * mib, held=40 * mib)
 
 
 def test_a_send_that_fails_before_encoding_forgets_its_spool_and_the_way_back_to_it(
