@@ -80,6 +80,11 @@ class FtpTarget:
             raise UsageError(f"{_shown(url)!r} is not a valid URL ({exc})") from exc
         if parts.scheme not in ("ftp", "ftps") or not parts.hostname:
             raise UsageError(f"{_shown(url)!r} is not an ftp:// or ftps:// URL")
+        if "?" in url or "#" in url:  # "ftp://a#b@h/" would be host "a"; a query means nothing
+            raise UsageError(
+                f"{_shown(url)!r}: an ftp:// URL has no query or fragment",
+                hint="write a ? in a name or path as %3F, a # as %23",
+            )
         return cls(
             parts.scheme,
             parts.hostname,

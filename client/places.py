@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ class Place:
         """The options that name this drop box again, as a hint to type them (``pinned``:
         with its certificate pin, unless that pin was just refused)."""
         pin = f" --tls-fingerprint {self.fingerprint}" if self.fingerprint and pinned else ""
-        return f"--server {self.server}{pin}"
+        return f"--server {shlex.quote(self.server or '')}{pin}"
 
     def key(self) -> str:
         """A stable name for this place, for its spool folder."""

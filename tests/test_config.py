@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import stat
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from airgap.client import config
 from airgap.client.credentials import password_for
 from airgap.client.ftp import FtpTarget
+from airgap.client.places import Place
 from airgap.shared.errors import KeyFileError, UsageError
 from tests.conftest import run_airgap
 from tests.server.conftest import start_server
@@ -264,3 +266,12 @@ def test_init_refuses_a_config_name_it_cannot_write_whole(tmp_path: Path, named:
     made = run_airgap(["init", "--role", "receiver", "--force"], env=env)
     assert made.returncode in (1, 2) and "airgap: error:" in made.stderr, made.stderr
     assert sorted(p.name for p in (tmp_path / "side").iterdir()) == ["folder"]
+
+
+def test_a_hint_names_the_drop_box_as_a_shell_reads_it() -> None:
+    """A hint is there to be pasted: a path the shell would expand goes quoted."""
+    pin = "sha256:" + "ab" * 32
+    plain = Place(server="ftps://sender@dropbox:2121/", fingerprint=pin)
+    assert plain.flags() == f"--server ftps://sender@dropbox:2121/ --tls-fingerprint {pin}"
+    odd = Place(server="ftp://sender@dropbox:2121/in $(id); x")
+    assert shlex.split(odd.flags()) == ["--server", "ftp://sender@dropbox:2121/in $(id); x"]

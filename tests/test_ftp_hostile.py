@@ -325,6 +325,8 @@ def test_an_impostor_certificate_is_refused_at_once_not_retried(
     [
         ("ftp://u@127.0.0.1:99999/", None, "is not a valid URL"),
         ("ftp://u@[::1/", None, "is not a valid URL"),
+        ("ftp://u#x@127.0.0.1:2121/", None, "has no query or fragment"),  # host would be "u"
+        ("ftp://u@127.0.0.1:2121/in?coming", None, "has no query or fragment"),
         ("ftps://u@127.0.0.1:2121/", "abc", "is not sha256: and 64 hex digits"),
         ("ftps://u@127.0.0.1:2121/", "a" * 64, "is not sha256: and 64 hex digits"),
     ],
