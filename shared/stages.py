@@ -132,10 +132,13 @@ class ZstdCompress:
 
 
 def zstd_decompress(chunks: Iterator[bytes], *, piece: int = 1 << 20) -> Iterator[bytes]:
-    """Exactly one zstd frame, pulled ``piece`` bytes at a time: however well the input
+    """The zstd frames in ``chunks``, pulled ``piece`` bytes at a time: however well the input
     compresses (a GiB of zeros fits in a few KiB), no output piece is larger than ``piece``.
-    Trailing data is an error; truncation shows as a short output, which the caller's size
-    check catches."""
+
+    A damaged frame, a frame checksum that does not match, or bytes after a frame that are not
+    another frame raise :class:`CompressionError`. A second frame is decoded too, and input cut
+    short just ends the output (a cut checksum goes unnoticed): the caller's checks of the
+    plaintext's signed size and sha256 are what prove the output whole."""
     source = cast("IO[bytes]", _ChunkFile(chunks))  # all the reader calls is read(n)
     reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=piece)
     try:

@@ -75,6 +75,19 @@ def test_zstd_truncation_and_trailing_data_are_refused() -> None:
         b"".join(zstd_decompress(iter([compressed + b"x"])))
     with pytest.raises(CompressionError):
         b"".join(zstd_decompress(iter([b"not zstd at all"])))
+    flipped = bytearray(compressed)
+    flipped[-2] ^= 1  # in the frame's checksum
+    with pytest.raises(CompressionError, match="checksum"):
+        b"".join(zstd_decompress(iter([bytes(flipped)])))
+
+
+def test_zstd_leaves_a_second_frame_and_a_cut_checksum_to_the_callers_checks() -> None:
+    """What the docstring owns to: neither is an error here; the bundle's signed plaintext
+    size and sha256 are (a second frame makes the plaintext longer than signed)."""
+    data = os.urandom(5000)
+    compressed = b"".join(run([data], ZstdCompress(level=1)))
+    assert b"".join(zstd_decompress(iter([compressed + compressed]))) == data + data
+    assert b"".join(zstd_decompress(iter([compressed[:-4]]))) == data
 
 
 def test_zstd_output_is_bounded_whatever_the_ratio() -> None:
