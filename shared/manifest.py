@@ -315,6 +315,11 @@ def _content(value: Any) -> _Content:
         if not isinstance(content["images"], list) or not content["images"]:
             raise ManifestError("manifest: images must be a non-empty list")
         images = tuple(_image(i) for i in content["images"])
+        if len({i.id for i in images}) != len(images):  # a sender lists an image once
+            raise ManifestError("manifest: an image appears twice")
+        refs = [ref for i in images for ref in i.refs]
+        if len(set(refs)) != len(refs):  # which image would it tag?
+            raise ManifestError("manifest: an image ref appears twice")
         if "omitted" in content and content["omitted"] is None:  # absent has one form only
             raise ManifestError("manifest: omitted must be a non-empty list")
         return (), images, _omitted(content.get("omitted"), images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -96,12 +97,29 @@ def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> Non
         (lambda i: i.update(config=1), "image config"),
         (lambda i: i.update(id=None), "image id"),
         (lambda i: i["layers"].append("sha256:x"), "layer diff id"),
+        (lambda i: i["refs"].append("a:1"), "image ref appears twice"),
     ],
 )
 def test_inconsistent_image_entries_are_refused(mutate: object, message: str) -> None:
     data = _edit(lambda o: mutate(o["content"]["images"][0]), images=True)  # type: ignore[operator]
     with pytest.raises(ManifestError, match=message):
         Manifest.parse(data)
+
+
+def test_an_image_or_a_ref_listed_twice_is_refused() -> None:
+    """The sender lists each image once with all its refs: a second entry, or one ref given to
+    two images, would leave the tag to the order of loading (review)."""
+    again = _edit(
+        lambda o: o["content"]["images"].append(dict(o["content"]["images"][0])), images=True
+    )
+    with pytest.raises(ManifestError, match="an image appears twice"):
+        Manifest.parse(again)
+    other = replace(_IMAGE, id="sha256:" + "9" * 64)
+    two = _manifest(files=(), images=(_IMAGE, other))
+    with pytest.raises(ManifestError, match="an image ref appears twice"):
+        Manifest.parse(two.to_bytes())
+    fine = _manifest(files=(), images=(_IMAGE, replace(other, refs=("b:1",))))
+    assert Manifest.parse(fine.to_bytes()) == fine
 
 
 def test_created_is_in_ascii_digits() -> None:
