@@ -11,7 +11,7 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from airgap.client.extract import extract_files
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
-from airgap.client.rollback import Newest, refusal
+from airgap.client.rollback import Newest, refusal, tag_of
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
@@ -38,6 +38,7 @@ from airgap.shared.errors import (
     AirgapError,
     ManifestError,
     MissingLayersError,
+    NoIdentityMatchError,
     PayloadSizeError,
     ReplayError,
     SegmentHashError,
@@ -238,11 +239,12 @@ class _Run:
             self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
         finally:
             if not waiting:  # after the outermost load: its image holds the carriers' layers
-                self._put_back()
+                self._put_back(bundle_id)
 
     def _fetch(self, bundle_id: str, waiting: tuple[str, ...]) -> None:
         transport, into = self.transport, self.into
         manifest, data = open_bundle(transport, bundle_id, self.trusted)
+        addressed(manifest, self.identities)
         newer = self.newest.newer(manifest)
         if newer and not waiting:
             # Refused, unless a newer thin bundle of this run needs its layers after all.
@@ -262,31 +264,35 @@ class _Run:
         )
         self.done.add(bundle_id)
         self.newest.imported(tags, bundle_id)
-        if into.keep is not None:  # after the record: what was imported stays imported
-            try:
-                _keep(transport, manifest, data, self.trusted, into.keep)
-            except AirgapError as exc:
-                exc.message = f"imported, but not kept in {into.keep}: {exc.message}"
-                failed = exc.with_traceback(None)
-                self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
-                return
-        self.outcomes.append(Outcome(bundle_id, manifest, imported))
-        if into.consume:
-            _consume(transport, manifest)
-        if isinstance(transport, SpooledTransport):
-            transport.forget(manifest.payload.name)
+        self._release(tags)  # where this load put them is where they belong
+        try:  # after the record: what was imported stays imported, whatever fails here
+            failed = _afterwards(transport, manifest, data, self.trusted, into)
+        finally:
+            if isinstance(transport, SpooledTransport):
+                transport.forget(manifest.payload.name)
+        self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
 
-    def _hold(self, refs: Iterable[str]) -> None:
+    def _hold(self, refs: Collection[str]) -> None:
         """Remember where ``refs`` point now, to put them back after the outermost load."""
-        if self.into.engine is not None:
+        if refs and self.into.engine is not None:  # a files bundle needs no engine
             engine = self.into.engine()
             for ref in refs:
                 self.held.setdefault(ref, engine.image_id(ref))
 
-    def _put_back(self) -> None:
+    def _release(self, refs: Iterable[str]) -> None:
+        """Held tags that a later load of this run moved where they belong stay there."""
+        moved = {tag_of(ref) for ref in refs}
+        for ref in [r for r in self.held if tag_of(r) in moved]:
+            del self.held[ref]
+
+    def _put_back(self, bundle_id: str) -> None:
         if self.held and self.into.engine is not None:
             held, self.held = self.held, {}
-            self.into.engine().retag(held)
+            try:
+                self.into.engine().retag(held)
+            except AirgapError as exc:
+                exc.message = f"tags moved by its carriers not put back: {exc.message}"
+                self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
 
     def _receive(self, manifest: Manifest) -> tuple[str, ...]:
         quiet = self.into.quiet
@@ -344,6 +350,45 @@ def bundle_names(manifest: Manifest) -> list[str]:
     """The signature first: without it the others are no longer a published bundle."""
     bundle_id = manifest.id
     return [bundle_id + SIGNATURE_SUFFIX, bundle_id + MANIFEST_SUFFIX, manifest.payload.name]
+
+
+def addressed(manifest: Manifest, identities: Sequence[age.Identity]) -> None:
+    """Refuse, before its payload is downloaded, a bundle whose signed manifest names no
+    recipient of ours; when that cannot be told (a passphrase either side), the header will."""
+    encryption = manifest.encryption
+    if encryption.scheme == "none" or encryption.passphrase or not identities:
+        return
+    if not all(isinstance(i, age.X25519Identity) for i in identities):
+        return
+    ours = {i.recipient.encode() for i in identities if isinstance(i, age.X25519Identity)}
+    if not ours & {r.lower() for r in encryption.recipients}:
+        raise NoIdentityMatchError(
+            "no identity of ours opens it: the signed manifest names "
+            f"{len(encryption.recipients)} other recipient(s); nothing was downloaded",
+            hint="it is for another receiver; fetch it there, or with its identity (-i)",
+        )
+
+
+def _afterwards(
+    transport: Transport,
+    manifest: Manifest,
+    data: bytes,
+    trusted: Sequence[minisign.PublicKey],
+    into: Destination,
+) -> AirgapError | None:
+    """--keep, then --consume, for a bundle imported: what failed, said as such."""
+    step = ""
+    try:
+        if into.keep is not None:
+            step = f"kept in {into.keep}"
+            _keep(transport, manifest, data, trusted, into.keep)
+        if into.consume:
+            step = "deleted from the source (--consume)"
+            _consume(transport, manifest)
+    except AirgapError as exc:
+        exc.message = f"imported, but not {step}: {exc.message}"
+        return exc.with_traceback(None)
+    return None
 
 
 def _consume(transport: Transport, manifest: Manifest) -> None:

@@ -22,13 +22,14 @@ from airgap.client import transport as media
 from airgap.client.fetch import Destination, fetch_bundles, open_bundle, plaintext_of
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
-from airgap.client.spool import SpooledTransport
+from airgap.client.spool import Backoff, SpooledTransport
 from airgap.client.transport import DirectoryTransport, published_ids
 from airgap.shared import age, minisign
 from airgap.shared.bundle import EncodeOptions, Encoder, sign_manifest
 from airgap.shared.errors import (
     AirgapError,
     ManifestError,
+    NoIdentityMatchError,
     PayloadSizeError,
     SegmentHashError,
     SignatureError,
@@ -488,3 +489,65 @@ def test_the_ledger_knows_the_newest_bundle_of_each_ref(tmp_path: Path) -> None:
         "c": "01AAAAAAAAAAAAAAAAAAAAAAAA",
     }
     assert len(ledger.ids()) == 4
+
+
+def test_a_files_bundle_needs_no_docker_engine(bundle_dir: Path, tmp_path: Path) -> None:
+    """Found in review: every bundle asked the engine where its held tags were, so a receiver
+    of files alone, without an engine, could fetch nothing (exit 5)."""
+    (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "id.txt").chmod(0o600)
+    (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
+    args = ["fetch", "--from", bundle_dir, "-i", tmp_path / "id.txt"]
+    args += ["--trust", tmp_path / "trusted.pub", "--output-dir", tmp_path / "out"]
+    args += ["--state-dir", tmp_path / "state"]
+    fetched = run_airgap(args, env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert fetched.returncode == 0, fetched.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
+
+
+def test_a_bundle_for_other_recipients_is_refused_before_its_payload_is_read(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Its signed manifest names who can open it: a receiver not among them downloads no
+    segment (each run used to spool 16 MiB of it, and keep it)."""
+    transport = SpooledTransport(DirectoryTransport(bundle_dir), tmp_path / "spool", big=1)
+    outcomes = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out"),
+        identities=[age.X25519Identity.generate()],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    (outcome,) = outcomes
+    assert isinstance(outcome.error, NoIdentityMatchError)
+    assert "nothing was downloaded" in outcome.error.message
+    assert transport.received == 0 and list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_consume_that_fails_leaves_the_import_whole_and_no_spooled_payload(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the bundle was reported fetched and then failed, and its payload stayed
+    in the spool for good (the ledger keeps it from being fetched again)."""
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+
+    def refused(self: DirectoryTransport, name: str) -> None:
+        raise TransferError(f"550 {name}: permission denied")
+
+    monkeypatch.setattr(DirectoryTransport, "delete", refused)
+    once = Backoff(attempts=1)
+    transport = SpooledTransport(DirectoryTransport(drop), tmp_path / "spool", big=1, backoff=once)
+    outcomes = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out", consume=True),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    (outcome,) = outcomes
+    assert outcome.imported == (str(tmp_path / "out" / "source.bin"),)
+    assert isinstance(outcome.error, TransferError)
+    assert outcome.error.message.startswith("imported, but not deleted from the source")
+    assert list((tmp_path / "spool").iterdir()) == []
+    assert len(list(drop.iterdir())) == 3  # nothing deleted

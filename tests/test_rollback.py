@@ -12,7 +12,7 @@ import pytest
 from airgap.client import fetch
 from airgap.client.rollback import Newest, refusal, tag_of
 from airgap.shared.errors import ReplayError
-from airgap.shared.manifest import ImageEntry
+from airgap.shared.manifest import Encryption, ImageEntry
 
 OLD, MID, NEW = (
     "01AAAAAAAAAAAAAAAAAAAAAAAA",
@@ -107,18 +107,24 @@ def _image(ref: str) -> ImageEntry:
 
 
 CARRIER, THIN = OLD, NEW  # the carrier is older than MID, from which app:1 came here
+PLAIN = Encryption("none")
 MANIFESTS = {
-    CARRIER: SimpleNamespace(id=CARRIER, images=(_image("app:1"),), omitted=()),
+    CARRIER: SimpleNamespace(id=CARRIER, images=(_image("app:1"),), omitted=(), encryption=PLAIN),
     THIN: SimpleNamespace(
         id=THIN,
         images=(_image("app:2"),),
         omitted=(SimpleNamespace(chain_id="c1", bundle=CARRIER),),
+        encryption=PLAIN,
     ),
 }
 
 
 def _fetch(
-    monkeypatch: pytest.MonkeyPatch, engine: _Engine, ledger: _Ledger, only: tuple[str, ...]
+    monkeypatch: pytest.MonkeyPatch,
+    engine: _Engine,
+    ledger: _Ledger,
+    only: tuple[str, ...],
+    manifests: dict[str, Any] = MANIFESTS,
 ) -> list[Any]:
     """A fetch of CARRIER and THIN, with stand-ins for the source and the load (the real
     thing: test_images.py); THIN leaves out a layer only CARRIER carries."""
@@ -131,8 +137,8 @@ def _fetch(
             engine.chains.add("c1")
         return tuple(image.refs[0] for image in manifest.images)
 
-    monkeypatch.setattr(fetch, "open_bundle", lambda _t, b, _k: (MANIFESTS[b], b"m"))
-    monkeypatch.setattr(fetch, "published_ids", lambda _names: sorted(MANIFESTS))
+    monkeypatch.setattr(fetch, "open_bundle", lambda _t, b, _k: (manifests[b], b"m"))
+    monkeypatch.setattr(fetch, "published_ids", lambda _names: sorted(manifests))
     monkeypatch.setattr(fetch._Run, "_receive", receive)
     monkeypatch.setattr(fetch, "missing_layers", _missing)
     source = SimpleNamespace(list=lambda: [], describe=lambda: "media")
@@ -178,6 +184,24 @@ def test_tags_go_back_only_once_the_thin_bundle_has_loaded(
     _fetch(monkeypatch, engine, _Ledger({"app:1": MID}), ())
     assert engine.events == [f"load {CARRIER}", f"load {THIN}", "retag"]
     assert engine.tags == {"app:2": f"sha256:{THIN}"}
+
+
+@pytest.mark.parametrize("before", ["sha256:mid", None])
+def test_a_thin_bundle_keeps_its_own_tag_that_its_carrier_held(
+    monkeypatch: pytest.MonkeyPatch, before: str | None
+) -> None:
+    """Found in review: app:1 rebuilt (MID, imported here), then back on the old base, sent
+    thin (THIN leaves out CARRIER's layer). The carrier's app:1 was held, THIN tagged app:1,
+    and putting the held tag back moved it to MID's image (or, removed since, took it away)."""
+    thin = SimpleNamespace(**{**vars(MANIFESTS[THIN]), "images": (_image("app:1"),)})
+    engine = _Engine({} if before is None else {"app:1": before})
+    ledger = _Ledger({"app:1": MID})
+    outcomes = _fetch(monkeypatch, engine, ledger, (), {CARRIER: MANIFESTS[CARRIER], THIN: thin})
+    assert [(o.bundle_id, o.imported, o.error) for o in outcomes] == [
+        (CARRIER, (), None),
+        (THIN, ("app:1",), None),
+    ]
+    assert engine.tags == {"app:1": f"sha256:{THIN}"}
 
 
 def test_an_old_bundle_no_newer_one_needs_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

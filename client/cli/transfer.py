@@ -273,7 +273,8 @@ def _report(
         if o.error is None:
             say(f"{verb} {o.bundle_id}" + "".join(f"\n  {printable(p)}" for p in o.imported))
         else:
-            say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}")
+            imported = "".join(f"\n  {printable(p)}" for p in o.imported)  # kept or not
+            say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}{imported}")
             if o.error.hint:
                 say(f"airgap: hint: {o.error.hint}")
     if not outcomes:
