@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -99,6 +100,30 @@ def _hold(layout: Layout) -> int:
     return fd
 
 
+#: Descriptors a session may hold at once: its control and data connections, a passive
+#: listener and the file it transfers; and what the server holds besides (threads' files,
+#: audit log, uploads waiting for their hash).
+PER_SESSION, BESIDES = 4, 256
+
+
+def _more_descriptors(max_connections: int, say: Callable[[str], None]) -> None:
+    """Raise the soft limit of open files to the hard one: the usual soft limit (1024) is
+    what 256 sessions can need. Warn when even the hard one is short of that."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    needed = PER_SESSION * max_connections + BESIDES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        say(
+            f"airgap: warning: {soft} open files at most (ulimit -n), where "
+            f"{max_connections} connections may need {needed}: raise the limit, or lower "
+            "--max-connections"
+        )
+
+
 def _submit(pool: ThreadPoolExecutor, work: Callable[[], None]) -> None:
     with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
         pool.submit(work)
@@ -108,6 +133,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     _logging()
     layout = prepare(config, say)
     _hold(layout)  # the descriptor stays open, and the lock held, as long as the process
+    _more_descriptors(config.max_connections, say)
     trusted = load_trusted(config.trusted_signers)
     if config.anonymous is AnonymousMode.READ_WRITE:
         say("airgap: WARNING: --anonymous read-write: ANYONE can upload, list and download")
@@ -189,9 +215,10 @@ def _run(server: ftp.Listener, ioloop: Any) -> None:
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        # Only noted: a KeyboardInterrupt raised here lands wherever the loop happens to be,
-        # and one that lands in a finalizer or a weakref callback is printed and lost (seen
-        # here: the server then never stopped). The loop raises it at a point of its own.
+        # SIGTERM and Ctrl-C alike. Only noted: a KeyboardInterrupt raised here lands wherever
+        # the loop happens to be, and one that lands in a finalizer or a weakref callback is
+        # printed and lost (seen here: the server then never stopped). The loop raises it at a
+        # point of its own.
         nonlocal stopping
         stopping = True
 
@@ -199,7 +226,7 @@ def _run(server: ftp.Listener, ioloop: Any) -> None:
         if stopping:
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     ioloop.call_every(STOP_CHECK, stop_if_asked)
     try:
         # No fixed poll timeout: pyftpdlib then waits only until its next scheduled call (a
@@ -208,7 +235,8 @@ def _run(server: ftp.Listener, ioloop: Any) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         # Closing every channel closes open upload files: partials stay on disk, resumable.
         server.close_all()
 

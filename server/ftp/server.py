@@ -7,7 +7,9 @@ attributes for TLS, timeouts, passive ports and PORT hardening.
 
 from __future__ import annotations
 
+import logging
 import socket
+import sys
 from typing import Any, Protocol
 
 from pyftpdlib.handlers import FTPHandler
@@ -31,6 +33,8 @@ _NEW_COMMANDS = {
     "HASH": {"perm": "l", "auth": True, "arg": True, "help": "Syntax: HASH <SP> file-name"},
     "RANG": {"perm": None, "auth": True, "arg": True, "help": "Syntax: RANG <SP> start end"},
 }
+
+logger = logging.getLogger("airgap.server")
 
 DATA_IN_BUFFER = 1024 * 1024  # per read of a plain upload (TLS: see data.TLS_DRAIN)
 DATA_OUT_BUFFER = 256 * 1024
@@ -125,8 +129,33 @@ def handler_class(services: Services) -> type:
     return type("AirgapHandler", (*mixins, base), attributes)
 
 
+#: Seconds the listener stops accepting after accept() failed (out of descriptors, mostly).
+ACCEPT_PAUSE = 0.5
+
+
+class _Server(FTPServer):  # type: ignore[misc]  # pyftpdlib is untyped
+    """pyftpdlib's server, but an error of accept() pauses accepting for a moment: pyftpdlib
+    closes the listening socket for good on any error, so one client that ran the process out
+    of descriptors (connections, uploads waiting for their hash) stopped the drop box, which
+    went on running but never answered again."""
+
+    def handle_error(self) -> None:
+        error = sys.exc_info()[1]  # pyftpdlib calls this from its except clause
+        if isinstance(error, OSError):
+            why = error.strerror or str(error)
+            logger.warning("accepting connections: %s; again in %.1f s", why, ACCEPT_PAUSE)
+        else:
+            logger.exception("accepting connections; again in %.1f s", ACCEPT_PAUSE)
+        self.del_channel()  # not readable meanwhile: the loop would spin on the same error
+        self.ioloop.call_later(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self.add_channel()
+
+
 def make_server(services: Services, ioloop: Any) -> Listener:
-    server: Any = FTPServer(
+    server: Any = _Server(
         (services.config.host, services.config.port), handler_class(services), ioloop=ioloop
     )
     # A backstop against running out of descriptors: each session may hold a control and a

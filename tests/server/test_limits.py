@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import itertools
+import selectors
 import signal
 import socket
 import ssl
@@ -335,3 +336,52 @@ def test_a_throttled_upload_moves_steadily(serve):
     gaps = [b - a for a, b in itertools.pairwise(moments)]
     stalls = [round(gap, 2) for gap in gaps if gap > 0.4]
     assert len(stalls) <= 1, f"the upload stood still {stalls} s at a time"
+
+
+def _greeted(socks: list[socket.socket], *, within: float) -> int:
+    """How many of ``socks`` got a 220 greeting ``within`` seconds."""
+    waiting, greeted = set(socks), 0
+    deadline = time.monotonic() + within
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                sock = key.fileobj
+                selector.unregister(sock)
+                waiting.discard(sock)
+                with contextlib.suppress(OSError):
+                    greeted += sock.recv(1024).startswith(b"220")
+    return greeted
+
+
+@pytest.mark.parametrize("hard", [64, 4096], ids=["at-its-hard-limit", "below-its-hard-limit"])
+def test_running_out_of_descriptors_never_stops_the_listener(serve, hard):
+    """Found in review: pyftpdlib closes the listening socket on any error of accept(), so a
+    client that ran the process out of descriptors left a server that ran on and answered
+    no one again. Now it pauses accepting and goes on; and it raises its soft limit to the
+    hard one at start, so that the hard limit is what it takes."""
+    prelude = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (64, {hard}))\n"
+    server = serve("--tls", "off", "--max-connections-per-ip", "500", prelude=prelude)
+    held = []
+    try:
+        for _ in range(120):  # connected at once; the server accepts them as it can
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        served = _greeted(held, within=5.0)
+        out = any("accepting connections: Too many open files" in line for line in server.lines)
+        if hard == 64:
+            assert out and served < 64, (served, server.lines[-5:])
+        else:
+            assert served == len(held) and not out, (served, server.lines[-5:])
+    finally:
+        for sock in held:
+            sock.close()
+
+    def answers() -> bool:
+        try:
+            return server.ftp("receiver").nlst() == []
+        except (ftplib.error_temp, OSError):
+            return False
+
+    assert wait_for(answers, timeout=15), "the server stopped serving"
+    assert server.process.poll() is None
