@@ -47,7 +47,12 @@ from airgap.shared.errors import (
     VerificationError,
 )
 from airgap.shared.ids import is_bundle_id
-from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest, OmittedLayer
+from airgap.shared.manifest import (
+    MAX_MANIFEST_BYTES,
+    MAX_UNVERIFIED_MANIFEST,
+    Manifest,
+    OmittedLayer,
+)
 
 if TYPE_CHECKING:
     from airgap.client.engine import Engine
@@ -506,13 +511,6 @@ def _refs(transport: Transport, bundle_id: str, trusted: Sequence[minisign.Publi
     except VerificationError:
         return set()  # not a candidate; fetching it by id reports why
     return {ref for image in manifest.images for ref in image.refs}
-
-
-#: The most of a manifest ``airgap ls`` reads without --trust: nothing vouches for those bytes,
-#: and parsing a hostile 32 MiB of JSON takes seconds and a gigabyte. Real manifests are far
-#: smaller: about 190 bytes a file (ten thousand files, 1.9 MB), 72 a 16 MiB segment (100 GiB
-#: of payload, 0.5 MB), 80 a layer (twenty images of 127 layers, 0.2 MB).
-MAX_UNVERIFIED_MANIFEST = 2 << 20
 
 
 @dataclass(frozen=True)

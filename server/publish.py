@@ -36,7 +36,12 @@ from airgap.shared import minisign
 from airgap.shared.bundle import open_manifest
 from airgap.shared.errors import VerificationError
 from airgap.shared.ids import is_bundle_id
-from airgap.shared.manifest import MAX_MANIFEST_BYTES, Manifest, payload_name
+from airgap.shared.manifest import (
+    MAX_MANIFEST_BYTES,
+    MAX_UNVERIFIED_MANIFEST,
+    Manifest,
+    payload_name,
+)
 
 logger = logging.getLogger("airgap.server")
 
@@ -162,7 +167,12 @@ class Publisher:
         return Outcome(bundle_id, "published")
 
     def _manifest(self, bundle_id: str, manifest_path: Path, signature_path: Path) -> Manifest:
-        data = _read_small(manifest_path, MAX_MANIFEST_BYTES)
+        if self.trusted:  # the signature is checked before the manifest is parsed
+            data = _read_small(manifest_path, MAX_MANIFEST_BYTES)
+        else:  # any sender's JSON, parsed as it is: no more of it than a real manifest
+            limit = MAX_UNVERIFIED_MANIFEST
+            unvouched = f"larger than {limit >> 20} MiB, with no --trusted-signer to vouch for it"
+            data = _read_small(manifest_path, limit, why=unvouched)
         signature = _read_small(signature_path, MAX_SIGNATURE_BYTES)
         try:
             if self.trusted:
@@ -237,12 +247,12 @@ def _tell_sender(area: Path, bundle_id: str) -> None:
         logger.warning("bundle %s: could not tell its sender: %s", bundle_id, exc.strerror)
 
 
-def _read_small(path: Path, limit: int) -> bytes:
+def _read_small(path: Path, limit: int, *, why: str = "larger than any airgap writes") -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise _Quarantine(f"{path.name}: larger than any airgap writes")
+        raise _Quarantine(f"{path.name}: {why}")
     return data
 
 

@@ -106,3 +106,18 @@ def test_an_area_with_too_many_bundles_in_quarantine_takes_no_upload(serve, tmp_
     reply = stor_refused(client, "third.part", b"x")
     assert reply.startswith("552") and "2 of this area's bundles are in quarantine" in reply
     assert server.ftp("receiver").nlst() == []  # the other accounts go on
+
+
+def test_without_a_trusted_signer_a_manifest_over_2_mib_is_not_parsed(serve, tmp_path, keyset):
+    """Found in review: any sender's 32 MiB of JSON was parsed (a gigabyte, seconds of a
+    worker, the loop stalled for each); nothing vouches for it without --trusted-signer."""
+    server = serve("--tls", "off")
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    manifest = f"{bundle_id}.manifest.json"
+    files[manifest] = b"[" + b"{}," * (1 << 20) + b"{}]"
+    upload_bundle(server, files)
+    assert wait_for(lambda: quarantined(server) is not None)
+    held = quarantined(server)
+    assert held is not None
+    reason = (held / "reason.txt").read_text()
+    assert reason == f"{manifest}: larger than 2 MiB, with no --trusted-signer to vouch for it\n"
