@@ -121,9 +121,14 @@ class Session(SessionAPI):
         super().push(data)
 
     def _drop(self, reason: str) -> None:
-        if not self._closed:
-            self.services.audit.record("refused", ip=self.remote_ip, reason=reason)
-            self.close()
+        if self._closed:
+            return
+        ip = self.remote_ip
+        self.services.audit.record("refused", ip=ip, reason=reason)
+        # Before a login it counts as a failed one: a loop of these ends in a ban.
+        if not self.authenticated and (until := self.services.guard.failed(ip, self.username)):
+            self._banned(until)
+        self.close()
 
     def _check(
         self,

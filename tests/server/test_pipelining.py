@@ -7,7 +7,7 @@ import json
 import socket
 import time
 
-from tests.server.conftest import Server, stor
+from tests.server.conftest import Server, stor, wait_for
 
 
 def _records(server: Server, event: str) -> list[dict[str, object]]:
@@ -144,3 +144,21 @@ def test_a_login_never_waits_behind_hashing(serve) -> None:
     assert waited < 3, f"{waited:.1f} s: the login waited for the hashes"
     for client in busy:
         assert client.getresp().startswith("213")
+
+
+def test_a_loop_of_sessions_dropped_before_login_ends_in_a_ban(serve) -> None:
+    """Found in review: each such session wrote an audit record and counted no failed login
+    (its password check found the client gone), so a loop of them filled the disk unbanned."""
+    server = serve("--tls", "off")
+    flood = b"USER sender\r\nPASS wrong-guess\r\n" + b"NOOP\r\n" * 17
+    for _ in range(12):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+            if raw.recv(1024).startswith(b"421"):
+                continue
+            raw.sendall(flood)
+            time.sleep(0.05)
+    assert wait_for(lambda: _records(server, "ban"), timeout=10)
+    dropped = [r for r in _records(server, "refused") if r["reason"] != "banned"]
+    assert len(dropped) == 5, dropped  # --max-login-failures, default 5
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        assert raw.recv(1024).startswith(b"421")
