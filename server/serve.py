@@ -52,6 +52,12 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
     addresses = [config.host] + ([config.masquerade_address] if config.masquerade_address else [])
     ensure_certificate(layout.tls_cert, layout.tls_key, addresses=addresses)
     if not layout.users_file.exists():
+        if layout.credentials_file.exists():  # new passwords beside the old: none would work
+            raise ServerError(
+                f"{layout.users_file} is gone, but {layout.credentials_file} still lists "
+                "first-start passwords",
+                hint="restore users.json, or remove credentials.txt too for new first accounts",
+            )
         _first_users(layout, say)
     for user in UserDB(layout.users_file).load().values():
         if user.role is Role.SENDER:  # now, before anonymous uploads could take the name
@@ -63,13 +69,12 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
 
 
 def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
+    first = [(name, role, generate_password()) for name, role in FIRST_USERS]
+    lines = [f"{name} {role.value} {password}" for name, role, password in first]
+    credentials.create(layout.credentials_file, lines)  # first: no account nobody knows of
     users = UserDB(layout.users_file)
-    lines = []
-    for name, role in FIRST_USERS:
-        password = generate_password()
+    for name, role, password in first:
         users.add(name, role, password)
-        lines.append(f"{name} {role.value} {password}")
-    credentials.create(layout.credentials_file, lines)
     say(f"airgap: created accounts (also in {layout.credentials_file}, mode 0600):")
     for line in lines:
         say(f"airgap:   {line}")

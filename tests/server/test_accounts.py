@@ -113,3 +113,23 @@ def test_a_users_file_edited_wrong_ends_the_sessions_cleanly(serve, broken):
         stor(sender, "after.bin", b"2")
     assert "Traceback" not in server.stderr
     assert '"reason": "the users file cannot be read"' in server.audit()
+
+
+def test_serve_refuses_new_first_accounts_beside_old_credentials(serve, tmp_path):
+    """Found in review: with users.json removed to start over, serve wrote new accounts, then
+    failed (internal error) on the old credentials.txt; its passwords no longer worked, and
+    the new ones were printed nowhere."""
+    server = serve("--tls", "off")
+    assert server.stop() == 0
+    users = server.root / "state/users.json"
+    credentials = server.root / "state/credentials.txt"
+    users.unlink()
+    before = credentials.read_text()
+    again = run_airgap(["serve", "--root", server.root, "--listen", "127.0.0.1:0"])
+    assert again.returncode == 1, again.stderr
+    assert f"{users} is gone, but {credentials} still lists" in again.stderr
+    assert "internal error" not in again.stderr
+    assert not users.exists() and credentials.read_text() == before
+    credentials.unlink()
+    fresh = serve("--tls", "off", root=server.root)
+    fresh.ftp("sender", fresh.password("sender")).quit()
