@@ -13,8 +13,9 @@ to name it.
 payload written since is): it runs on a worker thread, never on the FTP IO loop. It holds the
 bundle's files in :class:`BusyFiles` from before the hash until after the move, so no upload
 can open one for writing in between, and one already open (it holds its file) makes the bundle
-pending until it ends. The signature moves last, so a reader of
-``pub/outgoing`` never sees a signature without its payload.
+pending until it ends. The files are synced to disk before they move, and the signature moves
+last, so a reader of ``pub/outgoing`` never sees a signature without its payload; a publish cut
+off between its moves is taken back and done again at the next start (:meth:`Publisher.scan`).
 """
 
 from __future__ import annotations
@@ -103,8 +104,29 @@ class Publisher:
         for area in self.areas():
             for entry in sorted(os.scandir(area), key=lambda e: e.name):
                 if entry.name.endswith(SIGNATURE_SUFFIX) and (bid := bundle_id_of(entry.name)):
+                    self._take_back(area, bid)
                     outcomes.append(self.check(area, bid))
         return outcomes
+
+    def _take_back(self, area: Path, bundle_id: str) -> None:
+        """A publish cut off between its moves (the process killed) left the payload, and
+        maybe the manifest, in ``pub/outgoing`` without the signature, which moves last and is
+        still in the area: no receiver lists them. They go back, to be checked again."""
+        outgoing = self.layout.outgoing
+        names = [payload_name(bundle_id, encrypted=e) for e in (True, False)]
+        moved = []
+        with self._publishing:  # a publish's moves are all done, or none
+            if (outgoing / (bundle_id + SIGNATURE_SUFFIX)).exists():
+                return  # published whole: the area's copy is a replay, which the check refuses
+            for name in [*names, bundle_id + MANIFEST_SUFFIX]:
+                if (outgoing / name).exists() and not (area / name).exists():
+                    (outgoing / name).rename(area / name)
+                    moved.append(name)
+        if moved:
+            _fsync_dir(area)
+            _fsync_dir(outgoing)
+            logger.warning("publish of %s was cut off; %s back in %s", bundle_id, moved, area)
+            self.audit.record("publish-cut", bundle=bundle_id, area=area.name, back=" ".join(moved))
 
     def check(self, area: Path, bundle_id: str) -> Outcome:
         manifest_path = area / (bundle_id + MANIFEST_SUFFIX)
@@ -202,12 +224,15 @@ class Publisher:
 
     def _publish(self, bundle_id: str, files: list[Path]) -> None:
         outgoing = self.layout.outgoing
+        for path in files:  # on disk before a receiver may see them (and a sender forget)
+            _fsync_file(path)
         with self._publishing:
             if any((outgoing / f.name).exists() for f in files):
                 raise _Quarantine("a bundle with this id was published before", delivered=True)
             for path in files:  # payload, manifest, signature: the signature last
                 path.rename(outgoing / path.name)
         _fsync_dir(outgoing)
+        _fsync_dir(files[0].parent)
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
 
     def _quarantine(
@@ -254,6 +279,14 @@ def _read_small(path: Path, limit: int, *, why: str = "larger than any airgap wr
     if len(data) > limit:
         raise _Quarantine(f"{path.name}: {why}")
     return data
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -258,3 +258,30 @@ def _netrc(tmp_path: Path, server: Server) -> Path:
     path.write_text(f"machine 127.0.0.1 login sender password {server.password('sender')}\n")
     path.chmod(0o600)
     return path
+
+
+@pytest.mark.parametrize("ahead", [("payload",), ("payload", "manifest")])
+def test_a_publish_cut_between_its_moves_is_done_again_at_the_next_start(
+    serve, tmp_path, keyset, keydir, ahead
+):
+    """Found in review: killed between its moves, a publish left the payload (and maybe the
+    manifest) in pub/outgoing and the signature in the area: that bundle stayed pending for
+    good, and nothing ever took the files in pub/outgoing away."""
+    trusted = ("--tls", "off", "--trusted-signer", str(keydir / "signing.pub"))
+    server = serve(*trusted)
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    outgoing, area = server.root / "pub/outgoing", server.root / "pub/incoming/sender"
+    assert wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists())
+    assert server.stop() == 0
+    kinds = {"payload": payload_of(files), "manifest": f"{bundle_id}.manifest.json"}
+    for name in files:  # as a kill between two moves leaves them
+        if name not in {kinds[k] for k in ahead}:
+            (outgoing / name).rename(area / name)
+    again = serve(*trusted, root=server.root)
+    assert wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists())
+    assert sorted(p.name for p in outgoing.iterdir()) == sorted(files)
+    assert not any(area.iterdir())
+    for name, data in files.items():
+        assert (outgoing / name).read_bytes() == data
+    assert '"event": "publish-cut"' in again.audit()
