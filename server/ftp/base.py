@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         _current_type: str
         _in_dtp_queue: tuple[Any, str] | None
         _extra_feats: list[str]
+        _dtp_acceptor: Any  # the passive listener waiting for its data connection
         producer_fifo: Any  # asynchat's queue of output not yet sent
         socket: socket.socket
         tls_data_required: bool  # TLS_FTPHandler only
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
         def ftp_PROT(self, line: str) -> None: ...  # TLS_FTPHandler only
         def ftp_AUTH(self, line: str) -> None: ...  # TLS_FTPHandler only
         def _on_dtp_connection(self) -> None: ...
+        def _make_epasv(self, extmode: bool = False) -> None: ...
 
 else:
     SessionAPI = DataChannelAPI = object

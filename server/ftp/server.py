@@ -21,6 +21,7 @@ from airgap.server.ftp.files import FileCommands
 from airgap.server.ftp.fs import AirgapFS, Authorizer
 from airgap.server.ftp.hashcmd import HashCommands
 from airgap.server.ftp.loop import Services
+from airgap.server.ftp.passive import PassiveCommands, RangedPassive
 from airgap.server.ftp.protection import DataProtection
 from airgap.server.ftp.reuse import checkable as reuse_checkable
 from airgap.server.ftp.session import REFUSED_COMMANDS
@@ -80,7 +81,7 @@ def handler_class(services: Services) -> type:
     config = services.config
     base: Any = FTPHandler  # or TLS_FTPHandler; untyped either way
     data: type = PlainData
-    mixins: tuple[type, ...] = (HashCommands, UploadCommands, FileCommands)
+    mixins: tuple[type, ...] = (HashCommands, UploadCommands, FileCommands, PassiveCommands)
     attributes: dict[str, Any] = {}
     if config.tls is not TlsMode.OFF:
         from pyftpdlib.handlers import TLS_FTPHandler
@@ -122,6 +123,7 @@ def handler_class(services: Services) -> type:
         "permit_privileged_ports": False,
         "masquerade_address": config.masquerade_address,
         "passive_ports": range(config.passive_ports[0], config.passive_ports[1] + 1),
+        "passive_dtp": RangedPassive,
         # Downloads over plain FTP go by sendfile(2); pyftpdlib itself keeps it off TLS data
         # connections and ASCII transfers.
         "use_sendfile": True,

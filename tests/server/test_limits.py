@@ -385,3 +385,28 @@ def test_running_out_of_descriptors_never_stops_the_listener(serve, hard):
 
     assert wait_for(answers, timeout=15), "the server stopped serving"
     assert server.process.poll() is None
+
+
+def test_pasv_with_every_port_of_the_range_in_use_is_refused(serve):
+    """Found in review: pyftpdlib then listened on a port the kernel picked, which a firewall
+    or a container does not forward, and the transfer timed out. Now it is a 425."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve("--tls", "off", "--passive-ports", f"{port}-{port}")
+    first, second = server.ftp("receiver"), server.ftp("receiver")
+    assert first.sendcmd("PASV").startswith("227")
+    with pytest.raises(ftplib.error_temp, match="425 No free passive port"):
+        second.sendcmd("PASV")
+    with pytest.raises(ftplib.error_temp, match="425 No free passive port"):
+        second.sendcmd("EPSV")
+    first.quit()
+    assert wait_for(lambda: _pasv(second), timeout=10)
+    assert second.nlst() == []  # and the range's port carries it
+
+
+def _pasv(client: ftplib.FTP) -> bool:
+    try:
+        return client.sendcmd("PASV").startswith("227")
+    except ftplib.error_temp:
+        return False
