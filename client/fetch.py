@@ -11,6 +11,7 @@ reported, and the caller decides the exit code.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ def plaintext_of(
 ) -> Generator[bytes, None, None]:
     """The verified plaintext; ``meter`` counts the payload's bytes as they are read."""
     _check_size(transport, manifest)
-    with _verified_kept(transport, manifest), transport.reader(manifest.payload.name) as handle:
+    with _verified_kept(transport, manifest), _payload(transport, manifest) as handle:
         segments = verified_segments(counted_reads(handle.readinto, meter), manifest.payload)
         yield from decode(segments, manifest, identities)
 
@@ -154,9 +155,16 @@ def plaintext_of(
 def payload_only(transport: Transport, manifest: Manifest, *, meter: Meter = UNSEEN) -> None:
     """Size and every segment hash, without a key to decrypt."""
     _check_size(transport, manifest)
-    with _verified_kept(transport, manifest), transport.reader(manifest.payload.name) as handle:
+    with _verified_kept(transport, manifest), _payload(transport, manifest) as handle:
         for _ in verified_segments(counted_reads(handle.readinto, meter), manifest.payload):
             pass
+
+
+def _payload(transport: Transport, manifest: Manifest) -> io.BufferedIOBase:
+    """The payload's reader; a spooled one reads no more than the signed size."""
+    if isinstance(transport, SpooledTransport):
+        return transport.reader(manifest.payload.name, size=manifest.payload.size)
+    return transport.reader(manifest.payload.name)
 
 
 @contextmanager

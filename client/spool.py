@@ -146,8 +146,12 @@ class SpooledTransport:
         data: bytes = retrying(f"downloading {name}", self.backoff, read)
         return data
 
-    def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
-        size = self.size(name)
+    def reader(self, name: str, *, offset: int = 0, size: int | None = None) -> io.BufferedIOBase:
+        """``size``: what the caller knows the file holds (a signed size, checked against the
+        server's SIZE already): not asked again, so a second answer cannot spool more than
+        that, and a larger spool be taken next time for a stale one and dropped whole."""
+        if size is None:
+            size = self.size(name)
         if size is None or size < self._big:
             handle: io.BufferedIOBase = retrying(
                 f"downloading {name}", self.backoff, lambda: self.remote.reader(name, offset=offset)

@@ -551,3 +551,35 @@ def test_a_consume_that_fails_leaves_the_import_whole_and_no_spooled_payload(
     assert outcome.error.message.startswith("imported, but not deleted from the source")
     assert list((tmp_path / "spool").iterdir()) == []
     assert len(list(drop.iterdir())) == 3  # nothing deleted
+
+
+def test_a_payload_grown_after_its_size_was_checked_is_read_to_the_signed_size(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Found in review: the spooled reader asked SIZE again and spooled what that said; a
+    larger second answer made the run fail, and the next take the longer spool for a stale
+    one and download every verified byte again. The signed size is what is read."""
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    payload = next(drop.glob("*.age"))
+
+    class Growing(DirectoryTransport):
+        def size(self, name: str) -> int | None:
+            found = super().size(name)
+            if name == payload.name:
+                with payload.open("ab") as grown:  # once SIZE was answered
+                    grown.write(b"x" * 1000)
+            return found
+
+    transport = SpooledTransport(Growing(drop), tmp_path / "spool", big=1)
+    outcomes = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    assert [o.error for o in outcomes] == [None]
+    assert (tmp_path / "out" / "source.bin").read_bytes() == (
+        bundle_dir.parent / "source.bin"
+    ).read_bytes()
