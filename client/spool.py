@@ -134,13 +134,13 @@ class SpooledTransport:
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
 
-    def read_unspooled(self, name: str, *, limit: int) -> bytes:
+    def read_unspooled(self, name: str, *, limit: int, offset: int = 0) -> bytes:
         """At most ``limit`` bytes of ``name``, straight from the server, the whole read tried
         again after a failure. Never spooled: a manifest or signature not yet verified must not
         outlive this run (a spooled prefix would be trusted as is next time)."""
 
         def read() -> bytes:
-            with self.remote.reader(name) as handle:
+            with self.remote.reader(name, offset=offset) as handle:
                 return handle.read(limit)
 
         data: bytes = retrying(f"downloading {name}", self.backoff, read)
@@ -152,11 +152,14 @@ class SpooledTransport:
         that, and a larger spool be taken next time for a stale one and dropped whole."""
         if size is None:
             size = self.size(name)
-        if size is None or size < self._big:
+        if size is None:
             handle: io.BufferedIOBase = retrying(
                 f"downloading {name}", self.backoff, lambda: self.remote.reader(name, offset=offset)
             )
             return handle
+        if size < self._big:  # not worth a spool: read whole, and the whole read tried again
+            data = self.read_unspooled(name, limit=max(0, size - offset), offset=offset)
+            return io.BytesIO(data)
         raw = _SpooledDownload(self, name, size, self.spool / name)
         raw.seek(offset)
         return io.BufferedReader(raw, buffer_size=READ_BUFFER)

@@ -583,3 +583,35 @@ def test_a_payload_grown_after_its_size_was_checked_is_read_to_the_signed_size(
     assert (tmp_path / "out" / "source.bin").read_bytes() == (
         bundle_dir.parent / "source.bin"
     ).read_bytes()
+
+
+def test_a_small_payload_cut_mid_read_is_read_again(bundle_dir: Path, tmp_path: Path) -> None:
+    """Found in review: a payload under 1 MiB is not spooled, and only the opening of its
+    download was tried again: a connection that broke mid-read ended the fetch (exit 4)."""
+    payload = next(bundle_dir.glob("*.age")).name
+    cuts: list[str] = []
+
+    class Cut(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            cuts.append(payload)
+            raise TransferError("426 Connection closed; transfer aborted")
+
+    class Flaky(DirectoryTransport):
+        def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+            if name == payload and not cuts:
+                return io.BufferedReader(Cut())
+            return super().reader(name, offset=offset)
+
+    once = Backoff(attempts=2, first=0.01)
+    transport = SpooledTransport(Flaky(bundle_dir), tmp_path / "spool", backoff=once)
+    outcomes = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    assert [o.error for o in outcomes] == [None] and cuts == [payload]
