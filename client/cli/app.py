@@ -24,6 +24,7 @@ import typer
 from airgap.client.ftp import cut_transfers
 from airgap.client.memory import keep_freed_pieces
 from airgap.client.terminal import say
+from airgap.client.undumpable import keep_out_of_dumps
 from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
 from airgap.shared.pipeline import interrupted, interrupting
 from airgap.shared.version import __version__
@@ -159,6 +160,7 @@ def main() -> NoReturn:
     try:
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)  # docker stop, a service manager, kill
+        keep_out_of_dumps()
         keep_freed_pieces()
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
     except AirgapError as exc:
