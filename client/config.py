@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airgap.client.private import written_by_others
 from airgap.shared.errors import UsageError
 
 SEND_KEYS = {
@@ -85,6 +86,11 @@ def load(path: Path | None = None) -> Settings:
         return Settings()
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"config {path}: {exc}") from exc
+    if why := written_by_others(path):  # it names the keys to trust and to encrypt to
+        raise UsageError(
+            f"config {path}: {why}",
+            hint="keep it in a folder of your own, writable by you alone (chmod go-w)",
+        )
     _only(data, {"send", "fetch"}, path, "")
     send, fetch = _table(data, "send", path), _table(data, "fetch", path)
     _only(send, SEND_KEYS, path, "[send] ")

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from airgap.client.private import private_dir, staged, sync_dir
+from airgap.client.private import private_dir, staged, sync_dir, written_by_others
 from airgap.shared import age, minisign
 from airgap.shared.errors import KeyFileError, StorageError, UsageError
 from airgap.shared.keys import KeyFile
@@ -55,6 +55,7 @@ def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X2
             found.append(age.X25519Recipient.parse(value))
     for path in files:
         text = read_key_text(path, "recipients file")
+        _check_guarded(path, "recipients file")
         with _naming(str(path), text, "an age recipient"):
             found += age.parse_recipients(text)
     return found
@@ -87,6 +88,16 @@ def _check_private(path: Path, what: str) -> None:
             f"(mode {stat.S_IMODE(info.st_mode):04o})",
             hint=f"chmod 600 {shown} (on a medium that keeps no modes, such as FAT, copy it "
             "to a private directory first)",
+        )
+
+
+def _check_guarded(path: Path, what: str) -> None:
+    """A key that decides whom to trust or to encrypt to, in a file others could have written,
+    is refused: they could have added a signer of theirs, or a recipient."""
+    if why := written_by_others(path):
+        raise KeyFileError(
+            f"{what} {path} decides whom to trust, and {why}",
+            hint="keep it in a folder of your own, writable by you alone (chmod go-w)",
         )
 
 
@@ -130,6 +141,7 @@ def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
     trusted = []
     for path in paths:
         text = read_key_text(path, "trusted key")
+        _check_guarded(path, "trusted key")
         with _naming(f"trusted key {path}", text, "a minisign public key"):
             trusted.append(minisign.PublicKey.parse(text))
     return trusted

@@ -16,6 +16,7 @@ from airgap.client import config
 from airgap.client.credentials import password_for
 from airgap.client.ftp import FtpTarget
 from airgap.client.places import Place
+from airgap.client.private import written_by_others
 from airgap.shared.errors import KeyFileError, UsageError
 from tests.conftest import run_airgap
 from tests.server.conftest import start_server
@@ -275,3 +276,49 @@ def test_a_hint_names_the_drop_box_as_a_shell_reads_it() -> None:
     assert plain.flags() == f"--server ftps://sender@dropbox:2121/ --tls-fingerprint {pin}"
     odd = Place(server="ftp://sender@dropbox:2121/in $(id); x")
     assert shlex.split(odd.flags()) == ["--server", "ftp://sender@dropbox:2121/in $(id); x"]
+
+
+def test_what_decides_whom_to_trust_is_refused_when_others_could_have_written_it(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a world-writable trusted/ or recipients.txt was read as it was, so
+    any local user could add a signer (whose images then load) or a recipient."""
+    home = tmp_path / "home"
+    env = _init(home, "receiver")
+    side = home / "config" / "airgap"
+    assert run_airgap(["keygen", "--out", tmp_path / "sender"]).returncode == 0
+    shutil.copy(tmp_path / "sender" / "signing.pub", side / "trusted" / "sender.pub")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    checks = [
+        (side / "trusted" / "sender.pub", 0o666, "others may write it (mode 0666)"),
+        (side / "trusted", 0o777, "others may write its folder"),
+        (side / "config.toml", 0o666, "others may write it (mode 0666)"),
+    ]
+    for path, mode, said in checks:
+        before = stat.S_IMODE(path.stat().st_mode)
+        path.chmod(mode)
+        refused = run_airgap(["verify", "--from", drop], env=env)
+        assert refused.returncode in (1, 2) and said in refused.stderr, refused.stderr
+        assert "chmod go-w" in refused.stderr
+        path.chmod(before)
+    fine = run_airgap(["verify", "--from", drop], env=env)
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_a_sticky_folder_guards_a_file_of_ones_own(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    key = shared / "signing.pub"
+    key.write_text("x")
+    shared.chmod(0o1777)
+    assert written_by_others(key) is None
+    shared.chmod(0o777)
+    assert written_by_others(key) == f"others may write its folder {shared} (mode 0777)"
+    shared.chmod(0o755)
+    key.chmod(0o664)
+    assert written_by_others(key) == "others may write it (mode 0664)"
+    link = tmp_path / "link.pub"
+    link.symlink_to(key)
+    key.chmod(0o644)
+    assert written_by_others(link) is None

@@ -212,7 +212,15 @@ def _trusted(paths: Sequence[Path]) -> list[Path]:
     """Trusted keys; a directory stands for every .pub file in it."""
     found: list[Path] = []
     for path in paths:
-        found += sorted(path.glob("*.pub")) if path.is_dir() else [path]
+        if not path.is_dir():
+            found.append(path)
+        elif keys := sorted(path.glob("*.pub")):
+            found += keys
+        else:
+            raise UsageError(
+                f"--trust {path}: no .pub file in this folder",
+                hint="put the sender's signing.pub in it, or pass the file itself",
+            )
     return found
 
 
