@@ -105,7 +105,7 @@ def load(path: Path | None = None) -> Settings:
             recipients_file=_paths(send, "recipients_file", here, path),
             recipient=tuple(_strs(send, "recipient", path)),
             sign_key=_path(send, "sign_key", here, path),
-            level=_int(send, "level", path),
+            level=_level(send, path),
         ),
         fetch=FetchSettings(
             server=_str(fetch, "server", path),
@@ -152,6 +152,14 @@ def _int(table: dict[str, Any], key: str, path: Path) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise UsageError(f"config {path}: {key} must be a whole number")
     return value
+
+
+def _level(table: dict[str, Any], path: Path) -> int | None:
+    """zstd's level, 1 to 19 as --level takes it (the manifest signs what is given here)."""
+    level = _int(table, "level", path)
+    if level is not None and not 1 <= level <= 19:
+        raise UsageError(f"config {path}: level must be from 1 to 19, not {level}")
+    return level
 
 
 def _path(table: dict[str, Any], key: str, here: Path, path: Path) -> Path | None:

@@ -65,6 +65,10 @@ def password_for(target: FtpTarget, *, password_file: Path | None = None) -> str
     )
 
 
+#: The longest password a file may hold (what a line of FTP can carry, and then some).
+MAX_PASSWORD = 4096
+
+
 def _read_password(path: Path) -> str:
     """The first line of ``path``, which only its owner may read, as ftp(1) asks of a netrc."""
     try:
@@ -73,9 +77,12 @@ def _read_password(path: Path) -> str:
         with path.open(encoding="utf-8") as handle:
             if os.fstat(handle.fileno()).st_mode & 0o077:
                 raise _exposed(path)
-            line = handle.readline(4096).rstrip("\r\n")
+            line = handle.readline(MAX_PASSWORD + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{path}: cannot be read as a password file") from exc
+    line = line.rstrip("\r\n")
+    if len(line) > MAX_PASSWORD:  # sent cut short, it would only fail the login
+        raise KeyFileError(f"{path}: its first line is longer than a password ({MAX_PASSWORD})")
     if not line:
         raise KeyFileError(f"{path}: holds no password on its first line")
     return line

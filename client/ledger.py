@@ -62,17 +62,20 @@ class Ledger:
         return self.read()[0]
 
     def _records(self) -> Iterator[tuple[str, dict[str, object]]]:
-        """Each readable record with its bundle id; a torn or foreign line is skipped."""
+        """Each readable record with its bundle id; a torn or foreign line is skipped (a write
+        cut short is followed by a fresh line, so one may be anywhere)."""
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as handle:
+                lines = handle.read().splitlines()
         except FileNotFoundError:
             return
         except OSError as exc:
             raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
         for line in lines:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
             if isinstance(record, dict) and isinstance(bundle_id := record.get("id"), str):
                 yield bundle_id, record
@@ -97,7 +100,8 @@ class Ledger:
         )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            fd = os.open(self.path, flags, 0o600)
             try:
                 # After a torn write, start on a fresh line so this record stays readable.
                 end = os.lseek(fd, 0, os.SEEK_END)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from airgap.client import credentials
 from airgap.client.places import Place
+from airgap.shared.errors import KeyFileError
 from tests.conftest import run_airgap, small_disk
 
 needs_age = pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age")
@@ -598,3 +600,44 @@ def test_a_public_key_file_given_as_the_signing_key_is_named_whatever_its_mode(
     assert ran.returncode == 1, ran.stderr
     assert "airgap: hint: it holds an age recipient" in ran.stderr, ran.stderr
     assert "chmod" not in ran.stderr
+
+
+def test_output_to_a_full_disk_and_a_damaged_ledger_are_clear_errors(
+    tmp_path: Path, keydir: Path
+) -> None:
+    """Found in review: both were "internal error ...; this is a bug in airgap"."""
+    (tmp_path / "usb").mkdir()
+    args = ["ls", "--from", tmp_path / "usb", "--trust", keydir / "signing.pub", "--json"]
+    with Path("/dev/full").open("w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "airgap.client", *map(str, args)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("airgap: error: writing the output: No space left on device")
+    assert "internal error" not in done.stderr and "Exception ignored" not in done.stderr
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "imported.jsonl").write_bytes(b'\xff\xfe\n{"id": "x"\n')
+    listed = run_airgap([*args[:-1], "--state-dir", state])
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_config_level_and_password_file_are_held_to_what_the_flags_take(tmp_path: Path) -> None:
+    """Found in review: level = 99 was signed into the manifest (zstd clamped it), and a
+    password line over 4096 characters was sent cut short."""
+    config = tmp_path / "config.toml"
+    config.write_text("[send]\nlevel = 99\n")
+    config.chmod(0o600)
+    sent = run_airgap(
+        ["send", "--file", config, "--to", tmp_path], env={"AIRGAP_CONFIG": str(config)}
+    )
+    assert sent.returncode == 2 and "level must be from 1 to 19, not 99" in sent.stderr
+    password = tmp_path / "password"
+    password.write_text("p" * 5000 + "\n")
+    password.chmod(0o600)
+    with pytest.raises(KeyFileError, match="longer than a password"):
+        credentials._read_password(password)

@@ -8,6 +8,8 @@ never come from argv: passphrases come from the environment (``AIRGAP_PASSPHRASE
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import getpass
 import json
@@ -25,7 +27,7 @@ from airgap.client.ftp import cut_transfers
 from airgap.client.memory import keep_freed_pieces
 from airgap.client.terminal import say
 from airgap.client.undumpable import keep_out_of_dumps
-from airgap.shared.errors import AirgapError, ExitCode, Interrupted, UsageError
+from airgap.shared.errors import AirgapError, ExitCode, Interrupted, StorageError, UsageError
 from airgap.shared.pipeline import interrupted, interrupting
 from airgap.shared.version import __version__
 
@@ -142,6 +144,16 @@ FromOption = Annotated[
 ]
 
 
+#: What writing to stdout meets when it goes to a full disk or a reader that has gone.
+_OUTPUT_LOST = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE}
+
+
+def _drop_output() -> None:
+    """What stdout still buffers goes nowhere: flushed at exit, it would fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _fail(exc: AirgapError) -> NoReturn:
     say(f"airgap: error: {exc.message}")
     if exc.hint:
@@ -163,6 +175,7 @@ def main() -> NoReturn:
         keep_out_of_dumps()
         keep_freed_pieces()
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
+        sys.stdout.flush()  # here, where a full disk or a closed pipe can still be said
     except AirgapError as exc:
         if interrupted() and not isinstance(exc, Interrupted):  # a transfer Ctrl-C cut
             exc = Interrupted("interrupted", hint=exc.hint)
@@ -175,6 +188,9 @@ def main() -> NoReturn:
             raise
         if interrupted():  # a thread the interrupt cut short failed on its way out
             _fail(Interrupted("interrupted"))
+        if isinstance(exc, OSError) and exc.errno in _OUTPUT_LOST:
+            _drop_output()
+            _fail(StorageError(f"writing the output: {exc.strerror or exc}"))
         _fail(
             AirgapError(
                 f"internal error ({type(exc).__name__}); this is a bug in airgap",
