@@ -351,11 +351,17 @@ def _missing(
     parts = [f"carried by {', '.join(where)}"] if where else []
     if told:
         parts.append(f"{told} from images the sender was told are here (--base)")
+    # A bundle imported here before is refused if fetched again: its images come back by hand.
+    again = any(c in done for c in carriers)
+    first = (
+        "load those images again (README: Opening a bundle by hand)"
+        if again
+        else ("fetch those bundles first (or load those images)")
+    )
     return MissingLayersError(
         f"needs {len(missing)} layer{'' if len(missing) == 1 else 's'} this engine does not "
         f"hold, so nothing was loaded: {'; '.join(parts)}",
-        hint="fetch those bundles first (or load those images), or have the sender send "
-        "again with --full",
+        hint=f"{first}, or have the sender send again with --full",
     )
 
 

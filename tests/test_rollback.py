@@ -210,3 +210,17 @@ def test_an_old_bundle_no_newer_one_needs_is_refused(monkeypatch: pytest.MonkeyP
     assert isinstance(outcome.error, ReplayError)
     assert outcome.error.message.startswith(f"older than bundle {MID}, from which app:1")
     assert engine.tags == {"app:1": "sha256:mid"} and engine.events == []
+
+
+def test_a_missing_layer_of_a_carrier_imported_before_is_not_fetched_again() -> None:
+    """Found in review: the hint said to fetch the carrier first, which a fetch refuses as
+    imported here before, when the carrier's images were removed since."""
+    from airgap.client.fetch import _missing
+    from airgap.shared.manifest import OmittedLayer
+
+    gone = [OmittedLayer("sha256:" + "1" * 64, CARRIER)]
+    again = _missing(MANIFESTS[THIN], gone, {CARRIER}, {CARRIER})
+    assert "imported before, but its layers are gone since" in again.message
+    assert again.hint is not None and again.hint.startswith("load those images again")
+    first = _missing(MANIFESTS[THIN], gone, {CARRIER}, set())
+    assert first.hint is not None and first.hint.startswith("fetch those bundles first")
