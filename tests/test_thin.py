@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airgap.client.engine import Engine
-from airgap.client.images import send_images
+from airgap.client.images import LocalLayers, send_images
 from airgap.client.incremental import omitted_layers, thin_plan
 from airgap.client.progress import Meter
 from airgap.client.saved import LayerFile, SavedArchive
@@ -311,3 +311,36 @@ def test_the_encoding_bar_follows_the_whole_save_of_a_thin_send(tmp_path: Path) 
     )
     assert [o.chain_id for o in sent.manifest.omitted] == [OLD_ID]  # a thin send
     assert encoded.count == len(_legacy_image(with_old=True))
+
+
+def test_local_layers_go_on_to_an_image_that_holds_them_whole() -> None:
+    """Found in review: the first image holding a layer was saved, and its copy being a
+    compressed blob (built in a containerd store), there was "no uncompressed copy", though
+    another image of the engine had one."""
+    layer = b"x" * 2048
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    blob = b"compressed-bytes"
+    built, loaded = "sha256:" + "0" * 64, "sha256:" + "f" * 64
+
+    def archive(name: str, data: bytes) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    class TwoHolders:
+        def layers(self) -> dict[str, list[str]]:
+            return {built: [diff_id], loaded: [diff_id]}
+
+        def save(self, refs: Sequence[str]) -> Iterator[bytes]:
+            if list(refs) == [built]:
+                yield archive(f"blobs/sha256/{hashlib.sha256(blob).hexdigest()}", blob)
+            else:
+                yield archive(f"blobs/sha256/{diff_id.removeprefix('sha256:')}", layer)
+
+    with LocalLayers(cast(Engine, TwoHolders())) as local:
+        (size, copy) = local([diff_id])[diff_id]
+        copy.seek(0)
+        assert size == len(layer) and copy.read() == layer
