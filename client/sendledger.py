@@ -103,9 +103,12 @@ class SendLedger:
         omitted = {o.chain_id: o.bundle for o in manifest.omitted}
         with self._locked():
             data = _read(self.path) or {"layers": {}, "files": {}, "bundles": []}
+            refused = set(data.get("refused", ()))
             for image in manifest.images:
                 for chain in chain_ids(image.layers):
-                    data["layers"][chain] = omitted.get(chain, manifest.id)
+                    carrier = omitted.get(chain, manifest.id)
+                    if carrier not in refused:  # a bundle planned before its carrier's refusal
+                        data["layers"][chain] = carrier
             for diff_id, hint in files.items():
                 data["files"][diff_id] = {"size": hint.size, "blob": hint.blob}
             if manifest.id not in data["bundles"]:
@@ -128,6 +131,9 @@ class SendLedger:
             held = set(data["bundles"]) & set(bundle_ids)
             data["layers"] = {c: b for c, b in data["layers"].items() if b not in bundle_ids}
             data["bundles"] = [b for b in data["bundles"] if b not in bundle_ids]
+            # Kept: a thin bundle planned on one of them before, and recorded after, would
+            # bring its layers back.
+            data["refused"] = sorted(set(data.get("refused", ())) | held)
             _write(self.path, data)
             return held
 
@@ -201,6 +207,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         and isinstance(data.get("layers"), dict)
         and isinstance(data.get("files"), dict)
         and isinstance(data.get("bundles"), list)
+        and isinstance(data.get("refused", []), list)
         and all(
             isinstance(f, dict) and isinstance(f.get("size"), int) for f in data["files"].values()
         )

@@ -118,3 +118,19 @@ def test_a_refused_bundle_stops_counting_in_every_audience_of_its_destination(
         s for s in summaries(tmp_path) if s.audience == ("age1alice",) and s.destination == box
     ]
     assert summary.bundles == (thin.id,)
+
+
+def test_a_bundle_recorded_after_its_carriers_refusal_does_not_bring_its_layers_back(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a thin bundle planned on one the drop box then refused, and recorded
+    after the refusal was read (a resumed send, or one running meanwhile), credited the
+    refused bundle with its layers again, so every later send left them out."""
+    ledger = SendLedger(tmp_path, "ftps://sender@box:2121/", ("age1alice",))
+    first = _manifest(LAYERS[:2])
+    bottom, middle, top = chain_ids(LAYERS)
+    ledger.record(first, {})
+    thin = _manifest(LAYERS, (OmittedLayer(bottom, first.id), OmittedLayer(middle, first.id)))
+    assert ledger.drop({first.id}) == {first.id}
+    ledger.record(thin, {})
+    assert ledger.far_side().layers == {top: thin.id}
