@@ -65,13 +65,26 @@ class SavedArchive:
                 self._next_part()
 
     def config_of(self, image_id: str) -> str | None:
-        """The config digest of the image the engine calls ``image_id``, if the archive says."""
+        """The config digest of the image the engine calls ``image_id``, if the archive says.
+        A containerd store names an image by its manifest, or by an image index (what a pull
+        of a multi-platform image leaves): then by the manifest of the index that the archive
+        holds, whose config manifest.json lists."""
         blob = self.members.get(blob_name(image_id))
-        if blob is not None:  # the id is a manifest digest: the manifest names the config
-            with suppress(ValueError, TypeError, KeyError):
-                digest = json.loads(blob)["config"]["digest"]
+        listed = self.configs()
+        if blob is None or image_id in listed:  # a graph driver names it by its config
+            return image_id if image_id in listed else None
+        with suppress(ValueError, TypeError, KeyError, AttributeError):
+            document = json.loads(blob)
+            if "config" in document:  # a manifest names the config
+                digest = document["config"]["digest"]
                 return digest if isinstance(digest, str) else None
-        return image_id if image_id in self.configs() else None
+            for child in document["manifests"]:
+                inner = self.members.get(blob_name(str(child["digest"])))
+                if inner is not None:
+                    digest = json.loads(inner)["config"]["digest"]
+                    if digest in listed:
+                        return str(digest)
+        return None
 
     def holds(self, image_id: str) -> bool:
         """Whether the archive holds the image the engine calls ``image_id``: its manifest (or
@@ -117,7 +130,7 @@ class SavedArchive:
                 elif self._keep in _GNU.values():  # a GNU long name, for the next member
                     key = self._keep.removeprefix("\0gnu-")
                     self._pax = {key: data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
-                else:
+                elif self._keep in self._wanted or data[:1] == b"{":  # a blob: JSON only
                     self.members[self._keep] = data
             self._pending.clear()
             self._header, self._keep, self._need = True, None, tarfile.BLOCKSIZE
@@ -146,7 +159,9 @@ class SavedArchive:
                 self.unreadable = True
             else:
                 self._keep = _PAX if info.type == tarfile.XHDTYPE else _GNU[info.type]
-        elif name in self._wanted and info.size <= self._limit:
+        elif (name in self._wanted and info.size <= self._limit) or (
+            name.startswith(_BLOBS) and info.size <= SMALL_BLOB  # an index's manifests
+        ):
             self._keep = name
         if info.isreg():
             self.sizes[name] = info.size
@@ -161,6 +176,11 @@ class SavedArchive:
         self._header = False
         if self._need == 0:
             self._next_part()
+
+
+_BLOBS = "blobs/sha256/"
+#: Blobs as small as this are kept when they are JSON: manifests (an index names them).
+SMALL_BLOB = 64 * 1024
 
 
 def landed_as(name: str) -> str:

@@ -424,7 +424,13 @@ def test_saved_archive_reads_both_layouts_in_any_chunking(piece: int) -> None:
     archive = SavedArchive({"manifest.json", "blobs/sha256/" + MANIFEST, "x" * 150})
     for start in range(0, len(oci), piece):
         archive.update(oci[start : start + piece])
-    assert set(archive.members) == {"manifest.json", "blobs/sha256/" + MANIFEST, "x" * 150}
+    # A small JSON blob is kept too (an index names its manifests); a layer is not.
+    assert set(archive.members) == {
+        "manifest.json",
+        "blobs/sha256/" + MANIFEST,
+        "blobs/sha256/" + CONFIG,
+        "x" * 150,
+    }
     assert archive.config_of("sha256:" + MANIFEST) == "sha256:" + CONFIG
     assert archive.config_of("sha256:" + CONFIG) == "sha256:" + CONFIG
     assert archive.config_of("sha256:" + "d" * 64) is None
@@ -440,6 +446,27 @@ def test_saved_archive_reads_both_layouts_in_any_chunking(piece: int) -> None:
         archive.update(legacy[start : start + piece])
     assert archive.configs() == ["sha256:" + CONFIG]
     assert archive.config_of("sha256:" + CONFIG) == "sha256:" + CONFIG
+
+
+def test_an_image_named_by_its_index_has_the_config_of_the_manifest_saved() -> None:
+    """Found in review: a containerd store names a pulled multi-platform image by its index,
+    which has no config: the bundle went out with "config": null, and a receiver with a graph
+    driver (whose image id is the config's digest) refused the image it had loaded."""
+    index, other = "9" * 64, "8" * 64  # other: a platform whose blobs the save left out
+    manifests = [{"digest": "sha256:" + d, "platform": {"os": "linux"}} for d in (other, MANIFEST)]
+    oci = _tar(
+        {
+            "blobs/sha256/" + index: json.dumps({"manifests": manifests}).encode(),
+            "blobs/sha256/" + MANIFEST: json.dumps(
+                {"config": {"digest": "sha256:" + CONFIG}}
+            ).encode(),
+            "blobs/sha256/" + CONFIG: b"{}",
+            "manifest.json": json.dumps([{"Config": "blobs/sha256/" + CONFIG}]).encode(),
+        }
+    )
+    archive = SavedArchive({"manifest.json", "blobs/sha256/" + index})
+    archive.update(oci)
+    assert archive.config_of("sha256:" + index) == "sha256:" + CONFIG
 
 
 def test_saved_archive_refuses_what_is_not_a_tar() -> None:
