@@ -132,11 +132,15 @@ class Engine:
             except ImageNotFound:
                 return None
 
-    def layers(self) -> dict[str, list[str]]:
-        """Every image of this engine -> its layer diff ids, bottom first."""
+    def layers(self, *, also: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Every image of this engine -> its layer diff ids, bottom first; with the images
+        ``also`` names, which a listing may leave out: a containerd store does not list an
+        image it lacks some blobs of (one a thin bundle loaded over layers built here), and
+        such an image runs all the same."""
         api = self._client.api
         with _errors("listing images"):
             ids = {str(summary["Id"]) for summary in api.images(all=True)}
+        ids |= {image_id for ref in also if (image_id := self.image_id(ref)) is not None}
         from docker.errors import ImageNotFound
 
         found = {}
@@ -146,10 +150,10 @@ class Engine:
                 found[image_id] = [str(layer) for layer in rootfs.get("Layers") or []]
         return found
 
-    def chain_ids(self) -> set[str]:
-        """The chain id of every layer an image of this engine stands on: the layers a thin
-        archive may leave out when loading here."""
-        return all_chain_ids(self.layers().values())
+    def chain_ids(self, *, also: Iterable[str] = ()) -> set[str]:
+        """The chain id of every layer an image of this engine (or named by ``also``) stands
+        on: the layers a thin archive may leave out when loading here."""
+        return all_chain_ids(self.layers(also=also).values())
 
     def containerd_store(self) -> bool:
         """Whether images live in the containerd image store rather than a graph driver."""

@@ -237,6 +237,7 @@ class _Run:
         self.published = set(published)
         self.done, newest = ledger.read()
         self.newest = Newest(newest)
+        self.ours = tuple(newest)  # the refs imported here: an engine may not list them all
         self.tried: set[str] = set()
         self.outcomes: list[Outcome] = []
         self.parked: dict[str, AirgapError] = {}  # refused as rollbacks, unless carriers yet
@@ -324,14 +325,14 @@ class _Run:
         if not manifest.omitted or self.into.engine is None:
             return
         engine = self.into.engine()
-        missing = missing_layers(manifest, engine.chain_ids())
+        missing = missing_layers(manifest, engine.chain_ids(also=self.ours))
         carriers = list(dict.fromkeys(o.bundle for o in missing if o.bundle))
         pending = [c for c in carriers if c in self.published and c not in self.done]
         for carrier in pending:
             if carrier not in waiting:
                 self.fetch(carrier, waiting)
         if pending:
-            missing = missing_layers(manifest, engine.chain_ids())
+            missing = missing_layers(manifest, engine.chain_ids(also=self.ours))
         if missing:
             raise _missing(manifest, missing, self.published, self.done)
 

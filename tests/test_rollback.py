@@ -83,7 +83,7 @@ class _Engine:
             else:
                 self.tags[ref] = old
 
-    def chain_ids(self) -> set[str]:
+    def chain_ids(self, *, also: object = ()) -> set[str]:
         return self.chains
 
 
