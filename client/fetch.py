@@ -237,7 +237,7 @@ class _Run:
         self.published = set(published)
         self.done, newest = ledger.read()
         self.newest = Newest(newest)
-        self.ours = tuple(newest)  # the refs imported here: an engine may not list them all
+        self.ours = list(newest)  # the refs imported here: an engine may not list them all
         self.tried: set[str] = set()
         self.outcomes: list[Outcome] = []
         self.parked: dict[str, AirgapError] = {}  # refused as rollbacks, unless carriers yet
@@ -278,6 +278,7 @@ class _Run:
         )
         self.done.add(bundle_id)
         self.newest.imported(tags, bundle_id)
+        self.ours += tags
         self._release(tags)  # where this load put them is where they belong
         try:  # after the record: what was imported stays imported, whatever fails here
             failed = _afterwards(transport, manifest, data, self.trusted, into)

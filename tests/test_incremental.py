@@ -438,3 +438,49 @@ def test_a_ledger_not_written_does_not_fail_a_published_send(
         finally:
             assert box.server is not None
             box.server.stop()
+
+
+_GRAPH = [h for h in engine_hosts() if h.endswith("/airgap-docker26.sock")]
+_CONTAINERD = [h for h in engine_hosts() if h.endswith("/airgap-docker26c.sock")]
+
+
+@pytest.mark.skipif(
+    not (_GRAPH and _CONTAINERD), reason="needs Docker 26.1 with and without the containerd store"
+)
+@pytest.mark.timeout(180)
+def test_a_thin_image_a_containerd_store_does_not_list_still_counts(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: loaded over layers the receiver built itself (kept compressed), a
+    thin bundle's image lacks their blobs, and a containerd store leaves it out of its image
+    list, though it runs: the next thin bundle was refused, its layers "gone since"."""
+    sender = DockerEngine(_GRAPH[0], connect_engine(_GRAPH[0]))
+    receiver = DockerEngine(_CONTAINERD[0], connect_engine(_CONTAINERD[0]))
+    repo = f"airgap-inc-{uuid.uuid4().hex[:10]}"
+    files = []
+    for name in "abc":
+        files.append(tmp_path / f"layer-{name}.bin")
+        files[-1].write_bytes(os.urandom(64 * 1024))
+
+    def copies(names: str) -> str:
+        return "".join(f"COPY layer-{name}.bin /layer-{name}.bin\n" for name in names)
+
+    try:
+        for engine in (sender, receiver):  # the same base on both sides, layer for layer
+            build_image(engine.client, f"{repo}:base", extra=copies("a"), files=files)
+        build_image(sender.client, f"{repo}:1", extra=copies("ab"), files=files)
+        build_image(sender.client, f"{repo}:2", extra=copies("abc"), files=files)
+        side = Side(keydir, tmp_path, sender)
+        side.send(f"{repo}:1", "--base", f"{repo}:base")
+        side.send(f"{repo}:2")
+        expected = _runs(sender, f"{repo}:2")
+        fetched = Side(keydir, tmp_path, receiver).fetch()
+        assert fetched.returncode == 0, fetched.stderr
+        listed = {i["Id"] for i in receiver.client.api.images(all=True)}
+        assert receiver.client.images.get(f"{repo}:1").id not in listed  # what makes the case
+        assert _runs(receiver, f"{repo}:2") == expected
+    finally:
+        _remove(sender.client, repo)
+        _remove(receiver.client, repo)
+        sender.client.close()
+        receiver.client.close()
