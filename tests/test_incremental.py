@@ -78,7 +78,7 @@ def chain(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Chain]:
 
 
 def _remove(client: Any, repo: str) -> None:
-    for version in (3, 2, 1):
+    for version in (3, 2, 1, "base"):
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(f"{repo}:{version}", force=True)
 
