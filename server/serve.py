@@ -75,6 +75,13 @@ def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
     users = UserDB(layout.users_file)
     for name, role, password in first:
         users.add(name, role, password)
+    if not sys.stderr.isatty():  # a log (docker logs, a journal) would keep them for good
+        names = " and ".join(name for name, _, _ in first)
+        say(
+            f"airgap: created accounts {names}; their passwords are in "
+            f"{layout.credentials_file} (mode 0600), not in this output, which a log may keep"
+        )
+        return
     say(f"airgap: created accounts (also in {layout.credentials_file}, mode 0600):")
     for line in lines:
         say(f"airgap:   {line}")

@@ -133,3 +133,16 @@ def test_serve_refuses_new_first_accounts_beside_old_credentials(serve, tmp_path
     credentials.unlink()
     fresh = serve("--tls", "off", root=server.root)
     fresh.ftp("sender", fresh.password("sender")).quit()
+
+
+def test_first_passwords_stay_out_of_output_that_is_not_a_terminal(serve):
+    """Found in review: the container's first start wrote both passwords to docker logs (a
+    log kept for good, and shipped to wherever logs go)."""
+    server = serve("--tls", "off")
+    credentials = server.root / "state/credentials.txt"
+    assert (
+        f"airgap: created accounts sender and receiver; their passwords are in {credentials} "
+        "(mode 0600), not in this output, which a log may keep"
+    ) in server.stderr
+    for role in ("sender", "receiver"):
+        assert server.password(role) not in server.stderr
