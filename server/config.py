@@ -168,8 +168,11 @@ def load_config(
     *,
     environ: Mapping[str, str],
     config_file: Path | None = None,
+    tell: Callable[[str], None] = lambda warning: None,
 ) -> ServeConfig:
-    """Merge the layers; ``flags`` holds only what was given on the command line."""
+    """Merge the layers; ``flags`` holds only what was given on the command line. A variable
+    that overrides the file is told: an image's ENV is easily forgotten (the server image
+    sets AIRGAP_SERVE_LISTEN, and a file's ``listen`` on loopback would go unheeded)."""
     merged: dict[str, tuple[str, Any]] = {}
     layers: list[tuple[str, Mapping[str, Any]]] = [
         (str(config_file), _read_toml(config_file) if config_file else {}),
@@ -182,6 +185,13 @@ def load_config(
                 raise UsageError(
                     f"{source}: unknown setting {key.replace('_', '-')!r}",
                     hint=f"the settings: {', '.join(k.replace('_', '-') for k in SETTINGS)}",
+                )
+            earlier = merged.get(key)
+            if source == "environment" and earlier is not None and str(earlier[1]) != value:
+                name = ENV_PREFIX + key.upper()
+                tell(
+                    f"airgap: warning: {name}={value} (the environment) overrides "
+                    f"{key.replace('_', '-')} = {earlier[1]!r} in {earlier[0]}"
                 )
             merged[key] = (source, value)
     values: dict[str, Any] = {}

@@ -139,7 +139,7 @@ def serve(
         "max_rate": max_rate,
         "partial_expiry": partial_expiry,
     }
-    config = load_config(flags, environ=os.environ, config_file=config_file)
+    config = load_config(flags, environ=os.environ, config_file=config_file, tell=say)
     run_server(config, say)
 
 

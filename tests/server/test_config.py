@@ -16,9 +16,19 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     toml = tmp_path / "serve.toml"
     toml.write_text('listen = "127.0.0.1:2001"\ntls = "off"\nidle-timeout = 30\n')
     environ = {"AIRGAP_SERVE_LISTEN": "127.0.0.1:2002", "AIRGAP_SERVE_IDLE_TIMEOUT": "40"}
-    config = load_config({"listen": "127.0.0.1:2003"}, environ=environ, config_file=toml)
+    told: list[str] = []
+    config = load_config(
+        {"listen": "127.0.0.1:2003"}, environ=environ, config_file=toml, tell=told.append
+    )
     assert config.port == 2003  # the flag
     assert config.idle_timeout == 40  # the environment, over the file
+    # Found in review: the server image's ENV silently beat a file's listen on loopback.
+    assert told == [
+        f"airgap: warning: AIRGAP_SERVE_LISTEN=127.0.0.1:2002 (the environment) overrides "
+        f"listen = '127.0.0.1:2001' in {toml}",
+        f"airgap: warning: AIRGAP_SERVE_IDLE_TIMEOUT=40 (the environment) overrides "
+        f"idle-timeout = 30 in {toml}",
+    ]
     assert config.tls == TlsMode.OFF  # the file, over the default
     assert config.max_connections == ServeConfig().max_connections  # the default
     defaults = load_config({}, environ={})
