@@ -322,3 +322,11 @@ def test_a_sticky_folder_guards_a_file_of_ones_own(tmp_path: Path) -> None:
     link.symlink_to(key)
     key.chmod(0o644)
     assert written_by_others(link) is None
+
+
+def test_init_makes_the_state_folder_a_container_mounts(tmp_path: Path) -> None:
+    """Found in review: without it, `docker run -v ~/.local/state/airgap:...` made the folder
+    root's, and the container's fetch could not write its ledger."""
+    env = _init(tmp_path / "home", "receiver")
+    state = Path(env["XDG_STATE_HOME"]) / "airgap"
+    assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from airgap.client import config, keyfiles
-from airgap.client.cli.app import FingerprintOption, app, guarded, secret
+from airgap.client.cli.app import FingerprintOption, app, default_state_dir, guarded, secret
 from airgap.client.places import Place
 from airgap.client.private import private_dir
 from airgap.client.terminal import say
@@ -78,6 +78,7 @@ def init(
     ]
     keyfiles.write_key_files(directory, files, force=force)
     private_dir(directory / "trusted")
+    private_dir(default_state_dir())  # the ledgers': a container mounting it finds it the user's
     say(f"wrote keys and {made.name} to {directory}")
     if chosen is not None and made.absolute() != config.default_path().absolute():
         say(f"airgap reads it with AIRGAP_CONFIG={made.absolute()} set")
