@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import netrc
 import os
+import shlex
 import stat
 import sys
 from dataclasses import replace
@@ -105,7 +106,14 @@ class _Netrc:
             raise KeyFileError(f"{path}: cannot be read as a netrc file") from exc
 
     def entry(self, host: str) -> tuple[str, str] | None:
-        """The login and password for ``host`` (or the ``default``); either may be ''."""
+        """The login and password for ``host`` (or the ``default``); either may be ''.
+        A host named twice is refused: Python's netrc keeps the last entry, ftp and curl take
+        the first (or the one of the URL's user), and which login was meant is a guess."""
+        if self._parsed is not None and _machines(self.path).count(host) > 1:
+            raise KeyFileError(
+                f"{self.path} has more than one entry for machine {host}",
+                hint="keep one (airgap would have to guess which login is meant)",
+            )
         found = self._parsed.authenticators(host) if self._parsed else None
         return (found[0], found[2]) if found else None
 
@@ -117,6 +125,17 @@ class _Netrc:
         if self._mode & 0o077:  # as ftp(1) does: a password others can read is not used
             raise _exposed(self.path)
         return entry[1]
+
+
+def _machines(path: Path) -> list[str]:
+    """The host of each ``machine`` entry of a netrc file, in order (as its tokens go)."""
+    try:
+        lexer = shlex.shlex(path.read_text(encoding="utf-8"), posix=True)
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        tokens = list(lexer)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []  # read and parsed a moment ago: netrc's own reading stands
+    return [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token == "machine"]  # noqa: S105
 
 
 def _exposed(path: Path) -> KeyFileError:

@@ -641,3 +641,22 @@ def test_config_level_and_password_file_are_held_to_what_the_flags_take(tmp_path
     password.chmod(0o600)
     with pytest.raises(KeyFileError, match="longer than a password"):
         credentials._read_password(password)
+
+
+def test_a_netrc_naming_one_host_twice_is_refused(tmp_path: Path, keydir: Path) -> None:
+    """Found in review: Python's netrc keeps the last entry of a host, where ftp and curl take
+    the first: with two logins there, alice's password was not found, and a URL without a
+    user logged in as bob."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text(
+        "machine 127.0.0.1 login alice password ALICEPW\n"
+        "# a comment\nmachine 127.0.0.1 login bob password BOBPW\n"
+        "machine other.example login carol password CAROLPW\n"
+    )
+    netrc.chmod(0o600)
+    env = {"NETRC": str(netrc), "AIRGAP_RETRIES": "1"}
+    ls = ["ls", "--server", "ftp://alice@127.0.0.1:9/", "--trust", keydir / "signing.pub"]
+    refused = run_airgap(ls, env=env)
+    assert refused.returncode == 1, refused.stderr
+    assert f"{netrc} has more than one entry for machine 127.0.0.1" in refused.stderr
+    assert "PW" not in refused.stderr
