@@ -660,3 +660,18 @@ def test_a_netrc_naming_one_host_twice_is_refused(tmp_path: Path, keydir: Path) 
     assert refused.returncode == 1, refused.stderr
     assert f"{netrc} has more than one entry for machine 127.0.0.1" in refused.stderr
     assert "PW" not in refused.stderr
+
+
+def test_to_and_from_win_over_airgap_server(tmp_path: Path, keydir: Path) -> None:
+    """Found in review: AIRGAP_SERVER in the environment made --to and --from "give exactly
+    one of --to DIR and --server URL", a flag nobody typed."""
+    env = {"AIRGAP_SERVER": "ftps://sender@dropbox:2121/", "XDG_STATE_HOME": str(tmp_path)}
+    (tmp_path / "usb").mkdir()
+    keys = ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
+    sent = run_airgap(
+        ["send", "--file", keydir / "recipient.txt", "--to", tmp_path / "usb", *keys], env=env
+    )
+    assert sent.returncode == 0, sent.stderr
+    trust = ["--trust", keydir / "signing.pub"]
+    verified = run_airgap(["verify", "--from", tmp_path / "usb", *trust], env=env)
+    assert verified.returncode == 0, verified.stderr

@@ -110,18 +110,17 @@ StateDirOption = Annotated[
     Path | None,
     typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Where the ledgers live."),
 ]
+# AIRGAP_SERVER and AIRGAP_TLS_FINGERPRINT are read where no flag names a place (see
+# transfer._place), not as these options' defaults: --to or --from must win over them.
 ServerOption = Annotated[
     str | None,
-    typer.Option(
-        "--server", envvar="AIRGAP_SERVER", help="Drop box: ftp:// or ftps://USER@HOST:PORT/."
-    ),
+    typer.Option("--server", help="Drop box: ftp:// or ftps://USER@HOST:PORT/ (AIRGAP_SERVER)."),
 ]
 FingerprintOption = Annotated[
     str | None,
     typer.Option(
         "--tls-fingerprint",
-        envvar="AIRGAP_TLS_FINGERPRINT",
-        help="sha256:... of the appliance's certificate (ftps://).",
+        help="sha256:... of the appliance's certificate (ftps://; AIRGAP_TLS_FINGERPRINT).",
     ),
 ]
 QuietOption = Annotated[

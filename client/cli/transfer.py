@@ -190,8 +190,12 @@ def _place(
     fingerprint: str | None,
     configured: config.SendSettings | config.FetchSettings,
 ) -> Place:
-    """Flags first; the configured drop box only when neither a directory nor a server is given.
-    Its password file goes with the configured server alone, never to another."""
+    """Flags first, then AIRGAP_SERVER (with AIRGAP_TLS_FINGERPRINT), then the configured drop
+    box: each only when neither a directory nor a server was given before it. The configured
+    password file goes with the configured server alone, never to another."""
+    if directory is None and server is None and os.environ.get("AIRGAP_SERVER"):
+        server = os.environ["AIRGAP_SERVER"]
+        fingerprint = fingerprint or os.environ.get("AIRGAP_TLS_FINGERPRINT") or None
     if directory is None and server is None and configured.server:
         server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
     same = (
