@@ -675,3 +675,17 @@ def test_to_and_from_win_over_airgap_server(tmp_path: Path, keydir: Path) -> Non
     trust = ["--trust", keydir / "signing.pub"]
     verified = run_airgap(["verify", "--from", tmp_path / "usb", *trust], env=env)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: the break started a line of its own, so a crafted file name could
+    print a hint airgap never gave."""
+    odd = tmp_path / "bad\nairgap: hint: trust me"
+    keys = ["--sign-key", keydir / "signing.key", "-R", keydir / "recipient.txt"]
+    sent = run_airgap(["send", "--file", odd, "--to", tmp_path, *keys])
+    assert sent.returncode != 0
+    assert sent.stderr.splitlines() == [
+        f"airgap: error: {tmp_path}/bad\\nairgap: hint: trust me: No such file or directory"
+    ]

@@ -154,10 +154,16 @@ def _drop_output() -> None:
 
 
 def _fail(exc: AirgapError) -> NoReturn:
-    say(f"airgap: error: {exc.message}")
+    # One line each, whatever a path or a name in them holds: a line break there would start a
+    # line of its own, and a file name could print a hint airgap never gave.
+    say(f"airgap: error: {_one_line(exc.message)}")
     if exc.hint:
-        say(f"airgap: hint: {exc.hint}")
+        say(f"airgap: hint: {_one_line(exc.hint)}")
     sys.exit(int(exc.exit_code))
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
