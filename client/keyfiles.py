@@ -56,6 +56,11 @@ def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X2
     for path in files:
         text = read_key_text(path, "recipients file")
         _check_guarded(path, "recipients file")
+        if not any(s and s[0] != "#" for s in map(str.strip, text.splitlines())):  # as init left it
+            raise UsageError(
+                f"recipients file {path} holds no recipient yet",
+                hint="put each receiver's age1... line (its keys/recipient.txt) into it",
+            )
         with _naming(str(path), text, "an age recipient"):
             found += age.parse_recipients(text)
     return found

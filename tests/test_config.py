@@ -330,3 +330,14 @@ def test_init_makes_the_state_folder_a_container_mounts(tmp_path: Path) -> None:
     env = _init(tmp_path / "home", "receiver")
     state = Path(env["XDG_STATE_HOME"]) / "airgap"
     assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_a_send_before_recipients_are_added_says_what_to_add(tmp_path: Path) -> None:
+    """Found in review: "recipients file holds no recipient", exit 1, with no way forward,
+    right after airgap init."""
+    env = _init(tmp_path / "home", "sender")
+    (tmp_path / "usb").mkdir()
+    sent = run_airgap(["send", "--file", tmp_path / "home", "--to", tmp_path / "usb"], env=env)
+    assert sent.returncode == 2, sent.stderr
+    assert "holds no recipient yet" in sent.stderr
+    assert "put each receiver's age1... line (its keys/recipient.txt) into it" in sent.stderr
