@@ -283,7 +283,8 @@ def test_send_refuses_bad_input_clearly(tmp_path: Path, keydir: Path) -> None:
     assert "--recipient 'age1nope': malformed Bech32" in bad_recipient.stderr
     (tmp_path / "empty.txt").write_text("# nobody yet\n")
     empty = run_airgap([*base, "--sign-key", keydir / "signing.key", "-R", tmp_path / "empty.txt"])
-    assert f"{tmp_path / 'empty.txt'}: recipients file holds no recipient" in empty.stderr
+    assert empty.returncode == 2
+    assert f"recipients file {tmp_path / 'empty.txt'} holds no recipient yet" in empty.stderr
     public = run_airgap(
         [*base, "--sign-key", keydir / "signing.pub", "-R", keydir / "recipient.txt"]
     )
