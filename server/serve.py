@@ -206,11 +206,14 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     audit.record(
         "start", host=host, port=port, tls=config.tls.value, anonymous=config.anonymous.value
     )
-    say(f"airgap: serving ftp://{_url_host(host)}:{port}/ root={layout.root}")
-    # pyftpdlib's first poll waits for a socket event, its timers unseen until one comes: a
-    # word through the mailbox is that event, and after it every poll waits for the next timer.
-    services.mailbox.post(lambda: None)
-    _run(server, ioloop)
+
+    def ready() -> None:  # once a stop is handled as one: a SIGTERM right after this exits 0
+        say(f"airgap: serving ftp://{_url_host(host)}:{port}/ root={layout.root}")
+        # pyftpdlib's first poll waits for a socket event, its timers unseen until one comes:
+        # a word through the mailbox is that event, and after it every poll waits for the next.
+        services.mailbox.post(lambda: None)
+
+    _run(server, ioloop, ready)
     # Queued work finishes: the audit records (bytes, sha256) of uploads cut by the stop.
     logins.shutdown(wait=False, cancel_futures=True)
     pool.shutdown(wait=True, cancel_futures=False)
@@ -223,7 +226,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
 STOP_CHECK = 0.5
 
 
-def _run(server: ftp.Listener, ioloop: Any) -> None:
+def _run(server: ftp.Listener, ioloop: Any, ready: Callable[[], None]) -> None:
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -241,6 +244,7 @@ def _run(server: ftp.Listener, ioloop: Any) -> None:
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     ioloop.call_every(STOP_CHECK, stop_if_asked)
     try:
+        ready()
         # No fixed poll timeout: pyftpdlib then waits only until its next scheduled call (a
         # throttle's resume, a login's delay) instead of up to a second past it.
         server.serve_forever(timeout=None, blocking=True, handle_exit=True)
