@@ -11,11 +11,11 @@ from __future__ import annotations
 import getpass
 import netrc
 import os
-import shlex
 import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from airgap.client.ftp import FtpTarget
 from airgap.shared.errors import KeyFileError, UsageError
@@ -101,7 +101,7 @@ class _Netrc:
         if not path.exists():
             return cls(path, None, 0)
         try:
-            return cls(path, netrc.netrc(str(path)), path.stat().st_mode)
+            return cls(path, _Strict(str(path)), path.stat().st_mode)
         except (netrc.NetrcParseError, OSError) as exc:
             raise KeyFileError(f"{path}: cannot be read as a netrc file") from exc
 
@@ -109,7 +109,7 @@ class _Netrc:
         """The login and password for ``host`` (or the ``default``); either may be ''.
         A host named twice is refused: Python's netrc keeps the last entry, ftp and curl take
         the first (or the one of the URL's user), and which login was meant is a guess."""
-        if self._parsed is not None and _machines(self.path).count(host) > 1:
+        if isinstance(self._parsed, _Strict) and host in self._parsed.hosts.twice:
             raise KeyFileError(
                 f"{self.path} has more than one entry for machine {host}",
                 hint="keep one (airgap would have to guess which login is meant)",
@@ -127,15 +127,26 @@ class _Netrc:
         return entry[1]
 
 
-def _machines(path: Path) -> list[str]:
-    """The host of each ``machine`` entry of a netrc file, in order (as its tokens go)."""
-    try:
-        lexer = shlex.shlex(path.read_text(encoding="utf-8"), posix=True)
-        lexer.whitespace_split, lexer.commenters = True, "#"
-        tokens = list(lexer)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return []  # read and parsed a moment ago: netrc's own reading stands
-    return [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token == "machine"]  # noqa: S105
+class _Hosts(dict[str, Any]):
+    """netrc's table of hosts, which also notes a host whose entry comes again: each entry
+    starts by setting its host to ``{}`` (the module's own parse, macros and quotes and all)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.twice: set[str] = set()
+
+    def __setitem__(self, host: str, value: Any) -> None:
+        if value == {} and host in self:
+            self.twice.add(host)
+        super().__setitem__(host, value)
+
+
+class _Strict(netrc.netrc):
+    hosts: _Hosts
+
+    def _parse(self, file: str, fp: Any, default_netrc: bool) -> None:
+        self.hosts = _Hosts()
+        super()._parse(file, fp, default_netrc)  # type: ignore[misc]
 
 
 def _exposed(path: Path) -> KeyFileError:
