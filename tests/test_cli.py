@@ -687,6 +687,15 @@ def test_to_and_from_win_over_airgap_server(tmp_path: Path, keydir: Path) -> Non
     trust = ["--trust", keydir / "signing.pub"]
     verified = run_airgap(["verify", "--from", tmp_path / "usb", *trust], env=env)
     assert verified.returncode == 0, verified.stderr
+    # Review: the pin's variable still goes with a --server flag.
+    pin = {
+        "AIRGAP_TLS_FINGERPRINT": "sha256:" + "ab" * 32,
+        "AIRGAP_RETRIES": "1",
+        "AIRGAP_PASSWORD": "x",
+    }
+    listed = run_airgap(["ls", "--server", "ftps://receiver@127.0.0.1:9/", *trust], env=pin)
+    assert listed.returncode == 4, listed.stderr  # nothing listens on port 9
+    assert "needs the appliance's certificate fingerprint" not in listed.stderr
 
 
 def test_an_error_naming_a_path_with_a_line_break_stays_one_line(

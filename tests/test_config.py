@@ -341,3 +341,16 @@ def test_a_send_before_recipients_are_added_says_what_to_add(tmp_path: Path) -> 
     assert sent.returncode == 2, sent.stderr
     assert "holds no recipient yet" in sent.stderr
     assert "put each receiver's age1... line (its keys/recipient.txt) into it" in sent.stderr
+
+
+def test_an_empty_trusted_folder_lists_unverified_and_verifies_nothing(tmp_path: Path) -> None:
+    """Right after airgap init: ls lists, unverified (review of a fix that broke it), and
+    verify says the folder holds no key."""
+    env = _init(tmp_path / "home", "receiver")
+    (tmp_path / "usb").mkdir()
+    listed = run_airgap(["ls", "--from", tmp_path / "usb"], env=env)
+    assert listed.returncode == 0, listed.stderr
+    verified = run_airgap(["verify", "--from", tmp_path / "usb"], env=env)
+    trusted = tmp_path / "home" / "config" / "airgap" / "trusted"
+    assert verified.returncode == 2
+    assert f"no trusted signer key: {trusted} holds no .pub file" in verified.stderr

@@ -114,13 +114,13 @@ StateDirOption = Annotated[
 # transfer._place), not as these options' defaults: --to or --from must win over them.
 ServerOption = Annotated[
     str | None,
-    typer.Option("--server", help="Drop box: ftp:// or ftps://USER@HOST:PORT/ (AIRGAP_SERVER)."),
+    typer.Option("--server", help="Drop box: ftp:// or ftps://USER@HOST:PORT/."),
 ]
 FingerprintOption = Annotated[
     str | None,
     typer.Option(
         "--tls-fingerprint",
-        help="sha256:... of the appliance's certificate (ftps://; AIRGAP_TLS_FINGERPRINT).",
+        help="sha256:... of the appliance's certificate (ftps://).",
     ),
 ]
 QuietOption = Annotated[

@@ -190,11 +190,13 @@ def _place(
     fingerprint: str | None,
     configured: config.SendSettings | config.FetchSettings,
 ) -> Place:
-    """Flags first, then AIRGAP_SERVER (with AIRGAP_TLS_FINGERPRINT), then the configured drop
-    box: each only when neither a directory nor a server was given before it. The configured
-    password file goes with the configured server alone, never to another."""
+    """Flags first, then AIRGAP_SERVER, then the configured drop box: each only when neither a
+    directory nor a server was given before it; AIRGAP_TLS_FINGERPRINT pins a server of a flag
+    or of AIRGAP_SERVER (the configured one has its own). The configured password file goes
+    with the configured server alone, never to another."""
     if directory is None and server is None and os.environ.get("AIRGAP_SERVER"):
         server = os.environ["AIRGAP_SERVER"]
+    if server is not None:  # a flag's or the variable's (a wrong pin only refuses)
         fingerprint = fingerprint or os.environ.get("AIRGAP_TLS_FINGERPRINT") or None
     if directory is None and server is None and configured.server:
         server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
@@ -212,18 +214,19 @@ def _place(
     return place
 
 
-def _trusted(paths: Sequence[Path]) -> list[Path]:
-    """Trusted keys; a directory stands for every .pub file in it."""
+def _trusted(paths: Sequence[Path], *, needed: bool = True) -> list[Path]:
+    """Trusted keys; a directory stands for every .pub file in it. An empty one is named when
+    ``needed`` (``ls`` lists unverified without keys, as after ``airgap init``)."""
     found: list[Path] = []
     for path in paths:
         if not path.is_dir():
             found.append(path)
         elif keys := sorted(path.glob("*.pub")):
             found += keys
-        else:
+        elif needed:
             raise UsageError(
-                f"--trust {path}: no .pub file in this folder",
-                hint="put the sender's signing.pub in it, or pass the file itself",
+                f"no trusted signer key: {path} holds no .pub file",
+                hint="put the sender's signing.pub in it, or pass --trust with the file itself",
             )
     return found
 
@@ -423,7 +426,7 @@ def list_command(
 ) -> None:
     """List published bundles: size, content, signer and state (checked with --trust)."""
     cfg = config.load().fetch
-    trust_files = _trusted(trust or cfg.trust)
+    trust_files = _trusted(trust or cfg.trust, needed=False)
     trusted = keyfiles.load_trusted(trust_files) if trust_files else []
     imported = Ledger((state_dir or default_state_dir()) / "imported.jsonl").ids()
     place = _place(source, server, fingerprint, cfg)
