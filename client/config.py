@@ -89,7 +89,7 @@ def load(path: Path | None = None) -> Settings:
     if why := written_by_others(path):  # it names the keys to trust and to encrypt to
         raise UsageError(
             f"config {path}: {why}",
-            hint="keep it in a folder of your own, writable by you alone (chmod go-w)",
+            hint="keep it in a folder of your own that only you may write to (chmod go-w)",
         )
     _only(data, {"send", "fetch"}, path, "")
     send, fetch = _table(data, "send", path), _table(data, "fetch", path)

@@ -55,7 +55,7 @@ def load_recipients(values: Sequence[str], files: Sequence[Path]) -> list[age.X2
             found.append(age.X25519Recipient.parse(value))
     for path in files:
         text = read_key_text(path, "recipients file")
-        _check_guarded(path, "recipients file")
+        _check_guarded(path, "recipients file", "whom bundles are encrypted to")
         if not any(s and s[0] != "#" for s in map(str.strip, text.splitlines())):  # as init left it
             raise UsageError(
                 f"recipients file {path} holds no recipient yet",
@@ -96,13 +96,14 @@ def _check_private(path: Path, what: str) -> None:
         )
 
 
-def _check_guarded(path: Path, what: str) -> None:
+def _check_guarded(path: Path, what: str, decides: str) -> None:
     """A key that decides whom to trust or to encrypt to, in a file others could have written,
     is refused: they could have added a signer of theirs, or a recipient."""
     if why := written_by_others(path):
         raise KeyFileError(
-            f"{what} {path} decides whom to trust, and {why}",
-            hint="keep it in a folder of your own, writable by you alone (chmod go-w)",
+            f"{what} {path} decides {decides}, and {why}",
+            hint="keep it in a folder of your own that only you may write to (chmod go-w; "
+            "from a medium that keeps no modes, such as FAT, copy it there first)",
         )
 
 
@@ -146,7 +147,7 @@ def load_trusted(paths: Sequence[Path]) -> list[minisign.PublicKey]:
     trusted = []
     for path in paths:
         text = read_key_text(path, "trusted key")
-        _check_guarded(path, "trusted key")
+        _check_guarded(path, "trusted key", "whom to trust")
         with _naming(f"trusted key {path}", text, "a minisign public key"):
             trusted.append(minisign.PublicKey.parse(text))
     return trusted

@@ -5,7 +5,9 @@ a folder, durable; and files written whole."""
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -76,12 +78,24 @@ def written_by_others(path: Path) -> str | None:
     mode = stat.S_IMODE(info.st_mode)
     if info.st_uid not in (me, 0):
         return f"it belongs to another user (uid {info.st_uid})"
-    if mode & 0o022:
+    if mode & _writers(info):
         return f"others may write it (mode {mode:04o})"
     for folder, found in held:
         folder_mode = stat.S_IMODE(found.st_mode)
         if found.st_uid not in (me, 0):
             return f"its folder {folder} belongs to another user (uid {found.st_uid})"
-        if folder_mode & 0o022 and not folder_mode & stat.S_ISVTX:
+        if folder_mode & _writers(found) and not folder_mode & stat.S_ISVTX:
             return f"others may write its folder {folder} (mode {folder_mode:04o})"
     return None
+
+
+def _writers(info: os.stat_result) -> int:
+    """The write bits that let others in: group write too, unless the group is the owner's
+    own (a user private group, as a umask of 002 goes with, which Debian's ssh allows)."""
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+        group = grp.getgrgid(info.st_gid)
+    except KeyError:
+        return 0o022
+    private = group.gr_name == owner and set(group.gr_mem) <= {owner}
+    return 0o002 if private else 0o022
