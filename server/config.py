@@ -186,14 +186,14 @@ def load_config(
                     f"{source}: unknown setting {key.replace('_', '-')!r}",
                     hint=f"the settings: {', '.join(k.replace('_', '-') for k in SETTINGS)}",
                 )
-            earlier = merged.get(key)
-            if source == "environment" and earlier is not None and str(earlier[1]) != value:
-                name = ENV_PREFIX + key.upper()
-                tell(
-                    f"airgap: warning: {name}={value} (the environment) overrides "
-                    f"{key.replace('_', '-')} = {earlier[1]!r} in {earlier[0]}"
-                )
             merged[key] = (source, value)
+    in_file = layers[0][1]
+    for key, (source, raw) in merged.items():  # what the environment decided, over the file
+        if source == "environment" and key in in_file and _differ(key, in_file[key], raw):
+            tell(
+                f"airgap: warning: {ENV_PREFIX}{key.upper()}={raw} (the environment) overrides "
+                f"{key.replace('_', '-')} = {in_file[key]!r} in {config_file}"
+            )
     values: dict[str, Any] = {}
     for key, (source, raw) in merged.items():
         try:
@@ -206,6 +206,17 @@ def load_config(
     config = ServeConfig(**values)
     _check(config)
     return config
+
+
+def _differ(key: str, one: Any, other: Any) -> bool:
+    """Whether two raw values of setting ``key`` mean different things (0256 and 256 do not)."""
+    parse = _listen if key == "listen" else _PARSERS.get(key)
+    if parse is None:
+        return True
+    try:
+        return bool(parse(one) != parse(other))
+    except ValueError:
+        return True
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -22,12 +22,18 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     )
     assert config.port == 2003  # the flag
     assert config.idle_timeout == 40  # the environment, over the file
-    # Found in review: the server image's ENV silently beat a file's listen on loopback.
+    # Found in review: the server image's ENV silently beat a file's listen on loopback. Only
+    # what the environment decided is told (the flag decided listen here), and only a change.
+    assert told == [
+        f"airgap: warning: AIRGAP_SERVE_IDLE_TIMEOUT=40 (the environment) overrides "
+        f"idle-timeout = 30 in {toml}",
+    ]
+    told.clear()
+    environ |= {"AIRGAP_SERVE_IDLE_TIMEOUT": "030"}
+    load_config({}, environ=environ, config_file=toml, tell=told.append)
     assert told == [
         f"airgap: warning: AIRGAP_SERVE_LISTEN=127.0.0.1:2002 (the environment) overrides "
         f"listen = '127.0.0.1:2001' in {toml}",
-        f"airgap: warning: AIRGAP_SERVE_IDLE_TIMEOUT=40 (the environment) overrides "
-        f"idle-timeout = 30 in {toml}",
     ]
     assert config.tls == TlsMode.OFF  # the file, over the default
     assert config.max_connections == ServeConfig().max_connections  # the default
