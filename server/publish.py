@@ -99,25 +99,38 @@ class Publisher:
         return found
 
     def scan(self) -> list[Outcome]:
-        """Check every bundle whose signature is present (after a restart, say)."""
+        """Check every bundle whose signature is present (after a restart, say), once the
+        publishes a stop cut off are taken back."""
+        self._take_back()
         outcomes = []
         for area in self.areas():
             for entry in sorted(os.scandir(area), key=lambda e: e.name):
                 if entry.name.endswith(SIGNATURE_SUFFIX) and (bid := bundle_id_of(entry.name)):
-                    self._take_back(area, bid)
                     outcomes.append(self.check(area, bid))
         return outcomes
 
-    def _take_back(self, area: Path, bundle_id: str) -> None:
+    def _take_back(self) -> None:
         """A publish cut off between its moves (the process killed) left the payload, and
-        maybe the manifest, in ``pub/outgoing`` without the signature, which moves last and is
-        still in the area: no receiver lists them. They go back, to be checked again."""
+        maybe the manifest, in ``pub/outgoing`` without the signature, which moves last: no
+        receiver lists them. Its intent record names the area they came from; they go back
+        there, to be checked again. Nothing else in ``pub/outgoing`` moves (a receiver's
+        --consume cut short leaves a bundle without its signature too: not ours to send back)."""
+        for intent in sorted(self.layout.state.glob(_INTENT + "*")):
+            bundle_id = intent.name.removeprefix(_INTENT)
+            area = (self.layout.root / intent.read_text(encoding="utf-8").strip()).resolve()
+            incoming = self.layout.incoming.resolve()
+            ours = area == incoming or area.parent == incoming  # an area, nothing else
+            if is_bundle_id(bundle_id) and ours and area.is_dir():
+                self._move_back(bundle_id, area)
+            intent.unlink()
+
+    def _move_back(self, bundle_id: str, area: Path) -> None:
         outgoing = self.layout.outgoing
         names = [payload_name(bundle_id, encrypted=e) for e in (True, False)]
         moved = []
-        with self._publishing:  # a publish's moves are all done, or none
+        with self._publishing:
             if (outgoing / (bundle_id + SIGNATURE_SUFFIX)).exists():
-                return  # published whole: the area's copy is a replay, which the check refuses
+                return  # the publish was whole: only its record was left
             for name in [*names, bundle_id + MANIFEST_SUFFIX]:
                 if (outgoing / name).exists() and not (area / name).exists():
                     (outgoing / name).rename(area / name)
@@ -226,13 +239,17 @@ class Publisher:
         outgoing = self.layout.outgoing
         for path in files:  # on disk before a receiver may see them (and a sender forget)
             _fsync_file(path)
+        area = files[0].parent
+        intent = self.layout.state / (_INTENT + bundle_id)  # the way back, should a stop cut in
         with self._publishing:
             if any((outgoing / f.name).exists() for f in files):
                 raise _Quarantine("a bundle with this id was published before", delivered=True)
+            _write_synced(intent, str(area.relative_to(self.layout.root)))
             for path in files:  # payload, manifest, signature: the signature last
                 path.rename(outgoing / path.name)
         _fsync_dir(outgoing)
-        _fsync_dir(files[0].parent)
+        _fsync_dir(area)
+        intent.unlink()
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
 
     def _quarantine(
@@ -279,6 +296,20 @@ def _read_small(path: Path, limit: int, *, why: str = "larger than any airgap wr
     if len(data) > limit:
         raise _Quarantine(f"{path.name}: {why}")
     return data
+
+
+#: state/publishing-ID: a publish under way, naming the area its files come from.
+_INTENT = "publishing-"
+
+
+def _write_synced(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
 
 
 def _fsync_file(path: Path) -> None:

@@ -13,6 +13,11 @@ import pytest
 
 from airgap.client.send import send_files
 from airgap.client.transport import DirectoryTransport
+from airgap.server.audit import AuditLog
+from airgap.server.hashing import HashCache
+from airgap.server.layout import resolved
+from airgap.server.limits import BusyFiles
+from airgap.server.publish import Publisher
 from airgap.shared.bundle import EncodeOptions
 from airgap.shared.keys import KeySet
 from tests.server.conftest import (
@@ -278,6 +283,7 @@ def test_a_publish_cut_between_its_moves_is_done_again_at_the_next_start(
     for name in files:  # as a kill between two moves leaves them
         if name not in {kinds[k] for k in ahead}:
             (outgoing / name).rename(area / name)
+    (server.root / "state" / f"publishing-{bundle_id}").write_text("pub/incoming/sender")
     again = serve(*trusted, root=server.root)
     assert wait_for(lambda: (outgoing / f"{bundle_id}.manifest.json.minisig").exists())
     assert sorted(p.name for p in outgoing.iterdir()) == sorted(files)
@@ -285,3 +291,29 @@ def test_a_publish_cut_between_its_moves_is_done_again_at_the_next_start(
     for name, data in files.items():
         assert (outgoing / name).read_bytes() == data
     assert '"event": "publish-cut"' in again.audit()
+    assert not list((server.root / "state").glob("publishing-*"))
+
+
+def test_only_a_publish_on_record_is_taken_back(serve, tmp_path, keyset, keydir):
+    """Review: a bundle left without its signature in pub/outgoing by something else (a
+    receiver's --consume cut short) went to whichever area then held a signature of its id."""
+    trusted = ("--tls", "off", "--trusted-signer", str(keydir / "signing.pub"))
+    server = serve(*trusted)
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    outgoing, area = server.root / "pub/outgoing", server.root / "pub/incoming/sender"
+    signature = f"{bundle_id}.manifest.json.minisig"
+    assert wait_for(lambda: (outgoing / signature).exists())
+    assert server.stop() == 0
+    (outgoing / signature).rename(area / signature)  # no record of a publish under way
+    publisher = Publisher(
+        resolved(server.root),
+        trusted=[keyset.signing.public_key],
+        busy=BusyFiles(),
+        audit=AuditLog(server.root / "state/audit.jsonl"),
+        hashes=HashCache(),
+    )
+    outcome = publisher.scan()  # what a start does first, here and whole
+    assert [o.status for o in outcome] == ["pending"]
+    assert sorted(p.name for p in outgoing.iterdir()) == sorted(set(files) - {signature})
+    assert [p.name for p in area.iterdir()] == [signature]
