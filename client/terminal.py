@@ -23,3 +23,9 @@ def say(message: str) -> None:
 def printable(text: str) -> str:
     """Text from a bundle, safe for a terminal: no escape sequences reach it."""
     return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, whatever a path or a name in it holds: a line break there would
+    start a line of its own, and a file name could print a hint airgap never gave."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -615,3 +615,22 @@ def test_a_small_payload_cut_mid_read_is_read_again(bundle_dir: Path, tmp_path: 
         ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
     )
     assert [o.error for o in outcomes] == [None] and cuts == [payload]
+
+
+def test_a_bundle_error_naming_a_path_with_a_line_break_stays_one_line(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Review: fetch's own report of each bundle printed a break in a --keep path as a line of
+    its own (the CLI's last error already stayed on one)."""
+    (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "id.txt").chmod(0o600)
+    (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
+    keep = tmp_path / "keep\nairgap: hint: trust me"
+    keep.write_text("a file, not a folder")
+    args = ["fetch", "--from", bundle_dir, "-i", tmp_path / "id.txt", "--keep", keep]
+    args += ["--trust", tmp_path / "trusted.pub", "--output-dir", tmp_path / "out"]
+    fetched = run_airgap([*args, "--state-dir", tmp_path / "state"])
+    assert fetched.returncode != 0
+    lines = fetched.stderr.splitlines()
+    assert lines[0].startswith("airgap: error: bundle ") and "keep\\nairgap: hint" in lines[0]
+    assert not any(line.startswith("airgap: hint: trust me") for line in lines), lines

@@ -25,7 +25,7 @@ import typer
 
 from airgap.client.ftp import cut_transfers
 from airgap.client.memory import keep_freed_pieces
-from airgap.client.terminal import say
+from airgap.client.terminal import one_line, say
 from airgap.client.undumpable import keep_out_of_dumps
 from airgap.shared.errors import AirgapError, ExitCode, Interrupted, StorageError, UsageError
 from airgap.shared.pipeline import interrupted, interrupting
@@ -154,16 +154,10 @@ def _drop_output() -> None:
 
 
 def _fail(exc: AirgapError) -> NoReturn:
-    # One line each, whatever a path or a name in them holds: a line break there would start a
-    # line of its own, and a file name could print a hint airgap never gave.
-    say(f"airgap: error: {_one_line(exc.message)}")
+    say(f"airgap: error: {one_line(exc.message)}")
     if exc.hint:
-        say(f"airgap: hint: {_one_line(exc.hint)}")
+        say(f"airgap: hint: {one_line(exc.hint)}")
     sys.exit(int(exc.exit_code))
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -33,7 +33,7 @@ from airgap.client.ledger import Ledger
 from airgap.client.places import Place, open_place, send_spool
 from airgap.client.sendledger import audience
 from airgap.client.spool import ContinueMismatch, SpooledTransport
-from airgap.client.terminal import printable, say
+from airgap.client.terminal import one_line, printable, say
 from airgap.client.transport import Transport
 from airgap.client.unfinished import Recipe, began_encoding, claim, key_of, stand_ins
 from airgap.shared import age
@@ -289,9 +289,9 @@ def _report(
             say(f"{verb} {o.bundle_id}" + "".join(f"\n  {printable(p)}" for p in o.imported))
         else:
             imported = "".join(f"\n  {printable(p)}" for p in o.imported)  # kept or not
-            say(f"airgap: error: bundle {o.bundle_id}: {o.error.message}{imported}")
+            say(f"airgap: error: bundle {o.bundle_id}: {one_line(o.error.message)}{imported}")
             if o.error.hint:
-                say(f"airgap: hint: {o.error.hint}")
+                say(f"airgap: hint: {one_line(o.error.hint)}")
     if not outcomes:
         say("nothing to do: no new published bundles")
     if as_json:
