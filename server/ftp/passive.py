@@ -20,15 +20,15 @@ class NoFreePort(Exception):
 
 
 class RangedPassive(FTPHandler.passive_dtp):  # type: ignore[misc]  # pyftpdlib is untyped
-    _ranged = False  # a port of the range was tried: a bind to port 0 is the kernel's pick
-
-    def bind(self, address: Any) -> None:
-        if address[1]:
-            self._ranged = True
-        elif self._ranged:  # not the probe of an IPv6 listener's family, which comes first
+    def listen(self, backlog: Any) -> None:
+        """Only on a port of the range: not on the kernel's pick once every one is in use,
+        nor on no port at all (a bind refused for the last of them, EPERM, leaves the socket
+        unbound, and listen(2) picks one)."""
+        ports = self.cmd_channel.passive_ports
+        if ports is not None and self.socket.getsockname()[1] not in ports:
             self.close()
             raise NoFreePort
-        super().bind(address)
+        super().listen(backlog)
 
 
 class PassiveCommands(SessionAPI):
