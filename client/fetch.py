@@ -326,16 +326,23 @@ class _Run:
         if not manifest.omitted or self.into.engine is None:
             return
         engine = self.into.engine()
-        missing = missing_layers(manifest, engine.chain_ids(also=self.ours))
+        missing = self._missing_layers(manifest, engine)
         carriers = list(dict.fromkeys(o.bundle for o in missing if o.bundle))
         pending = [c for c in carriers if c in self.published and c not in self.done]
         for carrier in pending:
             if carrier not in waiting:
                 self.fetch(carrier, waiting)
         if pending:
-            missing = missing_layers(manifest, engine.chain_ids(also=self.ours))
+            missing = self._missing_layers(manifest, engine)
         if missing:
             raise _missing(manifest, missing, self.published, self.done)
+
+    def _missing_layers(self, manifest: Manifest, engine: Engine) -> list[OmittedLayer]:
+        """The layers ``manifest`` leaves out that the engine lacks, by its image list, and
+        only where that leaves some missing, by the images imported here, one inspect each
+        (a containerd store does not list every image it holds)."""
+        missing = missing_layers(manifest, engine.chain_ids())
+        return missing_layers(manifest, engine.chain_ids(also=self.ours)) if missing else missing
 
 
 def _state(bundle_id: str, published: set[str], done: set[str]) -> str:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from airgap.server import secretfile
 from airgap.server.audit import AuditLog
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout
@@ -136,8 +137,8 @@ class Publisher:
                     (outgoing / name).rename(area / name)
                     moved.append(name)
         if moved:
-            _fsync_dir(area)
-            _fsync_dir(outgoing)
+            _fsync(area)
+            _fsync(outgoing)
             logger.warning("publish of %s was cut off; %s back in %s", bundle_id, moved, area)
             self.audit.record("publish-cut", bundle=bundle_id, area=area.name, back=" ".join(moved))
 
@@ -238,17 +239,18 @@ class Publisher:
     def _publish(self, bundle_id: str, files: list[Path]) -> None:
         outgoing = self.layout.outgoing
         for path in files:  # on disk before a receiver may see them (and a sender forget)
-            _fsync_file(path)
+            _fsync(path)
         area = files[0].parent
         intent = self.layout.state / (_INTENT + bundle_id)  # the way back, should a stop cut in
         with self._publishing:
             if any((outgoing / f.name).exists() for f in files):
                 raise _Quarantine("a bundle with this id was published before", delivered=True)
-            _write_synced(intent, str(area.relative_to(self.layout.root)))
+            secretfile.replace(intent, str(area.relative_to(self.layout.root)))
+            _fsync(intent.parent)
             for path in files:  # payload, manifest, signature: the signature last
                 path.rename(outgoing / path.name)
-        _fsync_dir(outgoing)
-        _fsync_dir(area)
+        _fsync(outgoing)
+        _fsync(area)
         intent.unlink()
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
 
@@ -302,26 +304,9 @@ def _read_small(path: Path, limit: int, *, why: str = "larger than any airgap wr
 _INTENT = "publishing-"
 
 
-def _write_synced(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """``path``'s bytes on disk, a file's or a folder's (its entries)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

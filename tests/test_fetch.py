@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airgap.client import transport as media
-from airgap.client.fetch import Destination, fetch_bundles, open_bundle, plaintext_of
+from airgap.client.fetch import Destination, Outcome, fetch_bundles, open_bundle, plaintext_of
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
 from airgap.client.spool import Backoff, SpooledTransport
@@ -67,6 +67,23 @@ def _fetch(drop: Path, out: Path, state: Path) -> AirgapError | None:
     )
     assert len(outcomes) == 1
     return outcomes[0].error
+
+
+def _through(
+    transport: SpooledTransport,
+    tmp_path: Path,
+    *,
+    consume: bool = False,
+    identity: age.X25519Identity = IDENTITY,
+) -> list[Outcome]:
+    """fetch_bundles through ``transport`` into tmp_path/out, with a ledger of its own."""
+    return fetch_bundles(
+        transport,
+        Destination(tmp_path / "out", consume=consume),
+        identities=[identity],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
 
 
 def _tampered(bundle_dir: Path, suffix: str, change: str, position: int) -> Path:
@@ -511,13 +528,7 @@ def test_a_bundle_for_other_recipients_is_refused_before_its_payload_is_read(
     """Its signed manifest names who can open it: a receiver not among them downloads no
     segment (each run used to spool 16 MiB of it, and keep it)."""
     transport = SpooledTransport(DirectoryTransport(bundle_dir), tmp_path / "spool", big=1)
-    outcomes = fetch_bundles(
-        transport,
-        Destination(tmp_path / "out"),
-        identities=[age.X25519Identity.generate()],
-        trusted=[SIGNER.public_key],
-        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
-    )
+    outcomes = _through(transport, tmp_path, identity=age.X25519Identity.generate())
     (outcome,) = outcomes
     assert isinstance(outcome.error, NoIdentityMatchError)
     assert "nothing was downloaded" in outcome.error.message
@@ -538,13 +549,7 @@ def test_a_consume_that_fails_leaves_the_import_whole_and_no_spooled_payload(
     monkeypatch.setattr(DirectoryTransport, "delete", refused)
     once = Backoff(attempts=1)
     transport = SpooledTransport(DirectoryTransport(drop), tmp_path / "spool", big=1, backoff=once)
-    outcomes = fetch_bundles(
-        transport,
-        Destination(tmp_path / "out", consume=True),
-        identities=[IDENTITY],
-        trusted=[SIGNER.public_key],
-        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
-    )
+    outcomes = _through(transport, tmp_path, consume=True)
     (outcome,) = outcomes
     assert outcome.imported == (str(tmp_path / "out" / "source.bin"),)
     assert isinstance(outcome.error, TransferError)
@@ -572,13 +577,7 @@ def test_a_payload_grown_after_its_size_was_checked_is_read_to_the_signed_size(
             return found
 
     transport = SpooledTransport(Growing(drop), tmp_path / "spool", big=1)
-    outcomes = fetch_bundles(
-        transport,
-        Destination(tmp_path / "out"),
-        identities=[IDENTITY],
-        trusted=[SIGNER.public_key],
-        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
-    )
+    outcomes = _through(transport, tmp_path)
     assert [o.error for o in outcomes] == [None]
     assert (tmp_path / "out" / "source.bin").read_bytes() == (
         bundle_dir.parent / "source.bin"
@@ -607,13 +606,7 @@ def test_a_small_payload_cut_mid_read_is_read_again(bundle_dir: Path, tmp_path: 
 
     once = Backoff(attempts=2, first=0.01)
     transport = SpooledTransport(Flaky(bundle_dir), tmp_path / "spool", backoff=once)
-    outcomes = fetch_bundles(
-        transport,
-        Destination(tmp_path / "out"),
-        identities=[IDENTITY],
-        trusted=[SIGNER.public_key],
-        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
-    )
+    outcomes = _through(transport, tmp_path)
     assert [o.error for o in outcomes] == [None] and cuts == [payload]
 
 
