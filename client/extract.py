@@ -2,7 +2,9 @@
 
 Members are written into a hidden staging directory beside the output directory while the
 plaintext streams in; only once the whole plaintext has matched its signed sha256 are they moved
-into place, each without replacing an existing file. That one hash binds every member's bytes,
+into place, each without replacing an existing file (a file of ours that already holds the
+member's signed bytes is left as it is: a run cut off between placing the files and writing
+its ledger placed it). That one hash binds every member's bytes,
 so members are not hashed again here (the manifest's per-file sha256 is for people and
 tools). On any failure the staging directory is removed, so the output directory is left
 exactly as it was.
@@ -16,9 +18,12 @@ hidden name, created with O_EXCL and O_NOFOLLOW, and linked from there.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,10 +44,11 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
     expected = {f.name: f for f in manifest.files}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        clashes = [n for n in expected if os.path.lexists(out_dir / n)]
+        there = {n for n in expected if os.path.lexists(out_dir / n)}
+        clashes = sorted(n for n in there if not _placed_before(out_dir / n, expected[n]))
         if clashes:
             raise StorageError(
-                f"{out_dir} already has {', '.join(sorted(clashes))}",
+                f"{out_dir} already has {', '.join(clashes)}",
                 hint="move those files away or choose another --output-dir",
             )
         staging = _staging(out_dir)
@@ -50,9 +56,29 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
         raise StorageError(f"{out_dir}: {exc.strerror or exc}") from exc
     try:
         _unpack(plaintext, expected, staging)
-        return _publish(staging, sorted(expected), out_dir)
+        _publish(staging, sorted(set(expected) - there), out_dir)
+        return [out_dir / name for name in sorted(expected)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _placed_before(path: Path, entry: FileEntry) -> bool:
+    """Whether ``path`` is this member as an earlier run placed it, before a crash kept the
+    ledger from saying so: a regular file of ours, not a link, of the signed size and sha256.
+    Such a file is left as it is; any other entry is a clash. The bundle is still verified
+    whole before the run counts it as imported."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False  # a link, a name gone meanwhile, one we may not read
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        if info.st_size != entry.size:
+            return False
+        digest = hashlib.file_digest(handle, "sha256")
+    return hmac.compare_digest(digest.hexdigest(), entry.sha256)
 
 
 def _unpack(plaintext: Iterator[bytes], entries: dict[str, FileEntry], staging: Path) -> None:

@@ -238,6 +238,27 @@ def test_existing_files_are_never_replaced(bundle_dir: Path, tmp_path: Path) -> 
     assert (out / "source.bin").read_text() == "mine"
 
 
+def test_files_a_cut_run_placed_are_taken_as_they_are(bundle_dir: Path, tmp_path: Path) -> None:
+    """A run killed after placing its files but before its ledger write: the rerun finds its
+    own files, with the signed bytes, and ends the import; a link or other bytes still clash."""
+    out = tmp_path / "out"
+    assert _fetch(bundle_dir, out, tmp_path / "first") is None
+    placed = (out / "source.bin").stat()
+    assert _fetch(bundle_dir, out, tmp_path / "ledger-lost") is None
+    assert (out / "source.bin").stat().st_ino == placed.st_ino
+    (out / "source.bin").rename(tmp_path / "aside.bin")
+    (out / "source.bin").symlink_to(tmp_path / "aside.bin")
+    error = _fetch(bundle_dir, out, tmp_path / "third")
+    assert error is not None and "already has source.bin" in error.message
+    (out / "source.bin").unlink()
+    other = bytearray((tmp_path / "aside.bin").read_bytes())
+    other[-1] ^= 1  # the same size, other bytes
+    (out / "source.bin").write_bytes(other)
+    error = _fetch(bundle_dir, out, tmp_path / "fourth")
+    assert error is not None and "already has source.bin" in error.message
+    assert (out / "source.bin").read_bytes() == other
+
+
 def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:
     (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
     (tmp_path / "id.txt").chmod(0o600)  # a secret key others may read is refused
