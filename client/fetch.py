@@ -44,6 +44,7 @@ from airgap.shared.errors import (
     ReplayError,
     SegmentHashError,
     SignatureError,
+    TransferError,
     UsageError,
     VerificationError,
 )
@@ -105,7 +106,7 @@ def _read_capped(
     the source sent). Never through a spool: they are not verified yet."""
     size = transport.size(name)
     if size is None:
-        raise missing(f"{name} is missing")
+        raise _absent(transport, name, missing(f"{name} is missing"))
     if size > limit:
         return None
     if isinstance(transport, SpooledTransport):
@@ -135,7 +136,26 @@ def _check_size(transport: Transport, manifest: Manifest) -> None:
     size = transport.size(manifest.payload.name)
     if size != manifest.payload.size:
         found = "missing" if size is None else f"{size} bytes"
-        raise PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
+        error = PayloadSizeError(f"payload: {found}, the manifest says {manifest.payload.size}")
+        raise error if size is not None else _absent(transport, manifest.payload.name, error)
+
+
+def _absent(transport: Transport, name: str, error: AirgapError) -> AirgapError:
+    """A bundle's file that is not there. With the bundle's signature gone too (a receiver's
+    --consume deletes it first), another receiver took the bundle since it was listed: the
+    source no longer offers it, which is no failed check. A bundle still listed fails."""
+    bundle_id = name.split(".", 1)[0]
+    try:
+        listed = published_ids(transport.list())
+    except AirgapError:
+        return error
+    if bundle_id in listed:
+        return error
+    return TransferError(
+        f"gone from {transport.describe()} since it was listed",
+        hint="another receiver may have fetched it with --consume; airgap ls lists what is "
+        "published now",
+    )
 
 
 def plaintext_of(

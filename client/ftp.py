@@ -486,9 +486,15 @@ class FtpTransport:
             ftp.rename(src, dst)
 
     def delete(self, name: str) -> None:
+        """Delete ``name``; one already gone is no error (a retry after a lost reply, another
+        receiver's --consume), as with a directory. A refusal of a file still there stands."""
         ftp = self._connect()
         with self._errors(f"deleting {name}"):
-            ftp.delete(name)
+            try:
+                ftp.delete(name)
+            except ftplib.error_perm as exc:
+                if not str(exc).startswith("550") or self.size(name) is not None:
+                    raise
 
     def refusal(self, name: str) -> AirgapError | None:
         """After an upload's data connection broke: the reply the server sent with the break,

@@ -259,6 +259,56 @@ def test_files_a_cut_run_placed_are_taken_as_they_are(bundle_dir: Path, tmp_path
     assert (out / "source.bin").read_bytes() == other
 
 
+class _TakenMeanwhile(DirectoryTransport):
+    """Another receiver's --consume (signature first) just before ``trigger`` is sized;
+    with ``all_of_it`` False, only the payload goes and the bundle stays listed."""
+
+    def __init__(self, root: Path, trigger: str, *, all_of_it: bool = True) -> None:
+        super().__init__(root)
+        self.trigger, self.all_of_it = trigger, all_of_it
+
+    def size(self, name: str) -> int | None:
+        if name.endswith(self.trigger) and self.trigger:
+            self.trigger = ""
+            names = sorted(self.list(), key=lambda n: not n.endswith(".minisig"))
+            for gone in names if self.all_of_it else [n for n in names if n.endswith(".age")]:
+                self.delete(gone)
+        return super().size(name)
+
+
+@pytest.mark.parametrize("trigger", [".minisig", ".json", ".age"])
+def test_a_bundle_another_receiver_took_since_the_listing_is_gone_not_tampered(
+    bundle_dir: Path, tmp_path: Path, trigger: str
+) -> None:
+    shutil.copytree(bundle_dir, tmp_path / "drop")
+    transport = _TakenMeanwhile(tmp_path / "drop", trigger)
+    (outcome,) = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    assert isinstance(outcome.error, TransferError)
+    assert "since it was listed" in outcome.error.message and outcome.error.exit_code == 4
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_payload_gone_from_a_bundle_still_listed_fails_its_check(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(bundle_dir, tmp_path / "drop")
+    transport = _TakenMeanwhile(tmp_path / "drop", ".age", all_of_it=False)
+    (outcome,) = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    assert isinstance(outcome.error, PayloadSizeError) and "missing" in outcome.error.message
+
+
 def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:
     (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
     (tmp_path / "id.txt").chmod(0o600)  # a secret key others may read is refused

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from airgap.client.ftp import FtpTarget, FtpTransport
+from airgap.shared.errors import TransferError
 from tests.server.conftest import retr, stor, wait_for
 
 
@@ -395,3 +397,20 @@ def test_a_refused_path_gets_one_reply_whether_or_not_it_exists(serve):
         client, "STOR /pub/incoming/receiver"
     )
     assert not (server.root / "pub/incoming/receiver").exists()
+
+
+def test_the_clients_delete_of_a_file_gone_is_done_and_a_refusal_stands(serve):
+    """airgap's FTP client: a DELE answered 550 for a file that is not there (a retry after a
+    lost reply, another receiver's --consume) is done; one refused for a file there fails."""
+    server = serve("--tls", "off")
+    stor(server.ftp("sender"), "kept.bin", b"k")
+    stor(server.ftp("sender"), "gone.part", b"g")
+    target = FtpTarget.parse(f"ftp://sender@127.0.0.1:{server.port}/")
+    client = FtpTransport(target, server.password("sender"), timeout=20)
+    client.delete("gone.part")
+    client.delete("gone.part")
+    client.delete("never-there.part")
+    with pytest.raises(TransferError, match=r"deleting kept\.bin: refused by the server"):
+        client.delete("kept.bin")
+    client.close()
+    assert sorted(p.name for p in (server.root / "pub/incoming/sender").iterdir()) == ["kept.bin"]
