@@ -16,12 +16,15 @@ can open one for writing in between, and one already open (it holds its file) ma
 pending until it ends. The files are synced to disk before they move, and the signature moves
 last, so a reader of ``pub/outgoing`` never sees a signature without its payload; a publish cut
 off between its moves is taken back and done again at the next start (:meth:`Publisher.scan`).
+What a receiver's ``--consume`` cut short leaves there (files without their signature, which
+it deletes first) is deleted (:meth:`Publisher.clear_leftovers`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -90,6 +93,7 @@ class Publisher:
         # Held from the look into pub/outgoing to the last move into it: two areas' checks of
         # one bundle id would otherwise both find it free, and the second move replace the first.
         self._publishing = threading.Lock()
+        self._leftovers: set[tuple[str, int]] = set()  # seen by the last look: (name, inode)
 
     def areas(self) -> list[Path]:
         """``pub/incoming`` (anonymous uploads) and every sender's area under it."""
@@ -103,6 +107,7 @@ class Publisher:
         """Check every bundle whose signature is present (after a restart, say), once the
         publishes a stop cut off are taken back."""
         self._take_back()
+        self.clear_leftovers(at_start=True)
         outcomes = []
         for area in self.areas():
             for entry in sorted(os.scandir(area), key=lambda e: e.name):
@@ -115,7 +120,8 @@ class Publisher:
         maybe the manifest, in ``pub/outgoing`` without the signature, which moves last: no
         receiver lists them. Its intent record names the area they came from; they go back
         there, to be checked again. Nothing else in ``pub/outgoing`` moves (a receiver's
-        --consume cut short leaves a bundle without its signature too: not ours to send back)."""
+        --consume cut short leaves a bundle without its signature too: not ours to send back,
+        :meth:`clear_leftovers` deletes it)."""
         for intent in sorted(self.layout.state.glob(_INTENT + "*")):
             bundle_id = intent.name.removeprefix(_INTENT)
             area = (self.layout.root / intent.read_text(encoding="utf-8").strip()).resolve()
@@ -124,6 +130,44 @@ class Publisher:
             if is_bundle_id(bundle_id) and ours and area.is_dir():
                 self._move_back(bundle_id, area)
             intent.unlink()
+
+    def clear_leftovers(self, *, at_start: bool = False) -> list[str]:
+        """Delete what a receiver's ``--consume`` cut off between its deletes left in
+        ``pub/outgoing``: a bundle's files without its signature, which goes first, so no
+        receiver lists them again and they would hold the disk for good. A publish under way
+        holds the lock, and one a failure cut off has its intent record: neither is touched.
+        At start they go at once; later only files the previous look found already, so that a
+        consume under way does its own deletes. Returns the names deleted."""
+        outgoing = self.layout.outgoing
+        found: set[tuple[str, int]] = set()
+        deleted = []
+        with self._publishing:
+            entries = list(os.scandir(outgoing))
+            signed = {bundle_id_of(e.name) for e in entries if e.name.endswith(SIGNATURE_SUFFIX)}
+            for entry in entries:
+                bundle_id = bundle_id_of(entry.name)
+                if bundle_id is None or bundle_id in signed:
+                    continue
+                if (self.layout.state / (_INTENT + bundle_id)).exists():
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                key = (entry.name, info.st_ino)
+                if not at_start and key not in self._leftovers:
+                    found.add(key)
+                    continue
+                Path(entry.path).unlink(missing_ok=True)
+                deleted.append(entry.name)
+                self.audit.record("leftover", file=entry.name, bytes=info.st_size)
+            self._leftovers = found
+        if deleted:
+            _fsync(outgoing)
+            logger.warning("deleted from pub/outgoing, their bundle consumed: %s", deleted)
+        return deleted
 
     def _move_back(self, bundle_id: str, area: Path) -> None:
         outgoing = self.layout.outgoing

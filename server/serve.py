@@ -197,7 +197,12 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     scanned = pool.submit(services.publisher.scan)
     if config.partial_expiry:
         expire = partial(
-            sweep.sweep_logged, layout, busy=busy, audit=audit, older_than=config.partial_expiry
+            sweep.sweep_logged,
+            layout,
+            busy=busy,
+            audit=audit,
+            older_than=config.partial_expiry,
+            publisher=services.publisher,
         )
         # Only once bundles left whole across a restart are published: files with old times
         # (a restored root, a clock that jumped) would look abandoned to the sweep.

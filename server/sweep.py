@@ -9,6 +9,8 @@ partial, finds none, and uploads from the start out of its own spool. A file tha
 holds open is claimed in :class:`~airgap.server.limits.BusyFiles` and is never touched, nor is
 anything but a regular file directly in an upload area, nor a finished anonymous upload in
 ``pub/incoming`` itself (there, the area is the exchange). Every deletion is an audit record.
+Each sweep also deletes what a cut ``--consume`` left in ``pub/outgoing`` (see
+:meth:`~airgap.server.publish.Publisher.clear_leftovers`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from airgap.server.audit import AuditLog
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
 from airgap.server.policy import PARTIAL_SUFFIX, REFUSED_SUFFIX
-from airgap.server.publish import bundle_id_of
+from airgap.server.publish import Publisher, bundle_id_of
 from airgap.shared.ids import is_bundle_id
 
 logger = logging.getLogger("airgap.server")
@@ -110,10 +112,21 @@ def sweep(
     return deleted
 
 
-def sweep_logged(layout: Layout, *, busy: BusyFiles, audit: AuditLog, older_than: float) -> None:
-    """:func:`sweep` on a worker thread: a failure is logged, and the next sweep tries again."""
+def sweep_logged(
+    layout: Layout,
+    *,
+    busy: BusyFiles,
+    audit: AuditLog,
+    older_than: float,
+    publisher: Publisher | None = None,
+) -> None:
+    """:func:`sweep` on a worker thread, then the leftovers of a cut ``--consume`` in
+    ``pub/outgoing`` (:meth:`~airgap.server.publish.Publisher.clear_leftovers`): a failure is
+    logged, and the next sweep tries again."""
     try:
         sweep(layout, busy=busy, audit=audit, older_than=older_than)
+        if publisher is not None:
+            publisher.clear_leftovers()
     except OSError as exc:
         logger.error("sweeping partial uploads failed: %s", exc)
 

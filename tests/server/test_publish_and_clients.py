@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import hashlib
+import json
 import shutil
 import subprocess
 import time
@@ -315,5 +316,44 @@ def test_only_a_publish_on_record_is_taken_back(serve, tmp_path, keyset, keydir)
     )
     outcome = publisher.scan()  # what a start does first, here and whole
     assert [o.status for o in outcome] == ["pending"]
-    assert sorted(p.name for p in outgoing.iterdir()) == sorted(set(files) - {signature})
+    assert list(outgoing.iterdir()) == []  # a cut consume's leftovers, deleted (not moved)
     assert [p.name for p in area.iterdir()] == [signature]
+
+
+def test_what_a_cut_consume_leaves_in_outgoing_goes(serve, tmp_path, keyset, keydir):
+    """A receiver's --consume cut between its deletes (the signature goes first) left the
+    manifest and the payload in pub/outgoing for good, listed to no one: the sweep deletes
+    them on its second look, a start at once; a bundle still signed stays, and so do the
+    files of a publish on record."""
+    server = serve("--tls", "off", "--partial-expiry", "5")  # a look every second
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, files = make_bundle(tmp_path / "a", keyset)
+    second, others = make_bundle(tmp_path / "b", keyset)
+    upload_bundle(server, files)
+    upload_bundle(server, others)
+    outgoing = server.root / "pub/outgoing"
+    for bundle_id in (first, second):
+        assert wait_for(lambda b=bundle_id: (outgoing / f"{b}.manifest.json.minisig").exists())
+    server.ftp("receiver").delete(f"{first}.manifest.json.minisig")  # and then cut off
+    assert wait_for(lambda: not (outgoing / f"{first}.manifest.json").exists(), timeout=15)
+    assert sorted(p.name for p in outgoing.iterdir()) == sorted(others)
+    records = [json.loads(r) for r in server.audit().splitlines()]
+    gone = sorted(r["file"] for r in records if r["event"] == "leftover")
+    assert gone == sorted(set(files) - {f"{first}.manifest.json.minisig"})
+    assert server.stop() == 0
+    (outgoing / f"{second}.manifest.json.minisig").unlink()  # cut while the appliance was down
+    kept = outgoing / "01HZZZZZZZZZZZZZZZZZZZZZZZ.manifest.json"  # a publish on record
+    kept.write_text("{}")
+    intent = server.root / "state" / "publishing-01HZZZZZZZZZZZZZZZZZZZZZZZ"
+    intent.write_text("pub/outgoing")  # names no area: it is not moved back, only dropped
+    publisher = Publisher(
+        resolved(server.root),
+        trusted=[keyset.signing.public_key],
+        busy=BusyFiles(),
+        audit=AuditLog(server.root / "state/audit.jsonl"),
+        hashes=HashCache(),
+    )
+    publisher._take_back = lambda: None  # type: ignore[method-assign]  # keep the record
+    publisher.scan()
+    assert [p.name for p in outgoing.iterdir()] == [kept.name]
