@@ -236,7 +236,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
     room = spool or by.place.directory or Path()
     try:
         if spool is not None:
-            _refused_before(transport, by)
+            _refused_before(transport, by.ledgers, by.place, by.tell)
         if recipe.images:
             ledger = SendLedger(by.ledgers, by.place.describe(), audience(by.recipients))
             engine = Engine.from_env()
@@ -305,10 +305,12 @@ def _meters(by: Sender, spool: Path | None, size: int) -> Iterator[Meters]:
             yield Meters(encoded, uploaded)
 
 
-def _refused_before(transport: Transport, by: Sender) -> None:
+def _refused_before(
+    transport: Transport, ledgers: Path, place: Place, tell: Callable[[str], None]
+) -> None:
     remote = transport.remote if isinstance(transport, SpooledTransport) else transport
-    for notice in take_refusals(remote, by.ledgers, by.place.describe()):
-        by.tell(
+    for notice in take_refusals(remote, ledgers, place.describe()):
+        tell(
             f"airgap: warning: the drop box refused bundle {notice.bundle_id}, sent earlier, so "
             "it never reached the receivers (its operator has the reason); send what it held "
             + (
@@ -377,6 +379,7 @@ def finish(
     if not isinstance(transport, SpooledTransport):
         raise StorageError("--resume finishes a send to a drop box")
     try:
+        _refused_before(transport, ledgers, place, tell)
         with Meter("uploading", quiet=quiet) as meter:
             manifest = resume_send(bundle_id, transport, meter=meter)
     except TransferError as exc:

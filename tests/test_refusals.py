@@ -89,3 +89,32 @@ def test_the_next_send_says_the_appliance_refused_a_bundle(keydir: Path, tmp_pat
         assert refused not in third.stderr  # told once (of the second bundle now, refused too)
     finally:
         server.stop()
+
+
+def test_send_resume_reads_the_notices_too(keydir: Path, tmp_path: Path) -> None:
+    """Before, only a new send took notices up: ``send --resume`` finished its bundle and
+    left the ledgers counting a refused bundle's layers as delivered."""
+    stranger = tmp_path / "stranger.pub"
+    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
+    stranger.write_text((tmp_path / "k" / "signing.pub").read_text())
+    server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(stranger))
+    try:
+        (tmp_path / "report.txt").write_bytes(os.urandom(10_000))
+        url = f"ftp://sender@127.0.0.1:{server.port}/"
+        send = ["send", "--file", tmp_path / "report.txt", "-R", keydir / "recipient.txt"]
+        send += ["--server", url, "--json", "--sign-key", keydir / "signing.key"]
+        env = {"AIRGAP_PASSWORD": server.password("sender"), "XDG_CACHE_HOME": str(tmp_path)}
+        first = run_airgap(send, env=env)
+        assert first.returncode == 0, first.stderr
+        refused = json.loads(first.stdout)["id"]
+        notice = server.root / "pub" / "incoming" / "sender" / f"{refused}.refused"
+        assert wait_for(notice.exists)
+        cut = run_airgap(send, env={**env, "AIRGAP_PASSWORD": "wrong", "AIRGAP_RETRIES": "1"})
+        assert cut.returncode == 4, cut.stderr  # wholly encoded in its spool, never sent
+        (spooled,) = (tmp_path / "airgap" / "send").iterdir()
+        resumed = run_airgap(["send", "--resume", spooled.name, "--server", url], env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"the drop box refused bundle {refused}, sent earlier" in resumed.stderr
+        assert not notice.exists()
+    finally:
+        server.stop()
