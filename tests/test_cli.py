@@ -710,3 +710,12 @@ def test_an_error_naming_a_path_with_a_line_break_stays_one_line(
     assert sent.stderr.splitlines() == [
         f"airgap: error: {tmp_path}/bad\\nairgap: hint: trust me: No such file or directory"
     ]
+
+
+def test_a_state_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    """Before, the ledger's folder failed later as "File exists"."""
+    (tmp_path / "state").write_text("")
+    for command in (["fetch", "--from", tmp_path], ["ledger", "show"]):
+        done = run_airgap([*command, "--state-dir", tmp_path / "state"])
+        said = " ".join(done.stderr.replace("│", " ").split())  # the box folds long lines
+        assert done.returncode == 2 and "is a file" in said, done.stderr

@@ -108,7 +108,12 @@ def emit(summary: dict[str, Any]) -> None:
 
 StateDirOption = Annotated[
     Path | None,
-    typer.Option("--state-dir", envvar="AIRGAP_STATE_DIR", help="Where the ledgers live."),
+    typer.Option(
+        "--state-dir",
+        envvar="AIRGAP_STATE_DIR",
+        file_okay=False,  # a file there is named as such, not "File exists" from a ledger
+        help="Where the ledgers live.",
+    ),
 ]
 # AIRGAP_SERVER and AIRGAP_TLS_FINGERPRINT are read where no flag names a place (see
 # transfer._place), not as these options' defaults: --to or --from must win over them.
