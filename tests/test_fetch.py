@@ -57,9 +57,11 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "drop"
 
 
-def _fetch(drop: Path, out: Path, state: Path) -> AirgapError | None:
+def _fetch(
+    drop: Path, out: Path, state: Path, transport: DirectoryTransport | None = None
+) -> AirgapError | None:
     outcomes = fetch_bundles(
-        DirectoryTransport(drop),
+        transport or DirectoryTransport(drop),
         Destination(out),
         identities=[IDENTITY],
         trusted=[SIGNER.public_key],
@@ -282,15 +284,9 @@ def test_a_bundle_another_receiver_took_since_the_listing_is_gone_not_tampered(
 ) -> None:
     shutil.copytree(bundle_dir, tmp_path / "drop")
     transport = _TakenMeanwhile(tmp_path / "drop", trigger)
-    (outcome,) = fetch_bundles(
-        transport,
-        Destination(tmp_path / "out"),
-        identities=[IDENTITY],
-        trusted=[SIGNER.public_key],
-        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
-    )
-    assert isinstance(outcome.error, TransferError)
-    assert "since it was listed" in outcome.error.message and outcome.error.exit_code == 4
+    error = _fetch(tmp_path / "drop", tmp_path / "out", tmp_path / "state", transport)
+    assert isinstance(error, TransferError)
+    assert "since it was listed" in error.message and error.exit_code == 4
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -299,14 +295,8 @@ def test_a_payload_gone_from_a_bundle_still_listed_fails_its_check(
 ) -> None:
     shutil.copytree(bundle_dir, tmp_path / "drop")
     transport = _TakenMeanwhile(tmp_path / "drop", ".age", all_of_it=False)
-    (outcome,) = fetch_bundles(
-        transport,
-        Destination(tmp_path / "out"),
-        identities=[IDENTITY],
-        trusted=[SIGNER.public_key],
-        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
-    )
-    assert isinstance(outcome.error, PayloadSizeError) and "missing" in outcome.error.message
+    error = _fetch(tmp_path / "drop", tmp_path / "out", tmp_path / "state", transport)
+    assert isinstance(error, PayloadSizeError) and "missing" in error.message
 
 
 def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:

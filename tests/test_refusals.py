@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from airgap.client.refusals import MAX_NOTICES, Notice, take_refusals
@@ -11,7 +13,7 @@ from airgap.client.sendledger import SendLedger
 from airgap.shared.errors import TransferError
 from airgap.shared.ids import new_bundle_id
 from tests.conftest import run_airgap
-from tests.server.conftest import start_server, wait_for
+from tests.server.conftest import Server, start_server, wait_for
 from tests.test_sendledger import LAYERS, _manifest
 
 
@@ -64,22 +66,34 @@ def test_a_listing_of_endless_notices_is_taken_up_a_hundred_at_a_time(tmp_path: 
     assert len(listing.deleted) == MAX_NOTICES
 
 
-def test_the_next_send_says_the_appliance_refused_a_bundle(keydir: Path, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _refused_once(
+    keydir: Path, tmp_path: Path
+) -> Iterator[tuple[Server, list[str | Path], dict[str, str], str, Path]]:
+    """An appliance trusting another signer, and a send it refused: the send's arguments,
+    environment, the refused bundle and where its notice waits."""
     stranger = tmp_path / "stranger.pub"
     assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
     stranger.write_text((tmp_path / "k" / "signing.pub").read_text())
     server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(stranger))
     try:
         (tmp_path / "report.txt").write_bytes(os.urandom(10_000))
-        send = ["send", "--file", tmp_path / "report.txt", "-R", keydir / "recipient.txt"]
+        send: list[str | Path] = ["send", "--file", tmp_path / "report.txt"]
+        send += ["-R", keydir / "recipient.txt", "--sign-key", keydir / "signing.key"]
         send += ["--server", f"ftp://sender@127.0.0.1:{server.port}/", "--json"]
-        send += ["--sign-key", keydir / "signing.key"]
         env = {"AIRGAP_PASSWORD": server.password("sender"), "XDG_CACHE_HOME": str(tmp_path)}
         first = run_airgap(send, env=env)
         assert first.returncode == 0, first.stderr
         refused = json.loads(first.stdout)["id"]
         notice = server.root / "pub" / "incoming" / "sender" / f"{refused}.refused"
         assert wait_for(notice.exists)
+        yield server, send, env, refused, notice
+    finally:
+        server.stop()
+
+
+def test_the_next_send_says_the_appliance_refused_a_bundle(keydir: Path, tmp_path: Path) -> None:
+    with _refused_once(keydir, tmp_path) as (_, send, env, refused, notice):
         second = run_airgap(send, env=env)
         assert second.returncode == 0, second.stderr
         assert f"the drop box refused bundle {refused}, sent earlier" in second.stderr
@@ -87,34 +101,17 @@ def test_the_next_send_says_the_appliance_refused_a_bundle(keydir: Path, tmp_pat
         third = run_airgap(send, env=env)
         assert third.returncode == 0, third.stderr
         assert refused not in third.stderr  # told once (of the second bundle now, refused too)
-    finally:
-        server.stop()
 
 
 def test_send_resume_reads_the_notices_too(keydir: Path, tmp_path: Path) -> None:
     """Before, only a new send took notices up: ``send --resume`` finished its bundle and
     left the ledgers counting a refused bundle's layers as delivered."""
-    stranger = tmp_path / "stranger.pub"
-    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
-    stranger.write_text((tmp_path / "k" / "signing.pub").read_text())
-    server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(stranger))
-    try:
-        (tmp_path / "report.txt").write_bytes(os.urandom(10_000))
-        url = f"ftp://sender@127.0.0.1:{server.port}/"
-        send = ["send", "--file", tmp_path / "report.txt", "-R", keydir / "recipient.txt"]
-        send += ["--server", url, "--json", "--sign-key", keydir / "signing.key"]
-        env = {"AIRGAP_PASSWORD": server.password("sender"), "XDG_CACHE_HOME": str(tmp_path)}
-        first = run_airgap(send, env=env)
-        assert first.returncode == 0, first.stderr
-        refused = json.loads(first.stdout)["id"]
-        notice = server.root / "pub" / "incoming" / "sender" / f"{refused}.refused"
-        assert wait_for(notice.exists)
+    with _refused_once(keydir, tmp_path) as (server, send, env, refused, notice):
         cut = run_airgap(send, env={**env, "AIRGAP_PASSWORD": "wrong", "AIRGAP_RETRIES": "1"})
         assert cut.returncode == 4, cut.stderr  # wholly encoded in its spool, never sent
         (spooled,) = (tmp_path / "airgap" / "send").iterdir()
+        url = f"ftp://sender@127.0.0.1:{server.port}/"
         resumed = run_airgap(["send", "--resume", spooled.name, "--server", url], env=env)
         assert resumed.returncode == 0, resumed.stderr
         assert f"the drop box refused bundle {refused}, sent earlier" in resumed.stderr
         assert not notice.exists()
-    finally:
-        server.stop()

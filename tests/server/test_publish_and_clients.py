@@ -295,6 +295,17 @@ def test_a_publish_cut_between_its_moves_is_done_again_at_the_next_start(
     assert not list((server.root / "state").glob("publishing-*"))
 
 
+def _publisher(root: Path, keys: KeySet) -> Publisher:
+    """The appliance's publisher over ``root``, as a start makes it (the server stopped)."""
+    return Publisher(
+        resolved(root),
+        trusted=[keys.signing.public_key],
+        busy=BusyFiles(),
+        audit=AuditLog(root / "state/audit.jsonl"),
+        hashes=HashCache(),
+    )
+
+
 def test_only_a_publish_on_record_is_taken_back(serve, tmp_path, keyset, keydir):
     """Review: a bundle left without its signature in pub/outgoing by something else (a
     receiver's --consume cut short) went to whichever area then held a signature of its id."""
@@ -307,13 +318,7 @@ def test_only_a_publish_on_record_is_taken_back(serve, tmp_path, keyset, keydir)
     assert wait_for(lambda: (outgoing / signature).exists())
     assert server.stop() == 0
     (outgoing / signature).rename(area / signature)  # no record of a publish under way
-    publisher = Publisher(
-        resolved(server.root),
-        trusted=[keyset.signing.public_key],
-        busy=BusyFiles(),
-        audit=AuditLog(server.root / "state/audit.jsonl"),
-        hashes=HashCache(),
-    )
+    publisher = _publisher(server.root, keyset)
     outcome = publisher.scan()  # what a start does first, here and whole
     assert [o.status for o in outcome] == ["pending"]
     assert list(outgoing.iterdir()) == []  # a cut consume's leftovers, deleted (not moved)
@@ -347,13 +352,7 @@ def test_what_a_cut_consume_leaves_in_outgoing_goes(serve, tmp_path, keyset, key
     kept.write_text("{}")
     intent = server.root / "state" / "publishing-01HZZZZZZZZZZZZZZZZZZZZZZZ"
     intent.write_text("pub/outgoing")  # names no area: it is not moved back, only dropped
-    publisher = Publisher(
-        resolved(server.root),
-        trusted=[keyset.signing.public_key],
-        busy=BusyFiles(),
-        audit=AuditLog(server.root / "state/audit.jsonl"),
-        hashes=HashCache(),
-    )
+    publisher = _publisher(server.root, keyset)
     publisher._take_back = lambda: None  # type: ignore[method-assign]  # keep the record
     publisher.scan()
     assert [p.name for p in outgoing.iterdir()] == [kept.name]
