@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from airgap.client.extract import extract_files
 from airgap.client.incremental import missing_layers
-from airgap.client.ledger import Ledger
+from airgap.client.ledger import Held, Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
 from airgap.client.rollback import Newest, refusal, tag_of
 from airgap.client.spool import SpooledTransport
@@ -223,8 +223,10 @@ def _fetch_new(
     ledger: Ledger,
     only: Sequence[str],
 ) -> list[Outcome]:
-    published = published_ids(transport.list())
+    names = transport.list()
+    published = published_ids(names)
     run = _Run(transport, into, identities, trusted, ledger, published)
+    run.finish_cut(names)
     for bundle_id in _selected(transport, published, only, trusted, frozenset(run.done)):
         if bundle_id in run.done and bundle_id not in run.tried:
             if only:
@@ -262,6 +264,30 @@ class _Run:
         self.outcomes: list[Outcome] = []
         self.parked: dict[str, AirgapError] = {}  # refused as rollbacks, unless carriers yet
         self.held: dict[str, str | None] = {}  # tags a carrier's load must not move
+        self.carriers: list[str] = []  # loaded for their layers, moving held tags
+        self.holding = ""  # the outermost bundle while the ledger's held file is written
+
+    def finish_cut(self, names: Sequence[str]) -> None:
+        """What a run cut off (killed) after an import left undone: the spooled payloads of
+        bundles imported, the deletes of a ``--consume``, and tags a carrier's load moved (the
+        carrier loads again if its record is missing, then the tags go back)."""
+        if isinstance(self.transport, SpooledTransport):
+            self.transport.forget_bundles(self.done)
+        for bundle_id in sorted(self.ledger.unconsumed()):
+            left = [n for n in names if n.split(".", 1)[0] == bundle_id]
+            try:
+                _delete(self.transport, left)
+            except AirgapError as exc:
+                exc.message = f"imported before, but not deleted from the source: {exc.message}"
+                self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+        held = self.ledger.held()
+        if held is None:
+            return
+        self.held, self.carriers, self.holding = dict(held.tags), list(held.carriers), held.bundle
+        for carrier in held.carriers:
+            if carrier in self.published and carrier not in self.done:
+                self.fetch(carrier, (held.bundle,))
+        self._put_back(held.bundle)
 
     def fetch(self, bundle_id: str, waiting: tuple[str, ...] = ()) -> None:
         if bundle_id in self.tried:
@@ -287,47 +313,68 @@ class _Run:
             return
         self.parked.pop(bundle_id, None)
         self._layers_for(manifest, (*waiting, bundle_id))
-        self._hold(newer)  # a carrier: loaded, but those tags go back where they were
+        # A carrier: loaded, but those tags go back where they were.
+        self._hold(newer, bundle_id, waiting[0] if waiting else bundle_id)
         imported = tuple(ref for ref in self._receive(manifest) if ref not in newer)
         tags = imported if manifest.images else ()  # a files bundle's are file names
+        self._release(tags)  # where this load put them is where they belong
+        # Before the record: a run cut off while keeping imports the bundle again and keeps it
+        # then (from the spool); a failed copy is no reason to delete the source.
+        failed = _kept(transport, manifest, data, self.trusted, into.keep)
+        consume = into.consume and failed is None
         self.ledger.record(
             bundle_id,
             manifest_sha256=hashlib.sha256(data).hexdigest(),
             where=transport.describe(),
             refs=tags,
+            consume=consume,  # the next run finishes the deletes, should this one be cut off
         )
         self.done.add(bundle_id)
         self.newest.imported(tags, bundle_id)
         self.ours += tags
-        self._release(tags)  # where this load put them is where they belong
         try:  # after the record: what was imported stays imported, whatever fails here
-            failed = _afterwards(transport, manifest, data, self.trusted, into)
+            if consume:
+                failed = _consumed(transport, manifest)
         finally:
             if isinstance(transport, SpooledTransport):
                 transport.forget(manifest.payload.name)
         self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
 
-    def _hold(self, refs: Collection[str]) -> None:
-        """Remember where ``refs`` point now, to put them back after the outermost load."""
+    def _hold(self, refs: Collection[str], carrier: str, outermost: str) -> None:
+        """Remember where ``refs`` point now, to put them back after the outermost load; on
+        disk first, for the next run should this one be cut off."""
         if refs and self.into.engine is not None:  # a files bundle needs no engine
             engine = self.into.engine()
             for ref in refs:
                 self.held.setdefault(ref, engine.image_id(ref))
+            self.carriers.append(carrier)
+            self.holding = self.holding or outermost
+            self._note()
+
+    def _note(self) -> None:
+        self.ledger.hold(Held(self.holding, dict(self.held), tuple(self.carriers)))
 
     def _release(self, refs: Iterable[str]) -> None:
         """Held tags that a later load of this run moved where they belong stay there."""
         moved = {tag_of(ref) for ref in refs}
-        for ref in [r for r in self.held if tag_of(r) in moved]:
+        released = [r for r in self.held if tag_of(r) in moved]
+        for ref in released:
             del self.held[ref]
+        if released and self.holding:
+            self._note()  # before the record: a cut run's next one must not move them back
 
     def _put_back(self, bundle_id: str) -> None:
         if self.held and self.into.engine is not None:
             held, self.held = self.held, {}
             try:
                 self.into.engine().retag(held)
-            except AirgapError as exc:
+            except AirgapError as exc:  # the held file stays: the next run tries again
                 exc.message = f"tags moved by its carriers not put back: {exc.message}"
                 self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+                return
+        if self.holding:
+            self.ledger.unhold()
+            self.holding, self.carriers = "", []
 
     def _receive(self, manifest: Manifest) -> tuple[str, ...]:
         quiet = self.into.quiet
@@ -417,30 +464,37 @@ def addressed(manifest: Manifest, identities: Sequence[age.Identity]) -> None:
         )
 
 
-def _afterwards(
+def _kept(
     transport: Transport,
     manifest: Manifest,
     data: bytes,
     trusted: Sequence[minisign.PublicKey],
-    into: Destination,
+    keep: Path | None,
 ) -> AirgapError | None:
-    """--keep, then --consume, for a bundle imported: what failed, said as such."""
-    step = ""
+    """--keep for a bundle imported: what failed, said as such."""
+    if keep is None:
+        return None
     try:
-        if into.keep is not None:
-            step = f"kept in {into.keep}"
-            _keep(transport, manifest, data, trusted, into.keep)
-        if into.consume:
-            step = "deleted from the source (--consume)"
-            _consume(transport, manifest)
+        _keep(transport, manifest, data, trusted, keep)
     except AirgapError as exc:
-        exc.message = f"imported, but not {step}: {exc.message}"
+        exc.message = f"imported, but not kept in {keep}: {exc.message}"
         return exc.with_traceback(None)
     return None
 
 
-def _consume(transport: Transport, manifest: Manifest) -> None:
-    for name in bundle_names(manifest):
+def _consumed(transport: Transport, manifest: Manifest) -> AirgapError | None:
+    """--consume for a bundle imported: what failed, said as such."""
+    try:
+        _delete(transport, bundle_names(manifest))
+    except AirgapError as exc:
+        exc.message = f"imported, but not deleted from the source (--consume): {exc.message}"
+        return exc.with_traceback(None)
+    return None
+
+
+def _delete(transport: Transport, names: Sequence[str]) -> None:
+    """The signature first: without it the others are no longer a published bundle."""
+    for name in sorted(names, key=lambda n: not n.endswith(SIGNATURE_SUFFIX)):
         transport.delete(name)
 
 

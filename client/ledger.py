@@ -4,6 +4,12 @@ an older bundle never moves a ref back (:meth:`Ledger.read`).
 
 One JSON object a line, appended and fsynced after each import; a torn last line (a crash while
 writing it) is ignored, so the worst case is one bundle offered again, never a lost record.
+A record notes a ``--consume`` asked for, so a run cut off before its deletes is finished by
+the next (:meth:`Ledger.unconsumed`).
+
+Beside it, ``imported.jsonl.held`` lasts while a run loads an older bundle as the carrier of a
+thin one's layers: the tags that load moves, and where they go back (:class:`Held`). A run
+killed meanwhile leaves it, and the next run puts those tags back first.
 """
 
 from __future__ import annotations
@@ -14,14 +20,27 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from airgap.client.private import sync_dir, write_whole
 from airgap.shared.errors import StorageError
+
+
+@dataclass(frozen=True)
+class Held:
+    """Tags a carrier's load moves, each with the image it goes back to (None: untagged), the
+    run's outermost bundle, and the carriers loaded for it."""
+
+    bundle: str
+    tags: dict[str, str | None]
+    carriers: tuple[str, ...]
 
 
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._held = path.with_name(path.name + ".held")
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -61,6 +80,53 @@ class Ledger:
     def ids(self) -> set[str]:
         return self.read()[0]
 
+    def unconsumed(self) -> set[str]:
+        """The bundles imported with ``--consume``: any of their files a source still holds
+        is left from a run cut off before its deletes ended."""
+        return {bundle_id for bundle_id, record in self._records() if record.get("consume") is True}
+
+    def held(self) -> Held | None:
+        """What a run cut off while loading a carrier left to put back, if anything; a file
+        not as this code writes it is ignored (it is ours, 0600, in a 0700 folder)."""
+        try:
+            fd = os.open(self._held, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as handle:
+                record = json.loads(handle.read(1 << 20).decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        bundle, tags, carriers = record.get("bundle"), record.get("tags"), record.get("carriers")
+        if not isinstance(bundle, str) or not isinstance(tags, dict):
+            return None
+        if not isinstance(carriers, list) or not all(isinstance(c, str) for c in carriers):
+            return None
+        if not all(isinstance(v, str | None) for v in tags.values()):
+            return None
+        return Held(bundle, tags, tuple(carriers))
+
+    def hold(self, held: Held) -> None:
+        """Note ``held`` on disk, whole, before the load that moves its tags."""
+        data = json.dumps(
+            {"bundle": held.bundle, "tags": held.tags, "carriers": list(held.carriers)},
+            sort_keys=True,
+        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_whole(self._held, data.encode())
+            sync_dir(self.path.parent)
+        except OSError as exc:
+            raise StorageError(f"ledger {self._held}: {exc.strerror or exc}") from exc
+
+    def unhold(self) -> None:
+        """The tags are back: nothing is left to put back."""
+        try:
+            self._held.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"ledger {self._held}: {exc.strerror or exc}") from exc
+
     def _records(self) -> Iterator[tuple[str, dict[str, object]]]:
         """Each readable record with its bundle id; a torn or foreign line is skipped (a write
         cut short is followed by a fresh line, so one may be anywhere)."""
@@ -87,17 +153,18 @@ class Ledger:
         manifest_sha256: str,
         where: str,
         refs: Sequence[str] = (),
+        consume: bool = False,
     ) -> None:
-        line = json.dumps(
-            {
-                "id": bundle_id,
-                "manifest_sha256": manifest_sha256,
-                "where": where,
-                "refs": list(refs),
-                "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            sort_keys=True,
-        )
+        record: dict[str, object] = {
+            "id": bundle_id,
+            "manifest_sha256": manifest_sha256,
+            "where": where,
+            "refs": list(refs),
+            "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if consume:
+            record["consume"] = True
+        line = json.dumps(record, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW

@@ -134,6 +134,16 @@ class SpooledTransport:
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
 
+    def forget_bundles(self, bundle_ids: set[str]) -> None:
+        """Drop what the spool holds of ``bundle_ids``, imported already: a run cut off between
+        its ledger record and dropping its spool left it there, and no run reads it again."""
+        try:
+            names = [p.name for p in self.spool.iterdir() if p.name.split(".", 1)[0] in bundle_ids]
+        except OSError as exc:
+            raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
+        for name in names:
+            self.forget(name)
+
     def read_unspooled(self, name: str, *, limit: int, offset: int = 0) -> bytes:
         """At most ``limit`` bytes of ``name``, straight from the server, the whole read tried
         again after a failure. Never spooled: a manifest or signature not yet verified must not

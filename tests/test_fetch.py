@@ -688,3 +688,102 @@ def test_a_bundle_error_naming_a_path_with_a_line_break_stays_one_line(
     lines = fetched.stderr.splitlines()
     assert lines[0].startswith("airgap: error: bundle ") and "keep\\nairgap: hint" in lines[0]
     assert not any(line.startswith("airgap: hint: trust me") for line in lines), lines
+
+
+class _Killed(BaseException):
+    """SIGKILL, as far as this process can tell: what comes after it never runs."""
+
+
+def _killed_after(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
+    """``target.name`` kills the run once it has done its work."""
+    real = getattr(target, name)
+
+    def dying(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise _Killed
+
+    monkeypatch.setattr(target, name, dying)
+
+
+@pytest.mark.parametrize("consume_done", [0, 1])
+def test_a_consume_cut_off_is_finished_by_the_next_run(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consume_done: int
+) -> None:
+    """Found by killing fetches: a run killed after its record, before or between its
+    deletes, left the bundle (or its unsigned rest) on the source for good, and its payload
+    in the spool: the ledger kept every later run from looking at it again."""
+    drop = tmp_path / "drop"
+    shutil.copytree(bundle_dir, drop)
+    deletes: list[str] = []
+    real_delete = DirectoryTransport.delete
+
+    def delete(self: DirectoryTransport, name: str) -> None:
+        if len(deletes) == consume_done:
+            raise _Killed
+        deletes.append(name)
+        real_delete(self, name)
+
+    with monkeypatch.context() as killing:
+        killing.setattr(DirectoryTransport, "delete", delete)
+        transport = SpooledTransport(DirectoryTransport(drop), tmp_path / "spool", big=1)
+        with pytest.raises(_Killed):
+            _through(transport, tmp_path, consume=True)
+    assert deletes == [n.name for n in bundle_dir.glob("*.minisig")][:consume_done]
+    transport = SpooledTransport(DirectoryTransport(drop), tmp_path / "spool", big=1)
+    assert _through(transport, tmp_path) == []  # imported already; its deletes finished
+    assert list(drop.iterdir()) == []
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_keep_cut_off_is_made_by_the_next_run(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by killing fetches: a run killed while copying to --keep recorded the bundle
+    first, so the copy was never made (a .part left) and no run said so. The record now
+    follows the copy: the next run imports the bundle again, from the spool, and keeps it."""
+    keep = tmp_path / "keep"
+    spool = tmp_path / "spool"
+    real_put = media.put_small
+
+    def cut(transport: Any, name: str, data: bytes) -> None:
+        if name.endswith(".minisig"):
+            raise _Killed  # the payload kept, the signature not yet
+        real_put(transport, name, data)
+
+    ledger = Ledger(tmp_path / "state" / "ledger.jsonl")
+
+    def run() -> list[Outcome]:
+        return fetch_bundles(
+            SpooledTransport(DirectoryTransport(bundle_dir), spool, big=1),
+            Destination(tmp_path / "out", keep=keep),
+            identities=[IDENTITY],
+            trusted=[SIGNER.public_key],
+            ledger=ledger,
+        )
+
+    with monkeypatch.context() as killing:
+        killing.setattr("airgap.client.fetch.put_small", cut)
+        with pytest.raises(_Killed):
+            run()
+    assert ledger.ids() == set() and not list(keep.glob("*.minisig"))
+    (outcome,) = run()
+    assert outcome.error is None
+    assert sorted(p.name for p in keep.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
+    for kept in keep.iterdir():
+        assert kept.read_bytes() == (bundle_dir / kept.name).read_bytes()
+    assert list(spool.iterdir()) == [] and run() == []
+
+
+def test_a_spool_left_by_a_run_killed_after_its_record_is_dropped(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def spooled() -> SpooledTransport:
+        return SpooledTransport(DirectoryTransport(bundle_dir), tmp_path / "spool", big=1)
+
+    with monkeypatch.context() as killing:
+        _killed_after(killing, Ledger, "record")
+        with pytest.raises(_Killed):
+            _through(spooled(), tmp_path)
+    assert list((tmp_path / "spool").iterdir())
+    assert _through(spooled(), tmp_path) == []
+    assert list((tmp_path / "spool").iterdir()) == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airgap.client import fetch
+from airgap.client.ledger import Held, Ledger
 from airgap.client.rollback import Newest, refusal, tag_of
 from airgap.shared.errors import ReplayError
 from airgap.shared.manifest import Encryption, ImageEntry
@@ -88,18 +90,37 @@ class _Engine:
 
 
 class _Ledger:
+    """The ledger, in memory: its records and its held file (see test_ledger_holds_... for
+    the file itself)."""
+
     def __init__(self, newest: dict[str, str]) -> None:
         self._newest = newest
         self.records: list[tuple[str, tuple[str, ...]]] = []
+        self.on_disk: Held | None = None
 
     def read(self) -> tuple[set[str], dict[str, str]]:
-        return set(self._newest.values()), self._newest
+        newest = dict(self._newest)
+        for bundle_id, refs in self.records:
+            newest.update({ref: bundle_id for ref in refs if bundle_id > newest.get(ref, "")})
+        return set(self._newest.values()) | {b for b, _ in self.records}, newest
 
     def record(self, bundle_id: str, **fields: Any) -> None:
         self.records.append((bundle_id, tuple(fields["refs"])))
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def unconsumed(self) -> set[str]:
+        return set()
+
+    def held(self) -> Held | None:
+        return self.on_disk
+
+    def hold(self, held: Held) -> None:
+        self.on_disk = held
+
+    def unhold(self) -> None:
+        self.on_disk = None
 
 
 def _image(ref: str) -> ImageEntry:
@@ -224,3 +245,57 @@ def test_a_missing_layer_of_a_carrier_imported_before_is_not_fetched_again() -> 
     assert again.hint is not None and again.hint.startswith("load those images again")
     first = _missing(MANIFESTS[THIN], gone, {CARRIER}, set())
     assert first.hint is not None and first.hint.startswith("fetch those bundles first")
+
+
+class _Killed(BaseException):
+    """SIGKILL, as far as this process can tell: nothing after it runs, no finally either."""
+
+
+@pytest.mark.parametrize("at", ["carrier loaded", "carrier recorded"])
+def test_tags_a_carrier_moved_go_back_after_a_killed_run(
+    monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """Found by killing fetches: where a carrier's tags go back was known to the run alone,
+    so a kill after the carrier's load left app:1 on the old image for good (and, its record
+    missing, the carrier was refused as a rollback on every run after)."""
+    engine = _Engine({"app:1": "sha256:mid"})
+    ledger = _Ledger({"app:1": MID})
+    real_record = _Ledger.record
+
+    def record(self: _Ledger, bundle_id: str, **fields: Any) -> None:
+        if at == "carrier loaded":
+            raise _Killed  # after the load, before its record
+        real_record(self, bundle_id, **fields)
+        if at == "carrier recorded":
+            raise _Killed
+
+    with monkeypatch.context() as killing:
+        killing.setattr(_Ledger, "record", record)
+        killing.setattr(fetch._Run, "_put_back", lambda self, bundle_id: None)  # no finally
+        with pytest.raises(_Killed):
+            _fetch(killing, engine, ledger, ())
+    assert engine.tags["app:1"] == f"sha256:{CARRIER}"  # what the kill left
+    held = ledger.held()
+    assert held is not None and held.tags == {"app:1": "sha256:mid"}
+    assert held.carriers == (CARRIER,)
+    outcomes = _fetch(monkeypatch, engine, ledger, ())
+    assert [(o.bundle_id, o.error) for o in outcomes if o.error] == []
+    assert engine.tags == {"app:1": "sha256:mid", "app:2": f"sha256:{THIN}"}
+    assert ledger.records == [(CARRIER, ()), (THIN, ("app:2",))]
+    assert ledger.held() is None
+    assert _fetch(monkeypatch, engine, ledger, ()) == []  # and then nothing to do
+
+
+def test_the_ledger_holds_tags_on_disk_and_ignores_a_file_not_its_own(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "state" / "imported.jsonl")
+    assert ledger.held() is None
+    ledger.hold(Held(THIN, {"app:1": "sha256:mid", "app:9": None}, (CARRIER,)))
+    assert Ledger(ledger.path).held() == Held(
+        THIN, {"app:1": "sha256:mid", "app:9": None}, (CARRIER,)
+    )
+    assert (tmp_path / "state" / "imported.jsonl.held").stat().st_mode & 0o777 == 0o600
+    ledger.unhold()
+    assert ledger.held() is None
+    for junk in ('{"bundle": 1}', '{"bundle": "x", "tags": {"a": 2}, "carriers": []}', "[", ""):
+        (tmp_path / "state" / "imported.jsonl.held").write_text(junk)
+        assert ledger.held() is None
