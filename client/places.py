@@ -7,8 +7,10 @@ certificate); this module turns that into a transport. Remote transports are alw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import secrets
 import shlex
 import shutil
 from dataclasses import dataclass
@@ -97,8 +99,28 @@ def send_spool(bundle_id: str) -> Path:
     return cache_dir() / "send" / bundle_id
 
 
+#: A spool being deleted: no run takes such a folder for an unfinished send.
+GONE_PREFIX = ".gone-"
+
+
 def forget_spool(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Drop a send's spool in one step, as the spool is what marks a send unfinished: it is
+    renamed out of the way, then deleted. Deleted in place, a kill halfway left a spool
+    without its payload (every rerun failed) or without its recipe (the rerun sent a new
+    bundle, the old spool kept for good). What such a kill leaves now is a dotted folder,
+    dropped by the next send that ends here."""
+    gone = path.with_name(f"{GONE_PREFIX}{path.name}-{secrets.token_hex(4)}")
+    try:
+        path.rename(gone)
+    except FileNotFoundError:
+        gone = path  # nothing to drop, but what earlier kills left
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        for left in path.parent.glob(GONE_PREFIX + "*"):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def check_space(directory: Path, plaintext: int, *, held: int = 0) -> None:

@@ -258,11 +258,11 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
                         resuming=resuming,
                         meters=meters,
                     )
+                if spool is not None:  # published: at once, a rerun must not upload it again
+                    forget_spool(spool)
             finally:
                 engine.close()
             manifest = sent.manifest
-            if spool is not None:  # published: a rerun must not upload it again
-                forget_spool(spool)
             _record(ledger, manifest, files=sent.files, tell=by.tell)
         else:
             paths = [Path(p) for p in recipe.files]
@@ -272,6 +272,8 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
                 manifest = send_files(
                     paths, transport, options=options, key=key, resuming=resuming, meters=meters
                 )
+            if spool is not None:  # published: at once, a rerun must not upload it again
+                forget_spool(spool)
     except ContinueMismatch:
         _abandon(transport, begun.bundle_id, encrypted=bool(by.recipients))
         raise
@@ -285,8 +287,6 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
         raise Interrupted("interrupted", hint=_continue_hint(begun.bundle_id, by.place)) from exc
     finally:
         transport.close()
-    if spool:
-        forget_spool(spool)
     return manifest, transport
 
 
@@ -382,6 +382,7 @@ def finish(
         _refused_before(transport, ledgers, place, tell)
         with Meter("uploading", quiet=quiet) as meter:
             manifest = resume_send(bundle_id, transport, meter=meter)
+        forget_spool(send_spool(bundle_id))  # published: at once, a rerun must not upload it
     except TransferError as exc:
         _hint_continue(exc, bundle_id=bundle_id, place=place)
         raise
@@ -389,7 +390,6 @@ def finish(
         raise Interrupted("interrupted", hint=_continue_hint(bundle_id, place)) from exc
     finally:
         transport.close()
-    forget_spool(send_spool(bundle_id))  # published: a rerun must not upload it again
     if manifest.images:
         who = audience_of(manifest.encryption)
         _record(SendLedger(ledgers, place.describe(), who), manifest, files={}, tell=tell)

@@ -10,11 +10,12 @@ import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from airgap.client import sendjob, spools
-from airgap.client.places import Place, check_space, send_spool
+from airgap.client.places import Place, check_space, forget_spool, send_spool
 from airgap.client.unfinished import Recipe, began_encoding, begin, encoded_bytes
 from airgap.shared import minisign
 from airgap.shared.errors import Interrupted, StorageError, UsageError
@@ -254,3 +255,35 @@ def test_a_send_that_fails_before_encoding_forgets_its_spool_and_the_way_back_to
         sendjob.run(recipe, begun, by)
     assert not spool.exists()
     assert caught.value.hint == "nothing was encoded yet: run the same command again"
+
+
+class _Killed(BaseException):
+    """SIGKILL, as far as this process can tell: what comes after it never runs."""
+
+
+def test_a_spool_is_dropped_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by killing sends: a spool deleted file by file, killed halfway, lost its payload
+    (every rerun failed, "lacks its payload") or its recipe (the rerun sent a new bundle and
+    the old spool stayed for good). It is renamed away first; the next drop takes the rest."""
+    sends = tmp_path / "send"
+    spool = sends / new_bundle_id()
+    spool.mkdir(parents=True)
+    for name in ("send.json", "payload.key", "x.tar.zst.age"):
+        (spool / name).write_bytes(b"x" * 100)
+    real_rmtree = shutil.rmtree
+    with monkeypatch.context() as killing:
+
+        def rmtree(path: Any, ignore_errors: bool = False) -> None:
+            real_rmtree(Path(path) / "x.tar.zst.age", ignore_errors=True)  # one file, then
+            raise _Killed
+
+        killing.setattr("airgap.client.places.shutil.rmtree", rmtree)
+        with pytest.raises(_Killed):
+            forget_spool(spool)
+    assert not spool.exists()  # nothing a rerun takes for an unfinished send
+    (left,) = sends.iterdir()
+    assert left.name.startswith(".gone-") and spools.held(tmp_path) == []
+    other = sends / new_bundle_id()
+    other.mkdir()
+    forget_spool(other)
+    assert list(sends.iterdir()) == []
