@@ -241,7 +241,8 @@ class Publisher:
             outcome = self._payload(bundle_id, files[0], manifest)
             if outcome is not None:
                 return outcome
-            self._publish(bundle_id, files)
+            if not self._publish(bundle_id, files):
+                return Outcome(bundle_id, "published", "the same bundle again: its copy deleted")
         except _Quarantine as exc:
             return self._quarantine(bundle_id, area, files, exc.reason, tell=not exc.delivered)
         return Outcome(bundle_id, "published")
@@ -280,7 +281,12 @@ class Publisher:
             raise _Quarantine("payload: sha256 does not match the manifest")
         return None
 
-    def _publish(self, bundle_id: str, files: list[Path]) -> None:
+    def _publish(self, bundle_id: str, files: list[Path]) -> bool:
+        """Move ``files`` (payload, manifest, signature) to ``pub/outgoing``; False if the
+        very same bundle is published there already: the sender was cut off after its
+        signature landed, before it could forget its spool, and uploaded it all again. That
+        copy is deleted rather than quarantined (it would hold the sender's quota and one of
+        its quarantine places); another bundle of that id is quarantined."""
         outgoing = self.layout.outgoing
         for path in files:  # on disk before a receiver may see them (and a sender forget)
             _fsync(path)
@@ -288,7 +294,12 @@ class Publisher:
         intent = self.layout.state / (_INTENT + bundle_id)  # the way back, should a stop cut in
         with self._publishing:
             if any((outgoing / f.name).exists() for f in files):
-                raise _Quarantine("a bundle with this id was published before", delivered=True)
+                if not _same_files(files, outgoing):
+                    raise _Quarantine("a bundle with this id was published before", delivered=True)
+                for path in files:
+                    path.unlink()
+                self.audit.record("duplicate", bundle=bundle_id, area=area.name)
+                return False
             secretfile.replace(intent, str(area.relative_to(self.layout.root)))
             _fsync(intent.parent)
             for path in files:  # payload, manifest, signature: the signature last
@@ -297,6 +308,7 @@ class Publisher:
         _fsync(area)
         intent.unlink()
         self.audit.record("publish", bundle=bundle_id, area=str(files[0].parent.name))
+        return True
 
     def _quarantine(
         self, bundle_id: str, area: Path, files: list[Path], reason: str, *, tell: bool = True
@@ -320,6 +332,23 @@ class Publisher:
         if tell and area != self.layout.incoming:
             _tell_sender(area, bundle_id)
         return Outcome(bundle_id, "quarantined", reason)
+
+
+def _same_files(files: list[Path], outgoing: Path) -> bool:
+    """Whether ``pub/outgoing`` holds this very bundle: the same manifest and signature,
+    byte for byte (the manifest binds the payload's size and sha256, which the payload here
+    was checked against), and a payload of that size."""
+    payload, *small = files
+    try:
+        if os.lstat(outgoing / payload.name).st_size != os.lstat(payload).st_size:
+            return False
+        for path in small:
+            ours = _read_small(path, MAX_MANIFEST_BYTES)
+            if ours != _read_small(outgoing / path.name, MAX_MANIFEST_BYTES):
+                return False
+    except (OSError, _Quarantine):
+        return False
+    return True
 
 
 def _tell_sender(area: Path, bundle_id: str) -> None:

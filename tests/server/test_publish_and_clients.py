@@ -356,3 +356,30 @@ def test_what_a_cut_consume_leaves_in_outgoing_goes(serve, tmp_path, keyset, key
     publisher._take_back = lambda: None  # type: ignore[method-assign]  # keep the record
     publisher.scan()
     assert [p.name for p in outgoing.iterdir()] == [kept.name]
+
+
+def test_the_same_bundle_sent_again_is_dropped_and_another_of_its_id_quarantined(
+    serve, tmp_path, keyset
+):
+    """Found by killing sends: a sender killed after its signature landed, before it forgot
+    its spool, uploads the whole bundle again; the appliance quarantined that copy (a
+    payload's size against the sender's quota, one of its 100 quarantine places)."""
+    server = serve("--tls", "off")
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    outgoing = server.root / "pub/outgoing"
+    signature = f"{bundle_id}.manifest.json.minisig"
+    assert wait_for(lambda: (outgoing / signature).exists())
+    upload_bundle(server, files)  # the same bytes again
+    records = lambda: [json.loads(line) for line in server.audit().splitlines()]  # noqa: E731
+    assert wait_for(lambda: any(r["event"] == "duplicate" for r in records()))
+    assert not any((server.root / "pub/incoming/sender").iterdir())
+    assert quarantined(server) == []
+    other = dict(files)
+    other[signature] = files[signature].replace(b"trusted comment:", b"trusted comment: x")
+    upload_bundle(server, other)  # another signature file: not this bundle
+    assert wait_for(lambda: quarantined(server))
+    (held,) = quarantined(server)
+    assert "published before" in (held / "reason.txt").read_text()
+    assert sorted(p.name for p in outgoing.iterdir()) == sorted(files)
+    assert (outgoing / signature).read_bytes() == files[signature]
