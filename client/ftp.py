@@ -378,7 +378,7 @@ class FtpTransport:
             ) from exc
         except NETWORK_ERRORS as exc:
             self._drop()
-            raise TransferError(f"{what}: {exc or type(exc).__name__}") from exc
+            raise TransferError(f"{what}: {str(exc) or type(exc).__name__}") from exc
         # A reply ftplib could not decode (UTF-8) or parse (SIZE), or a passive port past
         # 65535, which ftplib hands on to the socket as it is.
         except (ValueError, OverflowError) as exc:

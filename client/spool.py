@@ -255,7 +255,10 @@ class _SpooledDownload(io.RawIOBase):
             view = memoryview(buffer)[: self._size - self._pos]
             got = self._remote.readinto(view)
             if not got:
-                raise TransferError(f"downloading {self._name}: the server sent less than SIZE")
+                raise TransferError(
+                    f"downloading {self._name}: the download ended at byte {self._pos} of "
+                    f"{self._size}"
+                )
         except TransferError:
             self._drop_remote()
             raise

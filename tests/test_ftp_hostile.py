@@ -387,3 +387,11 @@ def test_a_download_trickled_a_byte_at_a_time_is_a_stall(hostile: Callable[..., 
         while handle.read(1 << 20):
             pass
     assert time.monotonic() - started < 6
+
+
+def test_a_network_error_without_words_is_named() -> None:
+    """Found by killing the appliance: retries said "connecting: ; trying again in 1 s"."""
+    ftp = FtpTransport(FtpTarget.parse("ftp://u@127.0.0.1:1/"), "pw", timeout=1)
+    with pytest.raises(TransferError) as caught, ftp._errors("connecting"):
+        raise ConnectionResetError
+    assert caught.value.message == "connecting: ConnectionResetError"
