@@ -57,6 +57,9 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
     try:
         _unpack(plaintext, expected, staging)
         _publish(staging, sorted(set(expected) - there), out_dir)
+        swapped = sorted(n for n in there if not _placed_before(out_dir / n, expected[n]))
+        if swapped:  # replaced while this run unpacked: others may write the directory
+            raise StorageError(f"{out_dir}: {', '.join(swapped)} changed while fetching")
         return [out_dir / name for name in sorted(expected)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -74,6 +77,8 @@ def _placed_before(path: Path, entry: FileEntry) -> bool:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        if info.st_nlink != 1:  # a link to a file of ours planted there: edits would reach it
             return False
         if info.st_size != entry.size:
             return False

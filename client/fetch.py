@@ -44,6 +44,7 @@ from airgap.shared.errors import (
     ReplayError,
     SegmentHashError,
     SignatureError,
+    StorageError,
     TransferError,
     UsageError,
     VerificationError,
@@ -226,7 +227,8 @@ def _fetch_new(
     names = transport.list()
     published = published_ids(names)
     run = _Run(transport, into, identities, trusted, ledger, published)
-    run.finish_cut(names)
+    gone = run.finish_cut(names)
+    published = [b for b in published if b not in gone]
     for bundle_id in _selected(transport, published, only, trusted, frozenset(run.done)):
         if bundle_id in run.done and bundle_id not in run.tried:
             if only:
@@ -264,30 +266,50 @@ class _Run:
         self.outcomes: list[Outcome] = []
         self.parked: dict[str, AirgapError] = {}  # refused as rollbacks, unless carriers yet
         self.held: dict[str, str | None] = {}  # tags a carrier's load must not move
+        self.moved: dict[str, str | None] = {}  # where a carrier's load put the held tags
         self.carriers: list[str] = []  # loaded for their layers, moving held tags
         self.holding = ""  # the outermost bundle while the ledger's held file is written
+        self.stuck = False  # tags not put back: the held file waits for the next run
 
-    def finish_cut(self, names: Sequence[str]) -> None:
+    def finish_cut(self, names: Sequence[str]) -> set[str]:
         """What a run cut off (killed) after an import left undone: the spooled payloads of
-        bundles imported, the deletes of a ``--consume``, and tags a carrier's load moved (the
-        carrier loads again if its record is missing, then the tags go back)."""
+        bundles imported, the deletes of a ``--consume`` from this source, and tags a
+        carrier's load moved (the carrier loads again if its record is missing, then the tags
+        go back). Returns the bundles deleted."""
         if isinstance(self.transport, SpooledTransport):
-            self.transport.forget_bundles(self.done)
-        for bundle_id in sorted(self.ledger.unconsumed()):
+            with suppress(StorageError):  # housekeeping: the next run tries again
+                self.transport.forget_bundles(self.done)
+        deleted = set()
+        for bundle_id in sorted(self.ledger.unconsumed(self.transport.describe())):
             left = [n for n in names if n.split(".", 1)[0] == bundle_id]
-            try:
-                _delete(self.transport, left)
-            except AirgapError as exc:
-                exc.message = f"imported before, but not deleted from the source: {exc.message}"
-                self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+            failed = _consumed(self.transport, left, before=True) if left else None
+            if failed is not None:
+                self.outcomes.append(Outcome(bundle_id, error=failed))
+            elif left:
+                deleted.add(bundle_id)
+            self._over(bundle_id)
+        self.published -= deleted
         held = self.ledger.held()
-        if held is None:
-            return
-        self.held, self.carriers, self.holding = dict(held.tags), list(held.carriers), held.bundle
-        for carrier in held.carriers:
-            if carrier in self.published and carrier not in self.done:
-                self.fetch(carrier, (held.bundle,))
-        self._put_back(held.bundle)
+        if held is not None:
+            self.held, self.moved = dict(held.tags), dict(held.moved)
+            self.carriers, self.holding = list(held.carriers), held.bundle
+            try:  # before a carrier loads again and moves them once more
+                self._let_be_moved_since()
+            except AirgapError as exc:
+                self._stuck(held.bundle, exc)
+                return deleted
+            for carrier in held.carriers:
+                if carrier in self.published and carrier not in self.done:
+                    self.fetch(carrier, (held.bundle,))
+            self._put_back(held.bundle)
+        return deleted
+
+    def _over(self, bundle_id: str) -> None:
+        """Note that the deletes of ``bundle_id`` were tried: done, or failed and told once
+        (as a --consume that fails is), never asked again on every run. Only a run cut off
+        before this leaves them to the next."""
+        with suppress(StorageError):  # not noted: the next run finds them done, or tries once
+            self.ledger.consumed(bundle_id)
 
     def fetch(self, bundle_id: str, waiting: tuple[str, ...] = ()) -> None:
         if bundle_id in self.tried:
@@ -316,6 +338,7 @@ class _Run:
         # A carrier: loaded, but those tags go back where they were.
         self._hold(newer, bundle_id, waiting[0] if waiting else bundle_id)
         imported = tuple(ref for ref in self._receive(manifest) if ref not in newer)
+        self._moved(newer)
         tags = imported if manifest.images else ()  # a files bundle's are file names
         self._release(tags)  # where this load put them is where they belong
         # Before the record: a run cut off while keeping imports the bundle again and keeps it
@@ -334,7 +357,8 @@ class _Run:
         self.ours += tags
         try:  # after the record: what was imported stays imported, whatever fails here
             if consume:
-                failed = _consumed(transport, manifest)
+                failed = _consumed(transport, bundle_names(manifest))
+                self._over(bundle_id)
         finally:
             if isinstance(transport, SpooledTransport):
                 transport.forget(manifest.payload.name)
@@ -351,8 +375,16 @@ class _Run:
             self.holding = self.holding or outermost
             self._note()
 
+    def _moved(self, refs: Collection[str]) -> None:
+        """Where the load just made put the held ``refs``: from there they go back."""
+        if refs and self.holding and self.into.engine is not None:
+            engine = self.into.engine()
+            self.moved.update({ref: engine.image_id(ref) for ref in refs if ref in self.held})
+            self._note()
+
     def _note(self) -> None:
-        self.ledger.hold(Held(self.holding, dict(self.held), tuple(self.carriers)))
+        held = Held(self.holding, dict(self.held), tuple(self.carriers), dict(self.moved))
+        self.ledger.hold(held)
 
     def _release(self, refs: Iterable[str]) -> None:
         """Held tags that a later load of this run moved where they belong stay there."""
@@ -360,20 +392,42 @@ class _Run:
         released = [r for r in self.held if tag_of(r) in moved]
         for ref in released:
             del self.held[ref]
+            self.moved.pop(ref, None)
         if released and self.holding:
             self._note()  # before the record: a cut run's next one must not move them back
 
+    def _let_be_moved_since(self) -> None:
+        """Tags moved since the carrier's load put them (by their user) are no longer held."""
+        if self.moved and self.into.engine is not None:
+            engine = self.into.engine()
+            for ref, to in list(self.moved.items()):
+                if engine.image_id(ref) != to:
+                    del self.moved[ref]
+                    self.held.pop(ref, None)
+
+    def _stuck(self, bundle_id: str, exc: AirgapError) -> None:
+        """Tags not put back: said, and the held file kept for the next run."""
+        self.stuck = True
+        exc.message = f"tags moved by its carriers not put back: {exc.message}"
+        self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+
     def _put_back(self, bundle_id: str) -> None:
+        """Held tags back where they were, each only from where its carrier's load put it (a
+        tag moved since by its user stays); then the held file goes. Should that fail, the
+        file stays, with every tag this run holds, for the next run."""
+        if self.stuck:
+            return
         if self.held and self.into.engine is not None:
-            held, self.held = self.held, {}
             try:
-                self.into.engine().retag(held)
-            except AirgapError as exc:  # the held file stays: the next run tries again
-                exc.message = f"tags moved by its carriers not put back: {exc.message}"
-                self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+                self._let_be_moved_since()
+                self.into.engine().retag(self.held)
+            except AirgapError as exc:
+                self._stuck(bundle_id, exc)
                 return
+        self.held, self.moved = {}, {}
         if self.holding:
-            self.ledger.unhold()
+            with suppress(StorageError):  # put back already: a stale file moves nothing
+                self.ledger.unhold()
             self.holding, self.carriers = "", []
 
     def _receive(self, manifest: Manifest) -> tuple[str, ...]:
@@ -482,12 +536,16 @@ def _kept(
     return None
 
 
-def _consumed(transport: Transport, manifest: Manifest) -> AirgapError | None:
-    """--consume for a bundle imported: what failed, said as such."""
+def _consumed(
+    transport: Transport, names: Sequence[str], *, before: bool = False
+) -> AirgapError | None:
+    """--consume for a bundle imported (``before``: by an earlier run, cut off): what failed,
+    said as such."""
     try:
-        _delete(transport, bundle_names(manifest))
+        _delete(transport, names)
     except AirgapError as exc:
-        exc.message = f"imported, but not deleted from the source (--consume): {exc.message}"
+        when = "imported before" if before else "imported"
+        exc.message = f"{when}, but not deleted from the source (--consume): {exc.message}"
         return exc.with_traceback(None)
     return None
 
@@ -605,8 +663,8 @@ def _selected(
 def _refs(transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]) -> set[str]:
     try:
         manifest, _ = open_bundle(transport, bundle_id, trusted)
-    except VerificationError:
-        return set()  # not a candidate; fetching it by id reports why
+    except (VerificationError, TransferError):
+        return set()  # not a candidate (or gone since listed); fetching it by id says why
     return {ref for image in manifest.images for ref in image.refs}
 
 

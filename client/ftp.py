@@ -493,8 +493,15 @@ class FtpTransport:
             try:
                 ftp.delete(name)
             except ftplib.error_perm as exc:
-                if not str(exc).startswith("550") or self.size(name) is not None:
+                if not str(exc).startswith("550") or self._there(name):
                     raise
+
+    def _there(self, name: str) -> bool:
+        """Whether ``name`` is still there, for a refused DELE: yes when SIZE cannot tell."""
+        try:
+            return self.size(name) is not None
+        except AirgapError:
+            return True
 
     def refusal(self, name: str) -> AirgapError | None:
         """After an upload's data connection broke: the reply the server sent with the break,

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airgap.client.private import sync_dir, write_whole
@@ -35,6 +35,9 @@ class Held:
     bundle: str
     tags: dict[str, str | None]
     carriers: tuple[str, ...]
+    #: Where a carrier's load put each tag: it goes back only from there (one moved since,
+    #: by its user, stays where they put it).
+    moved: dict[str, str | None] = field(default_factory=dict)
 
 
 class Ledger:
@@ -80,10 +83,21 @@ class Ledger:
     def ids(self) -> set[str]:
         return self.read()[0]
 
-    def unconsumed(self) -> set[str]:
-        """The bundles imported with ``--consume``: any of their files a source still holds
-        is left from a run cut off before its deletes ended."""
-        return {bundle_id for bundle_id, record in self._records() if record.get("consume") is True}
+    def unconsumed(self, where: str) -> set[str]:
+        """The bundles imported from ``where`` with ``--consume`` whose deletes were never
+        said to be over (:meth:`consumed`): a run cut off before they ended. Only that source:
+        a copy elsewhere (a --keep archive) is not the consumed one."""
+        asked, over = set(), set()
+        for bundle_id, record in self._records():
+            if record.get("consume") is True and record.get("where") == where:
+                asked.add(bundle_id)
+            elif record.get("consumed") is True:
+                over.add(bundle_id)
+        return asked - over
+
+    def consumed(self, bundle_id: str) -> None:
+        """A ``--consume``'s deletes are over (done, or refused for good)."""
+        self._append({"id": bundle_id, "consumed": True})
 
     def held(self) -> Held | None:
         """What a run cut off while loading a carrier left to put back, if anything; a file
@@ -99,18 +113,26 @@ class Ledger:
         if not isinstance(record, dict):
             return None
         bundle, tags, carriers = record.get("bundle"), record.get("tags"), record.get("carriers")
+        moved = record.get("moved", {})
         if not isinstance(bundle, str) or not isinstance(tags, dict):
             return None
         if not isinstance(carriers, list) or not all(isinstance(c, str) for c in carriers):
             return None
-        if not all(isinstance(v, str | None) for v in tags.values()):
+        if not isinstance(moved, dict):
             return None
-        return Held(bundle, tags, tuple(carriers))
+        if not all(isinstance(v, str | None) for v in [*tags.values(), *moved.values()]):
+            return None
+        return Held(bundle, tags, tuple(carriers), moved)
 
     def hold(self, held: Held) -> None:
         """Note ``held`` on disk, whole, before the load that moves its tags."""
         data = json.dumps(
-            {"bundle": held.bundle, "tags": held.tags, "carriers": list(held.carriers)},
+            {
+                "bundle": held.bundle,
+                "tags": held.tags,
+                "carriers": list(held.carriers),
+                "moved": held.moved,
+            },
             sort_keys=True,
         )
         try:
@@ -164,6 +186,9 @@ class Ledger:
         }
         if consume:
             record["consume"] = True
+        self._append(record)
+
+    def _append(self, record: dict[str, object]) -> None:
         line = json.dumps(record, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

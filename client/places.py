@@ -108,7 +108,7 @@ def forget_spool(path: Path) -> None:
     renamed out of the way, then deleted. Deleted in place, a kill halfway left a spool
     without its payload (every rerun failed) or without its recipe (the rerun sent a new
     bundle, the old spool kept for good). What such a kill leaves now is a dotted folder,
-    dropped by the next send that ends here."""
+    dropped by the next send."""
     gone = path.with_name(f"{GONE_PREFIX}{path.name}-{secrets.token_hex(4)}")
     try:
         path.rename(gone)
@@ -118,8 +118,13 @@ def forget_spool(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     shutil.rmtree(gone, ignore_errors=True)
+    drop_gone(path.parent)
+
+
+def drop_gone(sends: Path) -> None:
+    """What a kill left of a spool being deleted (see :func:`forget_spool`)."""
     with contextlib.suppress(OSError):
-        for left in path.parent.glob(GONE_PREFIX + "*"):
+        for left in sends.glob(GONE_PREFIX + "*"):
             shutil.rmtree(left, ignore_errors=True)
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 
 from airgap.client.engine import Engine
 from airgap.client.images import learn_layer_files, send_images
-from airgap.client.places import Place, check_space, forget_spool, open_place, send_spool
+from airgap.client.places import (
+    Place,
+    check_space,
+    drop_gone,
+    forget_spool,
+    open_place,
+    send_spool,
+)
 from airgap.client.progress import Meter
 from airgap.client.refusals import take_refusals
 from airgap.client.saved import LayerFile
@@ -227,6 +234,7 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
 
 def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     key = by.signing
+    drop_gone(send_spool(begun.bundle_id).parent)  # what a kill left of an ended send's spool
     spool = send_spool(begun.bundle_id) if by.place.server else None
     transport = open_place(by.place, "--to", spool=spool)
     resuming = Resuming(begun.bundle_id, spool, continuing=begun.continuing) if spool else None

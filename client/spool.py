@@ -109,7 +109,20 @@ class SpooledTransport:
         return result
 
     def rename(self, src: str, dst: str) -> None:
-        retrying(f"renaming {src}", self.backoff, lambda: self.remote.rename(src, dst))
+        """Rename on the server; after a failed attempt, a ``src`` gone means that attempt's
+        rename was done and only its reply lost (a connection cut, the server killed right
+        after): the appliance may have published the bundle already, so ``dst`` is not
+        always there to see, and asking again would fail for good."""
+        tried = False
+
+        def attempt() -> None:
+            nonlocal tried
+            if tried and self.remote.size(src) is None:
+                return
+            tried = True
+            self.remote.rename(src, dst)
+
+        retrying(f"renaming {src}", self.backoff, attempt)
         if (self.spool / src).exists():
             (self.spool / src).replace(self.spool / dst)
 

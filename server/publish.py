@@ -297,7 +297,8 @@ class Publisher:
                 if not _same_files(files, outgoing):
                     raise _Quarantine("a bundle with this id was published before", delivered=True)
                 for path in files:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
+                _fsync(area)
                 self.audit.record("duplicate", bundle=bundle_id, area=area.name)
                 return False
             secretfile.replace(intent, str(area.relative_to(self.layout.root)))

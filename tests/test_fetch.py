@@ -36,6 +36,7 @@ from airgap.shared.errors import (
     TransferError,
     UnsafeArchiveError,
     UntrustedSignerError,
+    UsageError,
     VerificationError,
 )
 from airgap.shared.ids import new_bundle_id
@@ -251,6 +252,10 @@ def test_files_a_cut_run_placed_are_taken_as_they_are(bundle_dir: Path, tmp_path
     (out / "source.bin").rename(tmp_path / "aside.bin")
     (out / "source.bin").symlink_to(tmp_path / "aside.bin")
     error = _fetch(bundle_dir, out, tmp_path / "third")
+    assert error is not None and "already has source.bin" in error.message
+    (out / "source.bin").unlink()
+    os.link(tmp_path / "aside.bin", out / "source.bin")  # our bytes, but a second name
+    error = _fetch(bundle_dir, out, tmp_path / "linked")
     assert error is not None and "already has source.bin" in error.message
     (out / "source.bin").unlink()
     other = bytearray((tmp_path / "aside.bin").read_bytes())
@@ -617,6 +622,8 @@ def test_a_consume_that_fails_leaves_the_import_whole_and_no_spooled_payload(
     assert outcome.error.message.startswith("imported, but not deleted from the source")
     assert list((tmp_path / "spool").iterdir()) == []
     assert len(list(drop.iterdir())) == 3  # nothing deleted
+    again = SpooledTransport(DirectoryTransport(drop), tmp_path / "spool", big=1, backoff=once)
+    assert _through(again, tmp_path) == []  # told once: not asked again on every run
 
 
 def test_a_payload_grown_after_its_size_was_checked_is_read_to_the_signed_size(
@@ -787,3 +794,53 @@ def test_a_spool_left_by_a_run_killed_after_its_record_is_dropped(
     assert list((tmp_path / "spool").iterdir())
     assert _through(spooled(), tmp_path) == []
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_consume_is_finished_on_its_own_source_only(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: the ledger noted --consume without the source, so a later fetch from a --keep
+    archive of the same bundle deleted the archive's copy."""
+    drop, archive = tmp_path / "drop", tmp_path / "archive"
+    shutil.copytree(bundle_dir, drop)
+    ledger = Ledger(tmp_path / "state" / "ledger.jsonl")
+
+    def run(source: Path, *, keep: Path | None = None, consume: bool = False) -> list[Outcome]:
+        return fetch_bundles(
+            DirectoryTransport(source),
+            Destination(tmp_path / "out", keep=keep, consume=consume),
+            identities=[IDENTITY],
+            trusted=[SIGNER.public_key],
+            ledger=ledger,
+        )
+
+    with monkeypatch.context() as killing:
+        killing.setattr(DirectoryTransport, "delete", lambda self, name: _raise(_Killed()))
+        with pytest.raises(_Killed):
+            run(drop, keep=archive, consume=True)
+    assert run(archive) == []
+    assert len(list(archive.iterdir())) == 3  # a copy, not the source consumed
+    assert run(drop) == []
+    assert list(drop.iterdir()) == []  # the cut consume, finished where it was asked
+    shutil.copytree(archive, drop, dirs_exist_ok=True)  # the same bundle offered again
+    assert run(drop) == [] and len(list(drop.iterdir())) == 3  # finished once, not for ever
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def test_a_bundle_gone_since_the_listing_is_no_candidate_for_a_ref(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Review: fetching by image ref failed whole when any bundle went since the listing."""
+    shutil.copytree(bundle_dir, tmp_path / "drop")
+    with pytest.raises(UsageError, match="no published bundle app:1"):
+        fetch_bundles(
+            _TakenMeanwhile(tmp_path / "drop", ".minisig"),
+            Destination(tmp_path / "out"),
+            identities=[IDENTITY],
+            trusted=[SIGNER.public_key],
+            ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+            only=["app:1"],
+        )

@@ -13,7 +13,7 @@ import pytest
 from airgap.client import fetch
 from airgap.client.ledger import Held, Ledger
 from airgap.client.rollback import Newest, refusal, tag_of
-from airgap.shared.errors import ReplayError
+from airgap.shared.errors import EngineError, ReplayError
 from airgap.shared.manifest import Encryption, ImageEntry
 
 OLD, MID, NEW = (
@@ -73,11 +73,14 @@ class _Engine:
         self.tags = tags
         self.chains: set[str] = set()
         self.events: list[str] = []
+        self.down = False
 
     def image_id(self, ref: str) -> str | None:
         return self.tags.get(ref)
 
     def retag(self, before: dict[str, str | None]) -> None:
+        if self.down:
+            raise EngineError("engine unreachable")
         self.events.append("retag")
         for ref, old in before.items():
             if old is None:
@@ -110,7 +113,7 @@ class _Ledger:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def unconsumed(self) -> set[str]:
+    def unconsumed(self, where: str) -> set[str]:
         return set()
 
     def held(self) -> Held | None:
@@ -299,3 +302,50 @@ def test_the_ledger_holds_tags_on_disk_and_ignores_a_file_not_its_own(tmp_path: 
     for junk in ('{"bundle": 1}', '{"bundle": "x", "tags": {"a": 2}, "carriers": []}', "[", ""):
         (tmp_path / "state" / "imported.jsonl.held").write_text(junk)
         assert ledger.held() is None
+
+
+def _killed_in_the_carriers_load(monkeypatch: pytest.MonkeyPatch, engine: _Engine) -> _Ledger:
+    """A fetch killed once CARRIER's load has moved app:1, before its record."""
+    ledger = _Ledger({"app:1": MID})
+
+    def record(self: _Ledger, bundle_id: str, **fields: Any) -> None:
+        raise _Killed
+
+    with monkeypatch.context() as killing:
+        killing.setattr(_Ledger, "record", record)
+        killing.setattr(fetch._Run, "_put_back", lambda self, bundle_id: None)
+        with pytest.raises(_Killed):
+            _fetch(killing, engine, ledger, ())
+    assert engine.tags["app:1"] == f"sha256:{CARRIER}"
+    return ledger
+
+
+def test_a_tag_its_user_moved_since_the_kill_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: the held file said only where app:1 went back to, so the next run moved it
+    there from wherever its user had put it since."""
+    engine = _Engine({"app:1": "sha256:mid"})
+    ledger = _killed_in_the_carriers_load(monkeypatch, engine)
+    held = ledger.held()
+    assert held is not None and held.moved == {"app:1": f"sha256:{CARRIER}"}
+    engine.tags["app:1"] = "sha256:users-own"
+    outcomes = _fetch(monkeypatch, engine, ledger, ())
+    assert [o.error for o in outcomes] == [None, None]
+    assert engine.tags == {"app:1": "sha256:users-own", "app:2": f"sha256:{THIN}"}
+    assert ledger.held() is None
+
+
+def test_tags_not_put_back_wait_for_the_next_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: a failed put-back emptied what the run held, and the next bundle's end then
+    deleted the held file: the tags stayed on the carrier's image for good."""
+    engine = _Engine({"app:1": "sha256:mid"})
+    ledger = _killed_in_the_carriers_load(monkeypatch, engine)
+    engine.down = True
+    outcomes = _fetch(monkeypatch, engine, ledger, ())
+    errors = [o.error.message for o in outcomes if o.error]
+    assert errors == ["tags moved by its carriers not put back: engine unreachable"]
+    held = ledger.held()
+    assert held is not None and held.tags == {"app:1": "sha256:mid"}
+    engine.down = False
+    assert _fetch(monkeypatch, engine, ledger, ()) == []
+    assert engine.tags == {"app:1": "sha256:mid", "app:2": f"sha256:{THIN}"}
+    assert ledger.held() is None

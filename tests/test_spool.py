@@ -149,3 +149,31 @@ def test_a_continued_write_shorter_than_the_spool_sends_none_of_the_old_tail(
     held = remote.root / "p.part"
     assert not held.exists() or DATA.startswith(held.read_bytes())
     assert not held.exists() or held.stat().st_size <= len(shorter)
+
+
+class _ReplyLost(DirectoryTransport):
+    """A server that renames, then loses its reply the first time (killed, say)."""
+
+    lost = False
+
+    def rename(self, src: str, dst: str) -> None:
+        super().rename(src, dst)
+        if not self.lost:
+            self.lost = True
+            raise TransferError(f"renaming {src}: Connection reset by peer")
+
+
+def test_a_rename_whose_reply_was_lost_is_done(tmp_path: Path) -> None:
+    """Found by killing the appliance right after it renamed a signature: the retries got
+    550 (the partial gone, the bundle published), and the send failed for a bundle that was
+    out; its rerun uploaded all of it again."""
+    remote = _ReplyLost(tmp_path / "remote")
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "remote" / "sig.part").write_bytes(b"s")
+    spooled = SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(first=0.0))
+    spooled.rename("sig.part", "sig")
+    assert remote.lost and sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["sig"]
+    with pytest.raises(TransferError):  # never there: not taken as done
+        SpooledTransport(
+            DirectoryTransport(tmp_path / "remote"), tmp_path / "spool", backoff=Backoff(attempts=1)
+        ).rename("never.part", "never")
