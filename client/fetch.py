@@ -336,7 +336,7 @@ class _Run:
         self.parked.pop(bundle_id, None)
         self._layers_for(manifest, (*waiting, bundle_id))
         # A carrier: loaded, but those tags go back where they were.
-        self._hold(newer, bundle_id, waiting[0] if waiting else bundle_id)
+        self._hold(manifest, newer, waiting[0] if waiting else bundle_id)
         imported = tuple(ref for ref in self._receive(manifest) if ref not in newer)
         self._moved(newer)
         tags = imported if manifest.images else ()  # a files bundle's are file names
@@ -364,14 +364,18 @@ class _Run:
                 transport.forget(manifest.payload.name)
         self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
 
-    def _hold(self, refs: Collection[str], carrier: str, outermost: str) -> None:
-        """Remember where ``refs`` point now, to put them back after the outermost load; on
-        disk first, for the next run should this one be cut off."""
+    def _hold(self, manifest: Manifest, refs: Collection[str], outermost: str) -> None:
+        """Remember where ``refs`` point now, to put them back after the outermost load, and
+        where the load will put them (the image's config digest, which every engine agrees
+        on, until the load says its id); on disk first, for the next run should this one be
+        cut off."""
         if refs and self.into.engine is not None:  # a files bundle needs no engine
             engine = self.into.engine()
             for ref in refs:
                 self.held.setdefault(ref, engine.image_id(ref))
-            self.carriers.append(carrier)
+            for image in manifest.images:
+                self.moved.update({r: image.config or image.id for r in image.refs if r in refs})
+            self.carriers.append(manifest.id)
             self.holding = self.holding or outermost
             self._note()
 
@@ -401,7 +405,12 @@ class _Run:
         if self.moved and self.into.engine is not None:
             engine = self.into.engine()
             for ref, to in list(self.moved.items()):
-                if engine.image_id(ref) != to:
+                now = engine.image_id(ref)
+                if now == self.held.get(ref, to):  # back already (a load that failed put it)
+                    moved_since = True
+                else:  # a config digest, noted before the load, is asked of the image itself
+                    moved_since = now != to and (now is None or engine.config_digest(ref) != to)
+                if moved_since:
                     del self.moved[ref]
                     self.held.pop(ref, None)
 

@@ -91,6 +91,11 @@ class _Engine:
     def chain_ids(self, *, also: object = ()) -> set[str]:
         return self.chains
 
+    def config_digest(self, ref: str) -> str | None:
+        """Every image loaded here has the config the manifests name; others have their own."""
+        found = self.tags.get(ref, "")
+        return "sha256:x" if found.startswith("sha256:01") else None
+
 
 class _Ledger:
     """The ledger, in memory: its records and its held file (see test_ledger_holds_... for
@@ -304,15 +309,18 @@ def test_the_ledger_holds_tags_on_disk_and_ignores_a_file_not_its_own(tmp_path: 
         assert ledger.held() is None
 
 
-def _killed_in_the_carriers_load(monkeypatch: pytest.MonkeyPatch, engine: _Engine) -> _Ledger:
-    """A fetch killed once CARRIER's load has moved app:1, before its record."""
+def _killed_in_the_carriers_load(
+    monkeypatch: pytest.MonkeyPatch, engine: _Engine, at: str = "_moved"
+) -> _Ledger:
+    """A fetch killed once CARRIER's load has moved app:1: before it noted where (``_moved``)
+    or before its record (``record``)."""
     ledger = _Ledger({"app:1": MID})
 
-    def record(self: _Ledger, bundle_id: str, **fields: Any) -> None:
+    def killed(*args: Any, **kwargs: Any) -> None:
         raise _Killed
 
     with monkeypatch.context() as killing:
-        killing.setattr(_Ledger, "record", record)
+        killing.setattr(_Ledger if at == "record" else fetch._Run, at, killed)
         killing.setattr(fetch._Run, "_put_back", lambda self, bundle_id: None)
         with pytest.raises(_Killed):
             _fetch(killing, engine, ledger, ())
@@ -320,13 +328,17 @@ def _killed_in_the_carriers_load(monkeypatch: pytest.MonkeyPatch, engine: _Engin
     return ledger
 
 
-def test_a_tag_its_user_moved_since_the_kill_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("at", "noted"), [("_moved", "sha256:x"), ("record", f"sha256:{CARRIER}")])
+def test_a_tag_its_user_moved_since_the_kill_stays(
+    monkeypatch: pytest.MonkeyPatch, at: str, noted: str
+) -> None:
     """Review: the held file said only where app:1 went back to, so the next run moved it
-    there from wherever its user had put it since."""
+    there from wherever its user had put it since. Where the load puts it is noted before
+    the load (its config digest), then as the engine names it."""
     engine = _Engine({"app:1": "sha256:mid"})
-    ledger = _killed_in_the_carriers_load(monkeypatch, engine)
+    ledger = _killed_in_the_carriers_load(monkeypatch, engine, at)
     held = ledger.held()
-    assert held is not None and held.moved == {"app:1": f"sha256:{CARRIER}"}
+    assert held is not None and held.moved == {"app:1": noted}
     engine.tags["app:1"] = "sha256:users-own"
     outcomes = _fetch(monkeypatch, engine, ledger, ())
     assert [o.error for o in outcomes] == [None, None]
@@ -334,11 +346,12 @@ def test_a_tag_its_user_moved_since_the_kill_stays(monkeypatch: pytest.MonkeyPat
     assert ledger.held() is None
 
 
-def test_tags_not_put_back_wait_for_the_next_run(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("at", ["_moved", "record"])
+def test_tags_not_put_back_wait_for_the_next_run(monkeypatch: pytest.MonkeyPatch, at: str) -> None:
     """Review: a failed put-back emptied what the run held, and the next bundle's end then
     deleted the held file: the tags stayed on the carrier's image for good."""
     engine = _Engine({"app:1": "sha256:mid"})
-    ledger = _killed_in_the_carriers_load(monkeypatch, engine)
+    ledger = _killed_in_the_carriers_load(monkeypatch, engine, at)
     engine.down = True
     outcomes = _fetch(monkeypatch, engine, ledger, ())
     errors = [o.error.message for o in outcomes if o.error]
