@@ -49,7 +49,7 @@ from airgap.shared.errors import (
     UsageError,
     VerificationError,
 )
-from airgap.shared.ids import is_bundle_id
+from airgap.shared.ids import bundle_id_of, is_bundle_id
 from airgap.shared.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_UNVERIFIED_MANIFEST,
@@ -145,7 +145,7 @@ def _absent(transport: Transport, name: str, error: AirgapError) -> AirgapError:
     """A bundle's file that is not there. With the bundle's signature gone too (a receiver's
     --consume deletes it first), another receiver took the bundle since it was listed: the
     source no longer offers it, which is no failed check. A bundle still listed fails."""
-    bundle_id = name.split(".", 1)[0]
+    bundle_id = bundle_id_of(name)
     try:
         listed = published_ids(transport.list())
     except AirgapError:
@@ -281,7 +281,7 @@ class _Run:
                 self.transport.forget_bundles(self.done)
         deleted = set()
         for bundle_id in sorted(self.ledger.unconsumed(self.transport.describe())):
-            left = [n for n in names if n.split(".", 1)[0] == bundle_id]
+            left = [n for n in names if bundle_id_of(n) == bundle_id]
             failed = _consumed(self.transport, left, before=True) if left else None
             if failed is not None:
                 self.outcomes.append(Outcome(bundle_id, error=failed))

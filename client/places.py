@@ -109,16 +109,13 @@ def forget_spool(path: Path) -> None:
     without its payload (every rerun failed) or without its recipe (the rerun sent a new
     bundle, the old spool kept for good). What such a kill leaves now is a dotted folder,
     dropped by the next send."""
-    gone = path.with_name(f"{GONE_PREFIX}{path.name}-{secrets.token_hex(4)}")
     try:
-        path.rename(gone)
+        path.rename(path.with_name(f"{GONE_PREFIX}{path.name}-{secrets.token_hex(4)}"))
     except FileNotFoundError:
-        gone = path  # nothing to drop, but what earlier kills left
+        pass  # nothing to drop, but what earlier kills left
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
-        return
-    shutil.rmtree(gone, ignore_errors=True)
-    drop_gone(path.parent)
+    drop_gone(path.parent)  # this spool, and what earlier kills left
 
 
 def drop_gone(sends: Path) -> None:

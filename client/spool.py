@@ -32,6 +32,7 @@ from airgap.client.private import private_dir
 from airgap.client.progress import UNSEEN, Meter
 from airgap.client.transport import PARTIAL_SUFFIX, READ_BUFFER, Transport
 from airgap.shared.errors import StorageError, TransferError
+from airgap.shared.ids import bundle_id_of
 from airgap.shared.pipeline import interrupted
 
 CHUNK = 1 << 20
@@ -151,7 +152,7 @@ class SpooledTransport:
         """Drop what the spool holds of ``bundle_ids``, imported already: a run cut off between
         its ledger record and dropping its spool left it there, and no run reads it again."""
         try:
-            names = [p.name for p in self.spool.iterdir() if p.name.split(".", 1)[0] in bundle_ids]
+            names = [p.name for p in self.spool.iterdir() if bundle_id_of(p.name) in bundle_ids]
         except OSError as exc:
             raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
         for name in names:

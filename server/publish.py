@@ -40,7 +40,7 @@ from airgap.server.policy import REFUSED_SUFFIX
 from airgap.shared import minisign
 from airgap.shared.bundle import open_manifest
 from airgap.shared.errors import VerificationError
-from airgap.shared.ids import is_bundle_id
+from airgap.shared.ids import bundle_id_of, is_bundle_id
 from airgap.shared.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_UNVERIFIED_MANIFEST,
@@ -60,12 +60,6 @@ class Outcome:
     bundle_id: str
     status: str  # "published", "pending", "quarantined"
     reason: str = ""
-
-
-def bundle_id_of(name: str) -> str | None:
-    """The bundle a file name belongs to (``ID.anything``), if it names one."""
-    head = name.split(".", 1)[0]
-    return head if is_bundle_id(head) else None
 
 
 class _Quarantine(Exception):

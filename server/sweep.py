@@ -26,8 +26,8 @@ from airgap.server.audit import AuditLog
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
 from airgap.server.policy import PARTIAL_SUFFIX, REFUSED_SUFFIX
-from airgap.server.publish import Publisher, bundle_id_of
-from airgap.shared.ids import is_bundle_id
+from airgap.server.publish import Publisher
+from airgap.shared.ids import bundle_id_of, is_bundle_id
 
 logger = logging.getLogger("airgap.server")
 

@@ -29,6 +29,12 @@ def is_bundle_id(text: str) -> bool:
     return ID_PATTERN.fullmatch(text) is not None
 
 
+def bundle_id_of(name: str) -> str | None:
+    """The bundle a file name belongs to (``ID.anything``), if it names one."""
+    head = name.split(".", 1)[0]
+    return head if is_bundle_id(head) else None
+
+
 def made_at(bundle_id: str) -> float:
     """When ``bundle_id`` was made, in seconds since the epoch (its first 48 bits)."""
     millis = 0

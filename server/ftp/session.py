@@ -27,8 +27,8 @@ from airgap.server.ftp.base import SessionAPI
 from airgap.server.ftp.loop import Services
 from airgap.server.login import Login, authenticate
 from airgap.server.policy import Op, Principal, decide
-from airgap.server.publish import bundle_id_of
 from airgap.server.users import User
+from airgap.shared.ids import bundle_id_of
 
 logger = logging.getLogger("airgap.server")
 _GONE = object()  # what a check skipped for a client that has gone returns
