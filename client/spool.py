@@ -357,6 +357,7 @@ class _SpooledUpload(io.RawIOBase):
             name,
             path,
             limit=(lambda: self._at) if continuing else None,
+            spooled=self._held if continuing else None,
             vouching=vouched,
             meter=meter,
         )
@@ -432,6 +433,7 @@ class _Uploader:
         final: str | None = None,
         *,
         limit: Callable[[], int] | None = None,
+        spooled: int | None = None,
         vouching: bool = False,
         meter: Meter = UNSEEN,
     ) -> None:
@@ -440,6 +442,10 @@ class _Uploader:
         self.name = final or partial
         self.finished = threading.Event()  # set when the local file has all its bytes
         self._limit = limit  # how far the upload may go before the file is finished
+        # Continuing: the bytes an interrupted upload left in the spool, which the new
+        # encoding is compared with (a server holding more is checked: _check_unspooled).
+        self._spooled = spooled
+        self._server_vouched = False  # the server's word, by HASH, stood for spooled bytes
         # With ``vouching``, the writer gives the file's sha256 (``vouched``) once it is whole.
         self._vouching = vouching
         self.vouched: str | None = None
@@ -476,6 +482,8 @@ class _Uploader:
             self.meter.reach(total)
             return  # already there, from an earlier run
         offset = remote.size(self.partial)
+        if self._spooled is not None and offset is not None and offset > self._spooled:
+            self._check_unspooled(offset)
         if offset is not None and (offset == 0 or (total is not None and offset > total)):
             remote.delete(self.partial)  # nothing to keep: start anew (STOR never overwrites)
             offset = None
@@ -498,6 +506,8 @@ class _Uploader:
                     out.write(chunk)
                     out.flush()  # on the network, where the bar can see it
                     self.owner.sent += len(chunk)
+                    if self._spooled is not None:  # the server's bytes up to here are ours
+                        self._spooled = max(self._spooled, source.tell())
                     self.meter.advance(source.tell() - (queue.unsent() if queue else 0))
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
                     break
@@ -547,8 +557,41 @@ class _Uploader:
                 left -= len(chunk)
         return digest
 
+    def _check_unspooled(self, offset: int) -> None:
+        """The server holds more of an interrupted upload than its spool does (a crash took
+        bytes not yet on disk). The payload key encrypted them, and must never encrypt other
+        bytes in their place: two ciphertexts under one key and nonce give away the XOR of
+        their plaintexts to whoever holds both. So nothing more goes up until the new
+        encoding has reached ``offset`` and the server's ``HASH`` of what it holds equals
+        ours; a server without ``HASH`` leaves no way to tell, and the send starts anew
+        (:class:`ContinueMismatch`: a new bundle, under a new key)."""
+        server = _hashing(self.owner.remote)
+        lost = (
+            f"the spool lost bytes of {self.name} that the server holds ({offset} there, "
+            f"{self._spooled} here: a crash before they reached the disk?)"
+        )
+        if server is None:
+            raise ContinueMismatch(f"{lost}, and the server cannot hash them to compare")
+        limit = self._limit or (lambda: offset)  # continuing: always a limit
+        with self._grown:
+            while limit() < offset and not self.finished.is_set():
+                if self._aborted.is_set():
+                    raise _Aborted
+                self._grown.wait(0.2)
+        if self._aborted.is_set():
+            raise _Aborted
+        if self.local.stat().st_size < offset:
+            raise ContinueMismatch(f"{lost}; the payload encoded again is shorter")
+        if server.hash(self.partial) != self._hash_prefix(offset).hexdigest():
+            raise ContinueMismatch(f"{lost}; the payload encoded again differs from them")
+        self._spooled, self._server_vouched = offset, True
+
     def _check_hash(self, server: _Hashing, expected: str) -> None:
         got = server.hash(self.partial)
+        if got is not None and got != expected and self._server_vouched:
+            # Uploading again would put the new bytes where the server's stood, under the
+            # same key, on the word of a server now shown wrong: a new bundle instead.
+            raise ContinueMismatch(f"uploading {self.name}: the server's HASH differs from ours")
         if got is not None and got != expected:
             self.owner.remote.delete(self.partial)
             self._mismatches += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -177,3 +178,82 @@ def test_a_rename_whose_reply_was_lost_is_done(tmp_path: Path) -> None:
         SpooledTransport(
             DirectoryTransport(tmp_path / "remote"), tmp_path / "spool", backoff=Backoff(attempts=1)
         ).rename("never.part", "never")
+
+
+def _lost_spool(tmp_path: Path, remote: Path, *, spooled: int, uploaded: int) -> None:
+    """An interrupted send whose spool lost its tail in a crash: the server holds more."""
+    (tmp_path / "spool" / "p.part").write_bytes(DATA[:spooled])
+    remote.mkdir(exist_ok=True)
+    (remote / "p.part").write_bytes(DATA[:uploaded])
+
+
+def test_a_spool_that_lost_bytes_the_server_holds_goes_on_only_once_hash_matched_them(
+    tmp_path: Path,
+) -> None:
+    """Found in review: bytes the server held beyond the spool were never compared, so the
+    same key and nonce could encrypt other bytes there, and both reached the drop box."""
+    spooled, remote = _hashing(tmp_path)
+    _lost_spool(tmp_path, remote.root, spooled=1000, uploaded=2 << 20)
+    with spooled.vouched_writer("p.part", continuing=True) as out:
+        for start in range(0, len(DATA), 100_000):
+            out.write(DATA[start : start + 100_000])
+        out.vouch(SHA256(DATA).hexdigest())
+    assert (remote.root / "p.part").read_bytes() == DATA
+    assert spooled.sent == len(DATA) - (2 << 20)  # the server's bytes were not sent again
+    assert remote.asked == ["p.part", "p.part"]  # what it held, then the whole
+
+
+@pytest.mark.parametrize("where", [500, (1 << 20) + 7, (2 << 20) - 1])
+def test_a_spool_that_lost_bytes_the_server_holds_and_differs_sends_nothing(
+    tmp_path: Path, where: int
+) -> None:
+    spooled, remote = _hashing(tmp_path)
+    _lost_spool(tmp_path, remote.root, spooled=1000, uploaded=2 << 20)
+    changed = bytearray(DATA)
+    changed[where] ^= 1
+    out = spooled.vouched_writer("p.part", continuing=True)
+    with pytest.raises(ContinueMismatch, match="differ" if where >= 1000 else f"at byte {where}"):
+        for start in range(0, len(DATA), 100_000):
+            out.write(bytes(changed[start : start + 100_000]))
+        out.close()
+    with contextlib.suppress(ContinueMismatch):  # what it held back is refused again
+        out.close()
+    assert spooled.sent == 0
+    assert (remote.root / "p.part").read_bytes() == DATA[: 2 << 20]
+
+
+def test_a_spool_that_lost_bytes_a_server_without_hash_holds_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    spooled, remote = _spooled(tmp_path)
+    _lost_spool(tmp_path, remote, spooled=0, uploaded=12345)
+    out = spooled.vouched_writer("p.part", continuing=True)
+    with pytest.raises(ContinueMismatch, match="cannot hash them"):
+        out.write(DATA)
+        out.close()
+    out.close()
+    assert spooled.sent == 0
+    assert (remote / "p.part").read_bytes() == DATA[:12345]
+
+
+class _HashThenLie(_HashingDirectory):
+    """A server whose HASH matches what it held, then denies the whole upload."""
+
+    def hash(self, name: str) -> str | None:
+        got = super().hash(name)
+        return got if len(self.asked) == 1 else "0" * 64
+
+
+def test_a_server_that_vouched_for_lost_bytes_and_then_denies_gets_no_second_upload(
+    tmp_path: Path,
+) -> None:
+    remote = _HashThenLie(tmp_path / "remote")
+    spooled = SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(first=0.01))
+    _lost_spool(tmp_path, remote.root, spooled=0, uploaded=1 << 20)
+    out = spooled.vouched_writer("p.part", continuing=True)
+    with pytest.raises(ContinueMismatch, match="HASH differs"):
+        out.write(DATA)
+        out.vouch(SHA256(DATA).hexdigest())
+        out.close()
+    out.close()
+    assert spooled.sent == len(DATA) - (1 << 20)  # the rest once, never the start again
