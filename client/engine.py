@@ -24,6 +24,7 @@ from airgap.client.saved import MANIFEST_JSON, SavedArchive
 from airgap.shared.errors import EngineError, UsageError
 from airgap.shared.layers import all_chain_ids
 from airgap.shared.manifest import ImageEntry
+from airgap.shared.refs import is_reference
 
 TIMEOUT = 3600
 _LOADED = re.compile(r"^Loaded image(?: ID)?: (.+)$")
@@ -71,6 +72,8 @@ class Engine:
 
     def save(self, refs: Sequence[str], *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """``docker save REF...`` as a stream; layers shared by several images come once."""
+        for ref in refs:
+            _named(ref)
         api = self._client.api
         with _errors("docker save"):
             # The SDK's get_image takes one name; the engine's endpoint takes several.
@@ -126,7 +129,7 @@ class Engine:
         """The SDK's image ``ref`` names, or None if the engine has none."""
         from docker.errors import ImageNotFound
 
-        with _errors(f"inspecting {ref}"):
+        with _errors(f"inspecting {_named(ref)}"):
             try:
                 return self._client.images.get(ref)
             except ImageNotFound:
@@ -162,14 +165,15 @@ class Engine:
         return ["driver-type", "io.containerd.snapshotter.v1"] in status
 
     def tag(self, image_id: str, ref: str) -> None:
+        _named(image_id)
         repository, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "")
-        with _errors(f"tagging {ref}"):
+        with _errors(f"tagging {_named(ref)}"):
             self._client.api.tag(image_id, repository, tag or "latest", force=True)
 
     def untag(self, ref: str) -> None:
         from docker.errors import ImageNotFound
 
-        with _errors(f"removing tag {ref}"), suppress(ImageNotFound):
+        with _errors(f"removing tag {_named(ref)}"), suppress(ImageNotFound):
             self._client.api.remove_image(ref, noprune=True)
 
     def retag(self, before: dict[str, str | None]) -> None:
@@ -179,6 +183,18 @@ class Engine:
                 self.untag(ref)
             else:
                 self.tag(old, ref)
+
+
+def _named(ref: str) -> str:
+    """``ref``, if it is an image reference: the SDK puts it into a URL path as it is, where
+    ``../volumes/x`` would name another object (found in review: a held tag so named deleted a
+    volume)."""
+    if not is_reference(ref):
+        raise UsageError(
+            f"{ref!r} is not an image reference",
+            hint="name an image as Docker does: name, name:tag, name@digest, or its id",
+        )
+    return ref
 
 
 def _endpoint() -> str:

@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airgap.client.private import sync_dir, write_whole
+from airgap.client.private import private_dir, sync_dir, write_whole, written_by_others
 from airgap.shared.errors import StorageError
+from airgap.shared.refs import is_reference
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,18 @@ class Ledger:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the ledger for one run: two fetches at once would import a bundle twice."""
+        """Hold the ledger for one run: two fetches at once would import a bundle twice.
+        A ledger someone else could have written is refused: its held file moves tags, and
+        its records decide what is skipped and what is a rollback."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.path.parent)
+            for path in (self.path.parent / ".", self.path, self._held):
+                if why := written_by_others(path):
+                    raise StorageError(
+                        f"ledger {path}: {why}",
+                        hint="keep the state folder (--state-dir) one only you may write to "
+                        "(chmod go-w)",
+                    )
             fd = os.open(
                 self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
             )
@@ -76,7 +86,7 @@ class Ledger:
             ids.add(bundle_id)
             refs = record.get("refs")
             for ref in refs if isinstance(refs, list) else ():
-                if isinstance(ref, str) and bundle_id > newest.get(ref, ""):
+                if isinstance(ref, str) and is_reference(ref) and bundle_id > newest.get(ref, ""):
                     newest[ref] = bundle_id
         return ids, newest
 
@@ -101,14 +111,13 @@ class Ledger:
 
     def held(self) -> Held | None:
         """What a run cut off while loading a carrier left to put back, if anything; a file
-        not as this code writes it is ignored (it is ours, 0600, in a 0700 folder)."""
+        not as this code writes it is ignored (it is ours, 0600, in a folder only we may
+        write to: :meth:`locked` checks)."""
         try:
             fd = os.open(self._held, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, "rb") as handle:
                 record = json.loads(handle.read(1 << 20).decode("utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # none there, or not ours
             return None
         if not isinstance(record, dict):
             return None
@@ -120,8 +129,9 @@ class Ledger:
             return None
         if not isinstance(moved, dict):
             return None
-        if not all(isinstance(v, str | None) for v in [*tags.values(), *moved.values()]):
-            return None
+        ids = [v for v in [*tags.values(), *moved.values()] if v is not None]
+        if not all(isinstance(v, str) and is_reference(v) for v in [*tags, *moved, *ids]):
+            return None  # each goes to the engine's API, in a URL path
         return Held(bundle, tags, tuple(carriers), moved)
 
     def hold(self, held: Held) -> None:
@@ -136,7 +146,7 @@ class Ledger:
             sort_keys=True,
         )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.path.parent)
             write_whole(self._held, data.encode())
             sync_dir(self.path.parent)
         except OSError as exc:
@@ -191,7 +201,7 @@ class Ledger:
     def _append(self, record: dict[str, object]) -> None:
         line = json.dumps(record, sort_keys=True)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.path.parent)
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
             fd = os.open(self.path, flags, 0o600)
             try:

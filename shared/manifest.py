@@ -18,6 +18,7 @@ from typing import Any
 from airgap.shared.errors import ManifestError
 from airgap.shared.ids import is_bundle_id
 from airgap.shared.layers import all_chain_ids
+from airgap.shared.refs import is_reference
 
 FORMAT = "airgap-bundle/1"
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
@@ -365,9 +366,12 @@ def _file(value: Any) -> FileEntry:
 
 def _image(value: Any) -> ImageEntry:
     i = _obj(value, {"id", "config", "refs", "layers"}, "an image entry")
+    refs = _strs(i["refs"], "image ref")
+    if not all(map(is_reference, refs)):  # it reaches the engine's API, in a URL path
+        raise ManifestError("manifest: an image ref is not a Docker image reference")
     return ImageEntry(
         id=_str(i["id"], "image id", _DIGEST),
-        refs=_strs(i["refs"], "image ref"),
+        refs=refs,
         layers=_strs(i["layers"], "layer diff id", _DIGEST),
         config=None if i["config"] is None else _str(i["config"], "image config", _DIGEST),
     )

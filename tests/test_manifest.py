@@ -98,6 +98,9 @@ def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> Non
         (lambda i: i.update(id=None), "image id"),
         (lambda i: i["layers"].append("sha256:x"), "layer diff id"),
         (lambda i: i["refs"].append("a:1"), "image ref appears twice"),
+        (lambda i: i["refs"].append("../volumes/data"), "not a Docker image reference"),
+        (lambda i: i["refs"].append("app:1?force=1"), "not a Docker image reference"),
+        (lambda i: i["refs"].append("App:1"), "not a Docker image reference"),
     ],
 )
 def test_inconsistent_image_entries_are_refused(mutate: object, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import pytest
 from airgap.client import fetch
 from airgap.client.ledger import Held, Ledger
 from airgap.client.rollback import Newest, refusal, tag_of
-from airgap.shared.errors import EngineError, ReplayError
+from airgap.shared.errors import EngineError, ReplayError, StorageError
 from airgap.shared.manifest import Encryption, ImageEntry
 
 OLD, MID, NEW = (
@@ -304,9 +305,46 @@ def test_the_ledger_holds_tags_on_disk_and_ignores_a_file_not_its_own(tmp_path: 
     assert (tmp_path / "state" / "imported.jsonl.held").stat().st_mode & 0o777 == 0o600
     ledger.unhold()
     assert ledger.held() is None
-    for junk in ('{"bundle": 1}', '{"bundle": "x", "tags": {"a": 2}, "carriers": []}', "[", ""):
-        (tmp_path / "state" / "imported.jsonl.held").write_text(junk)
-        assert ledger.held() is None
+    junk = [
+        '{"bundle": 1}',
+        '{"bundle": "x", "tags": {"a": 2}, "carriers": []}',
+        "[",
+        "",
+        # Found in review: the put-back sent these to the engine's API in a URL path.
+        '{"bundle": "x", "tags": {"../volumes/data": null}, "carriers": []}',
+        '{"bundle": "x", "tags": {"app:1": "../volumes/data"}, "carriers": []}',
+        '{"bundle": "x", "tags": {}, "carriers": [], "moved": {"app:1": "../x"}}',
+    ]
+    for text in junk:
+        (tmp_path / "state" / "imported.jsonl.held").write_text(text)
+        assert ledger.held() is None, text
+
+
+@pytest.mark.parametrize("what", ["folder", "ledger", "held"])
+def test_a_ledger_others_could_have_written_is_refused(tmp_path: Path, what: str) -> None:
+    """Found in review: a held file written by anyone moved tags at the next fetch."""
+    ledger = Ledger(tmp_path / "state" / "imported.jsonl")
+    ledger.record(THIN, manifest_sha256="0" * 64, where="here", refs=("app:1",))
+    ledger.hold(Held(THIN, {"app:1": "sha256:mid"}, (CARRIER,)))
+    with ledger.locked():
+        pass
+    target = {"folder": ledger.path.parent, "ledger": ledger.path, "held": ledger._held}[what]
+    target.chmod(target.stat().st_mode | 0o002)
+    with pytest.raises(StorageError, match="others may write") as refused, ledger.locked():
+        pass
+    assert "--state-dir" in (refused.value.hint or "")
+
+
+def test_the_ledgers_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        ledger = Ledger(tmp_path / "home" / "state" / "airgap" / "imported.jsonl")
+        with ledger.locked():
+            pass
+    finally:
+        os.umask(old)
+    for folder in ("home", "home/state", "home/state/airgap"):
+        assert (tmp_path / folder).stat().st_mode & 0o777 == 0o700, folder
 
 
 def _killed_in_the_carriers_load(
