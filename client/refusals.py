@@ -38,10 +38,14 @@ class Notice:
 def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list[Notice]:
     """The refused bundles noticed, dropped from the ledgers of ``destination``.
     ``transport`` is asked once, without retries: a server that will not list (some answer
-    450 for an empty folder) has left no notice, and the send goes on."""
+    450 for an empty folder) has left no notice, and the send goes on. A refusal that stands
+    (a wrong password, a ban, another certificate than the pinned one) ends the send here,
+    before anything is encoded: the upload would only log in and be refused again."""
     try:
         names = transport.list()
-    except TransferError:
+    except TransferError as exc:
+        if not exc.transient:
+            raise
         return []
     refused = sorted(
         {

@@ -286,8 +286,10 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
         _abandon(transport, begun.bundle_id, encrypted=bool(by.recipients))
         raise
     except TransferError as exc:
-        if spool is not None:
+        if spool is not None and (begun.continuing or began_encoding(spool)):
             _hint_continue(exc, bundle_id=begun.bundle_id, place=by.place)
+        elif spool is not None and exc.transient:  # a refusal that stands keeps its own hint
+            exc.hint = "nothing was encoded yet: run the same command again"
         raise
     except KeyboardInterrupt as exc:
         if spool is None:

@@ -12,7 +12,7 @@ from airgap.client.refusals import MAX_NOTICES, Notice, take_refusals
 from airgap.client.sendledger import SendLedger
 from airgap.shared.errors import TransferError
 from airgap.shared.ids import new_bundle_id
-from tests.conftest import run_airgap
+from tests.conftest import run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server, wait_for
 from tests.test_sendledger import LAYERS, _manifest
 
@@ -105,13 +105,44 @@ def test_the_next_send_says_the_appliance_refused_a_bundle(keydir: Path, tmp_pat
 
 def test_send_resume_reads_the_notices_too(keydir: Path, tmp_path: Path) -> None:
     """Before, only a new send took notices up: ``send --resume`` finished its bundle and
-    left the ledgers counting a refused bundle's layers as delivered."""
-    with _refused_once(keydir, tmp_path) as (server, send, env, refused, notice):
-        cut = run_airgap(send, env={**env, "AIRGAP_PASSWORD": "wrong", "AIRGAP_RETRIES": "1"})
-        assert cut.returncode == 4, cut.stderr  # wholly encoded in its spool, never sent
-        (spooled,) = (tmp_path / "airgap" / "send").iterdir()
+    left the ledgers counting a refused bundle's layers as delivered. The send to resume is
+    cut (killed once wholly encoded, its upload throttled) before the refusal, whose notice
+    a new send would take up itself."""
+    stranger = tmp_path / "stranger.pub"
+    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
+    stranger.write_text((tmp_path / "k" / "signing.pub").read_text())
+    server = start_server(
+        tmp_path / "root",
+        "--tls",
+        "off",
+        "--trusted-signer",
+        str(stranger),
+        "--max-rate",
+        "1000000",
+    )
+    try:
         url = f"ftp://sender@127.0.0.1:{server.port}/"
+        env = {"AIRGAP_PASSWORD": server.password("sender"), "XDG_CACHE_HOME": str(tmp_path)}
+        keys: list[str | Path] = ["-R", keydir / "recipient.txt"]
+        keys += ["--sign-key", keydir / "signing.key", "--server", url, "--json"]
+        (tmp_path / "big.bin").write_bytes(os.urandom(4 << 20))  # 4 s at the server's rate
+        cut = spawn_airgap(["send", "--file", tmp_path / "big.bin", *keys], env=env)
+        spools = tmp_path / "airgap" / "send"
+        assert wait_for(lambda: list(spools.glob("*/*.manifest.json")))
+        cut.kill()
+        cut.communicate()
+        (spooled,) = spools.iterdir()
+
+        (tmp_path / "report.txt").write_bytes(os.urandom(10_000))
+        first = run_airgap(["send", "--file", tmp_path / "report.txt", *keys], env=env)
+        assert first.returncode == 0, first.stderr
+        refused = json.loads(first.stdout)["id"]
+        notice = server.root / "pub" / "incoming" / "sender" / f"{refused}.refused"
+        assert wait_for(notice.exists)
+
         resumed = run_airgap(["send", "--resume", spooled.name, "--server", url], env=env)
         assert resumed.returncode == 0, resumed.stderr
         assert f"the drop box refused bundle {refused}, sent earlier" in resumed.stderr
         assert not notice.exists()
+    finally:
+        server.stop()

@@ -126,12 +126,18 @@ def test_wrong_pin_wrong_password_and_server_down(
     assert "0" * 64 not in wrong_pin.stderr.split("hint:")[1]
     assert "run the same command again" not in wrong_pin.stderr
     started = time.monotonic()
+    failed_before = appliance.audit().count('"login-failed"')
     wrong_password = run_airgap([*base, *pinned], env=_env(tmp_path, "not-the-password"))
     assert wrong_password.returncode == 4 and "login refused" in wrong_password.stderr
     hint = wrong_password.stderr.split("hint:")[1]
     assert "check the user name and the password" in hint, hint
-    assert "once that is put right, airgap send --resume" in hint
-    assert "run the same command again" not in hint
+    # Found in review: the look for refusal notices swallowed the refused login, so the
+    # payload was encoded and the upload was refused a second time (two steps to a ban).
+    assert "--resume" not in hint and "run the same command again" not in hint
+    assert not list((tmp_path / "cache" / "airgap" / "send").iterdir())  # nothing encoded
+    _wait_for(lambda: appliance.audit().count('"login-failed"') > failed_before, "the audit")
+    time.sleep(0.5)
+    assert appliance.audit().count('"login-failed"') == failed_before + 1
     assert time.monotonic() - started < 20  # a refused login is not retried
     down = run_airgap(
         [*base, "--server", f"ftp://sender@127.0.0.1:{vsftpd.free_port()}/"],
@@ -383,5 +389,26 @@ def test_an_upload_over_quota_says_so_and_is_not_retried(
         assert "the drop box is full or over quota (552" in sent.stderr, sent.stderr
         assert "ask the appliance's operator for space" in sent.stderr
         assert "trying again" not in sent.stderr
+    finally:
+        server.stop()
+
+
+def test_a_send_refused_by_a_ban_keeps_the_bans_hint(keydir: Path, tmp_path: Path) -> None:
+    """Found in review: a send banned before encoding was told to run the same command again,
+    which only extends the ban."""
+    (tmp_path / "f").write_text("x")
+    server = start_server(tmp_path / "root", "--tls", "off", "--max-login-failures", "1")
+    try:
+        url = f"ftp://sender@127.0.0.1:{server.port}/"
+        send = ["send", "--file", tmp_path / "f", "--no-encrypt", "--server", url]
+        send += ["--sign-key", keydir / "signing.key"]
+        for password in ("not-the-password", server.password("sender")):  # the first bans
+            banned = run_airgap(send, env=_env(tmp_path, password))
+            assert banned.returncode == 4, banned.stderr
+            assert "refused after failed logins from here" in banned.stderr
+            hint = banned.stderr.split("hint:")[1]
+            assert "wait for the ban to end" in hint, hint
+            assert "run the same command again" not in hint and "--resume" not in hint
+            assert not list((tmp_path / "cache" / "airgap" / "send").iterdir())
     finally:
         server.stop()

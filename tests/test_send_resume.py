@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,14 +24,43 @@ from tests.test_remote import _env, _wait_for, needs_vsftpd
 pytestmark = needs_vsftpd
 
 
-def _send(
-    ftp: vsftpd.Vsftpd, keydir: Path, tmp_path: Path, *extra: str | Path, password: str = ""
-) -> subprocess.CompletedProcess[str]:
+def _send_call(
+    ftp: vsftpd.Vsftpd, keydir: Path, tmp_path: Path
+) -> tuple[list[str | Path], dict[str, str]]:
     url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
-    args = ["send", "--file", tmp_path / "report.txt", "--server", url, "--passphrase"]
-    env = _env(tmp_path, password or ftp.password, AIRGAP_RETRIES="1")
+    args: list[str | Path] = ["send", "--file", tmp_path / "report.txt", "--server", url]
+    args += ["--passphrase", "--sign-key", keydir / "signing.key", "--json"]
+    env = _env(tmp_path, ftp.password, AIRGAP_RETRIES="1")
     env["AIRGAP_PASSPHRASE"] = "the right passphrase"
-    return run_airgap([*args, "--sign-key", keydir / "signing.key", "--json", *extra], env=env)
+    return args, env
+
+
+def _send(ftp: vsftpd.Vsftpd, keydir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    args, env = _send_call(ftp, keydir, tmp_path)
+    return run_airgap(args, env=env)
+
+
+#: Bytes a second the server takes, for :func:`_cut`: a send of report.txt (300 kB) uploads
+#: for about 1.5 s, one of a busybox image for about 5 s.
+SLOW = 200_000
+
+
+def _cut(tmp_path: Path, call: tuple[list[str | Path], dict[str, str]]) -> str:
+    """The send, killed once wholly encoded in its spool (its manifest there, which comes
+    after the signature) while its upload is under way; its bundle id. (A refused login no
+    longer leaves such a spool: it ends a send before anything is encoded.)"""
+    send = spawn_airgap(call[0], env=call[1])
+    spools = tmp_path / "cache" / "airgap" / "send"
+    try:
+        _wait_for(
+            lambda: list(spools.glob("*/*.manifest.json")) or send.poll() is not None,
+            "the signed manifest",
+        )
+    finally:
+        send.kill()
+        _, err = send.communicate()
+    assert send.returncode == -signal.SIGKILL, err.decode()
+    return _interrupted(tmp_path)
 
 
 def _interrupted(tmp_path: Path) -> str:
@@ -39,21 +69,19 @@ def _interrupted(tmp_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _login_refused(keydir: Path, tmp_path: Path) -> Iterator[tuple[vsftpd.Vsftpd, str, Path]]:
-    """A send whose login the server refused: wholly encoded in its spool, nothing sent."""
+def _cut_send(keydir: Path, tmp_path: Path) -> Iterator[tuple[vsftpd.Vsftpd, str, Path]]:
+    """A send cut off wholly encoded in its spool."""
     (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
+    with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+        _cut(tmp_path, _send_call(ftp, keydir, tmp_path))
         bundle_id = _interrupted(tmp_path)
         yield ftp, bundle_id, tmp_path / "cache" / "airgap" / "send" / bundle_id
 
 
 def test_a_passphrase_send_continues_only_with_its_passphrase(keydir: Path, tmp_path: Path) -> None:
     (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        refused = _send(ftp, keydir, tmp_path, password="not the password")
-        assert refused.returncode == 4, refused.stderr
-        bundle_id = _interrupted(tmp_path)
+    with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+        bundle_id = _cut(tmp_path, _send_call(ftp, keydir, tmp_path))
 
         env = _env(tmp_path, ftp.password)
         url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
@@ -80,7 +108,7 @@ def test_a_passphrase_send_continues_only_with_its_passphrase(keydir: Path, tmp_
 def test_a_resume_that_cannot_repeat_its_bytes_never_invents_a_passphrase(
     keydir: Path, tmp_path: Path
 ) -> None:
-    with _login_refused(keydir, tmp_path) as (ftp, bundle_id, spool):
+    with _cut_send(keydir, tmp_path) as (ftp, bundle_id, spool):
         for made in spool.glob(f"{bundle_id}.*"):  # as if killed before the payload was whole
             made.unlink()
         (spool / f"{bundle_id}.tar.zst.age.part").write_bytes(b"not what it encodes to")
@@ -100,7 +128,7 @@ def test_a_wholly_encoded_send_resumes_only_to_its_own_drop_box(
     keydir: Path, tmp_path: Path
 ) -> None:
     """Its manifest and payload are in the spool: it would have been published elsewhere."""
-    with _login_refused(keydir, tmp_path) as (ftp, bundle_id, spool):
+    with _cut_send(keydir, tmp_path) as (ftp, bundle_id, spool):
         assert (spool / f"{bundle_id}.manifest.json").exists()  # wholly encoded
         elsewhere = run_airgap(
             ["send", "--resume", bundle_id, "--server", f"ftp://{ftp.user}@127.0.0.1:1/"],
@@ -119,7 +147,7 @@ def test_a_damaged_spool_is_named_with_the_way_out(
 ) -> None:
     """Found in review: an empty spooled manifest failed every rerun as a verification error
     naming no bundle, and a missing signature was an internal error."""
-    with _login_refused(keydir, tmp_path) as (ftp, bundle_id, spool):
+    with _cut_send(keydir, tmp_path) as (ftp, bundle_id, spool):
         if damage == "empty manifest":
             (spool / f"{bundle_id}.manifest.json").write_bytes(b"")
             said = "holds no readable manifest"
@@ -185,9 +213,8 @@ def test_a_send_in_progress_is_not_continued_by_another(keydir: Path, tmp_path: 
     """Two runs of one command at once (cron, two terminals): the second sends its own bundle
     rather than "continuing" the first, and `--resume` of the running one is refused."""
     (tmp_path / "report.txt").write_bytes(os.urandom(300_000))
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        assert _send(ftp, keydir, tmp_path, password="not the password").returncode == 4
-        bundle_id = _interrupted(tmp_path)
+    with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+        bundle_id = _cut(tmp_path, _send_call(ftp, keydir, tmp_path))
         spool = tmp_path / "cache" / "airgap" / "send" / bundle_id
         holder = subprocess.Popen(  # another airgap holding that spool
             [sys.executable, "-c", _HOLD, str(spool / "lock")], stdout=subprocess.PIPE
@@ -207,21 +234,21 @@ def test_a_send_in_progress_is_not_continued_by_another(keydir: Path, tmp_path: 
             holder.communicate()
 
 
-def _send_signed(
-    ftp: vsftpd.Vsftpd,
-    keydir: Path,
-    tmp_path: Path,
-    what: list[str | Path],
-    password: str,
-    env: dict[str, str],
-) -> subprocess.CompletedProcess[str]:
+def _signed_call(
+    ftp: vsftpd.Vsftpd, keydir: Path, tmp_path: Path, what: list[str | Path], env: dict[str, str]
+) -> tuple[list[str | Path], dict[str, str]]:
     """A send encrypted to the receiver's key (keydir's recipient) and signed."""
     url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
-    args = [*what, "--server", url, "-R", keydir / "recipient.txt"]
-    return run_airgap(
-        ["send", *args, "--sign-key", keydir / "signing.key", "--json"],
-        env={**_env(tmp_path, password, AIRGAP_RETRIES="1"), **env},
-    )
+    args: list[str | Path] = ["send", *what, "--server", url, "-R", keydir / "recipient.txt"]
+    args += ["--sign-key", keydir / "signing.key", "--json"]
+    return args, {**_env(tmp_path, ftp.password, AIRGAP_RETRIES="1"), **env}
+
+
+def _send_signed(
+    ftp: vsftpd.Vsftpd, keydir: Path, tmp_path: Path, what: list[str | Path], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    args, full_env = _signed_call(ftp, keydir, tmp_path, what, env)
+    return run_airgap(args, env=full_env)
 
 
 def test_a_file_gone_since_keeps_its_interrupted_send_and_says_how_to_finish_it(
@@ -235,12 +262,11 @@ def test_a_file_gone_since_keeps_its_interrupted_send_and_says_how_to_finish_it(
     report.write_bytes(os.urandom(300_000))
     kept = report.read_bytes()
     what: list[str | Path] = ["--file", notes, "--file", report]
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        assert _send_signed(ftp, keydir, tmp_path, what, "not the password", {}).returncode == 4
-        old = _interrupted(tmp_path)
+    with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+        old = _cut(tmp_path, _signed_call(ftp, keydir, tmp_path, what, {}))
         notes.write_bytes(b"version 2\n" * 1000)
         report.unlink()
-        again = _send_signed(ftp, keydir, tmp_path, what, ftp.password, {})
+        again = _send_signed(ftp, keydir, tmp_path, what, {})
         assert again.returncode == 2, again.stderr
         assert f"the interrupted send of bundle {old} holds it" in again.stderr
         assert f"airgap send --resume {old}" in again.stderr
@@ -263,14 +289,13 @@ def test_an_edited_file_is_sent_anew_not_continued(keydir: Path, tmp_path: Path)
     """The payload of the interrupted send is whole in the spool, but the file has changed
     since: finishing the upload would publish the old content under today's send."""
     report = tmp_path / "report.txt"
-    report.write_bytes(b"version 1\n" * 30_000)
+    report.write_bytes(os.urandom(300_000))  # incompressible: an upload for _cut to cut
     what: list[str | Path] = ["--file", report]
-    with vsftpd.running(tmp_path / "ftp") as ftp:
-        assert _send_signed(ftp, keydir, tmp_path, what, "not the password", {}).returncode == 4
-        old = _interrupted(tmp_path)
-        report.write_bytes(b"version 2\n" * 30_000)  # same size, other bytes
+    with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+        old = _cut(tmp_path, _signed_call(ftp, keydir, tmp_path, what, {}))
+        report.write_bytes(os.urandom(300_000))  # same size, other bytes
 
-        again = _send_signed(ftp, keydir, tmp_path, what, ftp.password, {})
+        again = _send_signed(ftp, keydir, tmp_path, what, {})
         assert again.returncode == 0, again.stderr
         assert f"not continuing bundle {old}: {report} has changed" in again.stderr
         new = json.loads(again.stdout)["id"]
@@ -298,14 +323,12 @@ def test_a_rebuilt_image_is_sent_anew_not_continued(
     tag = f"airgap-resume-{os.getpid()}:1"
     first = build_image(docker_engine.client, tag, extra='LABEL build="1"\n')
     try:
-        with vsftpd.running(tmp_path / "ftp") as ftp:
-            refused = _send_signed(ftp, keydir, tmp_path, [tag], "not it", docker_engine.env)
-            assert refused.returncode == 4, refused.stderr
-            old = _interrupted(tmp_path)
+        with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+            old = _cut(tmp_path, _signed_call(ftp, keydir, tmp_path, [tag], docker_engine.env))
             second = build_image(docker_engine.client, tag, extra='LABEL build="2"\n')
             assert second.id != first.id
 
-            again = _send_signed(ftp, keydir, tmp_path, [tag], ftp.password, docker_engine.env)
+            again = _send_signed(ftp, keydir, tmp_path, [tag], docker_engine.env)
             assert again.returncode == 0, again.stderr
             assert f"not continuing bundle {old}: {tag} is now {second.id}" in again.stderr
             new = json.loads(again.stdout)["id"]
@@ -313,10 +336,9 @@ def test_a_rebuilt_image_is_sent_anew_not_continued(
             assert [image["id"] for image in manifest["content"]["images"]] == [second.id]
             assert not [p for p in ftp.home.iterdir() if p.name.startswith(old)]
 
-            unchanged = _send_signed(ftp, keydir, tmp_path, [tag], "not it", docker_engine.env)
-            assert unchanged.returncode == 4
-            kept = _interrupted(tmp_path)
-            resumed = _send_signed(ftp, keydir, tmp_path, [tag], ftp.password, docker_engine.env)
+            whole: list[str | Path] = [tag, "--full"]  # not thin: an upload for _cut to cut
+            kept = _cut(tmp_path, _signed_call(ftp, keydir, tmp_path, whole, docker_engine.env))
+            resumed = _send_signed(ftp, keydir, tmp_path, whole, docker_engine.env)
             assert resumed.returncode == 0, resumed.stderr
             assert f"continuing the interrupted send of bundle {kept}" in resumed.stderr
     finally:
@@ -346,12 +368,11 @@ def test_a_ref_moved_to_another_image_of_the_bundle_is_a_change(
     first = build_image(client, one, extra='LABEL n="1"\n')
     second = build_image(client, two, extra='LABEL n="2"\n')
     try:
-        with vsftpd.running(tmp_path / "ftp") as ftp:
-            refused = _send_signed(ftp, keydir, tmp_path, [one, two], "not it", docker_engine.env)
-            assert refused.returncode == 4, refused.stderr
-            old = _interrupted(tmp_path)
+        with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+            cut = _signed_call(ftp, keydir, tmp_path, [one, two], docker_engine.env)
+            old = _cut(tmp_path, cut)
             client.images.get(two).tag(one)
-            again = _send_signed(ftp, keydir, tmp_path, [one, two], ftp.password, docker_engine.env)
+            again = _send_signed(ftp, keydir, tmp_path, [one, two], docker_engine.env)
             assert again.returncode == 0, again.stderr
             assert f"not continuing bundle {old}: {one} is now {second.id}" in again.stderr
     finally:  # by id too: the first image lost its tag, and would stay behind a child of
