@@ -256,6 +256,37 @@ def test_appended_copy_of_the_final_chunk_is_refused() -> None:
     assert released == data
 
 
+def _crafted(chunks: list[tuple[bytes, bool]]) -> tuple[bytes, bytes]:
+    """An age file whose payload chunks are sealed as given (plaintext, marked last), and the
+    plaintext of its chunks: streams no encryptor of ours writes, as the spec's vectors have."""
+    key = age.PayloadKey.new([IDENTITY.recipient])
+    cipher = age._payload_cipher(key.file_key, key.preamble[-age.NONCE_SIZE :])
+    sealed = [
+        cipher.encrypt(age._chunk_nonce(counter, last=last), plaintext, None)
+        for counter, (plaintext, last) in enumerate(chunks)
+    ]
+    return key.preamble + b"".join(sealed), b"".join(plaintext for plaintext, _ in chunks)
+
+
+def test_an_empty_final_chunk_after_a_full_one_is_refused() -> None:
+    """The spec's stream_last_chunk_empty, here too: the vectors live outside this repository."""
+    full = payload(CHUNK_SIZE)
+    ciphertext, _ = _crafted([(full, False), (b"", True)])
+    released, error = decrypt_released(ciphertext, [IDENTITY])
+    assert type(error) is PayloadAuthError and "final chunk is empty" in str(error), error
+    assert full.startswith(released)
+
+
+@pytest.mark.parametrize("piece", [4096, 3 * CHUNK_SIZE])
+def test_two_full_chunks_both_final_are_refused(piece: int) -> None:
+    """The spec's stream_two_final_chunks_full: nothing may follow a final chunk, whether the
+    chunk after it comes as a full one (in one piece) or as the file's end."""
+    ciphertext, both = _crafted([(payload(CHUNK_SIZE), True), (payload(CHUNK_SIZE, 1), True)])
+    released, error = decrypt_released(ciphertext, [IDENTITY], piece)
+    assert type(error) is PayloadAuthError and "after the final chunk" in str(error), error
+    assert len(released) <= CHUNK_SIZE and both.startswith(released)
+
+
 def test_non_age_input_is_refused_at_once() -> None:
     decryptor = AgeDecryptor([IDENTITY])
     with pytest.raises(AgeHeaderError, match="not an age file"):
