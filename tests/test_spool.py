@@ -231,7 +231,8 @@ def test_a_spool_that_lost_bytes_a_server_without_hash_holds_sends_nothing(
     with pytest.raises(ContinueMismatch, match="cannot hash them"):
         out.write(DATA)
         out.close()
-    out.close()
+    with contextlib.suppress(ContinueMismatch):  # what it held back is refused again
+        out.close()
     assert spooled.sent == 0
     assert (remote / "p.part").read_bytes() == DATA[:12345]
 
@@ -255,5 +256,6 @@ def test_a_server_that_vouched_for_lost_bytes_and_then_denies_gets_no_second_upl
         out.write(DATA)
         out.vouch(SHA256(DATA).hexdigest())
         out.close()
-    out.close()
+    with contextlib.suppress(ContinueMismatch):
+        out.close()
     assert spooled.sent == len(DATA) - (1 << 20)  # the rest once, never the start again
