@@ -336,8 +336,9 @@ class FtpTransport:
 
     @contextmanager
     def _errors(self, what: str, *, login: bool = False) -> Iterator[None]:
-        """FTP failures as airgap errors. With ``login``, a refusal (a 5xx such as "550 SSL/TLS
-        required") stands: it is not transient, as asking again won't change it."""
+        """FTP failures as airgap errors. A refusal (a 5xx, such as "550 SSL/TLS required")
+        stands: it is not transient, as asking again won't change it; with ``login``, it is
+        a :class:`LoginError`."""
         try:
             yield
         except ftplib.error_perm as exc:
@@ -355,8 +356,10 @@ class FtpTransport:
                 ) from exc
             if login:
                 hint = "use ftps://" if self.target.scheme == "ftp" and "TLS" in text else None
-                raise LoginError(f"{what}: refused by the server ({text})", hint=hint) from exc
-            raise TransferError(f"{what}: refused by the server ({text})") from exc
+                raise LoginError(
+                    f"{what}: refused by the server ({text})", hint=hint or _refusal_hint(text)
+                ) from exc
+            raise _refused(what, text) from exc
         except CertificateMismatch as exc:
             self._drop()
             raise CertificateMismatch(f"{what}: {exc.message}", hint=exc.hint) from exc
@@ -631,6 +634,40 @@ class _DataWriter(_DataConnection):
         except (OSError, ValueError):
             return 0
         return max(0, int.from_bytes(queue, sys.byteorder, signed=True))
+
+
+class Refused(TransferError):
+    """A 5xx reply: the server's answer stands (FTP's permanent negative completion), and
+    asking again, at once or after a backoff, gets it again (found in review: a receiver's
+    account sending was refused six times over 31 s, then told to try again)."""
+
+    transient = False
+
+
+class WrongPlace(Refused):
+    """The appliance refused this account or path for what was asked: the same URL meets the
+    same refusal, so the way on is another URL, not a resume to this one."""
+
+
+def _refused(what: str, text: str) -> Refused:
+    hint = _refusal_hint(text)
+    kind = WrongPlace if hint else Refused
+    return kind(f"{what}: refused by the server ({text})", hint=hint)
+
+
+def _refusal_hint(text: str) -> str | None:
+    """What to put right, for the appliance's refusals of a role or a place."""
+    if "a receiver may not upload" in text:
+        return (
+            "this account is a receiver's; a send goes with a sender's account (on the "
+            "appliance: airgap user add NAME --role sender)"
+        )
+    if "may not enter here" in text:
+        return (
+            "an account's / on the appliance is its own area: give the server as "
+            "ftps://USER@HOST:PORT/, with no path"
+        )
+    return None
 
 
 class DropBoxFull(TransferError):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airgap.client.engine import Engine
+from airgap.client.ftp import WrongPlace
 from airgap.client.images import learn_layer_files, send_images
 from airgap.client.places import (
     Place,
@@ -340,6 +341,9 @@ def _hint_continue(exc: TransferError, *, bundle_id: str, place: Place) -> None:
     was just refused: running the same command again would only meet it again, or earn a ban."""
     if exc.transient:
         exc.hint = _continue_hint(bundle_id, place)
+        return
+    if isinstance(exc, WrongPlace):  # the same URL meets the same refusal
+        exc.hint = f"{exc.hint}; airgap spool drop {bundle_id} gives this send up"
         return
     pinned = not isinstance(exc, CertificateMismatch)
     later = "once that is put right, " + _resume_hint(bundle_id, place, pinned=pinned)

@@ -412,3 +412,35 @@ def test_a_send_refused_by_a_ban_keeps_the_bans_hint(keydir: Path, tmp_path: Pat
             assert not list((tmp_path / "cache" / "airgap" / "send").iterdir())
     finally:
         server.stop()
+
+
+def test_a_refusal_that_stands_is_not_retried_and_says_what_to_put_right(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a receiver's account sending met "550 ... may not upload here" six
+    times over 31 s, then was told to try again; a path in the URL was told to --resume to
+    that same URL."""
+    (tmp_path / "f").write_bytes(os.urandom(1000))
+    server = start_server(tmp_path / "root", "--tls", "off")
+    try:
+        send = ["send", "--file", tmp_path / "f", "--no-encrypt"]
+        send += ["--sign-key", keydir / "signing.key"]
+        started = time.monotonic()
+        url = f"ftp://receiver@127.0.0.1:{server.port}/"
+        receiver = run_airgap(
+            [*send, "--server", url], env=_env(tmp_path, server.password("receiver"))
+        )
+        assert receiver.returncode == 4, receiver.stderr
+        assert "may not upload here" in receiver.stderr
+        hint = receiver.stderr.split("hint:")[1]
+        assert "this account is a receiver's" in hint and "--resume" not in hint, hint
+        assert "airgap spool drop" in hint
+        assert "trying again" not in receiver.stderr
+        url = f"ftp://sender@127.0.0.1:{server.port}/pub/incoming/"
+        pathed = run_airgap([*send, "--server", url], env=_env(tmp_path, server.password("sender")))
+        assert pathed.returncode == 4, pathed.stderr
+        hint = pathed.stderr.split("hint:")[1]
+        assert "with no path" in hint and "--resume" not in hint, hint
+        assert time.monotonic() - started < 15
+    finally:
+        server.stop()
