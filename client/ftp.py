@@ -79,7 +79,10 @@ class FtpTarget:
         except ValueError as exc:  # a port out of range, an unclosed [ ...
             raise UsageError(f"{_shown(url)!r} is not a valid URL ({exc})") from exc
         if parts.scheme not in ("ftp", "ftps") or not parts.hostname:
-            raise UsageError(f"{_shown(url)!r} is not an ftp:// or ftps:// URL")
+            raise UsageError(
+                f"{_shown(url)!r} is not an ftp:// or ftps:// URL",
+                hint="write it as ftps://USER@HOST:PORT/ (ftp:// for a server without TLS)",
+            )
         if "?" in url or "#" in url:  # "ftp://a#b@h/" would be host "a"; a query means nothing
             raise UsageError(
                 f"{_shown(url)!r}: an ftp:// URL has no query or fragment",
@@ -356,6 +359,8 @@ class FtpTransport:
                 ) from exc
             if login:
                 hint = "use ftps://" if self.target.scheme == "ftp" and "TLS" in text else None
+                if self.target.scheme == "ftps" and "AUTH" in text:
+                    hint = "this server offers no TLS: use ftp://, or have TLS turned on there"
                 raise LoginError(
                     f"{what}: refused by the server ({text})", hint=hint or _refusal_hint(text)
                 ) from exc

@@ -7,6 +7,7 @@ prints or logs key material.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shlex
@@ -73,10 +74,23 @@ def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.Se
             f"signing key {path} is a public key",
             hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
         )
-    if _kind_of(text) == _SECRET_SIGNING:  # before its passphrase is asked for; a file of
-        _check_private(path, "signing key")  # another kind is named for what it is, below
+    if _kind_of(text) == _SECRET_SIGNING or _minisign_secret(text):  # before its passphrase
+        _check_private(path, "signing key")  # is asked for; another kind is named below
     with _naming(f"signing key {path}", text, "a minisign secret key"):
         return minisign.SecretKey.parse(text, passphrase=passphrase)
+
+
+def _minisign_secret(text: str) -> bool:
+    """Whether ``text`` holds a minisign secret key whatever its comment line says (rsign2's,
+    or one edited by hand): its key line decodes to the 158 bytes of one, starting "Ed"."""
+    for line in text.splitlines()[1:3]:
+        try:
+            raw = base64.b64decode(line.strip(), validate=True)
+        except ValueError:
+            continue
+        if len(raw) == 158 and raw.startswith(b"Ed"):
+            return True
+    return False
 
 
 def _check_private(path: Path, what: str) -> None:
@@ -169,6 +183,13 @@ def write_key_files(directory: Path, files: Sequence[KeyFile], *, force: bool) -
             hint="use --force to replace them (the old keys are lost), or another directory",
         )
     private_dir(directory)
+    for folder in sorted({(directory / key_file.name).parent for key_file in files}):
+        if folder.exists() and (why := written_by_others(folder)):
+            raise StorageError(
+                f"not writing keys into {folder}: {why}, who could swap a key there (a "
+                "recipient of theirs, before it is carried) or read it",
+                hint="write them into a folder of your own that only you may write to (chmod go-w)",
+            )
     ready: list[tuple[Path, Path]] = []
     try:
         for key_file in files:  # every file written and synced first, then all renamed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -22,6 +23,9 @@ from airgap.client.spool import Backoff, SpooledTransport, cache_dir
 from airgap.client.terminal import say
 from airgap.client.transport import DirectoryTransport, Transport
 from airgap.shared.errors import StorageError, UsageError
+
+#: A scheme and a colon, as a URL starts (a path makes "ftps://" into "ftps:/").
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,12 @@ class Place:
                     hint="use ftps://, which the pin then checks",
                 )
             check_pin(target, self.fingerprint)
+        if self.directory is not None and _URL.match(str(self.directory)):
+            # Not echoed: a URL may carry a password (found in review).
+            raise UsageError(
+                f"{flag} takes a directory, and this looks like a URL",
+                hint="a drop box goes with --server URL (its password never in the URL)",
+            )
         if self.directory is not None and not self.directory.is_dir():
             if self.directory.exists():
                 raise UsageError(f"{flag} {self.directory}: not a directory")

@@ -719,3 +719,78 @@ def test_a_state_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
         done = run_airgap([*command, "--state-dir", tmp_path / "state"])
         said = " ".join(done.stderr.replace("│", " ").split())  # the box folds long lines
         assert done.returncode == 2 and "is a file" in said, done.stderr
+
+
+def test_keys_are_never_written_into_a_folder_others_may_write(tmp_path: Path) -> None:
+    """Found in review: another user who may write the folder could swap recipient.txt for
+    theirs before it is carried to the senders."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    made = run_airgap(["keygen", "--out", shared])
+    assert made.returncode == 1, made.stderr
+    assert "not writing keys into" in made.stderr and "others may write it" in made.stderr
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)  # sticky, as /tmp: only a file's owner may replace it
+    inside = shared / "mine"
+    assert run_airgap(["keygen", "--out", inside]).returncode == 0
+    assert inside.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_world_readable_signing_key_is_refused_whatever_its_comment(tmp_path: Path) -> None:
+    """Found in review: the mode was checked only when the first line was minisign's own."""
+    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
+    key = tmp_path / "k" / "signing.key"
+    lines = key.read_text().splitlines(keepends=True)
+    key.write_text("untrusted comment: my signing key\n" + "".join(lines[1:]))
+    key.chmod(0o644)
+    (tmp_path / "f").write_text("x")
+    sent = run_airgap(
+        ["send", "--file", tmp_path / "f", "--no-encrypt", "--sign-key", key, "--to", tmp_path]
+    )
+    assert sent.returncode == 1, sent.stderr
+    assert "holds a secret key, and others may read or write it" in sent.stderr
+
+
+def test_a_url_given_as_a_directory_is_not_echoed(tmp_path: Path) -> None:
+    """Found in review: --to 'ftps://USER:PASSWORD@HOST/' printed the password back."""
+    (tmp_path / "f").write_text("x")
+    url = "ftps://sender:TOPSECRET@127.0.0.1:2121/"
+    sent = run_airgap(["send", "--file", tmp_path / "f", "--no-encrypt", "--to", url])
+    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
+    keys = ["--trust", tmp_path / "k" / "signing.pub", "-i", tmp_path / "k" / "identity.txt"]
+    fetched = run_airgap(["fetch", "--from", url, "--output-dir", tmp_path / "out", *keys])
+    for said in (sent, fetched):
+        assert said.returncode == 2, said.stderr
+        assert "looks like a URL" in said.stderr and "TOPSECRET" not in said.stderr
+
+
+def test_a_password_typed_for_a_new_account_is_not_shown(tmp_path: Path) -> None:
+    """Found in review: `user add --password-stdin` on a terminal echoed the password."""
+    import pty
+
+    secret = "Visible-Passw0rd-typed"
+    argv = [sys.executable, "-m", "airgap.client", "user", "add", "bob", "--role", "sender"]
+    root = tmp_path / "volume"  # an empty folder: accounts before the first start
+    root.mkdir()
+    argv += ["--password-stdin", "--root", str(root)]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: airgap on a terminal
+        os.execv(sys.executable, argv)  # noqa: S606 - argv as given, no shell
+    said, answered = b"", 0
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the child ended: EIO
+            break
+        if not chunk:
+            break
+        said += chunk
+        if answered < 2 and said.rstrip(b" ").endswith(b":"):  # a prompt: the password
+            os.write(fd, secret.encode() + b"\n")
+            answered += 1
+            said += b"\n"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    assert b"added sender bob" in said
+    assert secret.encode() not in said, said

@@ -193,6 +193,7 @@ def test_an_interrupted_fetch_stops_at_once_then_resumes(
         _, err = fetching.communicate(timeout=60)
         waited = time.monotonic() - started
         assert fetching.returncode == 130 and b"airgap: error: interrupted" in err, err
+        assert b"hint: run the same command again: what was downloaded stays" in err, err
         assert waited < 3, f"{waited:.1f} s: the rest of the segment came first ({spooled()} B)"
         assert spooled() < 16 << 20
         assert not out.exists() or not any(out.iterdir())

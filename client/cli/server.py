@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -183,7 +184,12 @@ def _new_password(from_stdin: bool) -> tuple[str, bool]:
 
     if not from_stdin:
         return generate_password(), True
-    password = sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():  # typed: not shown (found in review), and asked twice
+        password = getpass.getpass("password: ")
+        if getpass.getpass("the same again: ") != password:
+            raise UsageError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
     check_password(password)
     return password, False
 

@@ -37,7 +37,7 @@ from airgap.client.terminal import one_line, printable, say
 from airgap.client.transport import Transport
 from airgap.client.unfinished import Recipe, began_encoding, claim, key_of, stand_ins
 from airgap.shared import age
-from airgap.shared.errors import UsageError
+from airgap.shared.errors import Interrupted, UsageError
 from airgap.shared.ids import is_bundle_id
 from airgap.shared.manifest import Manifest
 from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
@@ -365,6 +365,12 @@ def fetch(
             ledger=ledger,
             only=ids or [],
         )
+    except KeyboardInterrupt as exc:
+        raise Interrupted(
+            "interrupted",
+            hint="run the same command again: what was downloaded stays in the spool, and "
+            "nothing checked is downloaded again",
+        ) from exc
     finally:
         transport.close()
     wire = transport.received if isinstance(transport, SpooledTransport) else None
