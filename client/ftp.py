@@ -357,13 +357,14 @@ class FtpTransport:
                     f"{what}: the drop box is full or over quota ({text})",
                     hint="ask the appliance's operator for space or a larger --quota-bytes",
                 ) from exc
-            if login:
+            if text.startswith(("522", "500 OOPS")):  # a data connection's TLS failed, or
+                self._drop()  # vsftpd's own trouble (out of passive ports): they may pass
+                raise TransferError(f"{what}: {text}") from exc
+            if login and not _refusal_hint(text):
                 hint = "use ftps://" if self.target.scheme == "ftp" and "TLS" in text else None
                 if self.target.scheme == "ftps" and "AUTH" in text:
                     hint = "this server offers no TLS: use ftp://, or have TLS turned on there"
-                raise LoginError(
-                    f"{what}: refused by the server ({text})", hint=hint or _refusal_hint(text)
-                ) from exc
+                raise LoginError(f"{what}: refused by the server ({text})", hint=hint) from exc
             raise _refused(what, text) from exc
         except CertificateMismatch as exc:
             self._drop()

@@ -152,7 +152,7 @@ def resume_send(bundle_id: str, transport: SpooledTransport, *, meter: Meter = U
             f"the spool of bundle {bundle_id} lacks its signature",
             hint=f"airgap spool drop {bundle_id}, then send again (a new bundle)",
         )
-    transport.upload_file(manifest.payload.name, payload, meter=meter)
+    transport.upload_file(manifest.payload.name, payload, keyed=True, meter=meter)
     transport.upload_file(bundle_id + MANIFEST_SUFFIX, data_path)
     transport.upload_file(bundle_id + SIGNATURE_SUFFIX, signature)
     return manifest

@@ -397,6 +397,12 @@ def finish(
         with Meter("uploading", quiet=quiet) as meter:
             manifest = resume_send(bundle_id, transport, meter=meter)
         forget_spool(send_spool(bundle_id))  # published: at once, a rerun must not upload it
+    except ContinueMismatch:
+        name = _spooled_manifest(bundle_id).payload.name + PARTIAL_SUFFIX
+        forget_spool(send_spool(bundle_id))
+        with contextlib.suppress(TransferError):  # a partial without a signature never publishes
+            transport.remote.delete(name)
+        raise
     except TransferError as exc:
         _hint_continue(exc, bundle_id=bundle_id, place=place)
         raise

@@ -209,10 +209,15 @@ class SpooledTransport:
         )
         return VouchedWriter(upload, buffer_size=CHUNK)
 
-    def upload_file(self, name: str, local: Path, *, meter: Meter = UNSEEN) -> None:
+    def upload_file(
+        self, name: str, local: Path, *, keyed: bool = False, meter: Meter = UNSEEN
+    ) -> None:
         """Make the remote ``name`` hold exactly ``local``'s bytes: resume ``name.part`` from
-        the server's size, then rename it."""
-        uploader = _Uploader(self, name + PARTIAL_SUFFIX, local, final=name, meter=meter)
+        the server's size, then rename it. ``keyed``: a payload an earlier run encrypted, whose
+        partial on the server is never uploaded over (:class:`ContinueMismatch` instead)."""
+        uploader = _Uploader(
+            self, name + PARTIAL_SUFFIX, local, final=name, keyed=keyed, meter=meter
+        )
         uploader.finished.set()
         uploader.run()
         uploader.raise_failure()
@@ -387,8 +392,9 @@ class _SpooledUpload(io.RawIOBase):
                 self._at, view = self._at + same, view[same:]
             if view:
                 self._file.seek(self._at)
-                self._at += self._file.write(view)
-                self._file.flush()
+                written = self._file.write(view)
+                self._file.flush()  # in the file before the uploader may read it
+                self._at += written
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             raise StorageError(
@@ -434,6 +440,7 @@ class _Uploader:
         *,
         limit: Callable[[], int] | None = None,
         spooled: int | None = None,
+        keyed: bool = False,
         vouching: bool = False,
         meter: Meter = UNSEEN,
     ) -> None:
@@ -443,9 +450,11 @@ class _Uploader:
         self.finished = threading.Event()  # set when the local file has all its bytes
         self._limit = limit  # how far the upload may go before the file is finished
         # Continuing: the bytes an interrupted upload left in the spool, which the new
-        # encoding is compared with (a server holding more is checked: _check_unspooled).
+        # encoding is compared with, then every byte this upload read from it.
         self._spooled = spooled
-        self._server_vouched = False  # the server's word, by HASH, stood for spooled bytes
+        # An earlier run's key encrypted this payload (``keyed``): what the server holds may
+        # be another encoding under that key, never to be uploaded over (_over_another).
+        self._keyed = keyed or spooled is not None
         # With ``vouching``, the writer gives the file's sha256 (``vouched``) once it is whole.
         self._vouching = vouching
         self.vouched: str | None = None
@@ -483,7 +492,12 @@ class _Uploader:
             return  # already there, from an earlier run
         offset = remote.size(self.partial)
         if self._spooled is not None and offset is not None and offset > self._spooled:
-            self._check_unspooled(offset)
+            self._over_another(
+                f"the spool lost bytes of {self.name} that the server holds ({offset} there, "
+                f"{self._spooled} here: a crash before they reached the disk?)"
+            )
+        if self._keyed and offset is not None and total is not None and offset > total:
+            self._over_another(f"the server holds more of {self.name} than was encoded")
         if offset is not None and (offset == 0 or (total is not None and offset > total)):
             remote.delete(self.partial)  # nothing to keep: start anew (STOR never overwrites)
             offset = None
@@ -501,13 +515,13 @@ class _Uploader:
                     raise _Aborted
                 chunk = source.read(self._room(source.tell()))
                 if chunk:
+                    if self._spooled is not None:  # what the server gets up to here is ours,
+                        self._spooled = max(self._spooled, source.tell())  # even cut short
                     if digest is not None:
                         digest.update(chunk)
                     out.write(chunk)
                     out.flush()  # on the network, where the bar can see it
                     self.owner.sent += len(chunk)
-                    if self._spooled is not None:  # the server's bytes up to here are ours
-                        self._spooled = max(self._spooled, source.tell())
                     self.meter.advance(source.tell() - (queue.unsent() if queue else 0))
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
                     break
@@ -557,41 +571,17 @@ class _Uploader:
                 left -= len(chunk)
         return digest
 
-    def _check_unspooled(self, offset: int) -> None:
-        """The server holds more of an interrupted upload than its spool does (a crash took
-        bytes not yet on disk). The payload key encrypted them, and must never encrypt other
-        bytes in their place: two ciphertexts under one key and nonce give away the XOR of
-        their plaintexts to whoever holds both. So nothing more goes up until the new
-        encoding has reached ``offset`` and the server's ``HASH`` of what it holds equals
-        ours; a server without ``HASH`` leaves no way to tell, and the send starts anew
-        (:class:`ContinueMismatch`: a new bundle, under a new key)."""
-        server = _hashing(self.owner.remote)
-        lost = (
-            f"the spool lost bytes of {self.name} that the server holds ({offset} there, "
-            f"{self._spooled} here: a crash before they reached the disk?)"
-        )
-        if server is None:
-            raise ContinueMismatch(f"{lost}, and the server cannot hash them to compare")
-        limit = self._limit or (lambda: offset)  # continuing: always a limit
-        with self._grown:
-            while limit() < offset and not self.finished.is_set():
-                if self._aborted.is_set():
-                    raise _Aborted
-                self._grown.wait(0.2)
-        if self._aborted.is_set():
-            raise _Aborted
-        if self.local.stat().st_size < offset:
-            raise ContinueMismatch(f"{lost}; the payload encoded again is shorter")
-        if server.hash(self.partial) != self._hash_prefix(offset).hexdigest():
-            raise ContinueMismatch(f"{lost}; the payload encoded again differs from them")
-        self._spooled, self._server_vouched = offset, True
+    def _over_another(self, why: str) -> None:
+        """The server may hold another encoding of this payload under the key an earlier run
+        used. Uploading over it would put two ciphertexts under one key and nonce where the
+        drop box could see both (their XOR is their plaintexts'): the send starts anew, a
+        new bundle under a new key (:class:`ContinueMismatch`), and the partial goes."""
+        raise ContinueMismatch(why)
 
     def _check_hash(self, server: _Hashing, expected: str) -> None:
         got = server.hash(self.partial)
-        if got is not None and got != expected and self._server_vouched:
-            # Uploading again would put the new bytes where the server's stood, under the
-            # same key, on the word of a server now shown wrong: a new bundle instead.
-            raise ContinueMismatch(f"uploading {self.name}: the server's HASH differs from ours")
+        if got is not None and got != expected and self._keyed:
+            self._over_another(f"uploading {self.name}: the server's HASH differs from ours")
         if got is not None and got != expected:
             self.owner.remote.delete(self.partial)
             self._mismatches += 1

@@ -765,6 +765,7 @@ def test_a_url_given_as_a_directory_is_not_echoed(tmp_path: Path) -> None:
         assert "looks like a URL" in said.stderr and "TOPSECRET" not in said.stderr
 
 
+@pytest.mark.timeout(60)  # a prompt that shows the password would wait here for ever
 def test_a_password_typed_for_a_new_account_is_not_shown(tmp_path: Path) -> None:
     """Found in review: `user add --password-stdin` on a terminal echoed the password."""
     import pty

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,75 +189,119 @@ def _lost_spool(tmp_path: Path, remote: Path, *, spooled: int, uploaded: int) ->
     (remote / "p.part").write_bytes(DATA[:uploaded])
 
 
-def test_a_spool_that_lost_bytes_the_server_holds_goes_on_only_once_hash_matched_them(
-    tmp_path: Path,
+def _continue(spooled: SpooledTransport, data: bytes) -> None:
+    out = spooled.vouched_writer("p.part", continuing=True)
+    try:
+        for start in range(0, len(data), 100_000):
+            out.write(data[start : start + 100_000])
+        out.vouch(SHA256(data).hexdigest())
+        out.close()
+    finally:
+        with contextlib.suppress(ContinueMismatch):  # what it held back is refused again
+            out.close()
+
+
+@pytest.mark.parametrize("hashing", [True, False], ids=["HASH", "no HASH"])
+def test_a_spool_that_lost_bytes_the_server_holds_sends_nothing_more(
+    tmp_path: Path, hashing: bool
 ) -> None:
     """Found in review: bytes the server held beyond the spool were never compared, so the
-    same key and nonce could encrypt other bytes there, and both reached the drop box."""
-    spooled, remote = _hashing(tmp_path)
-    _lost_spool(tmp_path, remote.root, spooled=1000, uploaded=2 << 20)
-    with spooled.vouched_writer("p.part", continuing=True) as out:
-        for start in range(0, len(DATA), 100_000):
-            out.write(DATA[start : start + 100_000])
-        out.vouch(SHA256(DATA).hexdigest())
-    assert (remote.root / "p.part").read_bytes() == DATA
-    assert spooled.sent == len(DATA) - (2 << 20)  # the server's bytes were not sent again
-    assert remote.asked == ["p.part", "p.part"]  # what it held, then the whole
-
-
-@pytest.mark.parametrize("where", [500, (1 << 20) + 7, (2 << 20) - 1])
-def test_a_spool_that_lost_bytes_the_server_holds_and_differs_sends_nothing(
-    tmp_path: Path, where: int
-) -> None:
-    spooled, remote = _hashing(tmp_path)
-    _lost_spool(tmp_path, remote.root, spooled=1000, uploaded=2 << 20)
-    changed = bytearray(DATA)
-    changed[where] ^= 1
-    out = spooled.vouched_writer("p.part", continuing=True)
-    with pytest.raises(ContinueMismatch, match="differ" if where >= 1000 else f"at byte {where}"):
-        for start in range(0, len(DATA), 100_000):
-            out.write(bytes(changed[start : start + 100_000]))
-        out.close()
-    with contextlib.suppress(ContinueMismatch):  # what it held back is refused again
-        out.close()
+    same key and nonce could encrypt other bytes there (a changed image), and both reached the
+    drop box. A spool that lost what was sent cannot tell: the send starts anew (a new bundle
+    under a new key), even when the bytes would have been the same."""
+    spooled, remote = _hashing(tmp_path) if hashing else _spooled(tmp_path)
+    root = remote.root if isinstance(remote, DirectoryTransport) else remote
+    _lost_spool(tmp_path, root, spooled=1000, uploaded=2 << 20)
+    with pytest.raises(ContinueMismatch, match=r"the spool lost bytes of p\.part"):
+        _continue(spooled, DATA)
     assert spooled.sent == 0
-    assert (remote.root / "p.part").read_bytes() == DATA[: 2 << 20]
+    assert (root / "p.part").read_bytes() == DATA[: 2 << 20]
 
 
-def test_a_spool_that_lost_bytes_a_server_without_hash_holds_sends_nothing(
-    tmp_path: Path,
-) -> None:
-    spooled, remote = _spooled(tmp_path)
-    _lost_spool(tmp_path, remote, spooled=0, uploaded=12345)
-    out = spooled.vouched_writer("p.part", continuing=True)
-    with pytest.raises(ContinueMismatch, match="cannot hash them"):
-        out.write(DATA)
-        out.close()
-    with contextlib.suppress(ContinueMismatch):  # what it held back is refused again
-        out.close()
-    assert spooled.sent == 0
-    assert (remote / "p.part").read_bytes() == DATA[:12345]
-
-
-class _HashThenLie(_HashingDirectory):
-    """A server whose HASH matches what it held, then denies the whole upload."""
+class _Lying(_HashingDirectory):
+    """A server whose HASH never matches (a lie, or a disk that alters what it keeps)."""
 
     def hash(self, name: str) -> str | None:
-        got = super().hash(name)
-        return got if len(self.asked) == 1 else "0" * 64
+        self.asked.append(name)
+        return "0" * 64
 
 
-def test_a_server_that_vouched_for_lost_bytes_and_then_denies_gets_no_second_upload(
+def test_a_continued_upload_whose_server_copy_differs_is_never_uploaded_over(
     tmp_path: Path,
 ) -> None:
-    remote = _HashThenLie(tmp_path / "remote")
+    """Found in review: the HASH mismatch deleted the partial and uploaded the new encoding
+    from byte 0, over the range where the server had held the old one under the same key."""
+    remote = _Lying(tmp_path / "remote")
     spooled = SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(first=0.01))
-    _lost_spool(tmp_path, remote.root, spooled=0, uploaded=1 << 20)
-    out = spooled.vouched_writer("p.part", continuing=True)
+    _lost_spool(tmp_path, remote.root, spooled=2 << 20, uploaded=1 << 20)
     with pytest.raises(ContinueMismatch, match="HASH differs"):
-        out.write(DATA)
-        out.vouch(SHA256(DATA).hexdigest())
-        out.close()
-    with contextlib.suppress(ContinueMismatch):
-        out.close()
+        _continue(spooled, DATA)
     assert spooled.sent == len(DATA) - (1 << 20)  # the rest once, never the start again
+    assert remote.asked == ["p.part"]
+
+
+def test_a_resumed_payload_whose_server_copy_differs_is_never_uploaded_over(
+    tmp_path: Path,
+) -> None:
+    """The same for ``--resume`` of a wholly encoded payload: an earlier run may have put
+    another encoding under its key on the server."""
+    remote = _Lying(tmp_path / "remote")
+    spooled = SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(first=0.01))
+    local = tmp_path / "spool" / "p"
+    local.write_bytes(DATA)
+    remote.root.mkdir()
+    (remote.root / "p.part").write_bytes(DATA[: 1 << 20])
+    with pytest.raises(ContinueMismatch, match="HASH differs"):
+        spooled.upload_file("p", local, keyed=True)
+    assert spooled.sent == len(DATA) - (1 << 20)
+    assert not (remote.root / "p").exists()
+    (remote.root / "p.part").write_bytes(DATA + b"more")  # longer than the payload
+    with pytest.raises(ContinueMismatch, match="holds more of p than was encoded"):
+        spooled.upload_file("p", local, keyed=True)
+
+
+class _Breaking(_HashingDirectory):
+    """A server whose first upload breaks at byte ``at``, mid-chunk (a dropped connection)."""
+
+    def __init__(self, root: Path, at: int) -> None:
+        super().__init__(root)
+        self.at, self.broke = at, False
+
+    def writer(self, name: str, *, offset: int = 0) -> Any:
+        inner = super().writer(name, offset=offset)
+        owner, held = self, [offset]
+
+        class _Writer(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data: Any) -> int:
+                left = owner.at - held[0]
+                if not owner.broke and 0 <= left < len(data):
+                    inner.write(bytes(data[:left]))
+                    inner.flush()
+                    owner.broke = True
+                    raise TransferError("uploading: connection reset by peer")
+                held[0] += len(data)
+                return int(inner.write(data))
+
+            def flush(self) -> None:
+                inner.flush()
+
+            def close(self) -> None:
+                if not self.closed:
+                    super().close()  # flushes first
+                    inner.close()
+
+        return _Writer()
+
+
+def test_a_continued_upload_cut_mid_chunk_goes_on(tmp_path: Path) -> None:
+    """Found in review: bytes of a chunk cut short on the wire counted as bytes the spool had
+    lost, so a dropped connection abandoned the whole send."""
+    remote = _Breaking(tmp_path / "remote", at=(2 << 20) + 1234)  # past the spool
+    spooled = SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(first=0.01))
+    _lost_spool(tmp_path, remote.root, spooled=1 << 20, uploaded=1000)
+    _continue(spooled, DATA)
+    assert remote.broke
+    assert (remote.root / "p.part").read_bytes() == DATA

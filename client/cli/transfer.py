@@ -169,11 +169,20 @@ def send(
         if began_encoding(send_spool(begun.bundle_id)):
             say(f"continuing the interrupted send of bundle {begun.bundle_id}")
         if sendjob.encoded(begun.bundle_id):
-            manifest, transport = sendjob.finish(
-                begun.bundle_id, place, ledgers, quiet=quiet, tell=say
-            )
-            _sent(manifest, transport, time.monotonic() - started, as_json)
-            return
+            try:
+                manifest, transport = sendjob.finish(
+                    begun.bundle_id, place, ledgers, quiet=quiet, tell=say
+                )
+            except ContinueMismatch as exc:
+                if resume is not None:  # its images or files are the stored recipe's: as sent
+                    exc.hint = "send them again with the command that began it (a new bundle)"
+                    raise
+                say(f"airgap: cannot continue bundle {begun.bundle_id}: {exc.message}")
+                say("airgap: sending a new bundle instead")
+                begun = sendjob.start(recipe, recipients, place)
+            else:
+                _sent(manifest, transport, time.monotonic() - started, as_json)
+                return
     by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet, tell=say)
     try:
         manifest, transport = sendjob.run(recipe, begun, by)

@@ -74,11 +74,11 @@ def test_anonymous_never_reaches_into_outgoing_by_a_full_path(serve):
     published = server.root / "pub/outgoing/published.bin"
     published.write_bytes(b"a published file")
     anonymous = server.ftp("anonymous", "x@y")
-    with pytest.raises(ftplib.error_perm):
+    with pytest.raises(ftplib.error_perm, match="Not allowed"):
         retr(anonymous, "/pub/outgoing/published.bin")
-    with pytest.raises(ftplib.error_perm):
+    with pytest.raises(ftplib.error_perm, match="Not allowed"):
         stor(anonymous, "/pub/outgoing/planted.bin", b"not a bundle")
-    with pytest.raises(ftplib.error_perm):
+    with pytest.raises(ftplib.error_perm, match="Not allowed"):
         anonymous.sendcmd("SIZE /pub/outgoing/published.bin")
     anonymous.quit()
     assert sorted(p.name for p in published.parent.iterdir()) == ["published.bin"]
@@ -176,6 +176,6 @@ def test_a_sender_cannot_store_a_hidden_name(serve):
     server = serve("--tls", "off")
     client = server.ftp("sender")
     for name in (".hidden", ".x.part"):
-        with pytest.raises(ftplib.error_perm):
+        with pytest.raises(ftplib.error_perm, match="Not allowed"):
             stor(client, name, b"x")
     assert not any((server.root / "pub/incoming/sender").iterdir())
