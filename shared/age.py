@@ -368,6 +368,13 @@ class AgeDecryptor:
             if file_key is not None:
                 verify_mac(header, file_key)
                 return file_key
+        if any(s.type == "scrypt" for s in header.stanzas) and any(
+            isinstance(i, ScryptIdentity) for i in self._identities
+        ):
+            raise NoIdentityMatchError(
+                "the passphrase does not open the age file key",
+                hint="check the passphrase (AIRGAP_PASSPHRASE, or the prompt)",
+            )
         raise NoIdentityMatchError("no identity opens the age file key")
 
     def _read_payload(self, view: memoryview) -> bytearray:

@@ -350,7 +350,12 @@ def trusted_signer(trusted: Sequence[PublicKey], signature_text: str | bytes) ->
 def _candidates(trusted: Sequence[PublicKey], parsed: Signature) -> list[PublicKey]:
     candidates = [key for key in trusted if key.key_id == parsed.key_id]
     if not candidates:
-        raise UntrustedSignerError(f"signed by key {parsed.key_id_hex}, which is not trusted")
+        known = ", ".join(sorted({key.key_id_hex for key in trusted})) or "none"
+        raise UntrustedSignerError(
+            f"signed by key {parsed.key_id_hex}, which is not trusted",
+            hint=f"keys trusted here: {known}; if {parsed.key_id_hex} is the sender's, give "
+            "its signing.pub with --trust (brought across by hand, never from the drop box)",
+        )
     return candidates
 
 

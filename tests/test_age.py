@@ -120,8 +120,10 @@ def test_several_recipients() -> None:
 
 def test_wrong_passphrase_is_no_match() -> None:
     ciphertext = age.encrypt(b"x", [ScryptRecipient(PASSPHRASE, work_factor=10)])
-    with pytest.raises(NoIdentityMatchError):
+    with pytest.raises(NoIdentityMatchError, match="the passphrase does not open"):
         age.decrypt(ciphertext, [ScryptIdentity(b"wrong"), IDENTITY])
+    with pytest.raises(NoIdentityMatchError, match="no identity opens"):  # none was asked
+        age.decrypt(ciphertext, [IDENTITY])
 
 
 def test_scrypt_work_factor_above_maximum_is_refused() -> None:

@@ -155,10 +155,12 @@ def test_untrusted_comment_is_not_authenticated(key: SecretKey, signed: tuple[by
 def test_wrong_key_is_untrusted(key: SecretKey, signed: tuple[bytes, str]) -> None:
     message, text = signed
     other = SecretKey.generate().public_key
-    with pytest.raises(UntrustedSignerError, match=key.public_key.key_id_hex):
+    with pytest.raises(UntrustedSignerError, match=key.public_key.key_id_hex) as refused:
         minisign.verify([other], message, text)
-    with pytest.raises(UntrustedSignerError):
+    assert f"keys trusted here: {other.key_id_hex}" in (refused.value.hint or "")
+    with pytest.raises(UntrustedSignerError) as refused:
         minisign.verify([], message, text)
+    assert "keys trusted here: none" in (refused.value.hint or "")
 
 
 def test_other_key_with_the_same_id_is_refused(key: SecretKey, signed: tuple[bytes, str]) -> None:
