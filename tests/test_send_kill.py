@@ -244,11 +244,13 @@ def test_send_killed_while_still_encoding_continues(
         _fetch_and_check(server, docker_client, image, keydir, tmp_path)
 
 
-def test_a_send_that_cannot_be_repeated_is_sent_anew(
-    docker_client: Any, image: Any, keydir: Path, tmp_path: Path
-) -> None:
-    """The image behind the name changed between the kill and the rerun: the bytes encoded
-    again differ from the spool's, so the interrupted bundle is dropped and a new one sent."""
+@contextlib.contextmanager
+def _cut_while_encoding(
+    image: Any, keydir: Path, tmp_path: Path, held: int
+) -> Iterator[tuple[Server, list[str], dict[str, str], str, str]]:
+    """A send of ``image`` under a name of its own (which the test may move), killed once the
+    server holds ``held`` bytes and before the payload is whole: the appliance, the send's
+    arguments and environment, its bundle id and the name (removed on the way out)."""
     moved = f"airgap-sendkill-moved:{uuid.uuid4().hex[:12]}"
     image.tag(moved)
     try:
@@ -257,29 +259,39 @@ def test_a_send_that_cannot_be_repeated_is_sent_anew(
             env = _env(tmp_path, server.password("sender"))
             send = spawn_airgap(argv, env=env)
             bundle_id = _bundle_id(tmp_path)
-            _wait_for(lambda: _held(server, bundle_id) >= MIB, "the upload to start")
+            _wait_for(lambda: _held(server, bundle_id) >= held, "the kill point")
             if _spooled_manifest(tmp_path, bundle_id).exists():
                 pytest.skip("the encoder finished before the kill point: nothing to show")
             _kill(send, server, bundle_id)
-            other = build_image(docker_client, moved, extra='LABEL moved="1"\n')
-
-            again = run_airgap(argv, env=env)
-            assert again.returncode == 0, again.stderr
-            assert f"cannot continue bundle {bundle_id}: the payload encoded again" in again.stderr
-            summary = json.loads(again.stdout)
-            assert summary["id"] != bundle_id and summary["payload_bytes"] < 4 * MIB  # busybox
-            incoming = server.root / "pub" / "incoming" / "sender"
-            assert not list(incoming.glob(f"{bundle_id}*"))  # the old partial is gone
-            _wait_for(
-                (
-                    server.root / "pub" / "outgoing" / f"{summary['id']}.manifest.json.minisig"
-                ).exists,
-                "the new bundle to be published",
-            )
-            assert other.id != image.id
+            yield server, argv, env, bundle_id, moved
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(moved, force=True)
+            image.client.images.remove(moved, force=True)
+
+
+def _sent_anew(server: Server, again: subprocess.CompletedProcess[str], old: str) -> Any:
+    """The rerun's summary, once its new bundle is published and the old partial gone."""
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["id"] != old
+    assert not list((server.root / "pub" / "incoming" / "sender").glob(f"{old}*"))
+    signature = server.root / "pub" / "outgoing" / f"{summary['id']}.manifest.json.minisig"
+    _wait_for(signature.exists, "the new bundle to be published")
+    return summary
+
+
+def test_a_send_that_cannot_be_repeated_is_sent_anew(
+    docker_client: Any, image: Any, keydir: Path, tmp_path: Path
+) -> None:
+    """The image behind the name changed between the kill and the rerun: the bytes encoded
+    again differ from the spool's, so the interrupted bundle is dropped and a new one sent."""
+    with _cut_while_encoding(image, keydir, tmp_path, MIB) as (server, argv, env, old, moved):
+        other = build_image(docker_client, moved, extra='LABEL moved="1"\n')
+        again = run_airgap(argv, env=env)
+        assert f"cannot continue bundle {old}: the payload encoded again" in again.stderr
+        summary = _sent_anew(server, again, old)
+        assert summary["payload_bytes"] < 4 * MIB  # busybox
+        assert other.id != image.id
 
 
 @pytest.mark.parametrize("content", ["same", "changed"])
@@ -292,34 +304,12 @@ def test_a_spool_that_lost_what_the_server_holds_is_sent_anew(
     key and nonce on the drop box. A spool that lost what was sent cannot tell what the key
     encrypted there: the bundle is sent anew, under a new key, whether or not the image
     changed, and the old partial goes."""
-    moved = f"airgap-sendkill-lost:{uuid.uuid4().hex[:12]}"
-    image.tag(moved)
-    try:
-        with _appliance(tmp_path, keydir) as server:
-            argv = [moved if arg == TAG else arg for arg in _send_argv(server, keydir)]
-            env = _env(tmp_path, server.password("sender"))
-            send = spawn_airgap(argv, env=env)
-            bundle_id = _bundle_id(tmp_path)
-            _wait_for(lambda: _held(server, bundle_id) >= 8 * MIB, "the kill point")
-            if _spooled_manifest(tmp_path, bundle_id).exists():
-                pytest.skip("the encoder finished before the kill point: nothing to show")
-            _kill(send, server, bundle_id)
-            spool = tmp_path / "cache" / "airgap" / "send" / bundle_id
-            os.truncate(spool / f"{bundle_id}.tar.zst.age.part", 0)  # what the crash left
-            if content == "changed":
-                extra = 'COPY blob.bin /blob.bin\nLABEL lost="1"\n'  # as long, other bytes
-                build_image(docker_client, moved, extra=extra, files=[blob])
-
-            again = run_airgap(argv, env=env)
-            assert again.returncode == 0, again.stderr
-            assert f"cannot continue bundle {bundle_id}: the spool lost bytes" in again.stderr
-            summary = json.loads(again.stdout)
-            assert summary["id"] != bundle_id
-            incoming = server.root / "pub" / "incoming" / "sender"
-            assert not list(incoming.glob(f"{bundle_id}*"))  # the old partial is gone
-            published = server.root / "pub" / "outgoing"
-            signature = published / f"{summary['id']}.manifest.json.minisig"
-            _wait_for(signature.exists, "the new bundle to be published")
-    finally:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(moved, force=True)
+    with _cut_while_encoding(image, keydir, tmp_path, 8 * MIB) as (server, argv, env, old, moved):
+        spool = tmp_path / "cache" / "airgap" / "send" / old
+        os.truncate(spool / f"{old}.tar.zst.age.part", 0)  # what the crash left
+        if content == "changed":
+            extra = 'COPY blob.bin /blob.bin\nLABEL lost="1"\n'  # as long, other bytes
+            build_image(docker_client, moved, extra=extra, files=[blob])
+        again = run_airgap(argv, env=env)
+        assert f"cannot continue bundle {old}: the spool lost bytes" in again.stderr
+        _sent_anew(server, again, old)
