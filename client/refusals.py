@@ -18,9 +18,10 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from airgap.client.ftp import UnknownHost, WrongPlace
 from airgap.client.sendledger import drop_bundles
 from airgap.client.transport import Transport
-from airgap.shared.errors import TransferError
+from airgap.shared.errors import CertificateMismatch, LoginError, TransferError
 from airgap.shared.ids import is_bundle_id
 
 REFUSED_SUFFIX = ".refused"
@@ -38,15 +39,16 @@ class Notice:
 def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list[Notice]:
     """The refused bundles noticed, dropped from the ledgers of ``destination``.
     ``transport`` is asked once, without retries: a server that will not list (some answer
-    450 for an empty folder) has left no notice, and the send goes on. A refusal that stands
-    (a wrong password, a ban, another certificate than the pinned one) ends the send here,
+    450 for an empty folder, or 502 for no NLST at all) has left no notice, and the send goes
+    on. A refusal of the login, the server or the URL (a wrong password, a ban, another
+    certificate than the pinned one, a path the account may not enter) ends the send here,
     before anything is encoded: the upload would only log in and be refused again."""
     try:
         names = transport.list()
-    except TransferError as exc:
-        if not exc.transient:
-            raise
-        return []
+    except (LoginError, CertificateMismatch, UnknownHost, WrongPlace):
+        raise  # the account, the server or the URL refused: so would the upload
+    except TransferError:
+        return []  # the listing alone refused, or cut: no notice, and the send goes on
     refused = sorted(
         {
             name.removesuffix(REFUSED_SUFFIX)

@@ -8,9 +8,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from airgap.client.ftp import Refused, WrongPlace
 from airgap.client.refusals import MAX_NOTICES, Notice, take_refusals
 from airgap.client.sendledger import SendLedger
-from airgap.shared.errors import TransferError
+from airgap.shared.errors import CertificateMismatch, LoginError, TransferError
 from airgap.shared.ids import new_bundle_id
 from tests.conftest import run_airgap, spawn_airgap
 from tests.server.conftest import Server, start_server, wait_for
@@ -20,13 +23,13 @@ from tests.test_sendledger import LAYERS, _manifest
 class _Listing:
     """A drop box's listing (a unit-test stand-in for the FTP transport)."""
 
-    def __init__(self, names: list[str], *, fails: bool = False) -> None:
+    def __init__(self, names: list[str], *, fails: TransferError | None = None) -> None:
         self.names, self.fails = names, fails
         self.deleted: list[str] = []
 
     def list(self) -> list[str]:
-        if self.fails:
-            raise TransferError("listing: 450 No files found")
+        if self.fails is not None:
+            raise self.fails
         return list(self.names)
 
     def delete(self, name: str) -> None:
@@ -54,9 +57,36 @@ def test_a_notice_of_a_bundle_sent_from_elsewhere_says_so(tmp_path: Path) -> Non
     assert take_refusals(listing, tmp_path, box) == [Notice(elsewhere, ours=False)]
 
 
-def test_a_server_that_will_not_list_has_left_no_notice(tmp_path: Path) -> None:
-    """Some FTP servers answer 450 to a listing of an empty folder: the send goes on."""
-    assert take_refusals(_Listing([], fails=True), tmp_path, "ftp://u@h/") == []
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        TransferError("listing: 450 No files found"),  # an empty folder, for some servers
+        Refused("listing: refused by the server (502 NLST not implemented)"),
+    ],
+)
+def test_a_server_that_will_not_list_has_left_no_notice(
+    tmp_path: Path, refusal: TransferError
+) -> None:
+    """Some FTP servers answer 450 to a listing of an empty folder, or have no NLST: the
+    send goes on."""
+    assert take_refusals(_Listing([], fails=refusal), tmp_path, "ftp://u@h/") == []
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        LoginError("ftp://u@h/: login refused (530 Login incorrect.)"),
+        CertificateMismatch("connecting: not the pinned certificate"),
+        WrongPlace("connecting: refused by the server (550 a sender may not enter here.)"),
+    ],
+)
+def test_a_refusal_of_the_login_or_the_url_ends_the_send_at_the_listing(
+    tmp_path: Path, refusal: TransferError
+) -> None:
+    """Found in review: a refused login was taken for a server that will not list; the send
+    encoded everything, then logged in and was refused again."""
+    with pytest.raises(type(refusal)):
+        take_refusals(_Listing([], fails=refusal), tmp_path, "ftp://u@h/")
 
 
 def test_a_listing_of_endless_notices_is_taken_up_a_hundred_at_a_time(tmp_path: Path) -> None:
