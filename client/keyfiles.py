@@ -7,7 +7,6 @@ prints or logs key material.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import shlex
@@ -74,23 +73,12 @@ def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.Se
             f"signing key {path} is a public key",
             hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
         )
-    if _kind_of(text) == _SECRET_SIGNING or _minisign_secret(text):  # before its passphrase
+    if _kind_of(text) == _SECRET_SIGNING or minisign.holds_secret_key(
+        text
+    ):  # before its passphrase
         _check_private(path, "signing key")  # is asked for; another kind is named below
     with _naming(f"signing key {path}", text, "a minisign secret key"):
         return minisign.SecretKey.parse(text, passphrase=passphrase)
-
-
-def _minisign_secret(text: str) -> bool:
-    """Whether ``text`` holds a minisign secret key whatever its comment line says (rsign2's,
-    or one edited by hand): its key line decodes to the 158 bytes of one, starting "Ed"."""
-    for line in text.splitlines()[1:3]:
-        try:
-            raw = base64.b64decode(line.strip(), validate=True)
-        except ValueError:
-            continue
-        if len(raw) == 158 and raw.startswith(b"Ed"):
-            return True
-    return False
 
 
 def _check_private(path: Path, what: str) -> None:

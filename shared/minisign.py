@@ -490,6 +490,18 @@ def _strip_prefix(line: bytes, prefix: bytes, error: type[AirgapError], what: st
     return line.removeprefix(prefix)
 
 
+def holds_secret_key(text: str) -> bool:
+    """Whether ``text`` looks like a secret key file whatever its comment line says (rsign2's,
+    or one edited by hand): its key line is the base64 of a secret key file's bytes. Nothing
+    is checked beyond that: :meth:`SecretKey.parse` does."""
+    lines = text.encode("utf-8", "replace").splitlines()
+    try:
+        raw = _b64decode(lines[1].strip(), _SECRET_FILE_LEN, KeyFileError, "secret key")
+    except (IndexError, AirgapError):
+        return False
+    return raw[:2] == SIG_ALG
+
+
 def _b64decode(line: bytes, length: int, error: type[AirgapError], what: str) -> bytes:
     try:
         raw = base64.b64decode(line, validate=True)
