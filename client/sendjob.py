@@ -199,13 +199,10 @@ def drop_encoded(bundle_id: str, place: Place) -> None:
     partials there): without a signature, it is never published."""
     manifest = _spooled_manifest(bundle_id)
     transport = open_place(place, "--to", spool=send_spool(bundle_id))
-    remote = transport.remote if isinstance(transport, SpooledTransport) else transport
     try:
-        with contextlib.suppress(TransferError):  # tried once: none there is fine too
-            remote.delete(manifest.payload.name + PARTIAL_SUFFIX)
+        _abandon(transport, bundle_id, manifest.payload.name)
     finally:
         transport.close()
-    forget_spool(send_spool(bundle_id))
 
 
 @dataclass(frozen=True)
@@ -284,7 +281,8 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
             if spool is not None:  # published: at once, a rerun must not upload it again
                 forget_spool(spool)
     except ContinueMismatch:
-        _abandon(transport, begun.bundle_id, encrypted=bool(by.recipients))
+        payload = payload_name(begun.bundle_id, encrypted=bool(by.recipients))
+        _abandon(transport, begun.bundle_id, payload)
         raise
     except TransferError as exc:
         if spool is not None and (begun.continuing or began_encoding(spool)):
@@ -398,10 +396,7 @@ def finish(
             manifest = resume_send(bundle_id, transport, meter=meter)
         forget_spool(send_spool(bundle_id))  # published: at once, a rerun must not upload it
     except ContinueMismatch:
-        name = _spooled_manifest(bundle_id).payload.name + PARTIAL_SUFFIX
-        forget_spool(send_spool(bundle_id))
-        with contextlib.suppress(TransferError):  # a partial without a signature never publishes
-            transport.remote.delete(name)
+        _abandon(transport, bundle_id, _spooled_manifest(bundle_id).payload.name)
         raise
     except TransferError as exc:
         _hint_continue(exc, bundle_id=bundle_id, place=place)
@@ -416,8 +411,10 @@ def finish(
     return manifest, transport
 
 
-def _abandon(transport: Transport, bundle_id: str, *, encrypted: bool) -> None:
-    """Give up an unfinished send whose bytes cannot be repeated: its spool and partial go."""
+def _abandon(transport: Transport, bundle_id: str, payload: str) -> None:
+    """Give up an unfinished send: its partial upload of ``payload`` goes (asked once: none
+    there is fine too, and a partial without a signature never publishes), then its spool."""
+    remote = transport.remote if isinstance(transport, SpooledTransport) else transport
+    with contextlib.suppress(TransferError):
+        remote.delete(payload + PARTIAL_SUFFIX)
     forget_spool(send_spool(bundle_id))
-    with contextlib.suppress(TransferError):  # a partial without a signature never publishes
-        transport.delete(payload_name(bundle_id, encrypted=encrypted) + PARTIAL_SUFFIX)
