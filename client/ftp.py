@@ -15,6 +15,7 @@ It never retries: deciding what to do after a failure is the caller's business.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ftplib
 import hashlib
@@ -277,6 +278,7 @@ class FtpTransport:
         self._timeout = timeout
         self._ftp: ftplib.FTP | None = None
         self._features: set[str] | None = None
+        self._reached = False  # a connection to the server was once made
 
     def describe(self) -> str:
         return self.target.describe()
@@ -289,7 +291,7 @@ class FtpTransport:
         ftp = self._client()
         try:
             with self._errors("connecting", login=True):
-                ftp.connect(self.target.host, self.target.port)
+                self._dial(ftp)
                 if ftp.sock is not None:
                     _no_delay(ftp.sock)
                 if isinstance(ftp, ftplib.FTP_TLS):
@@ -305,6 +307,29 @@ class FtpTransport:
             raise
         self._ftp = ftp
         return ftp
+
+    def _dial(self, ftp: ftplib.FTP) -> None:
+        """Open the control connection. Where this transport never reached the server, a
+        connection refused, unroutable or unanswered is :class:`Unreachable`: nothing serves
+        there (a server down, a wrong host or port), and waiting would only delay saying so
+        (curl, too, retries no refused connection unless told). Once reached, the same is a
+        server restarting or a network that dropped, and may pass."""
+        try:
+            ftp.connect(self.target.host, self.target.port)
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer in {self._timeout:g} s"
+            elif exc.errno in _UNREACHABLE and exc.strerror:
+                reason = exc.strerror[:1].lower() + exc.strerror[1:]
+            else:
+                raise
+            host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
+            kind = TransferError if self._reached else Unreachable
+            raise kind(
+                f"connecting: nothing answers at {host}:{self.target.port} ({reason})",
+                hint="check the host and port in the URL, and that the server is running there",
+            ) from exc
+        self._reached = True
 
     def _client(self) -> ftplib.FTP:
         if self.target.scheme == "ftp":
@@ -687,6 +712,16 @@ class UnknownHost(TransferError):
     """The server's name does not resolve: not retried."""
 
     transient = False
+
+
+class Unreachable(TransferError):
+    """Nothing answered the first connection to the server: not retried (see ``_dial``)."""
+
+    transient = False
+
+
+#: connect() failures that say nothing serves at the address (a timeout says so too).
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 
 #: The data connections open now, for :func:`cut_transfers`.

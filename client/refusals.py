@@ -18,7 +18,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from airgap.client.ftp import UnknownHost, WrongPlace
+from airgap.client.ftp import UnknownHost, Unreachable, WrongPlace
 from airgap.client.sendledger import drop_bundles
 from airgap.client.transport import Transport
 from airgap.shared.errors import CertificateMismatch, LoginError, TransferError
@@ -42,11 +42,12 @@ def take_refusals(transport: Transport, ledgers: Path, destination: str) -> list
     450 for an empty folder, or 502 for no NLST at all) has left no notice, and the send goes
     on. A refusal of the login, the server or the URL (a wrong password, a ban, another
     certificate than the pinned one, a path the account may not enter) ends the send here,
-    before anything is encoded: the upload would only log in and be refused again."""
+    before anything is encoded: the upload would only log in and be refused again. So does a
+    server that does not answer at all."""
     try:
         names = transport.list()
-    except (LoginError, CertificateMismatch, UnknownHost, WrongPlace):
-        raise  # the account, the server or the URL refused: so would the upload
+    except (LoginError, CertificateMismatch, UnknownHost, Unreachable, WrongPlace):
+        raise  # refused, or nothing answers: so would the upload
     except TransferError:
         return []  # the listing alone refused, or cut: no notice, and the send goes on
     refused = sorted(

@@ -389,6 +389,24 @@ def test_a_download_trickled_a_byte_at_a_time_is_a_stall(hostile: Callable[..., 
     assert time.monotonic() - started < 6
 
 
+def test_a_busy_server_is_retried_and_each_retry_told(
+    hostile: Callable[..., Hostile], keydir: Path
+) -> None:
+    """A 4xx may pass: it is retried with backoff, each retry told on stderr, and the last
+    failure is said with what to do (nothing to resume for `ls`)."""
+    busy = hostile(greeting=lambda send: send(b"421 too many connections, try later\r\n"))
+    args: list[str | Path] = ["ls", "--server", f"ftp://u@127.0.0.1:{busy.port}/"]
+    listed = run_airgap(
+        [*args, "--trust", keydir / "signing.pub"],
+        env={"AIRGAP_PASSWORD": "x", "AIRGAP_RETRIES": "2"},
+    )
+    assert listed.returncode == 4, listed.stderr
+    assert "421 too many connections, try later; trying again in 1 s" in listed.stderr
+    assert "gave up after 2 attempts" in listed.stderr
+    assert "hint: run the same command again later\n" in listed.stderr
+    assert busy.sessions == 2
+
+
 def test_a_network_error_without_words_is_named() -> None:
     """Found by killing the appliance: retries said "connecting: ; trying again in 1 s"."""
     ftp = FtpTransport(FtpTarget.parse("ftp://u@127.0.0.1:1/"), "pw", timeout=1)
