@@ -794,3 +794,23 @@ def test_a_password_typed_for_a_new_account_is_not_shown(tmp_path: Path) -> None
     assert os.waitstatus_to_exitcode(status) == 0, said
     assert b"added sender bob" in said
     assert secret.encode() not in said, said
+
+
+@pytest.mark.parametrize("given", [["--to", ""], ["--to="]], ids=["separate", "joined"])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(
+    keydir: Path, tmp_path: Path, given: list[str]
+) -> None:
+    """Found in review: ``--to "$MEDIA"`` with MEDIA unset wrote the bundle where the command
+    ran, as Path("") is the current folder."""
+    (tmp_path / "f").write_text("x")
+    here = tmp_path / "here"
+    here.mkdir()
+    send = ["send", "--file", tmp_path / "f", "--sign-key", keydir / "signing.key", "--no-encrypt"]
+    sent = run_airgap([*send, *given], cwd=here)
+    assert sent.returncode == 2, sent.stderr
+    assert "an empty value for --to" in sent.stderr and "unset shell variable" in sent.stderr
+    assert not list(here.iterdir())
+    listed = run_airgap(["ls", "--from", "", "--trust", keydir / "signing.pub"], cwd=here)
+    assert listed.returncode == 2 and "an empty value for --from" in listed.stderr
+    fetched = run_airgap(["fetch", "", "--from", "."], cwd=here)
+    assert fetched.returncode == 2 and "an empty argument after fetch" in fetched.stderr

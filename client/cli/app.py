@@ -165,6 +165,21 @@ def _fail(exc: AirgapError) -> NoReturn:
     sys.exit(int(exc.exit_code))
 
 
+def _no_empty_arguments(args: list[str]) -> None:
+    """An empty argument is refused rather than read as a path: ``Path("")`` is the current
+    folder, so ``--to "$MEDIA"`` with MEDIA unset wrote the bundle where the command ran (found
+    in review). No option or argument of airgap means anything when empty."""
+    for before, arg in zip(["airgap", *args], args, strict=False):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            named = arg.removesuffix("=") or before
+            option = named.startswith("-") and named != "--"
+            raise UsageError(
+                f"an empty value for {named}" if option else f"an empty argument after {named}",
+                hint="an unset shell variable? (nothing empty is read as the current folder: "
+                "give . for that)",
+            )
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     interrupting()  # threads blocked on a slow network are not waited for
     cut_transfers()  # and no thread stays blocked on one
@@ -178,6 +193,7 @@ def main() -> NoReturn:
         signal.signal(signal.SIGTERM, _interrupt)  # docker stop, a service manager, kill
         keep_out_of_dumps()
         keep_freed_pieces()
+        _no_empty_arguments(sys.argv[1:])
         app()  # standalone: typer itself answers --help and bad usage (exit 2)
         sys.stdout.flush()  # here, where a full disk or a closed pipe can still be said
     except AirgapError as exc:
