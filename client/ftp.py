@@ -97,6 +97,12 @@ class FtpTarget:
             unquote(parts.path) or "/",
         )
 
+    @property
+    def address(self) -> str:
+        """``HOST:PORT``, an IPv6 host in brackets, as a URL writes it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
     def describe(self) -> str:
         user = self.user or "anonymous"
         return f"{self.scheme}://{user}@{self.host}:{self.port}{self.path}"
@@ -323,10 +329,9 @@ class FtpTransport:
                 reason = exc.strerror[:1].lower() + exc.strerror[1:]
             else:
                 raise
-            host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
             kind = TransferError if self._reached else Unreachable
             raise kind(
-                f"connecting: nothing answers at {host}:{self.target.port} ({reason})",
+                f"connecting: nothing answers at {self.target.address} ({reason})",
                 hint="check the host and port in the URL, and that the server is running there",
             ) from exc
         self._reached = True
@@ -372,10 +377,18 @@ class FtpTransport:
         except ftplib.error_perm as exc:
             text = _said(exc)
             if text.startswith("530"):
+                login_hint = (
+                    "check the user name and the password (AIRGAP_PASSWORD, ~/.netrc or the "
+                    "configured password_file)"
+                )
+                if self.target.user == "anonymous":  # as a URL without USER@ logs in (review)
+                    login_hint = (
+                        "the login was anonymous's, as neither the URL nor ~/.netrc names an "
+                        f"account: name one, as in {self.target.scheme}://USER@"
+                        f"{self.target.address}/"
+                    )
                 raise LoginError(
-                    f"{self.describe()}: login refused ({text})",
-                    hint="check the user name and the password (AIRGAP_PASSWORD, ~/.netrc or "
-                    "the configured password_file)",
+                    f"{self.describe()}: login refused ({text})", hint=login_hint
                 ) from exc
             if text.startswith("552"):
                 raise DropBoxFull(

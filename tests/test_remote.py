@@ -327,6 +327,10 @@ def test_a_url_without_a_user_logs_in_as_the_netrc_says(
     anonymous = run_airgap(ls, env=env)
     assert anonymous.returncode == 4, anonymous.stderr
     assert "anonymous@127.0.0.1" in anonymous.stderr
+    # Found in review: the hint said to check the user name, which the URL did not give.
+    hint = anonymous.stderr.split("hint:")[1]
+    assert "the login was anonymous's" in hint, hint
+    assert f"ftps://USER@127.0.0.1:{appliance.port}/" in hint
 
 
 def test_a_manifest_by_a_signer_not_trusted_is_never_downloaded_nor_cached(
