@@ -252,6 +252,10 @@ def test_the_password_file_goes_to_the_configured_server_alone(tmp_path: Path) -
     named = "ftps://receiver@127.0.0.1:1/"
     used = ls(named)  # the password is read; the connection then fails
     assert used.returncode == 4 and "no password" not in used.stderr, used.stderr
+    # Its URL typed again, unpinned, is that server, pin and password file (found in review:
+    # "ftps:// needs the appliance's certificate fingerprint").
+    again = ls(named, "--server", named)
+    assert again.returncode == 4 and "nothing answers at 127.0.0.1:1" in again.stderr, again.stderr
     elsewhere = ["--server", "ftps://receiver@localhost:1/", "--tls-fingerprint", pin]
     for flags in (["--tls-fingerprint", other_pin], elsewhere):
         refused = ls(named, *flags)

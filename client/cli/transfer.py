@@ -201,12 +201,15 @@ def _place(
 ) -> Place:
     """Flags first, then AIRGAP_SERVER, then the configured drop box: each only when neither a
     directory nor a server was given before it; AIRGAP_TLS_FINGERPRINT pins a server of a flag
-    or of AIRGAP_SERVER (the configured one has its own). The configured password file goes
-    with the configured server alone, never to another."""
+    or of AIRGAP_SERVER (the configured one has its own, which also pins its URL given again
+    unpinned). The configured password file goes with the configured server alone, never to
+    another."""
     if directory is None and server is None and os.environ.get("AIRGAP_SERVER"):
         server = os.environ["AIRGAP_SERVER"]
     if server is not None:  # a flag's or the variable's (a wrong pin only refuses)
         fingerprint = fingerprint or os.environ.get("AIRGAP_TLS_FINGERPRINT") or None
+        if fingerprint is None and server == configured.server:  # its URL typed again (review)
+            fingerprint = configured.tls_fingerprint
     if directory is None and server is None and configured.server:
         server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
     same = (
