@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airgap.client.private import written_by_others
 from airgap.shared.errors import UsageError
+from airgap.shared.owners import written_by_others
 
 SEND_KEYS = {
     "server",

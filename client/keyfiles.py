@@ -14,10 +14,11 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from airgap.client.private import private_dir, staged, sync_dir, written_by_others
+from airgap.client.private import private_dir, staged, sync_dir
 from airgap.shared import age, minisign
 from airgap.shared.errors import KeyFileError, StorageError, UsageError
 from airgap.shared.keys import KeyFile
+from airgap.shared.owners import written_by_others
 
 MAX_KEY_FILE = 1024 * 1024
 

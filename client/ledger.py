@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airgap.client.private import private_dir, sync_dir, write_whole, written_by_others
+from airgap.client.private import private_dir, sync_dir, write_whole
 from airgap.shared.errors import StorageError
+from airgap.shared.owners import written_by_others
 from airgap.shared.refs import is_reference
 
 

@@ -18,8 +18,8 @@ from airgap.client import config
 from airgap.client.credentials import password_for
 from airgap.client.ftp import FtpTarget
 from airgap.client.places import Place
-from airgap.client.private import written_by_others
 from airgap.shared.errors import KeyFileError, UsageError
+from airgap.shared.owners import written_by_others
 from tests.conftest import run_airgap
 from tests.server.conftest import start_server
 
