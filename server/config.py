@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from airgap.shared.errors import UsageError
+from airgap.shared.errors import ServerError, UsageError
+from airgap.shared.owners import written_by_others
 
 ENV_PREFIX = "AIRGAP_SERVE_"
 T = TypeVar("T")
@@ -229,6 +230,11 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if why := written_by_others(path):  # it may turn anonymous uploads on, or name signers
+        raise ServerError(
+            f"{path} decides whom the drop box lets in and trusts, and {why}",
+            hint="keep it where only the server's user (or root) may write it (chmod go-w)",
+        )
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)

@@ -17,7 +17,9 @@ import fcntl
 import logging
 import os
 import resource
+import shlex
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,7 @@ from airgap.server.tlscert import ensure_certificate, fingerprints
 from airgap.server.users import Role, UserDB, generate_password
 from airgap.shared import minisign
 from airgap.shared.errors import KeyFileError, ServerError
+from airgap.shared.owners import written_by_others
 
 logger = logging.getLogger("airgap.server")
 FIRST_USERS = (("sender", Role.SENDER), ("receiver", Role.RECEIVER))
@@ -59,6 +62,7 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
                 hint="restore users.json, or remove credentials.txt too for new first accounts",
             )
         _first_users(layout, say)
+    _check_secrets(layout)
     for user in UserDB(layout.users_file).load().values():
         if user.role is Role.SENDER:  # now, before anonymous uploads could take the name
             try:
@@ -66,6 +70,36 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
             except (ServerError, OSError) as exc:
                 say(f"airgap: warning: {exc}; sender {user.name} cannot log in")
     return layout
+
+
+def _check_secrets(layout: Layout) -> None:
+    """A file that holds a secret is the server's alone (or root's), as sshd wants its host
+    keys: one others may read gives away the TLS key or the password hashes, one they may
+    write the accounts themselves. Found in review: serve started on any modes."""
+    for path, holds in (
+        (layout.users_file, "the accounts and their password hashes"),
+        (layout.credentials_file, "first-start passwords"),
+        (layout.tls_key, "the TLS private key"),
+    ):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue  # credentials.txt goes once every first password was changed
+        except OSError as exc:
+            raise ServerError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (os.geteuid(), 0):
+            why = f"it belongs to another user (uid {info.st_uid})"
+        elif mode & 0o077:
+            why = f"others may read or write it (mode {mode:04o})"
+        elif not stat.S_ISREG(info.st_mode):
+            why = "it is not a regular file"
+        else:
+            continue
+        raise ServerError(
+            f"{path} holds {holds}, and {why}",
+            hint=f"make it the server user's alone: chmod 600 {shlex.quote(str(path))}",
+        )
 
 
 def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
@@ -90,6 +124,11 @@ def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
 def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
     keys = []
     for path in paths:
+        if why := written_by_others(path):  # they could have put a signer of theirs there
+            raise KeyFileError(
+                f"trusted signer {path} decides which bundles are published, and {why}",
+                hint="keep it where only the server's user (or root) may write it (chmod go-w)",
+            )
         try:
             keys.append(minisign.PublicKey.parse(path.read_text(encoding="utf-8")))
         except OSError as exc:
