@@ -230,7 +230,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    if why := written_by_others(path):  # it may turn anonymous uploads on, or name signers
+    # It may turn anonymous uploads on, or name signers; a container's is mounted from its host.
+    if why := written_by_others(path, owners=False):
         raise ServerError(
             f"{path} decides whom the drop box lets in and trusts, and {why}",
             hint="keep it where only the server's user (or root) may write it (chmod go-w)",

@@ -124,7 +124,8 @@ def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
 def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
     keys = []
     for path in paths:
-        if why := written_by_others(path):  # they could have put a signer of theirs there
+        # Others could have put a signer of theirs there; a container's is mounted from its host.
+        if why := written_by_others(path, owners=False):
             raise KeyFileError(
                 f"trusted signer {path} decides which bundles are published, and {why}",
                 hint="keep it where only the server's user (or root) may write it (chmod go-w)",

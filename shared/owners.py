@@ -11,11 +11,14 @@ import stat
 from pathlib import Path
 
 
-def written_by_others(path: Path) -> str | None:
+def written_by_others(path: Path, *, owners: bool = True) -> str | None:
     """Why someone else than this user (or root) could have written ``path``, or None. For a
     file that decides whom to trust (a trusted key, a recipient, the config), as ssh refuses
     such an authorized_keys: owned by another user, writable by others, or in a folder others
-    may write to (one with the sticky bit, as /tmp, lets only a file's owner replace it)."""
+    may write to (one with the sticky bit, as /tmp, lets only a file's owner replace it).
+
+    Without ``owners``, who owns the file and its folders is not asked: the appliance in a
+    container reads what the host's operator mounted, owned by a user the container has not."""
     me = os.geteuid()
     try:
         info = path.stat()
@@ -24,13 +27,13 @@ def written_by_others(path: Path) -> str | None:
     except OSError:
         return None  # not there: whoever reads it says so
     mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid not in (me, 0):
+    if owners and info.st_uid not in (me, 0):
         return f"it belongs to another user (uid {info.st_uid})"
     if mode & _writers(info):
         return f"others may write it (mode {mode:04o})"
     for folder, found in held:
         folder_mode = stat.S_IMODE(found.st_mode)
-        if found.st_uid not in (me, 0):
+        if owners and found.st_uid not in (me, 0):
             return f"its folder {folder} belongs to another user (uid {found.st_uid})"
         if folder_mode & _writers(found) and not folder_mode & stat.S_ISVTX:
             return f"others may write its folder {folder} (mode {folder_mode:04o})"

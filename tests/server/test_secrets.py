@@ -4,13 +4,15 @@ Real CLI: each refused start exits 1 and names the file, the reason and the way 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from airgap.shared.owners import written_by_others
 from tests.conftest import run_airgap
-from tests.server.conftest import Server
+from tests.server.conftest import Server, start_server
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,27 @@ def test_a_trusted_signer_or_config_others_may_write_stops_serve(
         refused.stderr
     )
     assert "WARNING" not in refused.stderr  # its anonymous mode was never read
+
+
+def test_a_trusted_signer_mounted_from_the_host_may_belong_to_another_user(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """In a container the host's operator mounts the key, owned by a user the container has
+    not: only whether others may write it is asked there."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    signer = mounted / "signing.pub"
+    signer.write_text((keydir / "signing.pub").read_text())
+    for path in (signer, mounted):
+        os.chown(path, 12345, 12345)
+    assert written_by_others(signer) == "it belongs to another user (uid 12345)"
+    assert written_by_others(signer, owners=False) is None
+    server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(signer))
+    try:
+        assert "publishing bundles signed by" in server.stderr
+    finally:
+        assert server.stop() == 0
+    signer.chmod(0o646)
+    assert written_by_others(signer, owners=False) == "others may write it (mode 0646)"
