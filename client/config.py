@@ -189,15 +189,16 @@ def initial_text(*, role: str, server: str | None, fingerprint: str | None) -> s
     ]
     if server:
         at = lines.index(f"[{section}]") + 1
-        extra = [f"server = {_toml(server)}"]
+        extra = [f"server = {toml_string(server)}"]
         if fingerprint:
-            extra.append(f"tls_fingerprint = {_toml(fingerprint)}")
+            extra.append(f"tls_fingerprint = {toml_string(fingerprint)}")
         extra.append('# password_file = "keys/dropbox-password"  # 0600, the password alone')
         lines[at:at] = extra
     return "\n".join(lines)
 
 
-def _toml(text: str) -> str:
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string, or a usage error for what would need escaping."""
     if any(ch in text for ch in '"\\\n\r') or not text.isprintable():
         raise UsageError(f"{text!r} cannot go into the config file as it is")
     return f'"{text}"'

@@ -105,6 +105,27 @@ def test_configured_drop_box(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_init_with_a_drop_box_on_a_side_set_up_says_how_to_add_it(tmp_path: Path) -> None:
+    """Found in review: its hint was --force alone, which loses the keys already carried."""
+    env = _init(tmp_path / "r", "receiver")
+    pin = "sha256:" + "ab" * 32
+    url = "ftps://receiver@127.0.0.1:1/"
+    again = run_airgap(
+        ["init", "--role", "receiver", "--server", url, "--tls-fingerprint", pin], env=env
+    )
+    assert again.returncode == 1, again.stderr
+    settings = tmp_path / "r" / "config" / "airgap" / "config.toml"
+    lines = f'server = "{url}"; tls_fingerprint = "{pin}"'
+    assert f"put {lines} under [fetch] in {settings}" in again.stderr, again.stderr
+    assert "--force replaces them all (the old keys are lost)" in again.stderr
+    text = settings.read_text()
+    settings.write_text(text.replace("[fetch]\n", "[fetch]\n" + lines.replace("; ", "\n") + "\n"))
+    listed = run_airgap(["ls"], env={**env, "AIRGAP_PASSWORD": "x"})
+    assert listed.returncode == 4 and "nothing answers at 127.0.0.1:1" in listed.stderr, (
+        listed.stderr
+    )
+
+
 def test_config_errors_are_usage_errors(tmp_path: Path) -> None:
     bad = tmp_path / "config.toml"
     bad.write_text("[send]\nsign_kee = 'typo'\n")

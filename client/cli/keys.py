@@ -14,7 +14,7 @@ from airgap.client.cli.app import FingerprintOption, app, default_state_dir, gua
 from airgap.client.places import Place
 from airgap.client.private import private_dir
 from airgap.client.terminal import say
-from airgap.shared.errors import UsageError
+from airgap.shared.errors import StorageError, UsageError
 from airgap.shared.keys import KeyFile, KeySet
 
 
@@ -76,6 +76,15 @@ def init(
         KeyFile(made.name, text, 0o644),
         KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
     ]
+    if server is not None and made.exists() and not force:  # a drop box for a set-up side
+        lines = [f"server = {config.toml_string(server)}"]
+        lines += [f"tls_fingerprint = {config.toml_string(fingerprint)}"] if fingerprint else []
+        raise StorageError(
+            f"{directory} is set up already: {made.name} and keys",
+            hint=f"to add the drop box and keep the keys, put {'; '.join(lines)} under "
+            f"[{'send' if role == 'sender' else 'fetch'}] in {made}; --force replaces them "
+            "all (the old keys are lost)",
+        )
     keyfiles.write_key_files(directory, files, force=force)
     private_dir(directory / "trusted")
     private_dir(default_state_dir())  # the ledgers': a container mounting it finds it the user's
