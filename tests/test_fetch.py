@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -844,3 +845,34 @@ def test_a_bundle_gone_since_the_listing_is_no_candidate_for_a_ref(
             ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
             only=["app:1"],
         )
+
+
+def test_several_bundles_go_on_past_a_failure_and_the_first_failure_sets_the_exit_code(
+    tmp_path: Path,
+) -> None:
+    """As the README's exit codes say: each bundle is tried, in the order printed, and the code
+    is the first failed one's (here 1, a file already there, before 3, a flipped byte)."""
+    drop = tmp_path / "drop"
+    names = ("taken.txt", "fine.txt", "flipped.txt")
+    for name in names:  # bundle ids grow with time: this is the order of the listing
+        (tmp_path / name).write_text(name)
+        send_files([tmp_path / name], DirectoryTransport(drop), options=OPTIONS, key=SIGNER)
+        time.sleep(0.01)  # a new millisecond: the next id sorts after this one
+    flipped = max(drop.glob("*.tar.zst.age"))
+    data = bytearray(flipped.read_bytes())
+    data[-1] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    (tmp_path / "id.txt").write_text(IDENTITY.encode() + "\n")
+    (tmp_path / "id.txt").chmod(0o600)
+    (tmp_path / "trusted.pub").write_text(SIGNER.public_key.encode())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "taken.txt").write_text("mine")
+    args: list[str | Path] = ["fetch", "--from", drop, "-i", tmp_path / "id.txt"]
+    args += ["--trust", tmp_path / "trusted.pub", "--output-dir", out, "--state-dir", tmp_path]
+    fetched = run_airgap(args)
+    assert fetched.returncode == 1, fetched.stderr
+    said = fetched.stderr
+    assert said.index("already has taken.txt") < said.index("fetched ") < said.index("segment")
+    assert (out / "fine.txt").read_text() == "fine.txt"
+    assert (out / "taken.txt").read_text() == "mine" and not (out / "flipped.txt").exists()
