@@ -224,14 +224,19 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
     found = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
+            if not value:  # AIRGAP_SERVE_ROOT= served the current folder (found in review)
+                raise UsageError(
+                    f"{name} is set, and empty", hint=f"unset {name}, or give it a value"
+                )
             key = name[len(ENV_PREFIX) :].lower()
             found[key] = value
     return found
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    # It may turn anonymous uploads on, or name signers; a container's is mounted from its host.
-    if why := written_by_others(path, owners=False):
+    # It may turn anonymous uploads on, or name signers; a container's may be mounted
+    # read-only from its host.
+    if why := written_by_others(path, mounted=True):
         raise ServerError(
             f"{path} decides whom the drop box lets in and trusts, and {why}",
             hint="keep it where only the server's user (or root) may write it (chmod go-w)",

@@ -75,7 +75,19 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
 def _check_secrets(layout: Layout) -> None:
     """A file that holds a secret is the server's alone (or root's), as sshd wants its host
     keys: one others may read gives away the TLS key or the password hashes, one they may
-    write the accounts themselves. Found in review: serve started on any modes."""
+    write the accounts themselves. So are the folders above it, which serve makes 0700 but
+    whose owner could put another users.json in place, read again as it changes (review).
+    Found in review: serve started on any modes and owners."""
+    me = os.geteuid()
+    for folder in (layout.root, layout.state, layout.tls_key.parent):
+        owner = folder.stat().st_uid
+        if owner not in (me, 0):
+            raise ServerError(
+                f"{folder} holds the appliance's accounts and keys, and it belongs to another "
+                f"user (uid {owner}), who could replace them",
+                hint=f"chown -R {me} {shlex.quote(str(layout.root))}, the user airgap serve "
+                "runs as",
+            )
     for path, holds in (
         (layout.users_file, "the accounts and their password hashes"),
         (layout.credentials_file, "first-start passwords"),
@@ -88,17 +100,19 @@ def _check_secrets(layout: Layout) -> None:
         except OSError as exc:
             raise ServerError(f"cannot read {path}: {exc.strerror or exc}") from exc
         mode = stat.S_IMODE(info.st_mode)
-        if info.st_uid not in (os.geteuid(), 0):
+        fix = f"chmod 600 {shlex.quote(str(path))}"
+        if info.st_uid not in (me, 0):
             why = f"it belongs to another user (uid {info.st_uid})"
+            fix = f"chown {me} {shlex.quote(str(path))}; {fix}"
         elif mode & 0o077:
             why = f"others may read or write it (mode {mode:04o})"
         elif not stat.S_ISREG(info.st_mode):
             why = "it is not a regular file"
+            fix = f"put the file itself at {path}"
         else:
             continue
         raise ServerError(
-            f"{path} holds {holds}, and {why}",
-            hint=f"make it the server user's alone: chmod 600 {shlex.quote(str(path))}",
+            f"{path} holds {holds}, and {why}", hint=f"make it the server user's alone: {fix}"
         )
 
 
@@ -124,8 +138,9 @@ def _first_users(layout: Layout, say: Callable[[str], None]) -> None:
 def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
     keys = []
     for path in paths:
-        # Others could have put a signer of theirs there; a container's is mounted from its host.
-        if why := written_by_others(path, owners=False):
+        # Others could have put a signer of theirs there; a container's may be mounted
+        # read-only from its host.
+        if why := written_by_others(path, mounted=True):
             raise KeyFileError(
                 f"trusted signer {path} decides which bundles are published, and {why}",
                 hint="keep it where only the server's user (or root) may write it (chmod go-w)",

@@ -11,19 +11,22 @@ import stat
 from pathlib import Path
 
 
-def written_by_others(path: Path, *, owners: bool = True) -> str | None:
+def written_by_others(path: Path, *, mounted: bool = False) -> str | None:
     """Why someone else than this user (or root) could have written ``path``, or None. For a
     file that decides whom to trust (a trusted key, a recipient, the config), as ssh refuses
     such an authorized_keys: owned by another user, writable by others, or in a folder others
     may write to (one with the sticky bit, as /tmp, lets only a file's owner replace it).
 
-    Without ``owners``, who owns the file and its folders is not asked: the appliance in a
-    container reads what the host's operator mounted, owned by a user the container has not."""
+    With ``mounted``, a file on a read-only mount may belong to another user, as its folders
+    may: the appliance in a container reads what its host's operator mounted (``-v ...:ro``),
+    owned by a user the container has not, and nothing in the container can change it. Its
+    mode is asked all the same: on the host, others may be able to write it."""
     me = os.geteuid()
     try:
         info = path.stat()
         folders = {path.parent, path.resolve().parent}  # a link's folder, and its target's
         held = [(folder, folder.stat()) for folder in sorted(folders)]
+        owners = not (mounted and os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return None  # not there: whoever reads it says so
     mode = stat.S_IMODE(info.st_mode)

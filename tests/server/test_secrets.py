@@ -5,6 +5,7 @@ Real CLI: each refused start exits 1 and names the file, the reason and the way 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,25 +71,73 @@ def test_a_trusted_signer_or_config_others_may_write_stops_serve(
     assert "WARNING" not in refused.stderr  # its anonymous mode was never read
 
 
-def test_a_trusted_signer_mounted_from_the_host_may_belong_to_another_user(
+@pytest.fixture
+def as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving files to another user, and mounting, need root")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_a_root_or_state_folder_another_user_owns_stops_serve(
+    serve: Callable[..., Server],
+) -> None:
+    """Found in review: the owner of state/ could put another users.json in place while serve
+    ran, which reads it again as it changes; only the files' modes were asked."""
+    server = serve("--tls", "off")
+    assert server.stop() == 0
+    for folder in (server.root, server.root / "state"):
+        os.chown(folder, 12345, 12345)
+        again = run_airgap(["serve", "--root", server.root, "--listen", "127.0.0.1:0"])
+        assert again.returncode == 1, again.stderr
+        assert f"{folder} holds the appliance's accounts and keys, and it belongs to another " in (
+            again.stderr
+        )
+        assert f"hint: chown -R 0 {server.root}" in again.stderr
+        os.chown(folder, 0, 0)
+    users = server.root / "state" / "users.json"
+    os.chown(users, 12345, 12345)
+    again = run_airgap(["serve", "--root", server.root, "--listen", "127.0.0.1:0"])
+    assert "it belongs to another user (uid 12345)" in again.stderr
+    assert f"chown 0 {users}; chmod 600 {users}" in again.stderr
+
+
+@pytest.mark.usefixtures("as_root")
+def test_a_trusted_signer_of_another_user_is_taken_on_a_read_only_mount_alone(
     keydir: Path, tmp_path: Path
 ) -> None:
-    """In a container the host's operator mounts the key, owned by a user the container has
-    not: only whether others may write it is asked there."""
-    if os.geteuid() != 0:
-        pytest.skip("giving a file to another user needs root")
+    """In a container the host's operator mounts the key read-only, owned by a user the
+    container has not; anywhere else its owner could swap it (found in review)."""
+    host = tmp_path / "host"
+    host.mkdir()
+    signer = host / "signing.pub"
+    signer.write_text((keydir / "signing.pub").read_text())
+    for path in (signer, host):
+        os.chown(path, 12345, 12345)
+    assert written_by_others(signer, mounted=True) == "it belongs to another user (uid 12345)"
     mounted = tmp_path / "mounted"
     mounted.mkdir()
-    signer = mounted / "signing.pub"
-    signer.write_text((keydir / "signing.pub").read_text())
-    for path in (signer, mounted):
-        os.chown(path, 12345, 12345)
-    assert written_by_others(signer) == "it belongs to another user (uid 12345)"
-    assert written_by_others(signer, owners=False) is None
-    server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(signer))
+    subprocess.run(["mount", "--bind", str(host), str(mounted)], check=True)
     try:
-        assert "publishing bundles signed by" in server.stderr
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+        inside = mounted / "signing.pub"
+        assert written_by_others(inside) == "it belongs to another user (uid 12345)"
+        assert written_by_others(inside, mounted=True) is None
+        server = start_server(tmp_path / "root", "--tls", "off", "--trusted-signer", str(inside))
+        try:
+            assert "publishing bundles signed by" in server.stderr
+        finally:
+            assert server.stop() == 0
+        signer.chmod(0o646)  # on the host, anyone may write it: read-only here or not
+        assert written_by_others(inside, mounted=True) == "others may write it (mode 0646)"
     finally:
-        assert server.stop() == 0
-    signer.chmod(0o646)
-    assert written_by_others(signer, owners=False) == "others may write it (mode 0646)"
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
+def test_an_empty_setting_in_the_environment_stops_serve(tmp_path: Path) -> None:
+    """Found in review: AIRGAP_SERVE_ROOT= (set, and empty) served the current folder."""
+    here = tmp_path / "here"
+    here.mkdir()
+    ran = run_airgap(["serve", "--listen", "127.0.0.1:0"], env={"AIRGAP_SERVE_ROOT": ""}, cwd=here)
+    assert ran.returncode == 2, ran.stderr
+    assert "AIRGAP_SERVE_ROOT is set, and empty" in ran.stderr
+    assert not list(here.iterdir())
