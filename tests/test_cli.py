@@ -814,3 +814,7 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(
     assert listed.returncode == 2 and "an empty value for --from" in listed.stderr
     fetched = run_airgap(["fetch", "", "--from", "."], cwd=here)
     assert fetched.returncode == 2 and "an empty argument after fetch" in fetched.stderr
+    ends = tmp_path / "ends="  # a value that ends in "=" is not an empty one (review)
+    ends.mkdir()
+    listed = run_airgap(["ls", f"--from={ends}", "--trust", keydir / "signing.pub"], cwd=here)
+    assert listed.returncode == 0 and "no published bundles" in listed.stderr, listed.stderr

@@ -116,7 +116,7 @@ def test_init_with_a_drop_box_on_a_side_set_up_says_how_to_add_it(tmp_path: Path
     assert again.returncode == 1, again.stderr
     settings = tmp_path / "r" / "config" / "airgap" / "config.toml"
     lines = f'server = "{url}"; tls_fingerprint = "{pin}"'
-    assert f"put {lines} under [fetch] in {settings}" in again.stderr, again.stderr
+    assert f"put {lines} under [fetch] in {settings}, in place of any" in again.stderr
     assert "--force replaces them all (the old keys are lost)" in again.stderr
     text = settings.read_text()
     settings.write_text(text.replace("[fetch]\n", "[fetch]\n" + lines.replace("; ", "\n") + "\n"))

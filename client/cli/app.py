@@ -170,7 +170,7 @@ def _no_empty_arguments(args: list[str]) -> None:
     folder, so ``--to "$MEDIA"`` with MEDIA unset wrote the bundle where the command ran (found
     in review). No option or argument of airgap means anything when empty."""
     for before, arg in zip(["airgap", *args], args, strict=False):
-        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+        if arg == "" or (arg.startswith("--") and arg.find("=") == len(arg) - 1):
             named = arg.removesuffix("=") or before
             option = named.startswith("-") and named != "--"
             raise UsageError(

@@ -82,8 +82,8 @@ def init(
         raise StorageError(
             f"{directory} is set up already: {made.name} and keys",
             hint=f"to add the drop box and keep the keys, put {'; '.join(lines)} under "
-            f"[{'send' if role == 'sender' else 'fetch'}] in {made}; --force replaces them "
-            "all (the old keys are lost)",
+            f"[{'send' if role == 'sender' else 'fetch'}] in {made}, in place of any such "
+            "lines there; --force replaces them all (the old keys are lost)",
         )
     keyfiles.write_key_files(directory, files, force=force)
     private_dir(directory / "trusted")
