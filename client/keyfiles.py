@@ -74,10 +74,9 @@ def load_signing_key(path: Path, passphrase: Callable[[], bytes]) -> minisign.Se
             f"signing key {path} is a public key",
             hint="--sign-key takes the secret signing.key; signing.pub goes to receivers",
         )
-    if _kind_of(text) == _SECRET_SIGNING or minisign.holds_secret_key(
-        text
-    ):  # before its passphrase
-        _check_private(path, "signing key")  # is asked for; another kind is named below
+    # Before its passphrase is asked for; another kind is named below.
+    if _kind_of(text) == _SECRET_SIGNING or minisign.holds_secret_key(text):
+        _check_private(path, "signing key")
     with _naming(f"signing key {path}", text, "a minisign secret key"):
         return minisign.SecretKey.parse(text, passphrase=passphrase)
 

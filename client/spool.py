@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, NoReturn, Protocol, cast, runtime_checkable
 
 from airgap.client.private import private_dir
 from airgap.client.progress import UNSEEN, Meter
@@ -571,7 +571,7 @@ class _Uploader:
                 left -= len(chunk)
         return digest
 
-    def _over_another(self, why: str) -> None:
+    def _over_another(self, why: str) -> NoReturn:
         """The server may hold another encoding of this payload under the key an earlier run
         used. Uploading over it would put two ciphertexts under one key and nonce where the
         drop box could see both (their XOR is their plaintexts'): the send starts anew, a

@@ -69,13 +69,6 @@ def init(
     # AIRGAP_CONFIG names the file itself, whatever it is called.
     made = directory / "config.toml" if directory else config.default_path()
     directory = made.parent
-    text = config.initial_text(role=role, server=server, fingerprint=fingerprint)
-    keys = KeySet.generate()
-    files = [replace(f, name=f"keys/{f.name}") for f in keys.files(created=datetime.now(UTC))]
-    files += [
-        KeyFile(made.name, text, 0o644),
-        KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
-    ]
     if server is not None and made.exists() and not force:  # a drop box for a set-up side
         lines = [f"server = {config.toml_string(server)}"]
         lines += [f"tls_fingerprint = {config.toml_string(fingerprint)}"] if fingerprint else []
@@ -85,6 +78,13 @@ def init(
             f"[{'send' if role == 'sender' else 'fetch'}] in {made}, in place of any such "
             "lines there; --force replaces them all (the old keys are lost)",
         )
+    text = config.initial_text(role=role, server=server, fingerprint=fingerprint)
+    keys = KeySet.generate()
+    files = [replace(f, name=f"keys/{f.name}") for f in keys.files(created=datetime.now(UTC))]
+    files += [
+        KeyFile(made.name, text, 0o644),
+        KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
+    ]
     keyfiles.write_key_files(directory, files, force=force)
     private_dir(directory / "trusted")
     private_dir(default_state_dir())  # the ledgers': a container mounting it finds it the user's
