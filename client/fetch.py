@@ -34,7 +34,7 @@ from airgap.client.transport import (
     put_small,
 )
 from airgap.shared import age, minisign
-from airgap.shared.bundle import decode, open_manifest, verified_segments
+from airgap.shared.bundle import check_names, decode, open_manifest, verified_segments
 from airgap.shared.errors import (
     AirgapError,
     ManifestError,
@@ -69,6 +69,14 @@ class Outcome:
     manifest: Manifest | None = None
     imported: tuple[str, ...] = ()  # the files written, or the image refs loaded
     error: AirgapError | None = None
+
+
+def _bare(exc: AirgapError) -> AirgapError:
+    """``exc``, to be kept to the end of the run: without its traceback and the exceptions it
+    came from, whose frames (and a JSON error's document) hold what the failed step read, a
+    manifest of up to 32 MiB. A source of many failing bundles must not add up."""
+    exc.__traceback__ = exc.__cause__ = exc.__context__ = None
+    return exc
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,12 @@ def _read_capped(
 def open_bundle(
     transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]
 ) -> tuple[Manifest, bytes]:
-    """The signature first: one by a key not trusted is refused before the manifest is read."""
+    """The signature first: one by a key not trusted, or signed for another bundle, is refused
+    before the manifest is read."""
     signature = read_small(
         transport, bundle_id + SIGNATURE_SUFFIX, MAX_SIGNATURE_BYTES, SignatureError
     )
-    minisign.trusted_signer(trusted, signature)
+    check_names(bundle_id, signature, trusted)
     data = read_small(transport, bundle_id + MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, ManifestError)
     manifest = open_manifest(data, signature, trusted)
     if manifest.id != bundle_id:
@@ -318,7 +327,7 @@ class _Run:
         try:
             self._fetch(bundle_id, waiting)
         except AirgapError as exc:
-            self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+            self.outcomes.append(Outcome(bundle_id, error=_bare(exc)))
         finally:
             if not waiting:  # after the outermost load: its image holds the carriers' layers
                 self._put_back(bundle_id)
@@ -418,7 +427,7 @@ class _Run:
         """Tags not put back: said, and the held file kept for the next run."""
         self.stuck = True
         exc.message = f"tags moved by its carriers not put back: {exc.message}"
-        self.outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+        self.outcomes.append(Outcome(bundle_id, error=_bare(exc)))
 
     def _put_back(self, bundle_id: str) -> None:
         """Held tags back where they were, each only from where its carrier's load put it (a
@@ -541,7 +550,7 @@ def _kept(
         _keep(transport, manifest, data, trusted, keep)
     except AirgapError as exc:
         exc.message = f"imported, but not kept in {keep}: {exc.message}"
-        return exc.with_traceback(None)
+        return _bare(exc)
     return None
 
 
@@ -555,7 +564,7 @@ def _consumed(
     except AirgapError as exc:
         when = "imported before" if before else "imported"
         exc.message = f"{when}, but not deleted from the source (--consume): {exc.message}"
-        return exc.with_traceback(None)
+        return _bare(exc)
     return None
 
 
@@ -635,7 +644,7 @@ def verify_bundles(
                     payload_only(transport, manifest, meter=meter)
             outcomes.append(Outcome(bundle_id, manifest))
         except AirgapError as exc:
-            outcomes.append(Outcome(bundle_id, error=exc.with_traceback(None)))
+            outcomes.append(Outcome(bundle_id, error=_bare(exc)))
     return outcomes
 
 

@@ -31,6 +31,7 @@ from airgap.shared.manifest import (
     ImageEntry,
     Manifest,
     Payload,
+    names_bundle,
     payload_name,
 )
 from airgap.shared.pipeline import threaded
@@ -150,6 +151,18 @@ def sign_manifest(manifest: Manifest, key: minisign.SecretKey) -> tuple[bytes, s
         untrusted_comment=f"airgap bundle {manifest.id} signed by {key.public_key.key_id_hex}",
     )
     return data, signature
+
+
+def check_names(bundle_id: str, signature: bytes, trusted: Sequence[minisign.PublicKey]) -> None:
+    """Before the manifest is read: the signature's trusted comment, verified on its own, must
+    name ``bundle_id``. A signature copied beside another bundle's name is refused unread, so a
+    source makes a receiver read at most one manifest for each bundle a trusted key signed."""
+    sig = minisign.signed_comment(trusted, signature)
+    if not names_bundle(sig.trusted_comment, bundle_id):
+        raise SignatureError(
+            "signature: signed for another bundle",
+            hint="a signature file copied or renamed from another bundle",
+        )
 
 
 def open_manifest(data: bytes, signature: bytes, trusted: Sequence[minisign.PublicKey]) -> Manifest:

@@ -104,7 +104,7 @@ class Manifest:
 
     def trusted_comment(self) -> str:
         """The signed one-liner that ties a signature to this very bundle."""
-        return f"{FORMAT} id={self.id} payload-sha256={self.payload.sha256}"
+        return f"{_comment_start(self.id)}{self.payload.sha256}"
 
     def to_bytes(self) -> bytes:
         return _dump(self._to_obj())
@@ -183,6 +183,15 @@ def payload_name(bundle_id: str, *, encrypted: bool) -> str:
 
 def segment_count(size: int, segment_size: int) -> int:
     return -(-size // segment_size)
+
+
+def names_bundle(comment: str, bundle_id: str) -> bool:
+    """Whether ``comment`` is the trusted comment of a manifest of bundle ``bundle_id``."""
+    return comment.startswith(_comment_start(bundle_id))
+
+
+def _comment_start(bundle_id: str) -> str:
+    return f"{FORMAT} id={bundle_id} payload-sha256="
 
 
 def _dump(obj: Any) -> bytes:

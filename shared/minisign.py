@@ -347,6 +347,21 @@ def trusted_signer(trusted: Sequence[PublicKey], signature_text: str | bytes) ->
     return parsed
 
 
+def signed_comment(trusted: Sequence[PublicKey], signature_text: str | bytes) -> Signature:
+    """The signature parsed, its trusted comment verified by one of the ``trusted`` keys. The
+    global signature covers the signature and its comment, not the message: a caller can check
+    what the comment names before it reads a message of any size.
+
+    Raises SignatureError if it is malformed or its comment does not verify,
+    UntrustedSignerError if no trusted key has its id.
+    """
+    parsed = Signature.parse(signature_text)
+    for key in _candidates(trusted, parsed):
+        if _verifies(key, parsed.global_signature, parsed.signature + _comment(parsed)):
+            return parsed
+    raise SignatureError("trusted comment signature does not verify")
+
+
 def _candidates(trusted: Sequence[PublicKey], parsed: Signature) -> list[PublicKey]:
     candidates = [key for key in trusted if key.key_id == parsed.key_id]
     if not candidates:
@@ -360,30 +375,36 @@ def _candidates(trusted: Sequence[PublicKey], parsed: Signature) -> list[PublicK
 
 
 def _verify_parsed(trusted: Sequence[PublicKey], parsed: Signature, signed: bytes) -> Signature:
-    candidates = _candidates(trusted, parsed)
-    failures: list[SignatureError] = []
-    # Key ids are random, not unique: try every trusted key that carries this one.
-    for key in candidates:
-        try:
-            _check_both_signatures(key, parsed, signed)
-        except SignatureError as exc:
-            failures.append(exc)
-        else:
+    why = ""
+    # Key ids are random, not unique: try every trusted key that carries this one. What failed
+    # is kept as text, not as an exception: its traceback would hold every caller's frame, the
+    # message they read included, for as long as the error is kept.
+    for key in _candidates(trusted, parsed):
+        why = _failed_check(key, parsed, signed)
+        if not why:
             return parsed
-    raise failures[-1]
+    raise SignatureError(why)
 
 
-def _check_both_signatures(key: PublicKey, parsed: Signature, signed: bytes) -> None:
-    public = Ed25519PublicKey.from_public_bytes(key.key)
+def _failed_check(key: PublicKey, parsed: Signature, signed: bytes) -> str:
+    """Which of the two signatures ``key`` does not verify, or "" if both verify."""
+    if not _verifies(key, parsed.signature, signed):
+        return "signature does not match the message"
+    if not _verifies(key, parsed.global_signature, parsed.signature + _comment(parsed)):
+        return "trusted comment signature does not verify"
+    return ""
+
+
+def _verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
     try:
-        public.verify(parsed.signature, signed)
-    except InvalidSignature as exc:
-        raise SignatureError("signature does not match the message") from exc
-    comment = parsed.trusted_comment.encode()
-    try:
-        public.verify(parsed.global_signature, parsed.signature + comment)
-    except InvalidSignature as exc:
-        raise SignatureError("trusted comment signature does not verify") from exc
+        Ed25519PublicKey.from_public_bytes(key.key).verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _comment(parsed: Signature) -> bytes:
+    return parsed.trusted_comment.encode()
 
 
 def _decrypt(raw: bytes, passphrase: Callable[[], bytes] | None) -> bytes:

@@ -144,6 +144,30 @@ def test_modified_trusted_comment_is_refused(key: SecretKey, signed: tuple[bytes
         minisign.verify([key.public_key], message, tampered)
 
 
+def test_the_trusted_comment_verifies_without_the_message(
+    key: SecretKey, signed: tuple[bytes, str]
+) -> None:
+    """What a receiver checks before it reads a manifest of any size: the global signature."""
+    _, text = signed
+    assert minisign.signed_comment([key.public_key], text).trusted_comment == "bundle 7\tairgap"
+    tampered = text.replace("trusted comment: bundle 7", "trusted comment: bundle 8")
+    with pytest.raises(SignatureError, match="trusted comment"):
+        minisign.signed_comment([key.public_key], tampered)
+    with pytest.raises(UntrustedSignerError):
+        minisign.signed_comment([SecretKey.generate().public_key], text)
+
+
+def test_a_failed_check_keeps_nothing_of_the_message(
+    key: SecretKey, signed: tuple[bytes, str]
+) -> None:
+    """Chained to the crypto library's error, the refusal's frames would hold the message (a
+    manifest of up to 32 MiB) for as long as a fetch keeps the error."""
+    message, text = signed
+    with pytest.raises(SignatureError) as refused:
+        minisign.verify([key.public_key], message + b"x", text)
+    assert refused.value.__cause__ is None and refused.value.__context__ is None
+
+
 def test_untrusted_comment_is_not_authenticated(key: SecretKey, signed: tuple[bytes, str]) -> None:
     message, text = signed
     tampered = text.replace(minisign.DEFAULT_UNTRUSTED_COMMENT, "anything at all", 1)
