@@ -4,8 +4,9 @@
 data as memoryviews, so a consumer can write files straight from the decrypted stream. It reads
 what :func:`airgap.shared.archive.tar_stream` and ``tar`` write: ustar headers, pax ``x``
 headers for long names and large sizes. Global pax headers, GNU long names, sparse files,
-unknown pax keys, bad checksums and non-zero bytes after the end of the archive are refused.
-It judges structure only: whether a member may be written is :func:`check_member`'s call.
+unknown pax keys, bad checksums, and after the end of the archive anything but a record's
+zeros are refused. It judges structure only: whether a member may be written is
+:func:`check_member`'s call.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from airgap.shared.errors import UnsafeArchiveError
 BLOCK = tarfile.BLOCKSIZE
 _SIZE = re.compile(r"[0-9]{1,20}")
 MAX_PAX = 64 * 1024
+#: The most the end of an archive may take: its two zero blocks, padded to a whole record (of
+#: 10 KiB for tar, Python's tarfile and airgap; 1 MiB with ``tar -b 2048``), so a block under
+#: two records. A signed plaintext of a few files and GiBs of zeros (a few KiB compressed)
+#: would otherwise keep a fetch busy for hours.
+MAX_END = (1 << 20) + BLOCK
 #: pax keys we apply, and the harmless ones tar writers add that we ignore.
 PAX_APPLIED = {"path", "size"}
 PAX_IGNORED = {"mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "comment"}
@@ -62,9 +68,12 @@ class _Stream:
     def at_end(self) -> bool:
         return not self._views and not self._more()
 
-    def rest_is_zero(self) -> bool:
+    def rest_is_zero(self, limit: int) -> bool:
+        """Whether what is left is zeros, ``limit`` bytes at most."""
         while self._views or self._more():
-            if any(self._views.popleft()):
+            view = self._views.popleft()
+            limit -= len(view)
+            if limit < 0 or any(view):
                 return False
         return True
 
@@ -77,8 +86,11 @@ def read_tar(chunks: Iterable[bytes]) -> Iterator[tarfile.TarInfo | memoryview]:
             raise UnsafeArchiveError("archive: ends without its end-of-archive marker")
         block = stream.exactly(BLOCK)
         if not any(block):
-            if not stream.rest_is_zero():
-                raise UnsafeArchiveError("archive: data after the end-of-archive marker")
+            if not stream.rest_is_zero(MAX_END - BLOCK):
+                raise UnsafeArchiveError(
+                    "archive: data, or more zeros than a tar record, after the end-of-archive "
+                    "marker"
+                )
             return
         info = _header(block)
         if info.type == tarfile.XHDTYPE:

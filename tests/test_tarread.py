@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tarfile
 
@@ -87,3 +88,22 @@ def test_a_flipped_header_byte_is_caught_by_the_checksum() -> None:
     data[0] ^= 1  # the name; the header checksum no longer matches
     with pytest.raises(UnsafeArchiveError, match="malformed header"):
         _read(bytes(data))
+
+
+def test_the_largest_record_tar_writes_is_read_and_more_zeros_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``tar -b 2048`` pads its end to 1 MiB; a signed plaintext of GiBs of zeros after the
+    end (a few KiB compressed) would keep a fetch busy for hours."""
+    import subprocess
+
+    (tmp_path / "a").write_bytes(b"abc")
+    data = subprocess.run(
+        ["tar", "-b", "2048", "-C", str(tmp_path), "-cf", "-", "a"], capture_output=True, check=True
+    ).stdout
+    assert len(data) == 1 << 20
+    assert _read(data, piece=1 << 16) == [("a", b"abc")]
+    with pytest.raises(UnsafeArchiveError, match="more zeros than a tar record"):
+        _read(data + b"\0" * (1 << 20), piece=1 << 16)
+    endless = itertools.chain([data], itertools.repeat(b"\0" * (1 << 20)))
+    with pytest.raises(UnsafeArchiveError, match="more zeros"):
+        for _ in read_tar(endless):
+            pass
