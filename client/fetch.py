@@ -22,7 +22,7 @@ from airgap.client.extract import extract_files
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Held, Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
-from airgap.client.rollback import Newest, refusal, tag_of
+from airgap.client.rollback import Newest, refusal
 from airgap.client.spool import SpooledTransport
 from airgap.client.transport import (
     MANIFEST_SUFFIX,
@@ -56,6 +56,7 @@ from airgap.shared.manifest import (
     Manifest,
     OmittedLayer,
 )
+from airgap.shared.refs import tag_of
 
 if TYPE_CHECKING:
     from airgap.client.engine import Engine
@@ -666,7 +667,8 @@ def _selected(
             found = wanted if wanted in published else None
         else:
             found = next(
-                (b for b in reversed(published) if wanted in _refs(transport, b, trusted)), None
+                (b for b in reversed(published) if tag_of(wanted) in _tags(transport, b, trusted)),
+                None,
             )
         if found is None:
             raise UsageError(
@@ -678,12 +680,13 @@ def _selected(
     return chosen
 
 
-def _refs(transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]) -> set[str]:
+def _tags(transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]) -> set[str]:
+    """The tags a bundle moves (``app``, ``app:latest`` and ``docker.io/library/app`` are one)."""
     try:
         manifest, _ = open_bundle(transport, bundle_id, trusted)
     except (VerificationError, TransferError):
         return set()  # not a candidate (or gone since listed); fetching it by id says why
-    return {ref for image in manifest.images for ref in image.refs}
+    return {tag_of(ref) for image in manifest.images for ref in image.refs}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from airgap.shared.bundle import EncodeOptions
 from airgap.shared.errors import EngineError, VerificationError
 from airgap.shared.manifest import ImageEntry, Manifest, OmittedLayer
 from airgap.shared.pipeline import threaded
+from airgap.shared.refs import tag_of
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,8 @@ def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
         except EngineError as exc:  # what SavedArchive says of a save, said of a bundle
             raise VerificationError("the bundle's archive is not a tar archive") from exc
         yield chunk
-    named = {_familiar(ref) for image in manifest.images for ref in image.refs}
-    if unnamed := sorted(r for r in map(_familiar, archive_refs(archive)) if r not in named):
+    named = {tag_of(ref) for image in manifest.images for ref in image.refs}
+    if unnamed := sorted(r for r in map(tag_of, archive_refs(archive)) if r not in named):
         raise VerificationError(
             f"docker save archive: it would also tag {', '.join(unnamed)}, "
             "which the signed manifest does not name"
@@ -175,14 +176,6 @@ def archive_refs(archive: SavedArchive) -> set[str]:
     except (ValueError, TypeError, AttributeError):
         found.add("(names airgap cannot read)")
     return {ref for ref in found if isinstance(ref, str) and ref}
-
-
-def _familiar(ref: str) -> str:
-    """``docker.io/library/app:1.0`` as Docker shows it: ``app:1.0``."""
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if ref.startswith(prefix):
-            return ref[len(prefix) :]
-    return ref
 
 
 def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) -> list[str]:

@@ -32,3 +32,18 @@ def is_reference(text: str) -> bool:
     if ":" in name.rsplit("/", 1)[-1]:
         name = name.rsplit(":", 1)[0]
     return len(name) <= NAME_LIMIT
+
+
+_DEFAULT_REGISTRY = ("docker.io/library/", "docker.io/", "index.docker.io/library/")
+
+
+def tag_of(ref: str) -> str:
+    """The tag ``ref`` moves, as Docker shows it: ``app`` is ``app:latest``, and so is
+    ``docker.io/library/app:latest``. A ref by digest is itself."""
+    for prefix in _DEFAULT_REGISTRY:
+        if ref.startswith(prefix):
+            ref = ref[len(prefix) :]
+            break
+    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return ref + ":latest"

@@ -555,6 +555,30 @@ def test_fetch_by_image_ref_takes_the_newest_bundle_that_carries_it(
 
 @pytest.mark.docker
 @pytest.mark.timeout(180)
+def test_an_image_named_without_its_tag_round_trips_and_is_fetched_by_any_of_its_names(
+    docker_engine: DockerEngine, keydir: Path, tmp_path: Path, repo: str
+) -> None:
+    """Found in a walkthrough: `airgap send app` signed `app` while the archive tags
+    `app:latest`, and every fetch refused the bundle as naming a tag its manifest did not."""
+    client, env, drop = docker_engine.client, docker_engine.env, tmp_path / "drop"
+    image = build_image(client, f"{repo}:latest")
+    try:
+        _send(keydir, drop, repo, env=env)
+        client.images.remove(image.id, force=True)
+        fetched = _fetch(keydir, drop, tmp_path / "state", env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        assert client.images.get(f"{repo}:latest").id == image.id
+        for name in (f"docker.io/library/{repo}", f"{repo}:latest"):
+            args = ["fetch", name, "--from", drop, *receiving(keydir, tmp_path / "state")]
+            again = run_airgap(args, env=env)  # the bundle that carries it, imported already
+            assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(f"{repo}:latest", force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
 def test_an_older_bundle_never_moves_a_tag_back(
     docker_engine: DockerEngine, keydir: Path, tmp_path: Path, repo: str
 ) -> None:

@@ -13,9 +13,10 @@ import pytest
 
 from airgap.client import fetch
 from airgap.client.ledger import Held, Ledger
-from airgap.client.rollback import Newest, refusal, tag_of
+from airgap.client.rollback import Newest, refusal
 from airgap.shared.errors import EngineError, ReplayError, StorageError
 from airgap.shared.manifest import Encryption, ImageEntry
+from airgap.shared.refs import tag_of
 
 OLD, MID, NEW = (
     "01AAAAAAAAAAAAAAAAAAAAAAAA",
