@@ -115,15 +115,45 @@ def test_init_with_a_drop_box_on_a_side_set_up_says_how_to_add_it(tmp_path: Path
     )
     assert again.returncode == 1, again.stderr
     settings = tmp_path / "r" / "config" / "airgap" / "config.toml"
-    lines = f'server = "{url}"; tls_fingerprint = "{pin}"'
-    assert f"put {lines} under [fetch] in {settings}, in place of any" in again.stderr
-    assert "--force replaces them all (the old keys are lost)" in again.stderr
-    text = settings.read_text()
-    settings.write_text(text.replace("[fetch]\n", "[fetch]\n" + lines.replace("; ", "\n") + "\n"))
+    told = again.stderr.splitlines()
+    assert told[0] == (
+        f"airgap: to add the drop box and keep the keys, put these lines under [fetch] in "
+        f"{settings}, in place of any such lines there:"
+    )
+    assert told[1:3] == [f'server = "{url}"', f'tls_fingerprint = "{pin}"']
+    assert "replace it all with --force (the old keys are lost)" in again.stderr
+    text = settings.read_text()  # pasted as printed
+    settings.write_text(text.replace("[fetch]\n", "[fetch]\n" + "\n".join(told[1:3]) + "\n"))
     listed = run_airgap(["ls"], env={**env, "AIRGAP_PASSWORD": "x"})
     assert listed.returncode == 4 and "nothing answers at 127.0.0.1:1" in listed.stderr, (
         listed.stderr
     )
+
+
+def test_init_with_a_drop_box_beside_a_config_alone_speaks_of_no_keys(tmp_path: Path) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    (side / "config.toml").write_text("[send]\nlevel = 3\n")
+    args = ["init", "--role", "sender", "--dir", side, "--server", "ftp://s@127.0.0.1:1/"]
+    again = run_airgap(args)
+    assert again.returncode == 1, again.stderr
+    assert f"{side} is set up already: config.toml\n" in again.stderr
+    assert "keys" not in again.stderr.split("\n", 1)[0]
+    assert "replace it with --force" in again.stderr
+
+
+def test_init_force_keeps_the_recipients_carried_by_hand(tmp_path: Path) -> None:
+    """Found in a walkthrough: --force emptied recipients.txt, the receivers' lines carried
+    across by hand, while it kept trusted/."""
+    env = _init(tmp_path / "s", "sender")
+    side = tmp_path / "s" / "config" / "airgap"
+    carried = "age1" + "q" * 58 + "\n"
+    (side / "recipients.txt").write_text(carried)
+    old_key = (side / "keys" / "signing.pub").read_text()
+    again = run_airgap(["init", "--role", "sender", "--force"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert (side / "recipients.txt").read_text() == carried
+    assert (side / "keys" / "signing.pub").read_text() != old_key  # what --force is for
 
 
 def test_config_errors_are_usage_errors(tmp_path: Path) -> None:

@@ -56,7 +56,10 @@ def init(
         str | None, typer.Option("--server", help="This side's drop box URL (user@host).")
     ] = None,
     fingerprint: FingerprintOption = None,
-    force: Annotated[bool, typer.Option(help="Replace existing keys and config.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace existing keys and config (recipients.txt and trusted/ stay)."),
+    ] = False,
 ) -> None:
     """Set this side up once: keys, a config file, and what to carry to the other side."""
     if role not in ("sender", "receiver"):
@@ -70,21 +73,28 @@ def init(
     made = directory / "config.toml" if directory else config.default_path()
     directory = made.parent
     if server is not None and made.exists() and not force:  # a drop box for a set-up side
-        lines = [f"server = {config.toml_string(server)}"]
-        lines += [f"tls_fingerprint = {config.toml_string(fingerprint)}"] if fingerprint else []
+        keys_held = any((directory / "keys").glob("*"))
+        section = "send" if role == "sender" else "fetch"
+        say(
+            f"airgap: to add the drop box{' and keep the keys' if keys_held else ''}, put these "
+            f"lines under [{section}] in {made}, in place of any such lines there:"
+        )
+        say(f"server = {config.toml_string(server)}")
+        if fingerprint:
+            say(f"tls_fingerprint = {config.toml_string(fingerprint)}")
         raise StorageError(
-            f"{directory} is set up already: {made.name} and keys",
-            hint=f"to add the drop box and keep the keys, put {'; '.join(lines)} under "
-            f"[{'send' if role == 'sender' else 'fetch'}] in {made}, in place of any such "
-            "lines there; --force replaces them all (the old keys are lost)",
+            f"{directory} is set up already: {made.name}{' and keys' if keys_held else ''}",
+            hint=f"add the lines above to {made}, or replace "
+            + ("it all with --force (the old keys are lost)" if keys_held else "it with --force"),
         )
     text = config.initial_text(role=role, server=server, fingerprint=fingerprint)
     keys = KeySet.generate()
     files = [replace(f, name=f"keys/{f.name}") for f in keys.files(created=datetime.now(UTC))]
-    files += [
-        KeyFile(made.name, text, 0o644),
-        KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644),
-    ]
+    files += [KeyFile(made.name, text, 0o644)]
+    if not (directory / "recipients.txt").exists():  # kept, as trusted/ is: carried by hand
+        files += [
+            KeyFile("recipients.txt", "# one age1... recipient a line: the receivers'\n", 0o644)
+        ]
     keyfiles.write_key_files(directory, files, force=force)
     private_dir(directory / "trusted")
     private_dir(default_state_dir())  # the ledgers': a container mounting it finds it the user's
