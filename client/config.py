@@ -78,13 +78,21 @@ def default_path() -> Path:
 
 
 def load(path: Path | None = None) -> Settings:
-    """The settings in ``path`` (default: :func:`default_path`); none if it does not exist."""
+    """The settings in ``path`` (default: :func:`default_path`); none if it does not exist,
+    unless AIRGAP_CONFIG names it: a mistyped name would quietly leave every setting out."""
     path = path or default_path()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if os.environ.get("AIRGAP_CONFIG"):
+            raise UsageError(
+                f"config {path}, which AIRGAP_CONFIG names, does not exist",
+                hint="check the name, or unset AIRGAP_CONFIG (airgap init makes the file)",
+            ) from None
         return Settings()
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise UsageError(f"config {path}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"config {path}: {exc}") from exc
     if why := written_by_others(path):  # it names the keys to trust and to encrypt to
         raise UsageError(

@@ -156,6 +156,19 @@ def test_init_force_keeps_the_recipients_carried_by_hand(tmp_path: Path) -> None
     assert (side / "keys" / "signing.pub").read_text() != old_key  # what --force is for
 
 
+def test_a_config_airgap_config_names_must_be_there(tmp_path: Path) -> None:
+    """Found in a walkthrough: a mistyped AIRGAP_CONFIG left every setting out without a word,
+    and a folder there was told as a raw errno."""
+    for named, told in (
+        (tmp_path / "typo.toml", "which AIRGAP_CONFIG names, does not exist"),
+        (tmp_path, "Is a directory"),
+    ):
+        fetched = run_airgap(["fetch", "--from", tmp_path], env={"AIRGAP_CONFIG": str(named)})
+        assert fetched.returncode == 2, fetched.stderr
+        assert f"airgap: error: config {named}" in fetched.stderr
+        assert told in fetched.stderr and "Errno" not in fetched.stderr
+
+
 def test_config_errors_are_usage_errors(tmp_path: Path) -> None:
     bad = tmp_path / "config.toml"
     bad.write_text("[send]\nsign_kee = 'typo'\n")
