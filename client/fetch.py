@@ -337,7 +337,7 @@ class _Run:
         transport, into = self.transport, self.into
         manifest, data = open_bundle(transport, bundle_id, self.trusted)
         addressed(manifest, self.identities)
-        newer = self.newest.newer(manifest)
+        newer = self._moving_back(manifest, self.newest.newer(manifest))
         if newer and not waiting:
             # Refused, unless a newer thin bundle of this run needs its layers after all.
             self.tried.discard(bundle_id)
@@ -373,6 +373,22 @@ class _Run:
             if isinstance(transport, SpooledTransport):
                 transport.forget(manifest.payload.name)
         self.outcomes.append(Outcome(bundle_id, manifest, imported, error=failed))
+
+    def _moving_back(self, manifest: Manifest, newer: dict[str, str]) -> dict[str, str]:
+        """Of the refs a newer bundle was imported with, those loading this one would move
+        back. One that points at this bundle's very image already stays where it is (the same
+        image sent to two drop boxes, fetched from the newer first)."""
+        if not newer or self.into.engine is None:
+            return newer
+        from airgap.client.images import is_image
+
+        engine = self.into.engine()
+        images = {ref: image for image in manifest.images for ref in image.refs}
+        return {
+            ref: newest
+            for ref, newest in newer.items()
+            if not is_image(engine, ref, engine.image_id(ref), images[ref])
+        }
 
     def _hold(self, manifest: Manifest, refs: Collection[str], outermost: str) -> None:
         """Remember where ``refs`` point now, to put them back after the outermost load, and

@@ -193,7 +193,7 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
             engine.load(withhold_last(named_only(decoded, manifest)), size=size)
     for ref, image in refs:
         got = engine.image_id(ref)
-        if not _is(engine, ref, got, image):
+        if not is_image(engine, ref, got, image):
             engine.retag(before)
             raise VerificationError(
                 f"docker load: {ref} is {got or 'missing'} after the load, "
@@ -233,7 +233,7 @@ class LocalLayers:
         self._held.close()
 
 
-def _is(engine: Engine, ref: str, got: str | None, image: ImageEntry) -> bool:
+def is_image(engine: Engine, ref: str, got: str | None, image: ImageEntry) -> bool:
     """Whether ``ref``, now ``got`` in this engine, is the manifest's ``image``."""
     if got is None:
         return False

@@ -611,6 +611,33 @@ def test_an_older_bundle_never_moves_a_tag_back(
             client.images.get(old.id)  # nothing of it was loaded
 
 
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_older_bundle_of_the_very_image_a_tag_points_at_is_no_rollback(
+    docker_engine: DockerEngine, keydir: Path, tmp_path: Path, repo: str
+) -> None:
+    """Found in a walkthrough: one image sent to two drop boxes, fetched from the one with
+    the newer bundle first; the other's was refused as moving the tag back (to where it was),
+    on every later run, and --consume never took it away."""
+    client, env, state = docker_engine.client, docker_engine.env, tmp_path / "state"
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with removed_after(client, repo):
+        image = build_image(client, f"{repo}:1")
+        _send(keydir, first, f"{repo}:1", env=env)
+        _send(keydir, second, f"{repo}:1", env=env, full=True)
+        client.images.remove(image.id, force=True)
+        fetched = _fetch(keydir, second, state, env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        older = run_airgap(
+            ["fetch", "--from", first, "--consume", *receiving(keydir, state)], env=env
+        )
+        assert older.returncode == 0, older.stderr
+        assert client.images.get(f"{repo}:1").id == image.id
+        assert list(first.iterdir()) == []  # consumed
+
+
 def _imported(client: Any, ref: str) -> str:
     """An image of one small file, made by `docker import`: it shares no layer with others."""
     out = io.BytesIO()
