@@ -97,6 +97,16 @@ class FtpTarget:
             unquote(parts.path) or "/",
         )
 
+    def same(self, other: FtpTarget) -> bool:
+        """Whether both name one account and folder: ``ftps://u@h:21`` is ``ftps://u@H/``."""
+        return (self.scheme, self.host, self.port, self.user, self.path.rstrip("/")) == (
+            other.scheme,
+            other.host,
+            other.port,
+            other.user,
+            other.path.rstrip("/"),
+        )
+
     @property
     def address(self) -> str:
         """``HOST:PORT``, an IPv6 host in brackets, as a URL writes it."""
@@ -106,6 +116,17 @@ class FtpTarget:
     def describe(self) -> str:
         user = self.user or "anonymous"
         return f"{self.scheme}://{user}@{self.host}:{self.port}{self.path}"
+
+
+def same_server(url: str, other: str | None) -> bool:
+    """Whether two drop box URLs name one account and folder (a URL that does not parse is
+    only itself: its use says what is wrong with it)."""
+    if other is None:
+        return False
+    try:
+        return FtpTarget.parse(url).same(FtpTarget.parse(other))
+    except UsageError:
+        return url == other
 
 
 def _password_in(url: str) -> bool:

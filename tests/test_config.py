@@ -318,10 +318,15 @@ def test_the_password_file_goes_to_the_configured_server_alone(tmp_path: Path) -
     assert used.returncode == 4 and "no password" not in used.stderr, used.stderr
     # Its URL typed again, unpinned, is that server, pin and password file (found in review:
     # "ftps:// needs the appliance's certificate fingerprint").
-    again = ls(named, "--server", named)
-    assert again.returncode == 4 and "nothing answers at 127.0.0.1:1" in again.stderr, again.stderr
+    for typed in (named, "ftps://receiver@127.0.0.1:1", "ftps://receiver@127.0.0.1:1//"):
+        again = ls(named, "--server", typed)  # a trailing / or not: one folder (walkthrough)
+        assert again.returncode == 4 and "nothing answers at 127.0.0.1:1" in again.stderr, (
+            typed,
+            again.stderr,
+        )
     elsewhere = ["--server", "ftps://receiver@localhost:1/", "--tls-fingerprint", pin]
-    for flags in (["--tls-fingerprint", other_pin], elsewhere):
+    deeper = ["--server", "ftps://receiver@127.0.0.1:1/pub", "--tls-fingerprint", pin]
+    for flags in (["--tls-fingerprint", other_pin], elsewhere, deeper):
         refused = ls(named, *flags)
         assert refused.returncode == 2 and "no password for receiver@" in refused.stderr, flags
     anonymous = ls("ftps://127.0.0.1:1/")

@@ -29,6 +29,7 @@ from airgap.client.cli.app import (
     secret,
 )
 from airgap.client.engine import Engine
+from airgap.client.ftp import same_server
 from airgap.client.ledger import Ledger
 from airgap.client.places import Place, open_place, send_spool
 from airgap.client.sendledger import audience
@@ -208,12 +209,13 @@ def _place(
         server = os.environ["AIRGAP_SERVER"]
     if server is not None:  # a flag's or the variable's (a wrong pin only refuses)
         fingerprint = fingerprint or os.environ.get("AIRGAP_TLS_FINGERPRINT") or None
-        if fingerprint is None and server == configured.server:  # its URL typed again (review)
+        if fingerprint is None and same_server(server, configured.server):  # typed again
             fingerprint = configured.tls_fingerprint
     if directory is None and server is None and configured.server:
         server, fingerprint = configured.server, fingerprint or configured.tls_fingerprint
     same = (
-        server == configured.server
+        server is not None
+        and same_server(server, configured.server)
         and (fingerprint or "").lower() == (configured.tls_fingerprint or "").lower()
     )  # another pin is another server, whatever the URL says
     password_file = configured.password_file if server and same else None
