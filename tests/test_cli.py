@@ -818,3 +818,19 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(
     ends.mkdir()
     listed = run_airgap(["ls", f"--from={ends}", "--trust", keydir / "signing.pub"], cwd=here)
     assert listed.returncode == 0 and "no published bundles" in listed.stderr, listed.stderr
+
+
+def test_layer_choices_given_to_files_or_together_say_which(tmp_path: Path) -> None:
+    """Found in a walkthrough: --file with --base was told "--full and --base exclude each
+    other", with no --full given."""
+    assert run_airgap(["keygen", "--out", tmp_path / "k"]).returncode == 0
+    (tmp_path / "x").write_text("x")
+    common = ["--to", tmp_path, "-R", tmp_path / "k" / "recipient.txt"]
+    common += ["--sign-key", tmp_path / "k" / "signing.key"]
+    for args, told in (
+        (["--file", tmp_path / "x", "--base", "app:1"], "--base chooses the layers of images"),
+        (["--file", tmp_path / "x", "--full"], "--full chooses the layers of images"),
+        (["app:2", "--full", "--base", "app:1"], "--full and --base exclude each other"),
+    ):
+        sent = run_airgap(["send", *args, *common])
+        assert sent.returncode == 2 and f"airgap: error: {told}" in sent.stderr, sent.stderr

@@ -144,8 +144,11 @@ def send(
     else:
         recipients = _recipients(cfg.recipient, cfg.recipients_file, False, False)
     bases = [name for value in base or [] for name in value.split(",") if name]
-    if (full and bases) or (not images and (full or bases)):
-        raise UsageError("--full and --base choose the layers of images, and exclude each other")
+    if full and bases:
+        raise UsageError("--full and --base exclude each other")
+    if not images and (full or bases):
+        given = "--full" if full else "--base"
+        raise UsageError(f"{given} chooses the layers of images; --file sends files whole")
     recipe = Recipe(
         destination=place.describe(),
         audience=audience(recipients),
