@@ -176,11 +176,18 @@ def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str])
     return held
 
 
-def summaries(directory: Path) -> list[Summary]:
-    """Every ledger in ``directory``."""
+def summaries(directory: Path, skipped: list[StorageError] | None = None) -> list[Summary]:
+    """Every ledger in ``directory``; one that cannot be read is left out, its error added to
+    ``skipped`` (it holds one destination's layers, and need not hide the others')."""
     found = []
     for path in sorted(directory.glob("*.json")):
-        data = _read(path)
+        try:
+            data = _read(path)
+        except StorageError as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc)
+            continue
         if data is not None:
             found.append(
                 Summary(
@@ -220,7 +227,8 @@ def _read(path: Path) -> dict[str, Any] | None:
 def _unreadable(path: Path, exc: Exception) -> StorageError:
     return StorageError(
         f"ledger {path} is unreadable: {getattr(exc, 'strerror', None) or exc}",
-        hint="airgap ledger forget --all resets it; the next send is then full",
+        hint=f"remove {path} to reset it alone (the next send to its destination is then "
+        "full), or airgap ledger forget --all to reset every ledger",
     )
 
 

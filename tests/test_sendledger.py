@@ -81,6 +81,16 @@ def test_an_unreadable_ledger_is_an_error_with_a_way_out(tmp_path: Path) -> None
     with pytest.raises(StorageError, match="unreadable") as caught:
         ledger.far_side()
     assert caught.value.hint is not None and "ledger forget --all" in caught.value.hint
+    assert f"remove {ledger.path} to reset it alone" in caught.value.hint
+    # Found in a walkthrough: it blocked show and forget of every other destination.
+    other = SendLedger(tmp_path / "sent", "/media/other", ("none",))
+    other.record(_manifest(LAYERS[:1]), {})
+    shown = run_airgap(["ledger", "show", "--state-dir", tmp_path])
+    assert shown.returncode == 0 and "/media/other" in shown.stdout, shown.stderr
+    assert f"airgap: warning: ledger {ledger.path} is unreadable" in shown.stderr
+    one = run_airgap(["ledger", "forget", "--to", "/media/other", "--state-dir", tmp_path])
+    assert one.returncode == 0 and "forgot /media/other" in one.stderr, one.stderr
+    assert not other.path.exists() and ledger.path.exists()
     forgot = run_airgap(["ledger", "forget", "--all", "--state-dir", tmp_path])
     assert forgot.returncode == 0 and "forgot 1 ledger" in forgot.stderr, forgot.stderr
     assert not ledger.path.exists()

@@ -18,8 +18,8 @@ from airgap.client.cli.app import (
 )
 from airgap.client.places import Place
 from airgap.client.sendledger import Summary, summaries
-from airgap.client.terminal import printable, say
-from airgap.shared.errors import UsageError
+from airgap.client.terminal import one_line, printable, say
+from airgap.shared.errors import StorageError, UsageError
 
 ledger_app = typer.Typer(
     help="What each destination already holds: sends leave those layers out.",
@@ -33,7 +33,10 @@ ToOption = Annotated[
 
 
 def _chosen(state_dir: Path | None, to: Path | None, server: str | None) -> list[Summary]:
-    found = summaries((state_dir or default_state_dir()) / "sent")
+    skipped: list[StorageError] = []
+    found = summaries((state_dir or default_state_dir()) / "sent", skipped)
+    for exc in skipped:  # it may be another destination's: those shown need not wait for it
+        say(f"airgap: warning: {one_line(exc.message)}; {one_line(exc.hint or '')}")
     if to is None and server is None:
         return found
     where = Place(to, server).describe()
