@@ -40,6 +40,7 @@ SEND_KEYS = {
     "level",
 }
 FETCH_KEYS = {"server", "tls_fingerprint", "password_file", "identity", "trust", "output_dir"}
+_SECTIONS = (("send", SEND_KEYS), ("fetch", FETCH_KEYS))
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def load(path: Path | None = None) -> Settings:
         path=path,
         send=SendSettings(
             server=_str(send, "server", path),
-            tls_fingerprint=_str(send, "tls_fingerprint", path),
+            tls_fingerprint=_pin(send, path, "[send] "),
             password_file=_path(send, "password_file", here, path),
             recipients_file=_paths(send, "recipients_file", here, path),
             recipient=tuple(_strs(send, "recipient", path)),
@@ -117,7 +118,7 @@ def load(path: Path | None = None) -> Settings:
         ),
         fetch=FetchSettings(
             server=_str(fetch, "server", path),
-            tls_fingerprint=_str(fetch, "tls_fingerprint", path),
+            tls_fingerprint=_pin(fetch, path, "[fetch] "),
             password_file=_path(fetch, "password_file", here, path),
             identity=_paths(fetch, "identity", here, path),
             trust=_paths(fetch, "trust", here, path),
@@ -129,7 +130,26 @@ def load(path: Path | None = None) -> Settings:
 def _only(table: dict[str, Any], keys: set[str], path: Path, where: str) -> None:
     unknown = sorted(set(table) - keys)
     if unknown:
-        raise UsageError(f"config {path}: {where}unknown key {unknown[0]!r}")
+        sections = [f"[{name}]" for name, known in _SECTIONS if unknown[0] in known]
+        raise UsageError(
+            f"config {path}: {where}unknown key {unknown[0]!r}",
+            hint=f"it belongs under {' or '.join(sections)}" if not where and sections else None,
+        )
+
+
+def _pin(table: dict[str, Any], path: Path, where: str) -> str | None:
+    """A tls_fingerprint, refused here, where the file can be named, if it cannot be one."""
+    value = _str(table, "tls_fingerprint", path)
+    if value is None:
+        return None
+    from airgap.client.ftp import is_fingerprint  # ssl and ftplib: only where a pin is set
+
+    if not is_fingerprint(value):
+        raise UsageError(
+            f"config {path}: {where}tls_fingerprint is not sha256: and 64 hex digits",
+            hint="copy it whole from what airgap serve printed",
+        )
+    return value
 
 
 def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:

@@ -79,8 +79,12 @@ def _read_password(path: Path) -> str:
             if os.fstat(handle.fileno()).st_mode & 0o077:
                 raise _exposed(path)
             line = handle.readline(MAX_PASSWORD + 1)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: cannot be read as a password file") from exc
+    except OSError as exc:
+        raise KeyFileError(
+            f"{path}: cannot be read as a password file ({exc.strerror or exc})"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{path}: cannot be read as a password file (not UTF-8)") from exc
     line = line.rstrip("\r\n")
     if len(line) > MAX_PASSWORD:  # sent cut short, it would only fail the login
         raise KeyFileError(f"{path}: its first line is longer than a password ({MAX_PASSWORD})")

@@ -276,9 +276,13 @@ def check_pin(target: FtpTarget, pin: str | None) -> None:
     check_fingerprint(pin)
 
 
+def is_fingerprint(pin: str) -> bool:
+    return re.fullmatch(r"sha256:[0-9a-f]{64}", pin, re.IGNORECASE) is not None
+
+
 def check_fingerprint(pin: str | None) -> None:
     """Refuse a pin that cannot be one."""
-    if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin, re.IGNORECASE):
+    if pin is not None and not is_fingerprint(pin):
         raise UsageError(
             f"--tls-fingerprint {pin!r} is not sha256: and 64 hex digits",
             hint="copy it whole from what airgap serve printed",

@@ -433,3 +433,20 @@ def test_an_empty_trusted_folder_lists_unverified_and_verifies_nothing(tmp_path:
     trusted = tmp_path / "home" / "config" / "airgap" / "trusted"
     assert verified.returncode == 2
     assert f"no trusted signer key: {trusted} holds no .pub file" in verified.stderr
+
+
+def test_config_errors_name_the_file_and_section(tmp_path: Path) -> None:
+    """Found in a walkthrough: a bad pin in the file was told as --tls-fingerprint's, a key
+    outside any table had no word of where it goes, a missing password file no reason."""
+    bad = tmp_path / "config.toml"
+    bad.write_text('[fetch]\ntls_fingerprint = "sha256:abc"\n')
+    with pytest.raises(UsageError, match=r"\[fetch\] tls_fingerprint is not sha256:"):
+        config.load(bad)
+    bad.write_text('server = "ftps://u@h:1/"\n')
+    with pytest.raises(UsageError) as caught:
+        config.load(bad)
+    assert caught.value.hint == "it belongs under [send] or [fetch]"
+    bad.write_text(f'[fetch]\nserver = "ftp://u@127.0.0.1:1/"\npassword_file = "{tmp_path}/nope"\n')
+    listed = run_airgap(["ls"], env={"AIRGAP_CONFIG": str(bad)})
+    assert listed.returncode != 0
+    assert "cannot be read as a password file (No such file or directory)" in listed.stderr
