@@ -123,6 +123,8 @@ def withhold_last(chunks: Iterable[bytes]) -> Iterator[bytes]:
 INDEX_JSON = "index.json"
 REPOSITORIES = "repositories"
 _NAMES = {MANIFEST_JSON, INDEX_JSON, REPOSITORIES}
+#: What :func:`archive_refs` gives for names it cannot read: no manifest names it.
+UNREADABLE_NAMES = "(names airgap cannot read)"
 
 
 def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
@@ -139,7 +141,8 @@ def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
             raise VerificationError("the bundle's archive is not a tar archive") from exc
         yield chunk
     named = {tag_of(ref) for image in manifest.images for ref in image.refs}
-    if unnamed := sorted(r for r in map(tag_of, archive_refs(archive)) if r not in named):
+    found = (r if r == UNREADABLE_NAMES else tag_of(r) for r in archive_refs(archive))
+    if unnamed := sorted(r for r in found if r not in named):
         raise VerificationError(
             f"docker save archive: it would also tag {', '.join(unnamed)}, "
             "which the signed manifest does not name"
@@ -158,7 +161,7 @@ def archive_refs(archive: SavedArchive) -> set[str]:
         or archive.repeated & _NAMES
         or any(landed_as(n) in _NAMES and n not in members for n in held)
     ):
-        found.add("(names airgap cannot read)")
+        found.add(UNREADABLE_NAMES)
     try:
         if MANIFEST_JSON in members:
             for entry in json.loads(members[MANIFEST_JSON]):
@@ -174,7 +177,7 @@ def archive_refs(archive: SavedArchive) -> set[str]:
             for repo, tags in json.loads(members[REPOSITORIES]).items():
                 found.update(f"{repo}:{tag}" for tag in tags)
     except (ValueError, TypeError, AttributeError):
-        found.add("(names airgap cannot read)")
+        found.add(UNREADABLE_NAMES)
     return {ref for ref in found if isinstance(ref, str) and ref}
 
 

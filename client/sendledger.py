@@ -212,16 +212,24 @@ def _read(path: Path) -> dict[str, Any] | None:
     ok = (
         isinstance(data, dict)
         and isinstance(data.get("layers"), dict)
+        and all(isinstance(b, str) for b in data["layers"].values())
         and isinstance(data.get("files"), dict)
-        and isinstance(data.get("bundles"), list)
-        and isinstance(data.get("refused", []), list)
         and all(
             isinstance(f, dict) and isinstance(f.get("size"), int) for f in data["files"].values()
         )
+        and _strings(data.get("bundles"))
+        and _strings(data.get("refused", []))
+        and _strings(data.get("audience", []))
+        and isinstance(data.get("destination", ""), str)
+        and isinstance(data.get("updated", ""), str)
     )
     if not ok:
         raise _unreadable(path, ValueError("not a ledger airgap wrote"))
     return dict(data)
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _unreadable(path: Path, exc: Exception) -> StorageError:

@@ -34,16 +34,24 @@ def is_reference(text: str) -> bool:
     return len(name) <= NAME_LIMIT
 
 
-_DEFAULT_REGISTRY = ("docker.io/library/", "docker.io/", "index.docker.io/library/")
-
-
 def tag_of(ref: str) -> str:
-    """The tag ``ref`` moves, as Docker shows it: ``app`` is ``app:latest``, and so is
-    ``docker.io/library/app:latest``. A ref by digest is itself."""
-    for prefix in _DEFAULT_REGISTRY:
-        if ref.startswith(prefix):
-            ref = ref[len(prefix) :]
+    """The tag ``ref`` moves, as Docker shows it: ``app`` is ``app:latest``, and so are
+    ``library/app`` and ``docker.io/library/app:latest``; ``docker.io/library/org/app`` is
+    ``library/org/app``, another repository than ``org/app``. A ref by digest keeps it."""
+    name, at, digest = ref.partition("@")
+    tag = "" if at else ":latest"
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+        tag = ":" + tag
+    return familiar(name) + tag + at + digest
+
+
+def familiar(name: str) -> str:
+    """A repository name as Docker shows it (its reference package's FamiliarName)."""
+    for registry in ("docker.io/", "index.docker.io/"):
+        if name.startswith(registry):
+            name = name[len(registry) :]
             break
-    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
-        return ref
-    return ref + ":latest"
+    if name.startswith("library/") and "/" not in name[len("library/") :]:
+        name = name[len("library/") :]
+    return name

@@ -795,3 +795,29 @@ def test_a_gnu_long_name_is_the_name_docker_load_uses() -> None:
     saved = SavedArchive({"manifest.json", "index.json", "repositories"})
     saved.update(stream)
     assert archive_refs(saved) == {"app:1", "victim:latest"}
+
+
+def test_an_archive_may_tag_only_what_the_manifest_names_as_docker_reads_names() -> None:
+    """Found in review: `docker.io/library/org/app` was taken for `org/app` (another
+    repository to Docker), `library/app` was not taken for `app`, and names airgap cannot
+    read were told with a `:latest`."""
+    from airgap.client.images import named_only
+    from airgap.shared.errors import VerificationError
+
+    def load(member: str, tags: list[str], *refs: str) -> None:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            data = json.dumps([{"RepoTags": tags}]).encode()
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        manifest = SimpleNamespace(images=[SimpleNamespace(refs=refs)])
+        for _ in named_only([out.getvalue()], manifest):  # type: ignore[arg-type]
+            pass
+
+    load("manifest.json", ["app:1"], "library/app:1")
+    load("manifest.json", ["docker.io/library/app:latest"], "app")
+    with pytest.raises(VerificationError, match="also tag library/org/app:1,"):
+        load("manifest.json", ["docker.io/library/org/app:1"], "org/app:1")
+    with pytest.raises(VerificationError, match=r"also tag \(names airgap cannot read\),"):
+        load("./manifest.json", ["app:1"], "app:1")

@@ -36,6 +36,13 @@ OLD, MID, NEW = (
         ("localhost:5000/app", "localhost:5000/app:latest"),
         ("localhost:5000/app:3", "localhost:5000/app:3"),
         ("app@sha256:" + "a" * 64, "app@sha256:" + "a" * 64),
+        # Docker's FamiliarName (review): library/ goes only before a name with no /.
+        ("library/app:1", "app:1"),
+        ("index.docker.io/library/app", "app:latest"),
+        ("index.docker.io/me/app", "me/app:latest"),
+        ("docker.io/library/org/app:1", "library/org/app:1"),
+        ("org/app:1", "org/app:1"),
+        ("docker.io/library/app@sha256:" + "b" * 64, "app@sha256:" + "b" * 64),
     ],
 )
 def test_a_ref_is_compared_as_the_tag_it_moves(ref: str, tag: str) -> None:

@@ -91,6 +91,16 @@ def test_an_unreadable_ledger_is_an_error_with_a_way_out(tmp_path: Path) -> None
     one = run_airgap(["ledger", "forget", "--to", "/media/other", "--state-dir", tmp_path])
     assert one.returncode == 0 and "forgot /media/other" in one.stderr, one.stderr
     assert not other.path.exists() and ledger.path.exists()
+    # Found in review: well-formed JSON of the wrong types was an internal error; and with
+    # the only ledger unreadable, show said the next send would be full (it stops instead).
+    typed = tmp_path / "sent" / "0123456789abcdef.json"
+    typed.write_text('{"layers": {}, "files": {}, "bundles": [], "audience": 5}')
+    shown = run_airgap(["ledger", "show", "--state-dir", tmp_path])
+    assert shown.returncode == 0 and shown.stderr.count("airgap: warning: ledger") == 2, shown
+    assert "no ledger" not in shown.stderr
+    usb = run_airgap(["ledger", "forget", "--to", "/media/usb", "--state-dir", tmp_path])
+    assert usb.returncode == 1 and "no readable ledger of that destination" in usb.stderr
+    typed.unlink()
     forgot = run_airgap(["ledger", "forget", "--all", "--state-dir", tmp_path])
     assert forgot.returncode == 0 and "forgot 1 ledger" in forgot.stderr, forgot.stderr
     assert not ledger.path.exists()

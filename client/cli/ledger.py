@@ -32,15 +32,19 @@ ToOption = Annotated[
 ]
 
 
-def _chosen(state_dir: Path | None, to: Path | None, server: str | None) -> list[Summary]:
+def _chosen(
+    state_dir: Path | None, to: Path | None, server: str | None
+) -> tuple[list[Summary], int]:
+    """The ledgers of the destination named (every one if none is), and how many could not
+    be read: each is told, as it may be another destination's (which need not wait for it)."""
     skipped: list[StorageError] = []
     found = summaries((state_dir or default_state_dir()) / "sent", skipped)
-    for exc in skipped:  # it may be another destination's: those shown need not wait for it
+    for exc in skipped:
         say(f"airgap: warning: {one_line(exc.message)}; {one_line(exc.hint or '')}")
-    if to is None and server is None:
-        return found
-    where = Place(to, server).describe()
-    return [s for s in found if s.destination == where]
+    if to is not None or server is not None:
+        where = Place(to, server).describe()
+        found = [s for s in found if s.destination == where]
+    return found, len(skipped)
 
 
 @ledger_app.command()
@@ -52,7 +56,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """List each destination with its bundles and the layers it holds."""
-    chosen = _chosen(state_dir, to, server)
+    chosen, skipped = _chosen(state_dir, to, server)
     if as_json:
         emit({"ledgers": [_obj(s) for s in chosen]})
         return
@@ -63,7 +67,7 @@ def show(
         for bundle_id in s.bundles:
             carried = sum(1 for b in s.layers.values() if b == bundle_id)
             print(f"  {bundle_id}  carried {plural(carried, 'layer')}")
-    if not chosen:
+    if not chosen and not skipped:
         say("no ledger: the next send of images is full")
 
 
@@ -84,10 +88,16 @@ def forget(
             path.unlink(missing_ok=True)
         say(f"forgot {plural(len(gone), 'ledger')}" if gone else "nothing to forget")
         return
-    chosen = _chosen(state_dir, to, server)
+    chosen, skipped = _chosen(state_dir, to, server)
     for s in chosen:
         s.path.unlink(missing_ok=True)
         say(f"forgot {printable(s.destination)} ({plural(len(s.bundles), 'bundle')})")
+    if not chosen and skipped:  # it may be one of those
+        raise StorageError(
+            "no readable ledger of that destination",
+            hint="remove the unreadable ledger named above if it is that destination's, or "
+            "airgap ledger forget --all",
+        )
     if not chosen:
         say("nothing to forget")
 
