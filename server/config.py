@@ -21,6 +21,10 @@ from airgap.shared.errors import ServerError, UsageError
 from airgap.shared.owners import written_by_others
 
 ENV_PREFIX = "AIRGAP_SERVE_"
+#: The hint for a file that decides whom to let in or trust and that others could write.
+GUARDED = (
+    "keep it where only the server's user (or root) may write it: chown it to that user, chmod go-w"
+)
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
 
@@ -239,7 +243,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if why := written_by_others(path, mounted=True):
         raise ServerError(
             f"{path} decides whom the drop box lets in and trusts, and {why}",
-            hint="keep it where only the server's user (or root) may write it (chmod go-w)",
+            hint=GUARDED,
         )
     try:
         with path.open("rb") as handle:

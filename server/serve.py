@@ -31,7 +31,7 @@ from typing import Any
 from airgap.server import credentials, ftp, sweep
 from airgap.server.accounts import Accounts
 from airgap.server.audit import AuditLog
-from airgap.server.config import AnonymousMode, ServeConfig, TlsMode, TlsReuse
+from airgap.server.config import GUARDED, AnonymousMode, ServeConfig, TlsMode, TlsReuse
 from airgap.server.ftp.reuse import checkable as reuse_checkable
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout, resolved
@@ -41,7 +41,7 @@ from airgap.server.publish import Publisher
 from airgap.server.tlscert import ensure_certificate, fingerprints
 from airgap.server.users import Role, UserDB, generate_password
 from airgap.shared import minisign
-from airgap.shared.errors import KeyFileError, ServerError
+from airgap.shared.errors import AirgapError, KeyFileError, ServerError
 from airgap.shared.owners import written_by_others
 
 logger = logging.getLogger("airgap.server")
@@ -143,12 +143,17 @@ def load_trusted(paths: tuple[Path, ...]) -> list[minisign.PublicKey]:
         if why := written_by_others(path, mounted=True):
             raise KeyFileError(
                 f"trusted signer {path} decides which bundles are published, and {why}",
-                hint="keep it where only the server's user (or root) may write it (chmod go-w)",
+                hint=GUARDED,
             )
         try:
             keys.append(minisign.PublicKey.parse(path.read_text(encoding="utf-8")))
         except OSError as exc:
             raise KeyFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except (AirgapError, UnicodeDecodeError) as exc:
+            raise KeyFileError(
+                f"trusted signer {path} is not a minisign public key ({exc})",
+                hint="give a sender's signing.pub (signing.key is its secret, which stays there)",
+            ) from None
     return keys
 
 
@@ -198,10 +203,19 @@ def _submit(pool: ThreadPoolExecutor, work: Callable[[], None]) -> None:
 
 def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     _logging()
+    # What can fail on its own comes first: a typo in a signer's path or a port in use must
+    # not leave a new root behind, with accounts whose passwords are live (walkthrough).
+    trusted = load_trusted(config.trusted_signers)
+    try:
+        listening = ftp.listening_socket(config.host, config.port)
+    except OSError as exc:
+        raise ServerError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            hint="another process may listen there (ss -ltnp shows which); choose another --listen",
+        ) from exc
     layout = prepare(config, say)
     _hold(layout)  # the descriptor stays open, and the lock held, as long as the process
     _more_descriptors(config.max_connections, say)
-    trusted = load_trusted(config.trusted_signers)
     if config.anonymous is AnonymousMode.READ_WRITE:
         say("airgap: WARNING: --anonymous read-write: ANYONE can upload, list and download")
         say("airgap: WARNING: in pub/incoming without a password. For the book's walk-through")
@@ -238,12 +252,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         logins=logins,
         mailbox=ftp.Mailbox(ioloop),
     )
-    try:
-        server = ftp.make_server(services, ioloop)
-    except OSError as exc:
-        raise ServerError(
-            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-        ) from exc
+    server = ftp.make_server(services, ioloop, listening)
     host, port = server.socket.getsockname()[:2]
     prints = fingerprints(layout.tls_cert)
     if config.tls is not TlsMode.OFF:

@@ -14,6 +14,6 @@ follows a symbolic link.
 """
 
 from airgap.server.ftp.loop import Mailbox, Services, new_ioloop
-from airgap.server.ftp.server import Listener, make_server
+from airgap.server.ftp.server import Listener, listening_socket, make_server
 
-__all__ = ["Listener", "Mailbox", "Services", "make_server", "new_ioloop"]
+__all__ = ["Listener", "Mailbox", "Services", "listening_socket", "make_server", "new_ioloop"]

@@ -156,10 +156,28 @@ class _Server(FTPServer):  # type: ignore[misc]  # pyftpdlib is untyped
             self.add_channel()
 
 
-def make_server(services: Services, ioloop: Any) -> Listener:
-    server: Any = _Server(
-        (services.config.host, services.config.port), handler_class(services), ioloop=ioloop
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, the first address that takes it, as pyftpdlib
+    binds one; made before anything else, so that a port in use leaves nothing behind."""
+    error: OSError = OSError(f"no address for {host}")
+    addresses = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
     )
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error
+
+
+def make_server(services: Services, ioloop: Any, listening: socket.socket) -> Listener:
+    server: Any = _Server(listening, handler_class(services), ioloop=ioloop)
     # A backstop against running out of descriptors: each session may hold a control and a
     # data connection and a passive listener. The configured limit is enforced per session.
     server.max_cons = 3 * services.config.max_connections + 16

@@ -141,3 +141,29 @@ def test_an_empty_setting_in_the_environment_stops_serve(tmp_path: Path) -> None
     assert ran.returncode == 2, ran.stderr
     assert "AIRGAP_SERVE_ROOT is set, and empty" in ran.stderr
     assert not list(here.iterdir())
+
+
+def test_a_start_that_fails_leaves_no_root_behind(keydir: Path, tmp_path: Path) -> None:
+    """Found in a walkthrough: a mistyped signer path, a secret key given for a public one,
+    or a port in use failed the start after a new root, with live first-start passwords, had
+    been made."""
+    import socket
+
+    root = tmp_path / "root"
+    base = ["serve", "--root", root, "--tls", "off"]
+    missing = run_airgap([*base, "--listen", "127.0.0.1:0", "--trusted-signer", tmp_path / "x"])
+    assert missing.returncode == 1 and f"cannot read {tmp_path / 'x'}" in missing.stderr
+    secret = keydir / "signing.key"
+    wrong = run_airgap([*base, "--listen", "127.0.0.1:0", "--trusted-signer", secret])
+    assert wrong.returncode == 1, wrong.stderr
+    assert f"trusted signer {secret} is not a minisign public key" in wrong.stderr
+    assert "give a sender's signing.pub" in wrong.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_airgap([*base, "--listen", f"127.0.0.1:{port}"])
+    assert busy.returncode == 1, busy.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in busy.stderr
+    assert "another process may listen there" in busy.stderr
+    assert not root.exists()
