@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airgap.client.extract import extract_files
+from airgap.client.ftp import FtpTransport
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Held, Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
@@ -212,6 +213,17 @@ def _verified_kept(transport: Transport, manifest: Manifest) -> Iterator[None]:
         raise
 
 
+def _receiving(transport: Transport) -> None:
+    """A sender's account on the appliance lists its own area, where nothing is ever
+    published: said, rather than taken for a drop box with nothing new (walkthrough)."""
+    remote = transport.remote if isinstance(transport, SpooledTransport) else transport
+    if isinstance(remote, FtpTransport) and remote.role == "sender":
+        raise UsageError(
+            f"{remote.describe()} is a sender's account: it sees no published bundle",
+            hint="use a receiver's account (airgap serve printed one at its first start)",
+        )
+
+
 def fetch_bundles(
     transport: Transport,
     into: Destination,
@@ -235,6 +247,7 @@ def _fetch_new(
     only: Sequence[str],
 ) -> list[Outcome]:
     names = transport.list()
+    _receiving(transport)
     published = published_ids(names)
     run = _Run(transport, into, identities, trusted, ledger, published)
     gone = run.finish_cut(names)
@@ -647,7 +660,9 @@ def verify_bundles(
 ) -> list[Outcome]:
     """Every check a fetch makes, importing nothing; ``quiet``: no progress bar."""
     outcomes = []
-    for bundle_id in _selected(transport, published_ids(transport.list()), only, trusted):
+    names = transport.list()
+    _receiving(transport)
+    for bundle_id in _selected(transport, published_ids(names), only, trusted):
         try:
             manifest, _ = open_bundle(transport, bundle_id, trusted)
             size = manifest.payload.size
@@ -720,7 +735,9 @@ def list_bundles(
     are given (without them, nothing read from the manifest is vouched for, and a large one
     is not read at all)."""
     found = []
-    for bundle_id in published_ids(transport.list()):
+    names = transport.list()
+    _receiving(transport)
+    for bundle_id in published_ids(names):
         try:
             if trusted:
                 manifest, _ = open_bundle(transport, bundle_id, trusted)

@@ -58,6 +58,8 @@ MAX_REPLY = 64 << 10
 #: A download that brings fewer bytes than this in a whole timeout has stalled: a server can
 #: send a byte now and then to defeat a timeout on each read. Far below any real link.
 STALL_BYTES = 1024
+#: How airgap serve names the account at login; other servers say nothing of the kind.
+_ROLE = re.compile(r"230 Logged in as a (sender|receiver)\.")
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ class FtpTransport:
         self._ftp: ftplib.FTP | None = None
         self._features: set[str] | None = None
         self._reached = False  # a connection to the server was once made
+        self.role: str | None = None  # what our appliance says the account is
 
     def describe(self) -> str:
         return self.target.describe()
@@ -328,10 +331,12 @@ class FtpTransport:
                 if isinstance(ftp, ftplib.FTP_TLS):
                     ftp.auth()
                     self._check_pin(ftp)
-                    ftp.login(self.target.user, self._password)
+                    welcome = ftp.login(self.target.user, self._password)
                     ftp.prot_p()
                 else:
-                    ftp.login(self.target.user, self._password)
+                    welcome = ftp.login(self.target.user, self._password)
+                role = _ROLE.match(welcome)
+                self.role = role.group(1) if role else None
                 ftp.cwd(self.target.path)
         except BaseException:
             ftp.close()

@@ -301,7 +301,9 @@ class Session(SessionAPI):
         home = self.services.layout.root.joinpath(*principal.home)
         audit.record("login", ip=ip, user=principal.name, role=principal.label)
         # The password is not kept: pyftpdlib would store it in the session otherwise.
-        self.handle_auth_success(str(home), "", "Logged in.")
+        # The role in the reply lets a client tell a mistaken account (receiving as a sender).
+        said = f"Logged in as a {principal.label}." if principal.role else "Logged in."
+        self.handle_auth_success(str(home), "", said)
         self._resume()
 
     def _banned(self, until: float) -> None:

@@ -414,3 +414,24 @@ def test_the_clients_delete_of_a_file_gone_is_done_and_a_refusal_stands(serve):
         client.delete("kept.bin")
     client.close()
     assert sorted(p.name for p in (server.root / "pub/incoming/sender").iterdir()) == ["kept.bin"]
+
+
+def test_receiving_with_a_senders_account_is_said_not_taken_for_nothing_new(
+    serve, tmp_path, keydir
+):
+    """Found in a walkthrough: fetch and ls with a sender's account said "nothing to do" and
+    "no published bundles" (its own area is all a sender sees), exit 0, for ever."""
+    from tests.conftest import run_airgap
+
+    server = serve("--tls", "off")
+    url = f"ftp://sender@127.0.0.1:{server.port}/"
+    env = {"AIRGAP_PASSWORD": server.password("sender"), "XDG_CACHE_HOME": str(tmp_path)}
+    trust = ["--trust", keydir / "signing.pub"]
+    for command in (["ls"], ["fetch", "--output-dir", tmp_path / "out"], ["verify"]):
+        said = run_airgap([*command, "--server", url, *trust], env=env)
+        assert said.returncode == 2, said.stderr
+        assert f"{url} is a sender's account: it sees no published bundle" in said.stderr
+    env["AIRGAP_PASSWORD"] = server.password("receiver")
+    url = f"ftp://receiver@127.0.0.1:{server.port}/"
+    listed = run_airgap(["ls", "--server", url, *trust], env=env)
+    assert listed.returncode == 0 and "no published bundles" in listed.stderr, listed.stderr
