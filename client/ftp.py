@@ -421,9 +421,11 @@ class FtpTransport:
                     f"{self.describe()}: login refused ({text})", hint=login_hint
                 ) from exc
             if text.startswith("552"):
+                quota = "quota" in text.lower()
                 raise DropBoxFull(
                     f"{what}: the drop box is full or over quota ({text})",
-                    hint="ask the appliance's operator for space or a larger --quota-bytes",
+                    hint="ask the appliance's operator for "
+                    + ("a larger --quota-bytes" if quota else "more free disk space"),
                 ) from exc
             if text.startswith(("522", "500 OOPS")):  # a data connection's TLS failed, or
                 self._drop()  # vsftpd's own trouble (out of passive ports): they may pass

@@ -38,6 +38,7 @@ from airgap.server.layout import Layout, resolved
 from airgap.server.limits import BusyFiles, LoginGuard
 from airgap.server.login import make_area
 from airgap.server.publish import Publisher
+from airgap.server.storage import free_bytes
 from airgap.server.tlscert import ensure_certificate, fingerprints
 from airgap.server.users import Role, UserDB, generate_password
 from airgap.shared import minisign
@@ -216,6 +217,12 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
     layout = prepare(config, say)
     _hold(layout)  # the descriptor stays open, and the lock held, as long as the process
     _more_descriptors(config.max_connections, say)
+    if (free := free_bytes(layout.root)) < config.min_free_bytes:
+        say(
+            f"airgap: warning: {layout.root} has {free >> 20} MiB free, under --min-free-bytes "
+            f"({config.min_free_bytes >> 20} MiB): every upload is refused (552) until there is "
+            "more"
+        )
     if config.anonymous is AnonymousMode.READ_WRITE:
         say("airgap: WARNING: --anonymous read-write: ANYONE can upload, list and download")
         say("airgap: WARNING: in pub/incoming without a password. For the book's walk-through")

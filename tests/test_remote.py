@@ -391,7 +391,7 @@ def test_an_upload_over_quota_says_so_and_is_not_retried(
         sent = run_airgap(args, env=_env(tmp_path, server.password("sender")))
         assert sent.returncode == 4, sent.stderr
         assert "the drop box is full or over quota (552" in sent.stderr, sent.stderr
-        assert "ask the appliance's operator for space" in sent.stderr
+        assert "ask the appliance's operator for a larger --quota-bytes" in sent.stderr
         assert "trying again" not in sent.stderr
     finally:
         server.stop()

@@ -99,6 +99,8 @@ class UploadCommands(Session):
             held=held,
         )
         if isinstance(budget, storage.Refusal):
+            # Said to the operator too: a disk under the watermark refuses every upload.
+            logger.warning("upload of %s refused: %s", path, budget.reply)
             self.respond(budget.reply)
             return
         if not self.services.busy.claim([Path(path)]):

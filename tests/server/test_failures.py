@@ -211,9 +211,15 @@ def test_free_disk_watermark_gives_552_and_the_partial_resumes(serve, small_disk
     with pytest.raises(ftplib.error_perm, match="552"):  # below the watermark: refused at once
         stor(client, "new.bin", b"x")
     assert not (root / "pub/incoming/sender/new.bin").exists()
+    # Said to the operator too (walkthrough: a disk under the watermark refused every upload
+    # without a word on the server's side).
+    assert wait_for(lambda: "new.bin refused: 552 Not enough disk space" in server.stderr)
     filler.unlink()
     stor(client, "w.bin", data[kept:], rest=kept)
     assert partial.read_bytes() == data
+    assert server.stop() == 0
+    under = serve("--tls", "off", root=root, min_free=64 * MiB)  # more than the disk holds
+    assert "every upload is refused (552) until there is more" in under.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
