@@ -108,14 +108,20 @@ def _text(value: Any) -> str:
 def _int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected an integer")
-    number = value if isinstance(value, int) else int(_text(value))
+    try:
+        number = value if isinstance(value, int) else int(_text(value))
+    except ValueError:
+        raise ValueError("expected a whole number") from None
     if number < 0:
         raise ValueError("must not be negative")
     return number
 
 
 def _float(value: Any) -> float:
-    number = float(value) if isinstance(value, int | float) else float(_text(value))
+    try:
+        number = float(value) if isinstance(value, int | float) else float(_text(value))
+    except ValueError:
+        raise ValueError("expected a number") from None
     if not 0 <= number < 1e7:
         raise ValueError("out of range")
     return number
@@ -180,16 +186,19 @@ def load_config(
     sets AIRGAP_SERVE_LISTEN, and a file's ``listen`` on loopback would go unheeded)."""
     merged: dict[str, tuple[str, Any]] = {}
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        (str(config_file), _read_toml(config_file) if config_file else {}),
+        (str(config_file), _anchored(_read_toml(config_file), config_file) if config_file else {}),
         ("environment", _from_env(environ)),
         ("command line", {k: v for k, v in flags.items() if v is not None and v != []}),
     ]
     for source, layer in layers:
         for key, value in layer.items():
             if key not in SETTINGS:
+                named = _named(source, key)
                 raise UsageError(
-                    f"{source}: unknown setting {key.replace('_', '-')!r}",
-                    hint=f"the settings: {', '.join(k.replace('_', '-') for k in SETTINGS)}",
+                    f"{source}: unknown setting {named!r}",
+                    hint="the settings: "
+                    + ", ".join(_named(source, k).removeprefix(ENV_PREFIX) for k in SETTINGS)
+                    + (f" (each after {ENV_PREFIX})" if source == "environment" else ""),
                 )
             merged[key] = (source, value)
     in_file = layers[0][1]
@@ -207,10 +216,29 @@ def load_config(
             else:
                 values[key] = _PARSERS[key](raw)
         except ValueError as exc:
-            raise UsageError(f"{source}: bad {key.replace('_', '-')} {raw!r}: {exc}") from exc
+            raise UsageError(f"{source}: bad {_named(source, key)} {raw!r}: {exc}") from exc
     config = ServeConfig(**values)
     _check(config)
     return config
+
+
+def _anchored(settings: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    """The file's relative paths taken from its own folder, as the client's config file's
+    are, not from wherever serve was started (walkthrough: a new root appeared there)."""
+
+    def anchor(value: Any) -> Any:
+        if isinstance(value, list):
+            return [anchor(item) for item in value]
+        if isinstance(value, str) and value.strip() and not Path(value.strip()).is_absolute():
+            return str(config_file.parent / value.strip())
+        return value
+
+    return {k: anchor(v) if k in ("root", "trusted_signers") else v for k, v in settings.items()}
+
+
+def _named(source: str, key: str) -> str:
+    """A setting as its source spells it: ``AIRGAP_SERVE_QUOTA_BYTES``, or ``quota-bytes``."""
+    return ENV_PREFIX + key.upper() if source == "environment" else key.replace("_", "-")
 
 
 def _differ(key: str, one: Any, other: Any) -> bool:

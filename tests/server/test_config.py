@@ -64,6 +64,23 @@ def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:
         load_config({"tls": "yes"}, environ={})
 
 
+def test_settings_are_named_as_their_source_spells_them(tmp_path: Path) -> None:
+    """Found in a walkthrough: a variable was told by its setting's name, a bad number with
+    Python's words, and the file's relative paths followed the working folder."""
+    with pytest.raises(UsageError, match="unknown setting 'AIRGAP_SERVE_QUOTA'") as refused:
+        load_config({}, environ={"AIRGAP_SERVE_QUOTA": "5"})
+    assert "QUOTA_BYTES" in (refused.value.hint or "")
+    with pytest.raises(UsageError, match=r"AIRGAP_SERVE_PARTIAL_EXPIRY '1h': expected a whole"):
+        load_config({}, environ={"AIRGAP_SERVE_PARTIAL_EXPIRY": "1h"})
+    toml = tmp_path / "conf" / "serve.toml"
+    toml.parent.mkdir()
+    toml.write_text('root = "r3"\ntrusted-signers = ["keys/s.pub", "/abs/t.pub"]\n')
+    config = load_config({}, environ={}, config_file=toml)
+    assert config.root == tmp_path / "conf" / "r3"
+    assert config.trusted_signers == (tmp_path / "conf" / "keys/s.pub", Path("/abs/t.pub"))
+    assert load_config({"root": "flag"}, environ={}, config_file=toml).root == Path("flag")
+
+
 def test_the_server_uses_the_file_and_the_flag_wins(tmp_path: Path) -> None:
     toml = tmp_path / "serve.toml"
     toml.write_text('tls = "required"\nanonymous = "upload"\n')
