@@ -125,10 +125,14 @@ class UserDB:
     def get(self, name: str) -> User | None:
         return self.load().get(name)
 
+    def check_new(self, name: str, users: dict[str, User] | None = None) -> None:
+        """Refuse a name that cannot be an account's, or is one's already."""
+        if check_name(name) in (self.load() if users is None else users):
+            raise UsageError(f"user {name!r} exists", hint="airgap user passwd, or user remove")
+
     def add(self, name: str, role: Role, password: str) -> User:
         users = self.load()
-        if check_name(name) in users:
-            raise UsageError(f"user {name!r} exists", hint="airgap user passwd, or user remove")
+        self.check_new(name, users)
         users[name] = User(name, role, PasswordHash.make(password))
         self._save(users)
         return users[name]

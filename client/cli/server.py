@@ -212,6 +212,7 @@ def user_add(
     except ValueError as exc:
         raise UsageError(f"role {role!r} is not sender or receiver") from exc
     layout = _layout(root, provision=True)
+    _user_db(layout).check_new(name)  # before a password is asked for (walkthrough)
     area = layout.sender_area(name)
     if chosen is Role.SENDER and (area.is_symlink() or (area.exists() and not area.is_dir())):
         raise UsageError(

@@ -243,6 +243,10 @@ def test_user_commands_change_who_logs_in(serve, tmp_path):
     assert added.returncode == 0, added.stderr
     password = added.stdout.split("password: ")[1].strip()
     server.ftp("alice", password).quit()
+    # Told before a password is read, not "password too short" (walkthrough).
+    add_again = ["user", "add", "alice", "--role", "sender", "--password-stdin", "--root", root]
+    again = run_airgap(add_again)
+    assert again.returncode == 2 and "user 'alice' exists" in again.stderr, again.stderr
     listed = run_airgap(["user", "list", "--root", root])
     assert "alice\tsender" in listed.stdout
     assert run_airgap(["user", "remove", "alice", "--root", root]).returncode == 0
