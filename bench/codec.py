@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bench.peak import measured, peak_mb
+
 GIB = 1 << 30
 WORK = Path(os.environ.get("AIRGAP_BENCH_DIR", "/tmp/airgap-bench"))
 SCRATCH = Path("/dev/shm/airgap-bench") if shutil.disk_usage("/dev/shm").free > 6 * GIB else WORK
@@ -55,16 +57,13 @@ class Run:
 
 
 def timed(cmd: list[str] | str) -> Run:
-    """One command in its own process: wall time and its peak RSS (children included)."""
+    """One command in its own process: wall time and its peak RSS (bench.peak)."""
     subprocess.run(["sync"], check=True)
+    record = WORK / "peak.rss"
+    argv = ["/bin/bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else cmd
     start = time.perf_counter()
-    shell = isinstance(cmd, str)
     proc = subprocess.Popen(
-        cmd,
-        shell=shell,
-        executable="/bin/bash" if shell else None,  # for pipefail
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        measured(argv, record), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     assert proc.stderr is not None
     errors = proc.stderr.read()
@@ -72,7 +71,7 @@ def timed(cmd: list[str] | str) -> Run:
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench: {cmd!r} failed: {errors.decode(errors='replace')}")
-    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    return Run(seconds, peak_mb(record, usage), usage.ru_utime + usage.ru_stime)
 
 
 def median(runs: list[Run]) -> Run:

@@ -22,9 +22,10 @@ Docker engine back into it, five ways, one after the other:
 Each flow's time is the sum of its steps' wall times; the image is removed before every load
 (untimed: it stands for the other side of the gap) and its id is checked after. Bytes on the
 wire are the kernel's count of IP packets to and from each server's ports on `lo`
-(bench.transfer_wire); the tar is the image's `docker save` size. Client peak RSS is os.wait4's
-ru_maxrss of the `airgap send` and `airgap fetch` processes. Both servers are child processes
-on 127.0.0.1 (bench.ftp_servers), data in tmpfs (/dev/shm) when there is room, as in bench.ftp.
+(bench.transfer_wire); the tar is the image's `docker save` size. Client peak RSS is GNU time's
+%M of the `airgap send` and `airgap fetch` processes (see bench.transfer_flows). Both servers
+are child processes on 127.0.0.1 (bench.ftp_servers), data in tmpfs (/dev/shm) when there is
+room, as in bench.ftp.
 
 Then the slow link: both servers throttled to 100 Mbit/s per transfer (vsftpd's
 anon_max_rate, `airgap serve --max-rate`), flows 1 and 4 only, on a smaller image of the same

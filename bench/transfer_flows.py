@@ -3,7 +3,7 @@
 A flow starts with the image present, removes it before loading it back (the receiving side
 does not have it; the removal and the syncs are not timed) and ends with the image present
 again under its original id, which is checked. Every timed step is one process (a shell
-pipeline counts as one) whose wall time and peak RSS (os.wait4, children included) are kept.
+pipeline counts as one) whose wall time and peak RSS (bench.peak) are kept.
 Bytes moved are the sizes of the files that crossed; `bench.transfer` replaces them by the
 kernel's count of the bytes on the wire when it can.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ftp_servers import HOST, Appliance, Server
+from bench.peak import measured, peak_mb
 from bench.transfer_image import image_id, remove
 
 AIRGAP = [sys.executable, "-m", "airgap.client"]
@@ -89,7 +90,8 @@ def run(
     """One timed step in its own process group; its stdout. A string runs under bash pipefail."""
     argv = ["bash", "-o", "pipefail", "-c", command] if isinstance(command, str) else command
     slug = "".join(c if c.isalnum() else "-" for c in name)
-    out, err = logs / f"{slug}.out", logs / f"{slug}.err"
+    out, err, peak = logs / f"{slug}.out", logs / f"{slug}.err", logs / f"{slug}.rss"
+    argv = measured(argv, peak)
     with out.open("wb") as stdout, err.open("wb") as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -112,7 +114,7 @@ def run(
         tail = " | ".join(err.read_text(errors="replace").strip().splitlines()[-4:])
         raise FlowFailed(f"{name}: exit code {code}: {tail or '(no message)'}")
     cpu = usage.ru_utime + usage.ru_stime
-    return Step(name, seconds, usage.ru_maxrss / 1024, cpu), out.read_text(errors="replace")
+    return Step(name, seconds, peak_mb(peak, usage), cpu), out.read_text(errors="replace")
 
 
 def settle() -> None:
