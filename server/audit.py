@@ -60,7 +60,8 @@ class AuditLog:
         entry.update({k: _clean(v) for k, v in fields.items()})
         line = json.dumps(entry, sort_keys=True, ensure_ascii=True)
         self._append((line + "\n").encode("ascii"))
-        logger.info("%s %s", event, " ".join(f"{k}={_shown(entry[k])}" for k in sorted(fields)))
+        told = " ".join([event, *(f"{k}={_shown(entry[k])}" for k in sorted(fields))])
+        logger.info("%s", told)
 
     def _append(self, data: bytes) -> None:
         with self._lock:

@@ -36,3 +36,10 @@ def test_a_file_name_cannot_forge_a_field_of_the_stderr_line(serve):
         "user": "sender",
     }
     assert "user=sender" in started()[0]  # plain values stay as they were
+
+
+def test_an_event_without_fields_ends_its_line(serve):
+    """Found in a walkthrough: `airgap: INFO stop ` kept a trailing space."""
+    server = serve("--tls", "off")
+    assert server.stop() == 0
+    assert "airgap: INFO stop\n" in server.stderr
