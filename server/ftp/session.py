@@ -219,6 +219,12 @@ class Session(SessionAPI):
         self.close_when_done()
         return True
 
+    def handle_timeout(self) -> None:
+        """One silent from the start is refused for the same reason as one that talked."""
+        if not self.authenticated and not self._ending:
+            self.services.audit.record("refused", ip=self.remote_ip, reason="no login in time")
+        super().handle_timeout()
+
     def _account_changed(self) -> bool:
         """End the session if ``airgap user`` changed or removed its account since its login."""
         account = self._account

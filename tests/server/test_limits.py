@@ -191,6 +191,16 @@ def test_idle_control_connection_is_closed(serve):
     assert busy.voidcmd("NOOP").startswith("200")
 
 
+def test_a_connection_silent_from_the_start_is_recorded_as_one_that_talked(serve):
+    """Found in a walkthrough: the idle timer closed it without an audit record."""
+    server = serve("--tls", "off", "--idle-timeout", "1")
+    silent = server.ftp()
+    time.sleep(1.5)
+    with pytest.raises(ftplib.error_temp, match="421"):
+        silent.voidcmd("NOOP")
+    assert wait_for(lambda: '"reason": "no login in time"' in server.audit())
+
+
 def test_a_connection_that_never_logs_in_is_closed_however_much_it_says(serve):
     """Found in review: every command restarted the idle timer, so a NOOP now and then held a
     connection slot for ever without an account. The window to log in is not restarted."""
