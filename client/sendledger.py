@@ -212,7 +212,7 @@ def _read(path: Path) -> dict[str, Any] | None:
     ok = (
         isinstance(data, dict)
         and isinstance(data.get("layers"), dict)
-        and all(isinstance(b, str) for b in data["layers"].values())
+        and all(isinstance(b, str | None) for b in data["layers"].values())  # None: --base
         and isinstance(data.get("files"), dict)
         and all(
             isinstance(f, dict) and isinstance(f.get("size"), int) for f in data["files"].values()

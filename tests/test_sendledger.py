@@ -154,3 +154,15 @@ def test_a_bundle_recorded_after_its_carriers_refusal_does_not_bring_its_layers_
     assert ledger.drop({first.id}) == {first.id}
     ledger.record(thin, {})
     assert ledger.far_side().layers == {top: thin.id}
+
+
+def test_a_layer_the_sender_was_only_told_of_is_read_back(tmp_path: Path) -> None:
+    """Found by CI: the ledger check took a layer carried by no bundle of ours (--base, null)
+    for a ledger airgap did not write, and refused every later send."""
+    ledger = SendLedger(tmp_path, "/media/usb", ("none",))
+    bottom, middle, top = chain_ids(LAYERS)
+    told = _manifest(LAYERS, (OmittedLayer(bottom, None), OmittedLayer(middle, None)))
+    ledger.record(told, {})
+    assert ledger.far_side().layers == {bottom: None, middle: None, top: told.id}
+    (summary,) = summaries(tmp_path)
+    assert summary.bundles == (told.id,)
