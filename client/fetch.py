@@ -213,15 +213,17 @@ def _verified_kept(transport: Transport, manifest: Manifest) -> Iterator[None]:
         raise
 
 
-def _receiving(transport: Transport) -> None:
-    """A sender's account on the appliance lists its own area, where nothing is ever
-    published: said, rather than taken for a drop box with nothing new (walkthrough)."""
+def _listed(transport: Transport) -> list[str]:
+    """The source's names. A sender's account on the appliance lists its own area, where
+    nothing is ever published: said, rather than taken for a drop box with nothing new."""
+    names = transport.list()
     remote = transport.remote if isinstance(transport, SpooledTransport) else transport
     if isinstance(remote, FtpTransport) and remote.role == "sender":
         raise UsageError(
             f"{remote.describe()} is a sender's account: it sees no published bundle",
             hint="use a receiver's account (airgap serve printed one at its first start)",
         )
+    return names
 
 
 def fetch_bundles(
@@ -246,8 +248,7 @@ def _fetch_new(
     ledger: Ledger,
     only: Sequence[str],
 ) -> list[Outcome]:
-    names = transport.list()
-    _receiving(transport)
+    names = _listed(transport)
     published = published_ids(names)
     run = _Run(transport, into, identities, trusted, ledger, published)
     gone = run.finish_cut(names)
@@ -660,9 +661,7 @@ def verify_bundles(
 ) -> list[Outcome]:
     """Every check a fetch makes, importing nothing; ``quiet``: no progress bar."""
     outcomes = []
-    names = transport.list()
-    _receiving(transport)
-    for bundle_id in _selected(transport, published_ids(names), only, trusted):
+    for bundle_id in _selected(transport, published_ids(_listed(transport)), only, trusted):
         try:
             manifest, _ = open_bundle(transport, bundle_id, trusted)
             size = manifest.payload.size
@@ -735,9 +734,7 @@ def list_bundles(
     are given (without them, nothing read from the manifest is vouched for, and a large one
     is not read at all)."""
     found = []
-    names = transport.list()
-    _receiving(transport)
-    for bundle_id in published_ids(names):
+    for bundle_id in published_ids(_listed(transport)):
         try:
             if trusted:
                 manifest, _ = open_bundle(transport, bundle_id, trusted)

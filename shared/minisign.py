@@ -336,17 +336,6 @@ def verify_prehashed(
     return _verify_parsed(trusted, parsed, digest)
 
 
-def trusted_signer(trusted: Sequence[PublicKey], signature_text: str | bytes) -> Signature:
-    """The signature parsed, if one of the ``trusted`` keys carries its key id; nothing is
-    verified yet. A caller refuses an untrusted signer this way before it reads the message.
-
-    Raises SignatureError if it is malformed, UntrustedSignerError if no trusted key has its id.
-    """
-    parsed = Signature.parse(signature_text)
-    _candidates(trusted, parsed)
-    return parsed
-
-
 def signed_comment(trusted: Sequence[PublicKey], signature_text: str | bytes) -> Signature:
     """The signature parsed, its trusted comment verified by one of the ``trusted`` keys. The
     global signature covers the signature and its comment, not the message: a caller can check
@@ -356,9 +345,8 @@ def signed_comment(trusted: Sequence[PublicKey], signature_text: str | bytes) ->
     UntrustedSignerError if no trusted key has its id.
     """
     parsed = Signature.parse(signature_text)
-    for key in _candidates(trusted, parsed):
-        if _verifies(key, parsed.global_signature, parsed.signature + _comment(parsed)):
-            return parsed
+    if any(_comment_verifies(key, parsed) for key in _candidates(trusted, parsed)):
+        return parsed
     raise SignatureError("trusted comment signature does not verify")
 
 
@@ -390,7 +378,7 @@ def _failed_check(key: PublicKey, parsed: Signature, signed: bytes) -> str:
     """Which of the two signatures ``key`` does not verify, or "" if both verify."""
     if not _verifies(key, parsed.signature, signed):
         return "signature does not match the message"
-    if not _verifies(key, parsed.global_signature, parsed.signature + _comment(parsed)):
+    if not _comment_verifies(key, parsed):
         return "trusted comment signature does not verify"
     return ""
 
@@ -403,8 +391,11 @@ def _verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
     return True
 
 
-def _comment(parsed: Signature) -> bytes:
-    return parsed.trusted_comment.encode()
+def _comment_verifies(key: PublicKey, parsed: Signature) -> bool:
+    """The global signature: over the signature and the trusted comment."""
+    return _verifies(
+        key, parsed.global_signature, parsed.signature + parsed.trusted_comment.encode()
+    )
 
 
 def _decrypt(raw: bytes, passphrase: Callable[[], bytes] | None) -> bytes:
