@@ -8,6 +8,7 @@ it) is closed unused, with the session: it never carries a byte.
 
 With ``--tls-reuse required`` (the default) each control connection gets a TLS context of its
 own, so that its data connections can resume its session and no other (:mod:`.reuse`).
+Commands sent in clear behind ``AUTH TLS`` are dropped, not run once TLS is up.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ class DataProtection(Session):
         # accepted, before the limits and bans have had their say).
         if self.tls_reuse_required and self.ssl_context is type(self).ssl_context:
             self.ssl_context = self.tls_context_factory()
+        clear = not is_ssl_sock(self.socket)
         super().ftp_AUTH(line)
+        if clear and is_ssl_sock(self.socket):
+            # What came in clear behind AUTH, in the same packets, is dropped unread: it would
+            # run as if sent over TLS, and a man in the middle could have put it there.
+            self.ac_in_buffer = b""
+            self._in_buffer, self._in_buffer_len = [], 0
 
     def ftp_PROT(self, line: str) -> None:
         if self.tls_data_required and line.strip().upper() == "C":

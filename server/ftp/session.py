@@ -241,6 +241,23 @@ class Session(SessionAPI):
 
     # --- login
 
+    def ftp_USER(self, line: str) -> None:
+        if not self._moving():
+            super().ftp_USER(line)
+
+    def ftp_REIN(self, line: str) -> None:
+        if not self._moving():
+            super().ftp_REIN(line)
+
+    def _moving(self) -> bool:
+        """A logout while data moves is refused: the transfer would go on (RFC 959 says so)
+        and end recorded under the next login's name, or none."""
+        channel = self.data_channel
+        if not self.authenticated or channel is None or not channel.transfer_in_progress():
+            return False
+        self.respond("503 A transfer is under way; log in again once it has ended.")
+        return True
+
     def flush_account(self) -> None:
         super().flush_account()
         self.principal = None

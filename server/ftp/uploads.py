@@ -103,6 +103,12 @@ class UploadCommands(Session):
             logger.warning("upload of %s refused: %s", path, budget.reply)
             self.respond(budget.reply)
             return
+        if self.data_channel is None and self._dtp_acceptor is None and self._dtp_connector is None:
+            # Else the upload waits for a data connection that may never come, having made its
+            # file and its audit record: STOR after STOR, a few bytes each, grew the log for
+            # ever without a byte of data.
+            self.respond("425 Use PASV or EPSV first.")
+            return
         if not self.services.busy.claim([Path(path)]):
             self.respond("450 File busy: being written or published; try again later.")
             return

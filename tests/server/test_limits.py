@@ -420,3 +420,100 @@ def _pasv(client: ftplib.FTP) -> bool:
         return client.sendcmd("PASV").startswith("227")
     except ftplib.error_temp:
         return False
+
+
+# Run in the server before its CLI: a data connection from the test's port ``PORT`` is seen as
+# coming from another address (TEST-NET-1, which no packet goes to): the tests stay on 127.0.0.1.
+_FOREIGN = """
+from airgap.server.ftp.passive import RangedPassive
+_accepted = RangedPassive.handle_accepted
+def _relabel(self, sock, addr):
+    if addr[1] == {port}:
+        addr = ("192.0.2.7", addr[1])
+    _accepted(self, sock, addr)
+RangedPassive.handle_accepted = _relabel
+"""
+
+
+def test_a_data_connection_from_another_address_is_closed_and_the_transfer_goes_on(serve):
+    """Found in review: pyftpdlib told the client "425 Rejected data connection from foreign
+    address" on its control connection, unasked, which the client read as the answer to its
+    STOR: anyone who could reach the passive ports, with no account, could fail every
+    transfer. Now the stranger's connection is closed unanswered and the client's own comes."""
+    stranger = socket.socket()
+    stranger.bind(("127.0.0.1", 0))
+    server = serve("--tls", "off", prelude=_FOREIGN.format(port=stranger.getsockname()[1]))
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    host, port = client.makepasv()
+    with stranger:
+        stranger.settimeout(10)
+        stranger.connect((host, port))
+        assert stranger.recv(1) == b""  # closed, unanswered
+    assert client.voidcmd("NOOP").startswith("200")  # nothing was said on the side
+    assert wait_for(lambda: "closed unanswered" in server.stderr)
+    client.putcmd("STOR own.bin")
+    with socket.create_connection((host, port), timeout=10) as data:
+        assert client.getresp().startswith(("125", "150"))
+        data.sendall(b"ours" * 1000)
+    assert client.voidresp().startswith("226")
+    assert (server.root / "pub/incoming/sender/own.bin").read_bytes() == b"ours" * 1000
+    second = socket.socket()  # the port is closed once the client's own came
+    with second, pytest.raises(OSError):
+        second.settimeout(2)
+        second.connect((host, port))
+
+
+def test_commands_sent_in_clear_behind_auth_tls_are_dropped(serve):
+    """Found in review (STARTTLS command injection): lines in the same packet as AUTH TLS were
+    run once TLS was up, their answers sent over TLS, as if the client had sent them there."""
+    server = serve("--tls", "optional")
+    context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        raw.sendall(b"AUTH TLS\r\nUSER sender\r\nPASS x\r\n")
+        assert reader.readline().startswith(b"234")
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"PWD\r\n")
+            answer = tls.makefile("rb").readline()
+    # The answer to PWD itself (not logged in), not 331 to the USER that came in clear.
+    assert answer.startswith(b"530"), answer
+
+
+def test_stor_without_a_data_connection_on_the_way_is_refused_unrecorded(serve):
+    """Found in review: each STOR with no PASV before it made its file and an audit record,
+    then waited for a data connection that never came: STOR after STOR grew the log for ever."""
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    for name in ("a.bin", "b.bin", "a.bin"):
+        with pytest.raises(ftplib.error_temp, match="425 Use PASV"):
+            client.sendcmd(f"STOR {name}")
+    assert "upload-started" not in server.audit()
+    assert not (server.root / "pub/incoming/sender/a.bin").exists()
+    stor(client, "a.bin", b"data")  # PASV first: as before
+    assert (server.root / "pub/incoming/sender/a.bin").read_bytes() == b"data"
+
+
+def test_no_logout_while_an_upload_moves(serve):
+    """Found in review: REIN (or USER again) let a running upload go on and end recorded under
+    the next login's name. Now a logout waits for the transfer's end."""
+    server = serve("--tls", "off")
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
+    data = client.transfercmd("STOR moving.bin")
+    data.sendall(b"x" * 1000)
+    target = server.root / "pub/incoming/sender/moving.bin"
+    assert wait_for(lambda: target.exists() and target.stat().st_size == 1000)
+    for command in ("REIN", "USER receiver"):
+        with pytest.raises(ftplib.error_perm, match="503 A transfer is under way"):
+            client.sendcmd(command)
+    data.sendall(b"y" * 1000)
+    data.close()
+    assert client.voidresp().startswith("226")
+    assert wait_for(lambda: "upload-completed" in server.audit())
+    ended = [line for line in server.audit().splitlines() if "upload-completed" in line]
+    assert '"user": "sender"' in ended[0]
+    assert client.sendcmd("USER receiver").startswith("331")  # once it has ended
+    assert client.sendcmd(f"PASS {server.password('receiver')}").startswith("230")
