@@ -77,6 +77,15 @@ def send_images(
                 )
         entries.extend(replace(e, config=archive.config_of(e.id)) for e in described)
         files.update(archive.layer_files(entries))
+        for entry in entries:  # signed as carried, or recorded as sent: none may be missing
+            if lacking := [layer for layer in entry.layers if layer not in files]:
+                raise EngineError(
+                    f"the engine's save of {', '.join(entry.refs) or entry.id} lacks "
+                    f"{len(lacking)} of its {len(entry.layers)} layers ({lacking[0]})",
+                    hint="the engine cannot export this image whole (a containerd image store "
+                    "keeps only what a thin load gave it): send it from an engine that holds "
+                    "every layer",
+                )
 
     def thin() -> Iterator[bytes]:
         yield from thin_archive(observed(), plan, spill=tempfile.TemporaryFile, dropped=dropped)

@@ -30,7 +30,14 @@ from airgap.client.places import (
 from airgap.client.progress import Meter
 from airgap.client.refusals import take_refusals
 from airgap.client.saved import LayerFile
-from airgap.client.send import Meters, Resuming, resume_send, send_files, spooled_manifest
+from airgap.client.send import (
+    Meters,
+    Resuming,
+    file_members,
+    resume_send,
+    send_files,
+    spooled_manifest,
+)
 from airgap.client.sendledger import FarSide, SendLedger, audience, audience_of
 from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
@@ -272,7 +279,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
             _record(ledger, manifest, files=sent.files, tell=by.tell)
         else:
             paths = [Path(p) for p in recipe.files]
-            size = sum(p.stat().st_size for p in paths if p.is_file())
+            size = sum(member.size for member in file_members(paths))  # each checked, named
             check_space(room, size, held=_held(spool))
             with _meters(by, spool, size) as meters:
                 manifest = send_files(

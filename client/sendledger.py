@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airgap.client.private import write_whole
+from airgap.client.private import private_dir, write_whole
 from airgap.client.saved import LayerFile
 from airgap.shared import age
 from airgap.shared.errors import StorageError
@@ -149,7 +149,7 @@ class SendLedger:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.path.parent)
             fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc

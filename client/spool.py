@@ -183,6 +183,7 @@ class SpooledTransport:
             return handle
         if size < self._big:  # not worth a spool: read whole, and the whole read tried again
             data = self.read_unspooled(name, limit=max(0, size - offset), offset=offset)
+            self.received += len(data)
             return io.BytesIO(data)
         raw = _SpooledDownload(self, name, size, self.spool / name)
         raw.seek(offset)

@@ -834,3 +834,30 @@ def test_layer_choices_given_to_files_or_together_say_which(tmp_path: Path) -> N
     ):
         sent = run_airgap(["send", *args, *common])
         assert sent.returncode == 2 and f"airgap: error: {told}" in sent.stderr, sent.stderr
+
+
+def test_a_trusted_key_behind_a_closed_folder_is_named_not_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: run by a user who may not enter the key's folder, is_dir() raised
+    PermissionError, reported as "internal error; this is a bug". (Root enters every folder,
+    so the refusal is played here.)"""
+    from airgap.client.cli import transfer
+    from airgap.client.keyfiles import load_trusted
+
+    key = tmp_path / "closed" / "signing.pub"
+    real = Path.is_dir
+
+    def is_dir(path: Path) -> bool:
+        if path == key:
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    def read_bytes(*_: object, **__: object) -> object:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert transfer._trusted([key]) == [key]
+    monkeypatch.setattr(Path, "open", read_bytes)
+    with pytest.raises(KeyFileError, match=r"trusted key .*signing\.pub: Permission denied"):
+        load_trusted([key])

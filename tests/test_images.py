@@ -341,6 +341,45 @@ def test_a_tag_moved_during_the_save_fails_the_send_before_anything_is_signed(
     assert not list((tmp_path / "drop").glob("*.minisig"))
 
 
+class _Incomplete(Engine):
+    """The real engine, whose save leaves out the image's layer files, as a containerd image
+    store's does for an image a thin load gave it (only its manifest blob comes)."""
+
+    def save(self, refs: Sequence[str], *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        out = io.BytesIO()
+        with (
+            tarfile.open(fileobj=io.BytesIO(b"".join(super().save(refs)))) as saved,
+            tarfile.open(fileobj=out, mode="w") as kept,
+        ):
+            listed = saved.extractfile("manifest.json")
+            assert listed is not None
+            layers = {path for entry in json.load(listed) for path in entry["Layers"]}
+            for member in saved.getmembers():
+                if member.name not in layers:
+                    kept.addfile(member, saved.extractfile(member) if member.isfile() else None)
+        yield out.getvalue()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(60)
+def test_a_save_lacking_layers_fails_the_send_before_anything_is_signed(
+    docker_engine: DockerEngine, two_images: list[Any], tmp_path: Path
+) -> None:
+    """Found in review: a containerd store's save of a thin-loaded image held its manifest
+    blob alone; the send signed a 925-byte bundle as carrying the image, which no engine
+    could load, and its ledger recorded the layers as sent."""
+    first = two_images[0].tags[0]
+    with pytest.raises(EngineError, match=r"lacks \d+ of its \d+ layers"):
+        send_images(
+            [first],
+            DirectoryTransport(tmp_path / "drop"),
+            engine=_Incomplete(docker_engine.client),
+            options=EncodeOptions([]),
+            key=minisign.SecretKey.generate(),
+        )
+    assert not list((tmp_path / "drop").glob("*.minisig"))
+
+
 # The pieces, with bytes alone.
 
 

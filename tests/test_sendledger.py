@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -166,3 +167,17 @@ def test_a_layer_the_sender_was_only_told_of_is_read_back(tmp_path: Path) -> Non
     assert ledger.far_side().layers == {bottom: None, middle: None, top: told.id}
     (summary,) = summaries(tmp_path)
     assert summary.bundles == (told.id,)
+
+
+def test_the_folders_a_ledger_makes_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Found in review: only the last folder was made 0700; those above it took the umask's
+    mode (0777 under umask 000), and the next fetch refused the state folder as writable."""
+    state = tmp_path / "state" / "airgap" / "sent"
+    old = os.umask(0)
+    try:
+        ledger = SendLedger(state, "ftps://sender@box:2121/", ("age1alice",))
+        ledger.record(_manifest(LAYERS), {LAYERS[0]: LayerFile(4096, None)})
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "state", tmp_path / "state" / "airgap", state):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

@@ -305,3 +305,14 @@ def test_a_continued_upload_cut_mid_chunk_goes_on(tmp_path: Path) -> None:
     _continue(spooled, DATA)
     assert remote.broke
     assert (remote.root / "p.part").read_bytes() == DATA
+
+
+def test_a_small_payload_read_whole_counts_as_received(tmp_path: Path) -> None:
+    """Found in review: a payload under the spool's threshold, read whole, was not counted,
+    and `fetch --json` said 0 bytes on the wire for a thin bundle it had downloaded."""
+    spooled, remote = _spooled(tmp_path)
+    remote.mkdir()
+    (remote / "small.bin").write_bytes(b"s" * 5000)
+    with spooled.reader("small.bin", size=5000) as handle:
+        assert handle.read() == b"s" * 5000
+    assert spooled.received == 5000

@@ -231,12 +231,21 @@ def _place(
     return place
 
 
+def _is_dir(path: Path) -> bool:
+    """False for what cannot be looked at either (a folder above it closed to us): reading it
+    as a key then names the file and the reason."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _trusted(paths: Sequence[Path], *, needed: bool = True) -> list[Path]:
     """Trusted keys; a directory stands for every .pub file in it. An empty one is named when
     ``needed`` (``ls`` lists unverified without keys, as after ``airgap init``)."""
     found: list[Path] = []
     for path in paths:
-        if not path.is_dir():
+        if not _is_dir(path):
             found.append(path)
         elif keys := sorted(path.glob("*.pub")):
             found += keys
