@@ -34,6 +34,9 @@ logger = logging.getLogger("airgap.server")
 _GONE = object()  # what a check skipped for a client that has gone returns
 
 MAX_LINE = 2048
+#: Seconds a connection has to log in (``--idle-timeout`` if shorter): one that never does must
+#: not hold a connection slot for the idle timeout's five minutes.
+LOGIN_WINDOW = 60.0
 #: Lines a client may send ahead while a login or HASH is being checked; more closes it.
 MAX_HELD_LINES = 16
 #: Replies a client may leave unread (each a push; the longest is HELP's kilobyte or so).
@@ -67,8 +70,23 @@ class Session(SessionAPI):
         if self.services.guard.banned(self.remote_ip):
             self._refuse_banned()
             return
-        self._login_by = time.monotonic() + self.services.config.idle_timeout
+        self._login_by = time.monotonic() + self._login_window()
         super().handle()
+        if not self._closed:
+            self.ioloop.call_later(self._login_window(), self._login_due, _errback=_log_failure)
+
+    def _login_window(self) -> float:
+        return min(float(self.services.config.idle_timeout), LOGIN_WINDOW)
+
+    def _login_due(self) -> None:
+        """The window to log in is over: closed unless logged in (or it opened again since,
+        with REIN or USER: then at that window's end)."""
+        if self._closed or self._ending or self.authenticated:
+            return
+        if (left := self._login_by - time.monotonic()) > 0:
+            self.ioloop.call_later(left, self._login_due, _errback=_log_failure)
+            return
+        self._no_login()
 
     def _refuse_banned(self) -> None:
         # Not a record each: a banned client looping on connect would fill the disk with them.
@@ -207,22 +225,33 @@ class Session(SessionAPI):
         super().pre_process_command(line, cmd, arg)
 
     def _login_overdue(self) -> bool:
-        """A connection has ``--idle-timeout`` seconds to log in, however much it says meanwhile:
-        the idle timer alone, which every command restarts, let a NOOP a minute hold a
-        connection slot for ever without an account. Checked as each command comes, so no timer
-        is needed: one that says nothing, the idle timer closes."""
+        """A connection has :data:`LOGIN_WINDOW` seconds to log in, however much it says
+        meanwhile: the idle timer alone, which every command restarts, let a NOOP a minute hold
+        a connection slot for ever without an account. Checked as each command comes, and by a
+        timer for one that says nothing."""
         if self.authenticated or time.monotonic() < self._login_by:
             return False
-        self.services.audit.record("refused", ip=self.remote_ip, reason="no login in time")
+        self._no_login()
+        return True
+
+    def _no_login(self) -> None:
+        self._count_no_login()
         self.respond("421 No login in time; closing control connection.")
         self._ending = True
         self.close_when_done()
-        return True
+
+    def _count_no_login(self) -> None:
+        """Audited, and counted as a failed login: connections from a few addresses that never
+        log in would otherwise hold every slot, unbanned, one window after another."""
+        ip = self.remote_ip
+        self.services.audit.record("refused", ip=ip, reason="no login in time")
+        if until := self.services.guard.failed(ip, self.username):
+            self._banned(until)
 
     def handle_timeout(self) -> None:
         """One silent from the start is refused for the same reason as one that talked."""
         if not self.authenticated and not self._ending:
-            self.services.audit.record("refused", ip=self.remote_ip, reason="no login in time")
+            self._count_no_login()
         super().handle_timeout()
 
     def _account_changed(self) -> bool:
@@ -263,7 +292,9 @@ class Session(SessionAPI):
         self.principal = None
         self._account = None
         # Logged out (REIN, or USER again): as if it had just connected.
-        self._login_by = time.monotonic() + self.services.config.idle_timeout
+        self._login_by = time.monotonic() + self._login_window()
+        if not self._closed:
+            self.ioloop.call_later(self._login_window(), self._login_due, _errback=_log_failure)
 
     def ftp_PASS(self, line: str) -> None:
         if self.authenticated:

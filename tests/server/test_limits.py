@@ -517,3 +517,32 @@ def test_no_logout_while_an_upload_moves(serve):
     assert '"user": "sender"' in ended[0]
     assert client.sendcmd("USER receiver").startswith("331")  # once it has ended
     assert client.sendcmd(f"PASS {server.password('receiver')}").startswith("230")
+
+
+def test_a_connection_silent_past_the_login_window_is_closed_before_the_idle_timeout(serve):
+    """Found in review: a connection that never logged in held its slot for --idle-timeout
+    (300 s): 16 of them from each of 16 addresses kept everyone out. The window to log in is
+    a minute (one second here), whatever the idle timeout."""
+    server = serve(
+        "--tls", "off", "--idle-timeout", "60",
+        prelude="import airgap.server.ftp.session as s\ns.LOGIN_WINDOW = 1.0\n",
+    )  # fmt: skip
+    started, said = time.monotonic(), b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as silent:
+        while chunk := silent.recv(1024):  # the banner, then the 421, then the close
+            said += chunk
+    assert b"421 No login in time" in said, said
+    assert time.monotonic() - started < 10
+    assert wait_for(lambda: '"reason": "no login in time"' in server.audit())
+
+
+def test_connections_that_never_log_in_count_as_failed_logins(serve):
+    """Found in review: a timeout was no failure, so an address could hold slots for ever."""
+    server = serve("--tls", "off", "--idle-timeout", "1", "--max-login-failures", "2")
+    first, second = server.ftp(), server.ftp()
+    assert wait_for(lambda: server.audit().count('"reason": "no login in time"') == 2)
+    assert wait_for(lambda: '"event": "ban"' in server.audit())
+    with pytest.raises(ftplib.error_temp, match="421 Too many failed logins"):
+        server.ftp("sender")
+    first.close()
+    second.close()
