@@ -722,7 +722,7 @@ def _tags(transport: Transport, bundle_id: str, trusted: Sequence[minisign.Publi
 @dataclass(frozen=True)
 class Listing:
     bundle_id: str
-    state: str  # "verified", "imported", "unverified", "too-large", "invalid"
+    state: str  # "verified", "imported", "incomplete", "unverified", "too-large", "invalid"
     manifest: Manifest | None = None
     detail: str = ""
 
@@ -738,13 +738,27 @@ def list_bundles(
         try:
             if trusted:
                 manifest, _ = open_bundle(transport, bundle_id, trusted)
-                state = "imported" if bundle_id in imported else "verified"
-                found.append(Listing(bundle_id, state, manifest))
+                state, detail = (
+                    ("imported", "")
+                    if bundle_id in imported
+                    else _payload_state(transport, manifest)
+                )
+                found.append(Listing(bundle_id, state, manifest, detail))
             else:
                 found.append(_unverified(transport, bundle_id))
         except AirgapError as exc:
             found.append(Listing(bundle_id, "invalid", detail=exc.message))
     return found
+
+
+def _payload_state(transport: Transport, manifest: Manifest) -> tuple[str, str]:
+    """``verified`` (its signature) if the payload is there at its signed size, else
+    ``incomplete``: a copy cut short would only fail at the fetch."""
+    size = transport.size(manifest.payload.name)
+    if size == manifest.payload.size:
+        return "verified", ""
+    found = "missing" if size is None else f"{size} bytes"
+    return "incomplete", f"payload: {found}, the manifest says {manifest.payload.size}"
 
 
 def _unverified(transport: Transport, bundle_id: str) -> Listing:

@@ -344,6 +344,18 @@ def test_ls_shows_bundles_their_state_and_never_raw_escapes(tmp_path: Path, keyd
     rows = {row["id"]: row for row in json.loads(checked.stdout)["bundles"]}
     assert rows[bundle_id]["state"] == "invalid"
     assert [r["state"] for i, r in rows.items() if i != bundle_id] == ["verified"]
+    # A payload cut short (a copy that stopped) is told at once, not only by the fetch.
+    (other,) = [i for i in rows if i != bundle_id]
+    payload = next((tmp_path / "drop").glob(f"{other}.tar*"))
+    os.truncate(payload, rows[other]["payload_bytes"] - 1)
+    cut = run_airgap(
+        ["ls", "--from", tmp_path / "drop", "--trust", keydir / "signing.pub", "--json"],
+        env={"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    row = next(r for r in json.loads(cut.stdout)["bundles"] if r["id"] == other)
+    size = rows[other]["payload_bytes"]
+    assert row["state"] == "incomplete", row
+    assert row["detail"] == f"payload: {size - 1} bytes, the manifest says {size}"
 
 
 def test_ls_without_trust_reads_no_large_manifest(tmp_path: Path, keydir: Path) -> None:
