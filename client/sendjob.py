@@ -279,7 +279,16 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
             _record(ledger, manifest, files=sent.files, tell=by.tell)
         else:
             paths = [Path(p) for p in recipe.files]
-            size = sum(member.size for member in file_members(paths))  # each checked, named
+            try:
+                size = sum(member.size for member in file_members(paths))  # each checked, named
+            except UsageError as exc:
+                if begun.continuing and exc.hint is None:  # its start is kept in the spool
+                    exc.hint = (
+                        f"the interrupted send of bundle {begun.bundle_id} began with it: put it "
+                        f"back and run the same command again, or give that send up with airgap "
+                        f"spool drop {begun.bundle_id}"
+                    )
+                raise
             check_space(room, size, held=_held(spool))
             with _meters(by, spool, size) as meters:
                 manifest = send_files(

@@ -418,3 +418,24 @@ def test_a_changed_file_drops_the_old_partial_on_the_appliance(
         assert (server.root / "pub/outgoing" / f"{new}.manifest.json.minisig").exists()
     finally:
         server.stop()
+
+
+def test_a_file_gone_from_a_send_still_encoding_says_how_to_give_it_up(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a send cut while still encoding, its file removed since, failed with
+    the bare "No such file or directory" and no word of the spool it kept."""
+    report = tmp_path / "report.txt"
+    report.write_bytes(os.urandom(300_000))
+    what: list[str | Path] = ["--file", report]
+    with vsftpd.running(tmp_path / "ftp", max_rate=SLOW) as ftp:
+        old = _cut(tmp_path, _signed_call(ftp, keydir, tmp_path, what, {}))
+        spool = tmp_path / "cache" / "airgap" / "send" / old
+        for name in (f"{old}.manifest.json", f"{old}.manifest.json.minisig"):
+            (spool / name).unlink()  # as if cut before the encoding ended
+        report.unlink()
+        again = _send_signed(ftp, keydir, tmp_path, what, {})
+    assert again.returncode == 2, again.stderr
+    assert f"{report}: No such file or directory" in again.stderr
+    assert f"airgap spool drop {old}" in again.stderr
+    assert [p.name for p in spool.parent.iterdir()] == [old]
