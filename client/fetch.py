@@ -253,7 +253,8 @@ def _fetch_new(
     run = _Run(transport, into, identities, trusted, ledger, published)
     gone = run.finish_cut(names)
     published = [b for b in published if b not in gone]
-    for bundle_id in _selected(transport, published, only, trusted, frozenset(run.done)):
+    chosen = _selected(transport, published, only, trusted, frozenset(run.done), identities)
+    for bundle_id in chosen:
         if bundle_id in run.done and bundle_id not in run.tried:
             if only:
                 error = ReplayError(
@@ -685,10 +686,11 @@ def _selected(
     only: Sequence[str],
     trusted: Sequence[minisign.PublicKey],
     imported: frozenset[str] = frozenset(),
+    identities: Sequence[age.Identity] = (),
 ) -> list[str]:
     """The bundles named by id, or for an image ref the newest bundle that carries it (by its
-    signed manifest; none if that one was ``imported`` already); every published bundle when
-    nothing is named."""
+    signed manifest; none if that one was ``imported`` already), of those for one of
+    ``identities`` if any is; every published bundle when nothing is named."""
     if not only:
         return list(published)
     chosen: list[str] = []
@@ -696,10 +698,7 @@ def _selected(
         if is_bundle_id(wanted):
             found = wanted if wanted in published else None
         else:
-            found = next(
-                (b for b in reversed(published) if tag_of(wanted) in _tags(transport, b, trusted)),
-                None,
-            )
+            found = _carrier(transport, reversed(published), tag_of(wanted), trusted, identities)
         if found is None:
             raise UsageError(
                 f"no published bundle {wanted} in {transport.describe()}",
@@ -710,13 +709,44 @@ def _selected(
     return chosen
 
 
-def _tags(transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]) -> set[str]:
-    """The tags a bundle moves (``app``, ``app:latest`` and ``docker.io/library/app`` are one)."""
+def _carrier(
+    transport: Transport,
+    newest_first: Iterable[str],
+    tag: str,
+    trusted: Sequence[minisign.PublicKey],
+    identities: Sequence[age.Identity],
+) -> str | None:
+    """The newest bundle carrying ``tag`` for one of ``identities``, else the newest carrying
+    it (whose fetch then says whom it is for)."""
+    newest = None
+    for bundle_id in newest_first:
+        manifest = _candidate(transport, bundle_id, trusted)
+        if manifest is None or tag not in {tag_of(r) for i in manifest.images for r in i.refs}:
+            continue
+        if _for_us(manifest, identities):
+            return bundle_id
+        newest = newest or bundle_id
+    return newest
+
+
+def _candidate(
+    transport: Transport, bundle_id: str, trusted: Sequence[minisign.PublicKey]
+) -> Manifest | None:
+    """The signed manifest, whose tags (``app``, ``app:latest`` and ``docker.io/library/app``
+    are one) say whether the bundle carries an image asked for."""
     try:
         manifest, _ = open_bundle(transport, bundle_id, trusted)
     except (VerificationError, TransferError):
-        return set()  # not a candidate (or gone since listed); fetching it by id says why
-    return {tag_of(ref) for image in manifest.images for ref in image.refs}
+        return None  # not a candidate (or gone since listed); fetching it by id says why
+    return manifest
+
+
+def _for_us(manifest: Manifest, identities: Sequence[age.Identity]) -> bool:
+    try:
+        addressed(manifest, identities)
+    except NoIdentityMatchError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -48,5 +48,6 @@ def refusal(newer: dict[str, str]) -> ReplayError:
     return ReplayError(
         f"older than bundle {newest}, from which {ref} was imported here: loading it would "
         f"move {ref} back to an older image",
-        hint="to have that image here again, send it anew from the connected side",
+        hint="a bundle superseded by a newer one stays refused (remove it from the source); "
+        "to have that image here again, send it anew from the connected side",
     )

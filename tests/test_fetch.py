@@ -876,3 +876,30 @@ def test_several_bundles_go_on_past_a_failure_and_the_first_failure_sets_the_exi
     assert said.index("already has taken.txt") < said.index("fetched ") < said.index("segment")
     assert (out / "fine.txt").read_text() == "fine.txt"
     assert (out / "taken.txt").read_text() == "mine" and not (out / "flipped.txt").exists()
+
+
+def test_an_image_asked_for_comes_from_the_newest_bundle_for_us(tmp_path: Path) -> None:
+    """Found in review: `fetch app:1` took the newest bundle carrying app:1 on a shared
+    medium, one encrypted to another receiver, and failed, while an older one for us was
+    there. (The bundles' content is never read: the choice is by signed manifest.)"""
+    from airgap.client.fetch import _selected
+    from airgap.client.send import send_stream
+    from airgap.shared.manifest import ImageEntry
+
+    key = minisign.SecretKey.generate()
+    ours, theirs = age.X25519Identity.generate(), age.X25519Identity.generate()
+    drop = DirectoryTransport(tmp_path / "drop")
+    entry = ImageEntry("sha256:" + "ab" * 32, ("app:1",), ())
+    made = []
+    for who in (ours, theirs):  # ids sort by time: the later one is the newer
+        time.sleep(0.01)
+        options = EncodeOptions([who.recipient])
+        made.append(send_stream([b"x"], drop, options=options, key=key, images=[entry]))
+    published = published_ids(drop.list())
+    assert published == [m.id for m in made]
+    trusted = [key.public_key]
+    assert _selected(drop, published, ["app:1"], trusted, identities=[ours]) == [made[0].id]
+    assert _selected(drop, published, ["app:1"], trusted, identities=[theirs]) == [made[1].id]
+    # For nobody here: the newest, whose fetch then says whom it is for.
+    other = age.X25519Identity.generate()
+    assert _selected(drop, published, ["app:1"], trusted, identities=[other]) == [made[1].id]
