@@ -439,3 +439,28 @@ def test_a_file_gone_from_a_send_still_encoding_says_how_to_give_it_up(
     assert f"{report}: No such file or directory" in again.stderr
     assert f"airgap spool drop {old}" in again.stderr
     assert [p.name for p in spool.parent.iterdir()] == [old]
+
+
+def test_resume_refuses_what_would_change_the_bundle_it_finishes(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: `send --file other --resume ID -R someone-else` finished the wholly
+    encoded bundle as it began, said nothing of the file or the recipient, and exited 0."""
+    from airgap.shared import age
+
+    other = tmp_path / "other.txt"
+    other.write_text(age.X25519Identity.generate().recipient.encode() + "\n")
+    (tmp_path / "new.bin").write_bytes(b"new")
+    with _cut_send(keydir, tmp_path) as (ftp, bundle_id, _):
+        url = f"ftp://{ftp.user}@127.0.0.1:{ftp.port}{ftp.home}/"
+        resume = ["send", "--resume", bundle_id, "--server", url]
+        env = _env(tmp_path, ftp.password)
+        changed = run_airgap([*resume, "--file", tmp_path / "new.bin", "--full"], env=env)
+        assert changed.returncode == 2, changed.stderr
+        assert "--file, --full cannot change it" in changed.stderr
+        elsewhere = run_airgap([*resume, "-R", other], env=env)
+        assert elsewhere.returncode == 2, elsewhere.stderr
+        assert "was being encrypted to other recipients" in elsewhere.stderr
+        finished = run_airgap([*resume, "--json"], env=env)
+        assert finished.returncode == 0, finished.stderr
+        assert json.loads(finished.stdout)["id"] == bundle_id

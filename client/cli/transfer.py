@@ -105,6 +105,19 @@ def send(
     if resume is not None:
         if not is_bundle_id(resume):
             raise UsageError(f"--resume {resume!r} is not a bundle id")
+        chosen = {
+            "images": images,
+            "--file": file,
+            "--full": full,
+            "--base": base,
+            "--level": level,
+        }
+        if ignored := [name for name, value in chosen.items() if value]:
+            raise UsageError(
+                f"--resume finishes bundle {resume} as it began: "
+                f"{', '.join(ignored)} cannot change it",
+                hint="resume it with --server (and recipient options) alone, or send those anew",
+            )
         if send_spool(resume).is_dir() and not claim(send_spool(resume)):
             raise UsageError(f"bundle {resume} is being sent by another airgap right now")
         stored = sendjob.unfinished(resume)
@@ -119,6 +132,13 @@ def send(
                 hint="resume it with that --server URL",
             )
         if sendjob.encoded(resume):
+            if recipient or recipients_file or no_encrypt or passphrase:  # as checked below
+                asked = _recipients(recipient or [], recipients_file or [], no_encrypt, passphrase)
+                if audience(asked) != stored.audience:
+                    raise UsageError(
+                        f"bundle {resume} was being encrypted to other recipients",
+                        hint="resume it without recipient options, or with the same ones",
+                    )
             manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet, tell=say)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
