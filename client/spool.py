@@ -397,16 +397,19 @@ class _SpooledUpload(io.RawIOBase):
                 self._file.flush()  # in the file before the uploader may read it
                 self._at += written
         except OSError as exc:
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise StorageError(
-                f"spool {self._file.name}: {exc.strerror or exc}",
-                hint="free some space there (airgap spool show lists what the spool holds), "
-                "then run the same command again"
-                if full
-                else None,
-            ) from exc
+            raise self._failed(exc) from exc
         self.uploader.wake()
         return size
+
+    def _failed(self, exc: OSError) -> StorageError:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return StorageError(
+            f"spool {self._file.name}: {exc.strerror or exc}",
+            hint="free some space there (airgap spool show lists what the spool holds), "
+            "then run the same command again"
+            if full
+            else None,
+        )
 
     def close(self) -> None:
         if self.closed:
@@ -415,7 +418,12 @@ class _SpooledUpload(io.RawIOBase):
             # The new encoding ended short of what the interrupted one spooled: the spool's
             # tail is not part of it, so none of it goes up (the caller reports the mismatch).
             self.uploader.abort()
-        self._file.close()
+        failed = None
+        try:
+            self._file.close()  # flushes what a failed write left in its buffer: it may fail too
+        except OSError as exc:
+            failed = self._failed(exc)
+            self.uploader.abort()
         self.uploader.meter.expect(self._at)
         self.uploader.finished.set()
         self.uploader.wake()
@@ -425,6 +433,8 @@ class _SpooledUpload(io.RawIOBase):
             self.uploader.abort()
             raise
         super().close()
+        if failed is not None:
+            raise failed
         self.uploader.raise_failure()
 
 

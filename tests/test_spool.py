@@ -13,7 +13,8 @@ import pytest
 
 from airgap.client.spool import Backoff, ContinueMismatch, SpooledTransport, UploadRefused
 from airgap.client.transport import DirectoryTransport
-from airgap.shared.errors import TransferError
+from airgap.shared.errors import StorageError, TransferError
+from tests.conftest import small_disk
 
 DATA = os.urandom(3 << 20)
 SHA256 = hashlib.sha256  # the server's own, out of reach of a test's spy on the client's
@@ -316,3 +317,19 @@ def test_a_small_payload_read_whole_counts_as_received(tmp_path: Path) -> None:
     with spooled.reader("small.bin", size=5000) as handle:
         assert handle.read() == b"s" * 5000
     assert spooled.received == 5000
+
+
+def test_a_spool_disk_filling_up_is_told_as_such_to_the_end(tmp_path: Path) -> None:
+    """Found in review: the write's error said "spool ...: No space left on device" with a
+    hint, then closing the file flushed again and its bare OSError went up instead, shown as
+    "writing the output: No space left on device" (the output: stdout?)."""
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        spooled = SpooledTransport(DirectoryTransport(tmp_path / "remote"), disk / "spool")
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as filler:
+            while True:  # the disk full before the spool writes: a manifest's few bytes fail
+                filler.write(b"f" * 4096)
+                filler.flush()
+        refusal = pytest.raises(StorageError, match="No space left on device")
+        with refusal as refused, spooled.writer("small.part") as out:
+            out.write(b"m" * 1000)
+        assert refused.value.hint is not None and "free some space" in refused.value.hint
