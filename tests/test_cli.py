@@ -8,9 +8,11 @@ import json
 import os
 import pty
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -873,3 +875,22 @@ def test_a_trusted_key_behind_a_closed_folder_is_named_not_an_internal_error(
     monkeypatch.setattr(Path, "open", read_bytes)
     with pytest.raises(KeyFileError, match=r"trusted key .*signing\.pub: Permission denied"):
         load_trusted([key])
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3])
+def test_ctrl_c_while_the_command_loads_is_an_interrupt_not_a_traceback(
+    delay: float, tmp_path: Path
+) -> None:
+    """Found in review: the command's Ctrl-C handling began once its modules had loaded (about
+    a second here, more without bytecode), and an interrupt before that printed a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # loading takes longest without bytecode
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airgap.client", "ls", "--from", str(tmp_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"airgap: error: interrupted" in err, err

@@ -1,4 +1,4 @@
-"""The ``airgap`` command line (``airgap.client.cli:main``).
+"""The ``airgap`` command line (``airgap.client.cli:main``, which ``airgap.client.entry`` runs).
 
 Importing the command modules registers their commands on the one typer app.
 """
