@@ -1,8 +1,9 @@
 """``airgap send --file``: plain files into a signed (and usually encrypted) bundle on a transport.
 
 The payload goes up as ``ID.….part`` and is renamed when complete; the manifest follows, and the
-signature last, because its arrival is what publishes the bundle. A failed send removes its
-partial payload, so nothing half-written is ever offered to a receiver.
+signature last, because its arrival is what publishes the bundle. A failed send removes what
+it placed (its partial payload; once that is renamed, the payload and the manifest too), so
+nothing half-written is ever offered to a receiver, nor left on a medium.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ def send_stream(
     bundle_id = resuming.bundle_id if resuming else new_bundle_id()
     encoder, payload = encode(counted(plaintext, meters.encoded), options)
     partial = payload_name(bundle_id, encrypted=bool(options.recipients)) + PARTIAL_SUFFIX
+    placed = [partial]  # what a failed send deletes, unless resuming
     try:
         with _writer(transport, partial, resuming, meters.uploaded) as out:
             for chunk in payload:
@@ -196,12 +198,19 @@ def send_stream(
                     raise ContinueMismatch("the payload encoded again is shorter than before")
                 resuming.keep(manifest, data, signature)
         transport.rename(partial, manifest.payload.name)
-        put_small(transport, bundle_id + MANIFEST_SUFFIX, data)
-        put_small(transport, bundle_id + SIGNATURE_SUFFIX, signature.encode())
+        placed.append(manifest.payload.name)
+        for name, content in (
+            (bundle_id + MANIFEST_SUFFIX, data),
+            (bundle_id + SIGNATURE_SUFFIX, signature.encode()),
+        ):
+            placed.append(name + PARTIAL_SUFFIX)
+            put_small(transport, name, content)
+            placed[-1] = name
     except BaseException:
-        if resuming is None:
-            with contextlib.suppress(Exception):
-                transport.delete(partial)
+        if resuming is None:  # nothing to continue from: what this send placed goes
+            for name in reversed(placed):
+                with contextlib.suppress(Exception):
+                    transport.delete(name)
         raise
     return manifest
 

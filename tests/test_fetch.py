@@ -34,6 +34,7 @@ from airgap.shared.errors import (
     PayloadSizeError,
     SegmentHashError,
     SignatureError,
+    StorageError,
     TransferError,
     UnsafeArchiveError,
     UntrustedSignerError,
@@ -903,3 +904,29 @@ def test_an_image_asked_for_comes_from_the_newest_bundle_for_us(tmp_path: Path) 
     # For nobody here: the newest, whose fetch then says whom it is for.
     other = age.X25519Identity.generate()
     assert _selected(drop, published, ["app:1"], trusted, identities=[other]) == [made[1].id]
+
+
+class _NoRoomForManifests(DirectoryTransport):
+    """A medium that fills up as the manifest is written, after the payload's rename."""
+
+    def writer(self, name: str, *, offset: int = 0) -> Any:
+        if ".manifest.json" in name:
+            raise StorageError(f"writing {name}: no space left on {self.root}")
+        return super().writer(name, offset=offset)
+
+
+def test_a_send_failing_after_its_payload_is_placed_leaves_nothing_on_the_medium(
+    tmp_path: Path,
+) -> None:
+    """Found in review: a medium full as the manifest was written kept the whole renamed
+    payload, with no manifest, for good: only the partial was deleted."""
+    (tmp_path / "f.txt").write_text("content")
+    drop = _NoRoomForManifests(tmp_path / "drop")
+    with pytest.raises(StorageError, match="no space left"):
+        send_files(
+            [tmp_path / "f.txt"],
+            drop,
+            options=EncodeOptions([]),
+            key=minisign.SecretKey.generate(),
+        )
+    assert list((tmp_path / "drop").iterdir()) == []
