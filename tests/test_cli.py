@@ -20,7 +20,7 @@ import pytest
 from airgap.client import credentials
 from airgap.client.places import Place
 from airgap.shared.errors import KeyFileError
-from tests.conftest import run_airgap, small_disk
+from tests.conftest import receiving, run_airgap, small_disk
 
 needs_age = pytest.mark.skipif(shutil.which("age-keygen") is None, reason="needs age")
 needs_minisign = pytest.mark.skipif(shutil.which("minisign") is None, reason="needs minisign")
@@ -894,3 +894,32 @@ def test_ctrl_c_while_the_command_loads_is_an_interrupt_not_a_traceback(
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert b"Traceback" not in err and b"airgap: error: interrupted" in err, err
+
+
+# A fetch whose Ctrl-C surfaces as another error, as when it lands in a generator the engine
+# is reading ("generator already executing" from its close).
+_CUT_MID_LOAD = """
+import runpy, sys
+from airgap.client import fetch
+from airgap.shared.pipeline import interrupting
+def cut(*args, **kwargs):
+    interrupting()
+    raise ValueError("generator already executing")
+fetch.fetch_bundles = cut
+sys.argv[0] = "airgap"
+runpy.run_module("airgap.client", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_fetch_interrupted_mid_load_keeps_its_hint(tmp_path: Path, keydir: Path) -> None:
+    """Found in review: a Ctrl-C during the load came up as a ValueError from a generator's
+    close, and the fetch ended "interrupted" without saying that running it again resumes."""
+    (tmp_path / "box").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRGAP_")}
+    cut = subprocess.run(
+        [sys.executable, "-c", _CUT_MID_LOAD, "fetch", "--from", str(tmp_path / "box"),
+         *map(str, receiving(keydir, tmp_path / "state"))],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert cut.returncode == 130, cut.stderr
+    assert "airgap: hint: run the same command again" in cut.stderr, cut.stderr

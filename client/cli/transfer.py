@@ -41,6 +41,7 @@ from airgap.shared import age
 from airgap.shared.errors import Interrupted, UsageError
 from airgap.shared.ids import is_bundle_id
 from airgap.shared.manifest import Manifest
+from airgap.shared.pipeline import interrupted
 from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 
 
@@ -361,6 +362,12 @@ def _report(
         raise typer.Exit(int(codes[0]))
 
 
+_FETCH_AGAIN = (
+    "run the same command again: what was downloaded stays in the spool, and nothing checked "
+    "is downloaded again"
+)
+
+
 @app.command()
 @guarded
 def fetch(
@@ -412,11 +419,11 @@ def fetch(
             only=ids or [],
         )
     except KeyboardInterrupt as exc:
-        raise Interrupted(
-            "interrupted",
-            hint="run the same command again: what was downloaded stays in the spool, and "
-            "nothing checked is downloaded again",
-        ) from exc
+        raise Interrupted("interrupted", hint=_FETCH_AGAIN) from exc
+    except Exception as exc:
+        if interrupted():  # a Ctrl-C met as another error (a generator the engine was reading)
+            raise Interrupted("interrupted", hint=_FETCH_AGAIN) from exc
+        raise
     finally:
         transport.close()
     wire = transport.received if isinstance(transport, SpooledTransport) else None
