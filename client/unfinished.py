@@ -15,6 +15,7 @@ import base64
 import fcntl
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,20 @@ def in_use(folder: Path) -> bool:
 def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
     """Record a send before its first byte is encoded (and hold its spool)."""
     private_dir(spool)
-    claim(spool)
-    _write(spool / RECIPE, recipe.to_json().encode())
-    if key is not None:
-        text = f"{_b64(key.file_key)}\n{_b64(key.preamble)}\n"
-        _write(spool / KEY, text.encode())
+    held = claim(spool)
+    try:
+        _write(spool / RECIPE, recipe.to_json().encode())
+        if key is not None:
+            text = f"{_b64(key.file_key)}\n{_b64(key.preamble)}\n"
+            _write(spool / KEY, text.encode())
+    except StorageError as exc:
+        # Not recorded, so nothing to continue: a record cut short (a full disk) would stay
+        # listed as "? to ?" until dropped by hand.
+        shutil.rmtree(spool, ignore_errors=True)
+        if held:
+            os.close(_claimed.pop())  # its lock, taken just above
+        exc.hint = exc.hint or "free some space there, then run the same command again"
+        raise
 
 
 def began_encoding(spool: Path) -> bool:

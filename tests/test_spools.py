@@ -3,6 +3,7 @@ a partial download beside it; a running send that drop refuses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from airgap.shared import minisign
 from airgap.shared.errors import Interrupted, StorageError, UsageError
 from airgap.shared.ids import made_at, new_bundle_id
 from tests import vsftpd
-from tests.conftest import run_airgap, spawn_airgap
+from tests.conftest import run_airgap, small_disk, spawn_airgap
 from tests.test_remote import _env, _wait_for, needs_vsftpd
 
 
@@ -288,3 +289,18 @@ def test_a_spool_is_dropped_in_one_step(tmp_path: Path, monkeypatch: pytest.Monk
     other.mkdir()
     forget_spool(other)
     assert list(sends.iterdir()) == []
+
+
+def test_a_send_record_the_disk_had_no_room_for_leaves_no_spool(tmp_path: Path) -> None:
+    """Found in review: a full disk as the send's record was written left its spool with an
+    empty record, listed as "? to ?" by `spool show` until dropped by hand."""
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"f" * 4096)
+                filler.flush()
+        spool = disk / "01M8K984T5Y5XB057M5GVHWJXW"
+        with pytest.raises(StorageError, match="No space left on device") as refused:
+            begin(spool, Recipe("ftp://u@h:1/", ("none",), 1, files=("/x",)), None)
+        assert refused.value.hint is not None and "free some space" in refused.value.hint
+        assert not spool.exists()
