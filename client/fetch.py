@@ -582,6 +582,11 @@ def _kept(
         _keep(transport, manifest, data, trusted, keep)
     except AirgapError as exc:
         exc.message = f"imported, but not kept in {keep}: {exc.message}"
+        by_hand = (
+            f"the bundle stays on the source: copy its {len(bundle_names(manifest))} files to "
+            f"{keep} by hand (airgap verify --from checks the copy)"
+        )
+        exc.hint = f"{exc.hint}; {by_hand}" if exc.hint else by_hand
         return _bare(exc)
     return None
 

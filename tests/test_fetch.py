@@ -490,6 +490,7 @@ def test_keep_refuses_a_source_that_changed_since_it_was_verified(
     assert outcome.imported == (str(tmp_path / "out" / "source.bin"),)  # --json says so
     assert "imported, but not kept in" in outcome.error.message
     assert "no longer holds the verified payload" in outcome.error.message
+    assert outcome.error.hint is not None and "copy its 3 files to" in outcome.error.hint
     assert not (tmp_path / "kept").exists() or list((tmp_path / "kept").iterdir()) == []
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["source.bin"]
     assert len(ledger.ids()) == 1  # imported: a second fetch does not unpack it again
