@@ -125,7 +125,8 @@ def check_passphrase(
         raise UsageError(
             f"bundle {bundle_id}, an interrupted send of the same content, was encrypted to "
             "another passphrase",
-            hint=f"give that passphrase to continue it, or remove {send_spool(bundle_id)}",
+            hint="give that passphrase to continue it, or give it up with airgap spool drop "
+            + bundle_id,
         )
 
 

@@ -99,6 +99,7 @@ def test_a_passphrase_send_continues_only_with_its_passphrase(keydir: Path, tmp_
             env={**env, "AIRGAP_PASSPHRASE": "another passphrase"},
         )
         assert other.returncode == 2 and "another passphrase" in other.stderr, other.stderr
+        assert f"give it up with airgap spool drop {bundle_id}" in other.stderr
 
         again = _send(ftp, keydir, tmp_path)
         assert again.returncode == 0, again.stderr
