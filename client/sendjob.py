@@ -43,6 +43,7 @@ from airgap.client.spool import ContinueMismatch, SpooledTransport, cache_dir
 from airgap.client.transport import MANIFEST_SUFFIX, PARTIAL_SUFFIX, Transport
 from airgap.client.unfinished import (
     Recipe,
+    alike,
     began_encoding,
     begin,
     encoded_bytes,
@@ -98,6 +99,8 @@ def start_current(
     has changed since: that one is dropped and a new one started. One whose content is gone
     is kept, and refused: it holds the only copy, and a new send could not start."""
     begun = start(recipe, recipients, place)
+    if not begun.continuing and place.server is not None:
+        _tell_alike(recipe, begun.bundle_id, tell)
     if not (begun.continuing and encoded(begun.bundle_id)):
         return begun
     change = changed(begun.bundle_id, recipe)
@@ -114,6 +117,20 @@ def start_current(
     tell("airgap: sending a new bundle instead")
     drop_encoded(begun.bundle_id, place)
     return start(recipe, recipients, place)
+
+
+def _tell_alike(recipe: Recipe, bundle_id: str, tell: Callable[[str], None]) -> None:
+    """A new send of what an unfinished one sends too, to the same place: that one stays in the
+    spool (and its partial on the server), which a silent new bundle would let go unnoticed."""
+    for other, held in alike(cache_dir() / "send", recipe, besides=bundle_id):
+        if held:
+            tell(f"airgap: note: another airgap is sending the same here now (bundle {other})")
+        else:
+            tell(
+                f"airgap: note: the interrupted send of bundle {other}, the same content to this "
+                f"drop box with other options, stays in the spool (airgap spool drop {other} "
+                "gives it up)"
+            )
 
 
 def check_passphrase(

@@ -195,6 +195,26 @@ def find(sends: Path, recipe: Recipe) -> str | None:
     return None
 
 
+def alike(sends: Path, recipe: Recipe, *, besides: str) -> list[tuple[str, bool]]:
+    """The unfinished sends under ``sends``, ``besides`` aside, of the same images or files to
+    the same destination as ``recipe``: other options (recipients, --full, --base, --level), or
+    held by another airgap. Each with whether another airgap holds it now."""
+    try:
+        folders = sorted(p for p in sends.iterdir() if is_bundle_id(p.name) and p.name != besides)
+    except OSError:
+        return []
+    found = []
+    for folder in folders:
+        try:
+            other = recipe_of(folder)
+        except StorageError:
+            continue
+        what = (recipe.destination, recipe.images, recipe.files)
+        if other is not None and (other.destination, other.images, other.files) == what:
+            found.append((folder.name, in_use(folder)))
+    return found
+
+
 def _write(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -465,3 +465,19 @@ def test_resume_refuses_what_would_change_the_bundle_it_finishes(
         finished = run_airgap([*resume, "--json"], env=env)
         assert finished.returncode == 0, finished.stderr
         assert json.loads(finished.stdout)["id"] == bundle_id
+
+
+def test_a_new_send_beside_an_unfinished_one_of_the_same_content_says_so(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: sent again to other recipients, the same file went as a new bundle,
+    and the interrupted one stayed in the spool (its partial on the server) unmentioned."""
+    with _cut_send(keydir, tmp_path) as (ftp, bundle_id, spool):
+        args, env = _send_call(ftp, keydir, tmp_path)
+        other = [a for a in args if a != "--passphrase"] + ["-R", keydir / "recipient.txt"]
+        again = run_airgap(other, env=env)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["id"] != bundle_id
+        assert f"note: the interrupted send of bundle {bundle_id}" in again.stderr
+        assert f"airgap spool drop {bundle_id}" in again.stderr
+        assert spool.is_dir()
