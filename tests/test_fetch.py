@@ -457,6 +457,11 @@ def test_keep_copies_the_bundle_as_verified(bundle_dir: Path, tmp_path: Path) ->
     assert kept == {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
     verified = run_airgap(["verify", "--from", tmp_path / "kept", *keys])
     assert verified.returncode == 0, verified.stderr
+    # Kept where it came from, with --consume: the "copy" was deleted with the source (review).
+    into = ["--output-dir", tmp_path / "again", "--state-dir", tmp_path / "fresh", "--consume"]
+    onto = run_airgap(["fetch", "--from", bundle_dir, *keys, "--keep", f"{bundle_dir}/.", *into])
+    assert onto.returncode == 2 and "is the folder fetched from" in onto.stderr, onto.stderr
+    assert sorted(p.name for p in bundle_dir.iterdir()) == sorted(kept)
 
 
 class _SecondReadDiffers(DirectoryTransport):

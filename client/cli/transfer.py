@@ -252,6 +252,13 @@ def _place(
     return place
 
 
+def _same_dir(one: Path, other: Path) -> bool:
+    try:
+        return one.samefile(other)
+    except OSError:
+        return False  # one not there (yet): not the other, which is
+
+
 def _is_dir(path: Path) -> bool:
     """False for what cannot be looked at either (a folder above it closed to us): reading it
     as a key then names the file and the reason."""
@@ -401,6 +408,11 @@ def fetch(
     output_dir = output_dir or cfg.output_dir
     identity = identity or list(cfg.identity)
     place = _place(source, server, fingerprint, cfg)
+    if keep is not None and place.directory is not None and _same_dir(keep, place.directory):
+        # Its copies are the very files a --consume deletes, and a copy onto itself is none.
+        raise UsageError(
+            f"--keep {keep} is the folder fetched from", hint="keep the copies in another folder"
+        )
     transport = open_place(place, "--from")
     started = time.monotonic()
     try:
