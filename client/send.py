@@ -207,12 +207,21 @@ def send_stream(
             put_small(transport, name, content)
             placed[-1] = name
     except BaseException:
-        if resuming is None:  # nothing to continue from: what this send placed goes
-            for name in reversed(placed):
+        if resuming is None and not _published(transport, bundle_id + SIGNATURE_SUFFIX):
+            for name in reversed(placed):  # nothing to continue from: what this send placed goes
                 with contextlib.suppress(Exception):
                     transport.delete(name)
         raise
     return manifest
+
+
+def _published(transport: Transport, signature: str) -> bool:
+    """Whether the signature is in place (an interrupt just after its rename): the bundle is
+    whole and published then, and none of it may go."""
+    try:
+        return transport.size(signature) is not None
+    except Exception:
+        return False
 
 
 def _writer(transport: Transport, name: str, resuming: Resuming | None, meter: Meter) -> Writable:

@@ -122,15 +122,12 @@ def start_current(
 def _tell_alike(recipe: Recipe, bundle_id: str, tell: Callable[[str], None]) -> None:
     """A new send of what an unfinished one sends too, to the same place: that one stays in the
     spool (and its partial on the server), which a silent new bundle would let go unnoticed."""
-    for other, held in alike(cache_dir() / "send", recipe, besides=bundle_id):
-        if held:
-            tell(f"airgap: note: another airgap is sending the same here now (bundle {other})")
-        else:
-            tell(
-                f"airgap: note: the interrupted send of bundle {other}, the same content to this "
-                f"drop box with other options, stays in the spool (airgap spool drop {other} "
-                "gives it up)"
-            )
+    for other in alike(cache_dir() / "send", recipe, besides=bundle_id):
+        tell(
+            f"airgap: note: bundle {other}, an unfinished send of the same content to this drop "
+            "box (with other options, or being sent by another airgap now), stays in the spool "
+            f"(airgap spool drop {other} gives it up)"
+        )
 
 
 def check_passphrase(

@@ -12,6 +12,7 @@ the spool when the send completes. Nothing here talks to a server or an engine.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
@@ -131,13 +132,16 @@ def begin(spool: Path, recipe: Recipe, key: age.PayloadKey | None) -> None:
         if key is not None:
             text = f"{_b64(key.file_key)}\n{_b64(key.preamble)}\n"
             _write(spool / KEY, text.encode())
-    except StorageError as exc:
-        # Not recorded, so nothing to continue: a record cut short (a full disk) would stay
-        # listed as "? to ?" until dropped by hand.
+    except BaseException as exc:
+        # Not recorded, so nothing to continue: a record cut short (a full disk, a Ctrl-C)
+        # would stay listed as "? to ?" until dropped by hand.
         shutil.rmtree(spool, ignore_errors=True)
         if held:
             os.close(_claimed.pop())  # its lock, taken just above
-        exc.hint = exc.hint or "free some space there, then run the same command again"
+        cause = exc.__cause__
+        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        if isinstance(exc, StorageError) and full and not exc.hint:
+            exc.hint = "free some space there, then run the same command again"
         raise
 
 
@@ -195,10 +199,11 @@ def find(sends: Path, recipe: Recipe) -> str | None:
     return None
 
 
-def alike(sends: Path, recipe: Recipe, *, besides: str) -> list[tuple[str, bool]]:
+def alike(sends: Path, recipe: Recipe, *, besides: str) -> list[str]:
     """The unfinished sends under ``sends``, ``besides`` aside, of the same images or files to
     the same destination as ``recipe``: other options (recipients, --full, --base, --level), or
-    held by another airgap. Each with whether another airgap holds it now."""
+    held by another airgap (not asked: taking its lock even for a moment could make that airgap
+    believe another holds it)."""
     try:
         folders = sorted(p for p in sends.iterdir() if is_bundle_id(p.name) and p.name != besides)
     except OSError:
@@ -211,7 +216,7 @@ def alike(sends: Path, recipe: Recipe, *, besides: str) -> list[tuple[str, bool]
             continue
         what = (recipe.destination, recipe.images, recipe.files)
         if other is not None and (other.destination, other.images, other.files) == what:
-            found.append((folder.name, in_use(folder)))
+            found.append(folder.name)
     return found
 
 

@@ -478,6 +478,6 @@ def test_a_new_send_beside_an_unfinished_one_of_the_same_content_says_so(
         again = run_airgap(other, env=env)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["id"] != bundle_id
-        assert f"note: the interrupted send of bundle {bundle_id}" in again.stderr
+        assert f"note: bundle {bundle_id}, an unfinished send of the same" in again.stderr
         assert f"airgap spool drop {bundle_id}" in again.stderr
         assert spool.is_dir()

@@ -140,6 +140,7 @@ def send(
                         f"bundle {resume} was being encrypted to other recipients",
                         hint="resume it without recipient options, or with the same ones",
                     )
+                sendjob.check_passphrase(resume, key_of(send_spool(resume)), asked)
             manifest, transport = sendjob.finish(resume, place, ledgers, quiet=quiet, tell=say)
             _sent(manifest, transport, time.monotonic() - started, as_json)
             return
@@ -516,6 +517,7 @@ def list_command(
             f"{row['id']}  {row['state']:<10}  {row['payload_bytes'] or '-':>12}  "
             f"{row['signer'] or '-':<16}  "
             + printable(" ".join(row["content"]) or row["detail"])
+            + (f" ({printable(row['detail'])})" if row["content"] and row["detail"] else "")
             + (thin if row["omitted_layers"] else "")
         )
     if not rows:

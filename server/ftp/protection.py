@@ -41,6 +41,7 @@ class DataProtection(Session):
             # run as if sent over TLS, and a man in the middle could have put it there.
             self.ac_in_buffer = b""
             self._in_buffer, self._in_buffer_len = [], 0
+            self._secured = object()  # and lines held behind a check go too (Session._resume)
 
     def ftp_PROT(self, line: str) -> None:
         if self.tls_data_required and line.strip().upper() == "C":

@@ -58,6 +58,7 @@ class Session(SessionAPI):
     _held: deque[bytes | None] | None = None  # while a check runs: lines not yet run
     _login_by = 0.0  # the monotonic time by which the connection must have logged in
     _ending = False  # told 421 and closing: lines still in the buffer get nothing more
+    _secured: object = None  # a new object each time AUTH TLS switches the connection
 
     # --- connection and command lines
 
@@ -72,8 +73,8 @@ class Session(SessionAPI):
             return
         self._login_by = time.monotonic() + self._login_window()
         super().handle()
-        if not self._closed:
-            self.ioloop.call_later(self._login_window(), self._login_due, _errback=_log_failure)
+        if not self._closed:  # its own timer: cancelled when the connection closes
+            self.call_later(self._login_window(), self._login_due, _errback=_log_failure)
 
     def _login_window(self) -> float:
         return min(float(self.services.config.idle_timeout), LOGIN_WINDOW)
@@ -83,8 +84,10 @@ class Session(SessionAPI):
         with REIN or USER: then at that window's end)."""
         if self._closed or self._ending or self.authenticated:
             return
-        if (left := self._login_by - time.monotonic()) > 0:
-            self.ioloop.call_later(left, self._login_due, _errback=_log_failure)
+        if (left := self._login_by - time.monotonic()) > 0 or self._checking():
+            # A PASS in time being checked (or waiting out a failure's delay) is answered by
+            # its check, not cut off: look again a little later.
+            self.call_later(max(left, 1.0), self._login_due, _errback=_log_failure)
             return
         self._no_login()
 
@@ -194,9 +197,13 @@ class Session(SessionAPI):
         the session, as it would have unheld."""
         held, self._held = self._held or deque(), None
         partial = self._in_buffer, self._in_buffer_len  # the start of a line not ended yet
+        secured = self._secured
         try:
             while held and not self._closed and not self._checking():
                 self._run(held.popleft())
+                if self._secured is not secured:  # AUTH TLS ran: what came in clear behind
+                    held.clear()  # it is dropped (see protection.DataProtection.ftp_AUTH)
+                    partial = [], 0
         except Exception:
             self.handle_error()
             return
@@ -252,6 +259,7 @@ class Session(SessionAPI):
         """One silent from the start is refused for the same reason as one that talked."""
         if not self.authenticated and not self._ending:
             self._count_no_login()
+            self._ending = True  # counted once, whichever timer came first
         super().handle_timeout()
 
     def _account_changed(self) -> bool:
@@ -294,7 +302,7 @@ class Session(SessionAPI):
         # Logged out (REIN, or USER again): as if it had just connected.
         self._login_by = time.monotonic() + self._login_window()
         if not self._closed:
-            self.ioloop.call_later(self._login_window(), self._login_due, _errback=_log_failure)
+            self.call_later(self._login_window(), self._login_due, _errback=_log_failure)
 
     def ftp_PASS(self, line: str) -> None:
         if self.authenticated:

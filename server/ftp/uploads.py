@@ -103,11 +103,11 @@ class UploadCommands(Session):
             logger.warning("upload of %s refused: %s", path, budget.reply)
             self.respond(budget.reply)
             return
-        if self.data_channel is None and self._dtp_acceptor is None and self._dtp_connector is None:
+        if not self._data_coming():
             # Else the upload waits for a data connection that may never come, having made its
             # file and its audit record: STOR after STOR, a few bytes each, grew the log for
             # ever without a byte of data.
-            self.respond("425 Use PASV or EPSV first.")
+            self.respond("425 Use PASV or EPSV first (one upload per data connection).")
             return
         if not self.services.busy.claim([Path(path)]):
             self.respond("450 File busy: being written or published; try again later.")
@@ -128,6 +128,16 @@ class UploadCommands(Session):
         self._upload = upload
         self._record("upload-started", path, offset=offset)
         self._start_receiving(upload, "APPE" if append else "STOR")
+
+    def _data_coming(self) -> bool:
+        """A data connection is open, or on its way (a passive port listening, an active one
+        connecting), and no other upload is waiting for it already."""
+        if self._in_dtp_queue is not None:
+            return False
+        if self.data_channel is not None:
+            return True
+        waiting = (self._dtp_acceptor, self._dtp_connector)  # pyftpdlib keeps them once closed
+        return any(d is not None and not d._closed for d in waiting)
 
     def _takes_an_area(self, path: str) -> bool:
         """An anonymous upload in ``pub/incoming`` named as an account could be: where that

@@ -492,6 +492,15 @@ def test_stor_without_a_data_connection_on_the_way_is_refused_unrecorded(serve):
             client.sendcmd(f"STOR {name}")
     assert "upload-started" not in server.audit()
     assert not (server.root / "pub/incoming/sender/a.bin").exists()
+    client.makepasv()  # one PASV, then STOR after STOR: only the first waits for it
+    assert client.sendcmd("STOR c.bin").startswith("150")
+    with pytest.raises(ftplib.error_temp, match="425 Use PASV"):
+        client.sendcmd("STOR d.bin")
+    assert server.audit().count("upload-started") == 1
+    assert not (server.root / "pub/incoming/sender/d.bin").exists()
+    client.close()
+    client = server.ftp("sender")
+    client.voidcmd("TYPE I")
     stor(client, "a.bin", b"data")  # PASV first: as before
     assert (server.root / "pub/incoming/sender/a.bin").read_bytes() == b"data"
 
@@ -546,3 +555,36 @@ def test_connections_that_never_log_in_count_as_failed_logins(serve):
         server.ftp("sender")
     first.close()
     second.close()
+
+
+def test_a_login_checked_past_the_window_is_answered_by_its_check(serve):
+    """Found in review: the login window's timer closed a connection whose PASS, sent in time,
+    was still being checked (a busy pool of password checks), and counted it as a failure."""
+    slow = (
+        "import time\nimport airgap.server.ftp.session as s\ns.LOGIN_WINDOW = 1.0\n"
+        "_check = s.authenticate\n"
+        "def slow(*args, **kwargs):\n    time.sleep(2)\n    return _check(*args, **kwargs)\n"
+        "s.authenticate = slow\n"
+    )
+    server = serve("--tls", "off", "--idle-timeout", "60", prelude=slow)
+    client = server.ftp()
+    assert client.login("sender", server.password("sender")).startswith("230")
+    assert client.voidcmd("NOOP").startswith("200")
+    assert "no login in time" not in server.audit()
+
+
+def test_lines_in_clear_behind_auth_tls_are_dropped_behind_a_login_check_too(serve):
+    """Found in review: AUTH TLS held behind a PASS being checked ran from the held lines, and
+    the line in clear behind it ran after the switch, answered over TLS."""
+    server = serve("--tls", "optional")
+    context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        raw.sendall(b"USER sender\r\nPASS wrong\r\nAUTH TLS\r\nPWD\r\n")
+        for expected in (b"331", b"530", b"234"):
+            assert reader.readline().startswith(expected)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"NOOP\r\n")
+            answer = tls.makefile("rb").readline()
+    assert answer.startswith(b"200"), answer  # NOOP's, not the 530 of the PWD sent in clear
