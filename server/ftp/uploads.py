@@ -31,6 +31,7 @@ logger = logging.getLogger("airgap.server")
 
 class UploadCommands(Session):
     _upload: storage.UploadFile | None = None  # what this session writes, claimed in BusyFiles
+    _queued_on: object = None  # the passive listener an upload waiting for its data awaits
     # One for the process, as the class is: areas are told apart by their directory's identity.
     _areas: ClassVar[storage.Areas] = storage.Areas()
     _records: ClassVar[UploadRecords] = UploadRecords()  # one hash job waiting per file at most
@@ -131,9 +132,9 @@ class UploadCommands(Session):
 
     def _data_coming(self) -> bool:
         """A data connection is open, or on its way (a passive port listening, an active one
-        connecting), and no other upload is waiting for it already."""
-        if self._in_dtp_queue is not None:
-            return False
+        connecting), and no other upload is waiting for that one already."""
+        if self._in_dtp_queue is not None and self._dtp_acceptor is self._queued_on:
+            return False  # STOR after STOR on one PASV (after a new PASV, the first is given up)
         if self.data_channel is not None:
             return True
         waiting = (self._dtp_acceptor, self._dtp_connector)  # pyftpdlib keeps them once closed
@@ -161,6 +162,7 @@ class UploadCommands(Session):
         else:
             self.respond("150 File status okay. About to open data connection.")
             self._in_dtp_queue = (upload, cmd)
+            self._queued_on = self._dtp_acceptor
 
     def _release_upload(self) -> None:
         """Close the file (pyftpdlib drops a queued one unclosed on REIN), then release it."""
