@@ -464,19 +464,27 @@ def test_a_data_connection_from_another_address_is_closed_and_the_transfer_goes_
         second.connect((host, port))
 
 
-def test_commands_sent_in_clear_behind_auth_tls_are_dropped(serve):
-    """Found in review (STARTTLS command injection): lines in the same packet as AUTH TLS were
-    run once TLS was up, their answers sent over TLS, as if the client had sent them there."""
-    server = serve("--tls", "optional")
+def _answer_over_tls(server: Server, in_clear: bytes, replies: list[bytes], then: bytes) -> bytes:
+    """Send ``in_clear`` in one packet, check the replies in clear, switch to TLS, send the
+    command ``then``: the first line that comes back over TLS."""
     context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
         reader = raw.makefile("rb")
         assert reader.readline().startswith(b"220")
-        raw.sendall(b"AUTH TLS\r\nUSER sender\r\nPASS x\r\n")
-        assert reader.readline().startswith(b"234")
+        raw.sendall(in_clear)
+        for expected in replies:
+            assert reader.readline().startswith(expected)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"PWD\r\n")
-            answer = tls.makefile("rb").readline()
+            tls.sendall(then + b"\r\n")
+            answer: bytes = tls.makefile("rb").readline()
+    return answer
+
+
+def test_commands_sent_in_clear_behind_auth_tls_are_dropped(serve):
+    """Found in review (STARTTLS command injection): lines in the same packet as AUTH TLS were
+    run once TLS was up, their answers sent over TLS, as if the client had sent them there."""
+    server = serve("--tls", "optional")
+    answer = _answer_over_tls(server, b"AUTH TLS\r\nUSER sender\r\nPASS x\r\n", [b"234"], b"PWD")
     # The answer to PWD itself (not logged in), not 331 to the USER that came in clear.
     assert answer.startswith(b"530"), answer
 
@@ -577,14 +585,6 @@ def test_lines_in_clear_behind_auth_tls_are_dropped_behind_a_login_check_too(ser
     """Found in review: AUTH TLS held behind a PASS being checked ran from the held lines, and
     the line in clear behind it ran after the switch, answered over TLS."""
     server = serve("--tls", "optional")
-    context = ssl.create_default_context(cafile=str(server.root / "state/tls/cert.pem"))
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-        reader = raw.makefile("rb")
-        assert reader.readline().startswith(b"220")
-        raw.sendall(b"USER sender\r\nPASS wrong\r\nAUTH TLS\r\nPWD\r\n")
-        for expected in (b"331", b"530", b"234"):
-            assert reader.readline().startswith(expected)
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"NOOP\r\n")
-            answer = tls.makefile("rb").readline()
+    in_clear = b"USER sender\r\nPASS wrong\r\nAUTH TLS\r\nPWD\r\n"
+    answer = _answer_over_tls(server, in_clear, [b"331", b"530", b"234"], b"NOOP")
     assert answer.startswith(b"200"), answer  # NOOP's, not the 530 of the PWD sent in clear
