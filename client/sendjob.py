@@ -19,6 +19,7 @@ from pathlib import Path
 from airgap.client.engine import Engine
 from airgap.client.ftp import WrongPlace
 from airgap.client.images import learn_layer_files, send_images
+from airgap.client.pace import LEVELS, Pace
 from airgap.client.places import (
     Place,
     check_space,
@@ -64,6 +65,7 @@ from airgap.shared.errors import (
 )
 from airgap.shared.ids import new_bundle_id
 from airgap.shared.manifest import Manifest, payload_name
+from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 
 
 @dataclass(frozen=True)
@@ -258,8 +260,16 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
     spool = send_spool(begun.bundle_id) if by.place.server else None
     transport = open_place(by.place, "--to", spool=spool)
     resuming = Resuming(begun.bundle_id, spool, continuing=begun.continuing) if spool else None
+    pace = None
+    if recipe.level is None and spool is not None and isinstance(transport, SpooledTransport):
+        uploaded = transport  # its bytes sent so far tell the pace how fast the link is
+        pace = Pace(lambda: uploaded.sent, spool / LEVELS, replay=begun.continuing)
     options = EncodeOptions(
-        by.recipients, level=recipe.level, threads=os.cpu_count() or 1, key=begun.key
+        by.recipients,
+        level=recipe.level or DEFAULT_ZSTD_LEVEL,
+        pace=pace,
+        threads=os.cpu_count() or 1,
+        key=begun.key,
     )
     room = spool or by.place.directory or Path()
     try:

@@ -39,7 +39,7 @@ class Recipe:
 
     destination: str
     audience: tuple[str, ...]
-    level: int
+    level: int | None  # None: the pace chooses (client/pace.py)
     images: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     full: bool = False
@@ -54,7 +54,7 @@ class Recipe:
         return cls(
             destination=str(obj["destination"]),
             audience=tuple(obj["audience"]),
-            level=int(obj["level"]),
+            level=None if obj["level"] is None else int(obj["level"]),
             images=tuple(obj["images"]),
             files=tuple(obj["files"]),
             full=bool(obj["full"]),

@@ -39,6 +39,7 @@ from airgap.shared.stages import (
     DEFAULT_ZSTD_LEVEL,
     Chain,
     Limit,
+    Pace,
     Segments,
     Sha256,
     Stage,
@@ -57,7 +58,8 @@ PIECE = 1024 * 1024
 @dataclass(frozen=True)
 class EncodeOptions:
     recipients: Sequence[age.Recipient]  # empty: sign-only bundle, no encryption
-    level: int = DEFAULT_ZSTD_LEVEL
+    level: int = DEFAULT_ZSTD_LEVEL  # with ``pace``, the first level
+    pace: Pace | None = None  # changes the level as it goes (see ZstdCompress)
     threads: int = 0
     segment_size: int = DEFAULT_SEGMENT
     key: age.PayloadKey | None = None  # a given key repeats an earlier encoding exactly
@@ -74,9 +76,8 @@ class Encoder:
         # Two groups, each hashing what it has just read or made, while it is still in the
         # core's cache: the plaintext beside the zstd call (whose workers compress on their own
         # threads), then encryption beside the payload hashes.
-        self.stages: list[Stage] = [
-            Chain([self.plaintext, ZstdCompress(level=options.level, threads=options.threads)]),
-        ]
+        self.zstd = ZstdCompress(level=options.level, threads=options.threads, pace=options.pace)
+        self.stages: list[Stage] = [Chain([self.plaintext, self.zstd])]
         encrypted: list[Stage] = (
             [age.AgeEncryptor(options.recipients, key=options.key)] if options.recipients else []
         )
@@ -116,7 +117,7 @@ class Encoder:
             signer=signer.key_id_hex,
             plaintext_size=self.plaintext.size,
             plaintext_sha256=self.plaintext.hexdigest(),
-            compression_level=self.options.level,
+            compression_level=self.zstd.highest,
             encryption=encryption,
             payload=Payload(
                 name=payload_name(bundle_id, encrypted=bool(recipients)),

@@ -42,7 +42,6 @@ from airgap.shared.errors import Interrupted, UsageError
 from airgap.shared.ids import is_bundle_id
 from airgap.shared.manifest import Manifest
 from airgap.shared.pipeline import interrupted
-from airgap.shared.stages import DEFAULT_ZSTD_LEVEL
 
 
 @app.command()
@@ -70,7 +69,13 @@ def send(
         bool, typer.Option("--passphrase", help="Encrypt to a passphrase (AIRGAP_PASSPHRASE).")
     ] = False,
     level: Annotated[
-        int | None, typer.Option(help="zstd level (default 1).", min=1, max=19)
+        int | None,
+        typer.Option(
+            help="zstd level. Default: 1 to a directory; to a server, from 1 up to 9 as the "
+            "link is slower than the encoder.",
+            min=1,
+            max=19,
+        ),
     ] = None,
     to: Annotated[
         Path | None, typer.Option("--to", help="Directory (removable media) to write into.")
@@ -174,7 +179,7 @@ def send(
     recipe = Recipe(
         destination=place.describe(),
         audience=audience(recipients),
-        level=level or cfg.level or DEFAULT_ZSTD_LEVEL,
+        level=level or cfg.level,  # neither: the pace chooses, from the link's speed
         images=tuple(images or ()),
         files=tuple(str(p.absolute()) for p in file or ()),
         full=full,
