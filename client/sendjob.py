@@ -260,19 +260,19 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
     spool = send_spool(begun.bundle_id) if by.place.server else None
     transport = open_place(by.place, "--to", spool=spool)
     resuming = Resuming(begun.bundle_id, spool, continuing=begun.continuing) if spool else None
-    pace = None
-    if recipe.level is None and spool is not None and isinstance(transport, SpooledTransport):
-        uploaded = transport  # its bytes sent so far tell the pace how fast the link is
-        pace = Pace(lambda: uploaded.sent, spool / LEVELS, replay=begun.continuing)
-    options = EncodeOptions(
-        by.recipients,
-        level=recipe.level or DEFAULT_ZSTD_LEVEL,
-        pace=pace,
-        threads=os.cpu_count() or 1,
-        key=begun.key,
-    )
     room = spool or by.place.directory or Path()
     try:
+        pace = None
+        if recipe.level is None and spool is not None and isinstance(transport, SpooledTransport):
+            uploading = transport  # how far its upload has gone tells the pace the link's speed
+            pace = Pace(lambda: uploading.reached, spool / LEVELS, replay=begun.continuing)
+        options = EncodeOptions(
+            by.recipients,
+            level=recipe.level or DEFAULT_ZSTD_LEVEL,
+            pace=pace,
+            threads=os.cpu_count() or 1,
+            key=begun.key,
+        )
         if spool is not None:
             _refused_before(transport, by.ledgers, by.place, by.tell)
         if recipe.images:

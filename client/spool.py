@@ -93,6 +93,7 @@ class SpooledTransport:
         self.remote = remote
         self.spool = private_dir(spool)
         self.sent = 0  # payload bytes that crossed the network, for the summary
+        self.reached = 0  # how far into its file the upload under way has gone
         self.received = 0
         self.backoff = backoff
         self._big = big  # smaller files are not worth a spool
@@ -533,6 +534,7 @@ class _Uploader:
                     out.write(chunk)
                     out.flush()  # on the network, where the bar can see it
                     self.owner.sent += len(chunk)
+                    self.owner.reached = source.tell()
                     self.meter.advance(source.tell() - (queue.unsent() if queue else 0))
                 elif self.finished.is_set() and source.tell() >= self.local.stat().st_size:
                     break

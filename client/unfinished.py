@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from airgap.client.pace import LEVELS
 from airgap.client.private import private_dir
 from airgap.shared import age
 from airgap.shared.age_header import Stanza
@@ -155,7 +156,8 @@ def encoded_bytes(spool: Path) -> int:
     """The bytes the send in ``spool`` has encoded so far (its payload, and once done its
     manifest and signature): a continued send compares them, it does not write them again."""
     try:
-        return sum(p.stat().st_size for p in spool.iterdir() if p.name not in (RECIPE, KEY, LOCK))
+        kept = (RECIPE, KEY, LOCK, LEVELS)  # what a send keeps before its first encoded byte
+        return sum(p.stat().st_size for p in spool.iterdir() if p.name not in kept)
     except FileNotFoundError:
         return 0
     except OSError as exc:

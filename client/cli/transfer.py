@@ -71,7 +71,7 @@ def send(
     level: Annotated[
         int | None,
         typer.Option(
-            help="zstd level. Default: 1 to a directory; to a server, from 1 up to 9 as the "
+            help="zstd level. Default: 1 to a directory; to a server, from 1 up to 7 as the "
             "link is slower than the encoder.",
             min=1,
             max=19,
@@ -179,7 +179,8 @@ def send(
     recipe = Recipe(
         destination=place.describe(),
         audience=audience(recipients),
-        level=level or cfg.level,  # neither: the pace chooses, from the link's speed
+        # Neither: the pace chooses, from the link's speed. A resumed send keeps its own.
+        level=stored.level if stored is not None else level or cfg.level,
         images=tuple(images or ()),
         files=tuple(str(p.absolute()) for p in file or ()),
         full=full,
