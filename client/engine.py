@@ -24,7 +24,7 @@ from airgap.client.saved import MANIFEST_JSON, SavedArchive
 from airgap.shared.errors import EngineError, UsageError
 from airgap.shared.layers import all_chain_ids
 from airgap.shared.manifest import ImageEntry
-from airgap.shared.refs import is_reference
+from airgap.shared.refs import is_reference, tag_of
 
 TIMEOUT = 3600
 _LOADED = re.compile(r"^Loaded image(?: ID)?: (.+)$")
@@ -58,7 +58,10 @@ class Engine:
                     f"no image {ref!r} in the Docker engine", hint="check `docker images`"
                 )
             known = entries[image.id].refs if image.id in entries else ()
-            refs = known if ref in known else (*known, ref)
+            # Only a tag goes with the image: an id, a prefix of one or a digest names it
+            # here alone (another engine names it otherwise), so it arrives untagged.
+            tags = {tag_of(tag) for tag in image.attrs.get("RepoTags") or []}
+            refs = known if ref in known or tag_of(ref) not in tags else (*known, ref)
             entries[image.id] = ImageEntry(image.id, refs, tuple(image.attrs["RootFS"]["Layers"]))
         return list(entries.values())
 

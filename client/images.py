@@ -202,7 +202,13 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
         # bytes at its own pace, never holds up the hashing and decompressing meanwhile. If the
         # engine fails first, closing stops those threads before the decode is closed.
         with contextlib.closing(threaded(plaintext, [])) as decoded:
-            engine.load(withhold_last(named_only(decoded, manifest)), size=size)
+            loaded = engine.load(withhold_last(named_only(decoded, manifest)), size=size)
+    for image in manifest.images:  # sent by id or digest: the engine's report names it
+        if not image.refs and not any(_is_loaded(engine, name, image) for name in loaded):
+            raise VerificationError(
+                f"docker load: image {image.id}, sent without a tag, is not among what the "
+                f"engine loaded ({', '.join(loaded) or 'nothing'})"
+            )
     for ref, image in refs:
         got = engine.image_id(ref)
         if not is_image(engine, ref, got, image):
@@ -243,6 +249,11 @@ class LocalLayers:
 
     def __exit__(self, *_: object) -> None:
         self._held.close()
+
+
+def _is_loaded(engine: Engine, name: str, image: ImageEntry) -> bool:
+    """Whether ``name``, from the engine's report of a load, is the untagged ``image``."""
+    return name.startswith("sha256:") and is_image(engine, name, engine.image_id(name), image)
 
 
 def is_image(engine: Engine, ref: str, got: str | None, image: ImageEntry) -> bool:

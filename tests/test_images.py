@@ -280,6 +280,63 @@ def test_a_bundle_from_one_engine_loads_on_another(
         assert out.strip() == b"hi"
 
 
+def _untagged_with_config(client: Any, config: str) -> list[Any]:
+    """The untagged images of ``client`` whose config digest is ``config``."""
+    return [
+        image
+        for image in client.images.list(filters={"dangling": True})
+        if _config_digest(client, image.id) == config
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), _PAIRS, ids=[f"{a}-to-{b}".replace("/", "_") for a, b in _PAIRS]
+)
+@pytest.mark.parametrize("named_by", ["id", "short id"])
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_image_sent_by_its_id_arrives_untagged_on_another_engine(
+    source: str, target: str, named_by: str, repo: str, keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: an image named by its id went with that id as a tag to apply. A
+    containerd store names images otherwise, found no such ref after the load, refused the
+    bundle (exit 3) and kept the image, untagged. An id names an image on its own engine
+    alone: it goes without a tag, and the receiver finds the image in what its engine reports
+    it loaded, by the config digest the manifest signs."""
+    sender = DockerEngine(source, connect_engine(source))
+    receiver = DockerEngine(target, connect_engine(target))
+    drop = tmp_path / "drop"
+    arrived: list[Any] = []
+    with (
+        contextlib.closing(sender.client),
+        contextlib.closing(receiver.client),
+        images_on(sender.client, repo) as images,
+        removed_after(receiver.client, repo),
+    ):
+        name = images[1].id if named_by == "id" else images[1].id.removeprefix("sha256:")[:12]
+        try:
+            signing = ["--no-encrypt", "--sign-key", keydir / "signing.key", "--json"]
+            sent = run_airgap(["send", name, "--to", drop, *signing], env=sender.env)
+            assert sent.returncode == 0, sent.stderr
+            assert "arrives untagged" in sent.stderr
+            (entry,) = _manifest(drop, json.loads(sent.stdout)["id"]).images
+            assert entry.refs == ()
+            assert entry.config == _config_digest(sender.client, images[1].id)
+            _absent(receiver.client, *images)
+            fetched = _fetch(keydir, drop, tmp_path / "state", env=receiver.env)
+            assert fetched.returncode == 0, fetched.stderr
+            arrived = _untagged_with_config(receiver.client, entry.config)
+            assert len(arrived) == 1
+            for ref in (f"{repo}:1", f"{repo}:2"):  # the sender's tags stayed there
+                with pytest.raises(docker.errors.ImageNotFound):
+                    receiver.client.images.get(ref)
+            out = receiver.client.containers.run(arrived[0].id, remove=True, network_mode="host")
+            assert out.strip() == b"hi"
+        finally:
+            for image in arrived:
+                receiver.client.images.remove(image.id, force=True)
+
+
 @pytest.mark.docker
 @pytest.mark.timeout(120)
 def test_unknown_image_and_no_engine_are_clear_errors(

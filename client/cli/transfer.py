@@ -299,6 +299,9 @@ def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: boo
         f"sent bundle {manifest.id}: {manifest.payload.size} bytes to {transport.describe()}"
         + (f" ({plural(left_out, 'layer')} left out: the far side has {has})" if left_out else "")
     )
+    for image in manifest.images:
+        if not image.refs:
+            say(f"  image {image.id} was named by id or digest, not by a tag: it arrives untagged")
     if as_json:
         wire = transport.sent if isinstance(transport, SpooledTransport) else None
         emit(
