@@ -325,6 +325,7 @@ def test_an_image_sent_by_its_id_arrives_untagged_on_another_engine(
             _absent(receiver.client, *images)
             fetched = _fetch(keydir, drop, tmp_path / "state", env=receiver.env)
             assert fetched.returncode == 0, fetched.stderr
+            assert f"{entry.config} (untagged: sent by id or digest)" in fetched.stderr
             arrived = _untagged_with_config(receiver.client, entry.config)
             assert len(arrived) == 1
             for ref in (f"{repo}:1", f"{repo}:2"):  # the sender's tags stayed there

@@ -347,10 +347,18 @@ def _report(
     verb: str,
     as_json: bool,
     extra: dict[str, Any] | None = None,
+    *,
+    loaded: bool = False,  # a fetch: name the untagged images the engine now holds
 ) -> None:
     for o in outcomes:
         if o.error is None:
-            say(f"{verb} {o.bundle_id}" + "".join(f"\n  {printable(p)}" for p in o.imported))
+            untagged = [
+                f"\n  {i.config or i.id} (untagged: sent by id or digest)"
+                for i in (o.manifest.images if o.manifest and loaded else ())
+                if not i.refs
+            ]
+            shown = "".join(f"\n  {printable(p)}" for p in o.imported)
+            say(f"{verb} {o.bundle_id}{shown}{''.join(untagged)}")
         else:
             imported = "".join(f"\n  {printable(p)}" for p in o.imported)  # kept or not
             say(f"airgap: error: bundle {o.bundle_id}: {one_line(o.error.message)}{imported}")
@@ -450,7 +458,7 @@ def fetch(
         transport.close()
     wire = transport.received if isinstance(transport, SpooledTransport) else None
     summary = {"bytes_on_wire": wire, "seconds": round(time.monotonic() - started, 3)}
-    _report(outcomes, "fetched", as_json, summary)
+    _report(outcomes, "fetched", as_json, summary, loaded=True)
 
 
 @app.command()
