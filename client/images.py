@@ -203,8 +203,10 @@ def load_images(plaintext: Iterable[bytes], manifest: Manifest, engine: Engine) 
         # engine fails first, closing stops those threads before the decode is closed.
         with contextlib.closing(threaded(plaintext, [])) as decoded:
             loaded = engine.load(withhold_last(named_only(decoded, manifest)), size=size)
-    for image in manifest.images:  # sent by id or digest: the engine's report names it
-        if not image.refs and not any(_is_loaded(engine, name, image) for name in loaded):
+    configs: dict[str, str | None] = {}  # the config digest of each image the report names
+    for image in manifest.images:
+        if not image.refs and not _is_loaded(engine, loaded, image, configs):
+            engine.retag(before)
             raise VerificationError(
                 f"docker load: image {image.id}, sent without a tag, is not among what the "
                 f"engine loaded ({', '.join(loaded) or 'nothing'})"
@@ -251,9 +253,25 @@ class LocalLayers:
         self._held.close()
 
 
-def _is_loaded(engine: Engine, name: str, image: ImageEntry) -> bool:
-    """Whether ``name``, from the engine's report of a load, is the untagged ``image``."""
-    return name.startswith("sha256:") and is_image(engine, name, engine.image_id(name), image)
+def _is_loaded(
+    engine: Engine, loaded: Sequence[str], image: ImageEntry, configs: dict[str, str | None]
+) -> bool:
+    """Whether the untagged ``image`` (sent by id or digest) is in the engine after a load that
+    reported ``loaded``. A graph driver names it by its config digest, and reports ids only when
+    the archive's last image has no tag: it is looked up. A containerd store names it by a
+    manifest of its own, and reports it: each id reported is saved once for its config."""
+    found = engine.image_id(image.config or image.id)
+    if found is not None and found in (image.id, image.config):
+        return True
+    for name in loaded:
+        if name.startswith("sha256:") and engine.image_id(name) is not None:
+            if name in (image.id, image.config):
+                return True
+            if name not in configs:
+                configs[name] = engine.config_digest(name)
+            if image.config is not None and configs[name] == image.config:
+                return True
+    return False
 
 
 def is_image(engine: Engine, ref: str, got: str | None, image: ImageEntry) -> bool:

@@ -31,7 +31,8 @@ LEVELS = "levels"
 #: upload needs (measured: level 9 slowed a 100 Mbit/s upload beside it by 8 %).
 CEILING = 7
 #: After a climb, an upload this much slower than before it, in each of the next two windows,
-#: means the encoder now takes what the upload needs: the pace steps back and climbs no higher.
+#: means the encoder now takes what the upload needs: the pace goes back to the level it left
+#: and climbs no higher.
 SLOWED = 0.9
 #: The upload's counter moves a chunk at a time: a window may miss one of its chunks.
 CHUNK = 1 << 20
@@ -75,6 +76,7 @@ class Pace:
         self._ceiling = CEILING
         self._before: float | None = None  # the upload's rate before a climb being judged
         self._judged: list[bool] = []  # whether each window since that climb was slower
+        self._from = 1  # the level that climb left
         self._settled = False  # whether a window has been measured whole
         try:
             with record.open("ab") as kept:
@@ -115,7 +117,7 @@ class Pace:
             self._judged.append((taken + CHUNK) / seconds < SLOWED * self._before)
             if all(self._judged) and len(self._judged) == JUDGED:
                 self._before = None
-                self._ceiling = max(1, level - 2)  # the climb took the upload's share
+                self._ceiling = self._from  # the climb took the upload's share
                 return self._ceiling
             if len(self._judged) == JUDGED or not self._judged[-1]:
                 self._before = None  # it stands
@@ -125,7 +127,7 @@ class Pace:
             chosen = min(self._ceiling, level + (4 if made >= 2 * CLIMB * taken else 2))
             # The first window's rate counts what the socket buffers took at once: no measure.
             if settled:
-                self._before, self._judged = rate, []
+                self._before, self._judged, self._from = rate, [], level
             return chosen
         if made < taken and now.produced - now.uploaded < taken and level > 1:
             return max(1, level - 2)  # the upload waits for the encoder: ease off

@@ -176,6 +176,7 @@ def changed(bundle_id: str, recipe: Recipe) -> Change | None:
     manifest = _spooled_manifest(bundle_id)
     if recipe.images:
         held = {ref: image.id for image in manifest.images for ref in image.refs}
+        ids = {image.id for image in manifest.images}  # what an id or a digest named
         changes: list[Change] = []
         engine = Engine.from_env()
         try:
@@ -183,7 +184,7 @@ def changed(bundle_id: str, recipe: Recipe) -> Change | None:
                 now = engine.image_id(ref)
                 if now is None:
                     changes.append(Change(f"{ref} is now no image", gone=True))
-                elif held.get(ref) != now:
+                elif held[ref] != now if ref in held else now not in ids:
                     changes.append(Change(f"{ref} is now {now}", gone=False))
         finally:
             engine.close()

@@ -308,6 +308,7 @@ def _sent(manifest: Manifest, transport: Transport, seconds: float, as_json: boo
             {
                 "id": manifest.id,
                 "images": [ref for image in manifest.images for ref in image.refs],
+                "untagged": _untagged(manifest),
                 "files": [f.name for f in manifest.files],
                 "plaintext_bytes": manifest.plaintext_size,
                 "payload_bytes": manifest.payload.size,
@@ -342,6 +343,12 @@ def _identities(paths: Sequence[Path]) -> list[age.Identity]:
     return found
 
 
+def _untagged(manifest: Manifest) -> list[str]:
+    """The config digests of the images ``manifest`` carries without a tag (sent by id or
+    digest): what every engine names them by."""
+    return [image.config or image.id for image in manifest.images if not image.refs]
+
+
 def _report(
     outcomes: Sequence[fetching.Outcome],
     verb: str,
@@ -352,13 +359,10 @@ def _report(
 ) -> None:
     for o in outcomes:
         if o.error is None:
-            untagged = [
-                f"\n  {i.config or i.id} (untagged: sent by id or digest)"
-                for i in (o.manifest.images if o.manifest and loaded else ())
-                if not i.refs
-            ]
+            untagged = _untagged(o.manifest) if o.manifest and loaded else []
             shown = "".join(f"\n  {printable(p)}" for p in o.imported)
-            say(f"{verb} {o.bundle_id}{shown}{''.join(untagged)}")
+            shown += "".join(f"\n  {d} (untagged: sent by id or digest)" for d in untagged)
+            say(f"{verb} {o.bundle_id}{shown}")
         else:
             imported = "".join(f"\n  {printable(p)}" for p in o.imported)  # kept or not
             say(f"airgap: error: bundle {o.bundle_id}: {one_line(o.error.message)}{imported}")
@@ -375,6 +379,7 @@ def _report(
                         "ok": o.error is None,
                         "error": None if o.error is None else o.error.message,
                         "imported": list(o.imported),
+                        "untagged": _untagged(o.manifest) if o.manifest and loaded else [],
                         "payload_bytes": o.manifest.payload.size if o.manifest else None,
                     }
                     for o in outcomes
@@ -545,7 +550,9 @@ def _row(item: fetching.Listing) -> dict[str, Any]:
     manifest = item.manifest
     content: list[str] = []
     if manifest is not None:
-        content = [r for i in manifest.images for r in i.refs] or [f.name for f in manifest.files]
+        content = [r for i in manifest.images for r in i.refs]
+        content += [f"{i.config or i.id} (untagged)" for i in manifest.images if not i.refs]
+        content = content or [f.name for f in manifest.files]
     return {
         "id": item.bundle_id,
         "state": item.state,
