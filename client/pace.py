@@ -16,13 +16,13 @@ byte (the spool compares them); past the record, it chooses anew.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from airgap.client.spool import spool_failure
 from airgap.shared.errors import StorageError
 
 #: The record's name in a send's spool.
@@ -134,14 +134,7 @@ class Pace:
         return level
 
     def _failed(self, exc: OSError) -> StorageError:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        return StorageError(
-            f"spool {self._record}: {exc.strerror or exc}",
-            hint="free some space there (airgap spool show lists what the spool holds), "
-            "then run the same command again"
-            if full
-            else None,
-        )
+        return spool_failure(self._record, exc)
 
 
 def _recorded(record: Path) -> tuple[list[int], int]:

@@ -84,6 +84,18 @@ def cache_dir() -> Path:
     return Path(base) / "airgap"
 
 
+def spool_failure(path: str | Path, exc: OSError) -> StorageError:
+    """A spool file that could not be written, with a hint when its disk is full."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return StorageError(
+        f"spool {path}: {exc.strerror or exc}",
+        hint="free some space there (airgap spool show lists what the spool holds), "
+        "then run the same command again"
+        if full
+        else None,
+    )
+
+
 class SpooledTransport:
     """The remote transport, with spooled, resumable, retried payload transfers."""
 
@@ -403,14 +415,7 @@ class _SpooledUpload(io.RawIOBase):
         return size
 
     def _failed(self, exc: OSError) -> StorageError:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        return StorageError(
-            f"spool {self._file.name}: {exc.strerror or exc}",
-            hint="free some space there (airgap spool show lists what the spool holds), "
-            "then run the same command again"
-            if full
-            else None,
-        )
+        return spool_failure(self._file.name, exc)
 
     def close(self) -> None:
         if self.closed:
