@@ -280,6 +280,12 @@ def test_a_bundle_from_one_engine_loads_on_another(
         assert out.strip() == b"hi"
 
 
+def _oci_saver(engine: DockerEngine) -> bool:
+    """Whether the engine's save writes the OCI layout with a graph driver (Docker 26.1)."""
+    version = str(engine.client.version().get("Version", ""))
+    return not engine.containerd_store and not version.startswith("20.")
+
+
 def _untagged_with_config(client: Any, config: str) -> list[Any]:
     """The untagged images of ``client`` whose config digest is ``config``."""
     return [
@@ -306,6 +312,11 @@ def test_an_image_sent_by_its_id_arrives_untagged_on_another_engine(
     the archive's last image has a tag (the order of a save is the engine's)."""
     sender = DockerEngine(source, connect_engine(source))
     receiver = DockerEngine(target, connect_engine(target))
+    if named_by == "id beside a tag" and receiver.containerd_store and _oci_saver(sender):
+        # Docker 26.1's save leaves an untagged image out of index.json at random when a
+        # tagged one goes beside it (seen: one save in two); a containerd store loads from
+        # index.json, lacks the image, and the fetch is refused (exit 3), as it must be.
+        pytest.skip("Docker 26.1's save may leave the untagged image out of its index")
     drop = tmp_path / "drop"
     arrived: list[Any] = []
     with (
