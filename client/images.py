@@ -259,18 +259,13 @@ def _is_loaded(
     """Whether the untagged ``image`` (sent by id or digest) is in the engine after a load that
     reported ``loaded``. A graph driver names it by its config digest, and reports ids only when
     the archive's last image has no tag: it is looked up. A containerd store names it by a
-    manifest of its own: each id it reports, and each image with the same layers, is saved once
-    for its config."""
+    manifest of its own, and reports it: each id reported is saved once for its config."""
     found = engine.image_id(image.config or image.id)
     if found is not None and found in (image.id, image.config):
         return True
-    reported = [n for n in loaded if n.startswith("sha256:") and engine.image_id(n) is not None]
-    if any(name in (image.id, image.config) for name in reported):
-        return True
-    # Nor does a containerd store report it beside a tagged image: the images with its layers
-    # are the candidates, each saved once for its config.
-    alike = [i for i, layers in engine.layers().items() if tuple(layers) == image.layers]
-    for name in dict.fromkeys([*reported, *alike]):
+    for name in (n for n in loaded if n.startswith("sha256:")):
+        if name in (image.id, image.config):
+            return True
         if name not in configs:
             configs[name] = engine.config_digest(name)
         if image.config is not None and configs[name] == image.config:
