@@ -341,11 +341,15 @@ def test_what_a_cut_consume_leaves_in_outgoing_goes(serve, tmp_path, keyset, key
     for bundle_id in (first, second):
         assert wait_for(lambda b=bundle_id: (outgoing / f"{b}.manifest.json.minisig").exists())
     server.ftp("receiver").delete(f"{first}.manifest.json.minisig")  # and then cut off
-    assert wait_for(lambda: not (outgoing / f"{first}.manifest.json").exists(), timeout=15)
+    # one look deletes them one by one: wait for the last, not the first
+    assert wait_for(lambda: not any((outgoing / name).exists() for name in files), timeout=15)
     assert sorted(p.name for p in outgoing.iterdir()) == sorted(others)
-    records = [json.loads(r) for r in server.audit().splitlines()]
-    gone = sorted(r["file"] for r in records if r["event"] == "leftover")
-    assert gone == sorted(set(files) - {f"{first}.manifest.json.minisig"})
+
+    def gone() -> list[str]:  # each file's record follows its delete
+        records = [json.loads(r) for r in server.audit().splitlines()]
+        return sorted(r["file"] for r in records if r["event"] == "leftover")
+
+    assert wait_for(lambda: gone() == sorted(set(files) - {f"{first}.manifest.json.minisig"}))
     assert server.stop() == 0
     (outgoing / f"{second}.manifest.json.minisig").unlink()  # cut while the appliance was down
     kept = outgoing / "01HZZZZZZZZZZZZZZZZZZZZZZZ.manifest.json"  # a publish on record
