@@ -103,17 +103,24 @@ def spawn_airgap(
 BUSYBOX = Path("/bin/busybox")
 
 
+_BUILT = 1_700_000_000  # the mtime of every file build_image puts in an image
+
+
 def build_image(client: Any, tag: str, *, extra: str = "", files: Sequence[Path] = ()) -> Any:
     """A tiny image FROM scratch with Debian's static busybox; ``extra`` adds Dockerfile lines
     (which may COPY ``files``, put in the build context)."""
     if not BUSYBOX.exists():
         pytest.fail("busybox-static is not installed (/bin/busybox); .ci/run installs it")
     with tempfile.TemporaryDirectory() as context:
-        shutil.copy(BUSYBOX, Path(context) / "busybox")
-        for path in files:
-            shutil.copy(path, Path(context) / path.name)
+        for path, name in ((BUSYBOX, "busybox"), *((f, f.name) for f in files)):
+            shutil.copy(path, Path(context) / name)
+            # A layer's diff id covers its entries' mtimes: a copy's is now, and so is a
+            # directory's that COPY makes (hence /busybox, not /bin/busybox). With either,
+            # the same files built on two engines made unlike layers whenever the builds fell
+            # in two seconds, and a test that needs the same base on both sides failed.
+            os.utime(Path(context) / name, (_BUILT, _BUILT))
         (Path(context) / "Dockerfile").write_text(
-            'FROM scratch\nCOPY busybox /bin/busybox\nCMD ["/bin/busybox", "echo", "hi"]\n' + extra
+            'FROM scratch\nCOPY busybox /busybox\nCMD ["/busybox", "echo", "hi"]\n' + extra
         )
         image, _ = client.images.build(path=context, tag=tag, rm=True)
     return image

@@ -200,7 +200,7 @@ def _same_image(engine: DockerEngine, ref: str, sent: Any) -> bool:
 def _runs(engine: DockerEngine, ref: str) -> str:
     out = engine.client.containers.run(
         ref,
-        ["/bin/busybox", "sh", "-c", "/bin/busybox sha256sum /layer*.bin"],
+        ["/busybox", "sh", "-c", "/busybox sha256sum /layer*.bin"],
         network_mode="host",
         remove=True,
     )
