@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     from airgap.client.engine import Engine
 
 MAX_SIGNATURE_BYTES = 4096
+#: An image named by digest: what ``airgap ls`` shows for one sent without a tag.
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -703,7 +706,7 @@ def _selected(
         if is_bundle_id(wanted):
             found = wanted if wanted in published else None
         else:
-            found = _carrier(transport, reversed(published), tag_of(wanted), trusted, identities)
+            found = _carrier(transport, reversed(published), wanted, trusted, identities)
         if found is None:
             raise UsageError(
                 f"no published bundle {wanted} in {transport.describe()}",
@@ -717,21 +720,30 @@ def _selected(
 def _carrier(
     transport: Transport,
     newest_first: Iterable[str],
-    tag: str,
+    wanted: str,
     trusted: Sequence[minisign.PublicKey],
     identities: Sequence[age.Identity],
 ) -> str | None:
-    """The newest bundle carrying ``tag`` for one of ``identities``, else the newest carrying
-    it (whose fetch then says whom it is for)."""
+    """The newest bundle carrying image ``wanted`` for one of ``identities``, else the newest
+    carrying it (whose fetch then says whom it is for)."""
     newest = None
     for bundle_id in newest_first:
         manifest = _candidate(transport, bundle_id, trusted)
-        if manifest is None or tag not in {tag_of(r) for i in manifest.images for r in i.refs}:
+        if manifest is None or not _carries(manifest, wanted):
             continue
         if _for_us(manifest, identities):
             return bundle_id
         newest = newest or bundle_id
     return newest
+
+
+def _carries(manifest: Manifest, wanted: str) -> bool:
+    """Whether ``manifest`` carries the image ``wanted`` names: by a tag of it, or by the
+    config digest that ``airgap ls`` shows for an image sent without one (or by its id)."""
+    if _IMAGE_DIGEST.fullmatch(wanted):
+        return any(wanted in (image.config, image.id) for image in manifest.images)
+    tag = tag_of(wanted)
+    return tag in {tag_of(ref) for image in manifest.images for ref in image.refs}
 
 
 def _candidate(

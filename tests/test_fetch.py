@@ -912,6 +912,35 @@ def test_an_image_asked_for_comes_from_the_newest_bundle_for_us(tmp_path: Path) 
     assert _selected(drop, published, ["app:1"], trusted, identities=[other]) == [made[1].id]
 
 
+def test_an_untagged_image_is_asked_for_by_the_digest_ls_shows(tmp_path: Path) -> None:
+    """Found in review: an image sent by id arrives untagged, and `airgap ls` shows it by its
+    config digest, but `fetch sha256:...` took that digest for a tag and found no bundle."""
+    from airgap.client.cli.transfer import _untagged
+    from airgap.client.fetch import _selected
+    from airgap.client.send import send_stream
+    from airgap.shared.manifest import ImageEntry
+
+    key = minisign.SecretKey.generate()
+    drop = DirectoryTransport(tmp_path / "drop")
+    config, other = "sha256:" + "c0" * 32, "sha256:" + "c1" * 32
+    # A containerd store's id (a manifest digest) with the config every engine knows.
+    untagged = ImageEntry("sha256:" + "1d" * 32, (), (), config=config)
+    tagged = ImageEntry(other, ("app:1",), ())
+    made = []
+    for images in ([untagged], [untagged], [tagged]):
+        time.sleep(0.01)  # ids sort by time: the later one is the newer
+        made.append(send_stream([b"x"], drop, options=OPTIONS, key=key, images=images))
+    published, trusted = published_ids(drop.list()), [key.public_key]
+    assert _untagged(made[1]) == [config]  # what ls and fetch show
+    assert _selected(drop, published, [config], trusted) == [made[1].id]  # the newest
+    assert _selected(drop, published, [untagged.id], trusted) == [made[1].id]
+    assert _selected(drop, published, [config], trusted, frozenset({made[1].id})) == []
+    assert _selected(drop, published, [other], trusted) == [made[2].id]  # tagged, by digest
+    assert _selected(drop, published, ["app:1"], trusted) == [made[2].id]
+    with pytest.raises(UsageError, match="no published bundle sha256:"):
+        _selected(drop, published, ["sha256:" + "0" * 64], trusted)
+
+
 class _NoRoomForManifests(DirectoryTransport):
     """A medium that fills up as the manifest is written, after the payload's rename."""
 

@@ -403,7 +403,9 @@ _FETCH_AGAIN = (
 def fetch(
     ids: Annotated[
         list[str] | None,
-        typer.Argument(help="Bundle ids or image refs (default: every new bundle)."),
+        typer.Argument(
+            help="Bundle ids, or images by tag or config digest (default: every new bundle)."
+        ),
     ] = None,
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help="Where files bundles are unpacked.")
@@ -470,7 +472,8 @@ def fetch(
 @guarded
 def verify(
     ids: Annotated[
-        list[str] | None, typer.Argument(help="Bundle ids or image refs (default: all).")
+        list[str] | None,
+        typer.Argument(help="Bundle ids, or images by tag or config digest (default: all)."),
     ] = None,
     identity: IdentityOption = None,
     trust: TrustOption = None,
