@@ -242,15 +242,17 @@ def airgap_serve(workdir: Path, *, concurrency: int) -> Iterator[Server]:
 
 @dataclass(frozen=True)
 class Appliance:
-    """`airgap serve` as shipped: FTPS required, its two accounts, one trusted signer."""
+    """`airgap serve` as shipped (FTPS required), or with `--tls off`; its two accounts, one
+    trusted signer."""
 
     server: Server
     root: Path
-    fingerprint: str  # "sha256:HEX" of its certificate, as --tls-fingerprint takes it
+    fingerprint: str | None  # "sha256:HEX" of its certificate, as --tls-fingerprint takes it
     passwords: dict[str, str]  # account name -> password (state/credentials.txt)
 
     def url(self, account: str) -> str:
-        return f"ftps://{account}@{HOST}:{self.server.port}/"
+        scheme = "ftp" if self.fingerprint is None else "ftps"
+        return f"{scheme}://{account}@{HOST}:{self.server.port}/"
 
     @property
     def outgoing(self) -> Path:
@@ -259,23 +261,27 @@ class Appliance:
 
 @contextlib.contextmanager
 def airgap_appliance(
-    workdir: Path, *, trusted_signer: Path, max_rate: int = 0
+    workdir: Path, *, trusted_signer: Path, max_rate: int = 0, tls: bool = True
 ) -> Iterator[Appliance]:
-    """The appliance with `--tls required`; ``max_rate`` as `--max-rate` (0: no limit)."""
-    args = ["--tls", "required", "--trusted-signer", str(trusted_signer)]
+    """The appliance with `--tls required` (``tls``) or `--tls off`; ``max_rate`` as
+    `--max-rate` (0: no limit)."""
+    args = ["--tls", "required" if tls else "off", "--trusted-signer", str(trusted_signer)]
     args += ["--max-rate", str(max_rate)] if max_rate else []
     with _airgap_server(workdir, args, _clean_env()) as server:
         root = server.incoming.parent.parent
-        log = server.log.read_text(errors="replace")
-        match = re.search(r"certificate (sha256:[0-9a-f]{64})", log)
-        if match is None:
-            raise ServerUnavailable(f"airgap serve printed no certificate fingerprint: {log}")
+        fingerprint = None
+        if tls:
+            log = server.log.read_text(errors="replace")
+            match = re.search(r"certificate (sha256:[0-9a-f]{64})", log)
+            if match is None:
+                raise ServerUnavailable(f"airgap serve printed no certificate fingerprint: {log}")
+            fingerprint = match.group(1)
         passwords = {}
         for line in (root / "state" / "credentials.txt").read_text().splitlines():
             parts = line.split()
             if len(parts) == 3:
                 passwords[parts[0]] = parts[2]
-        yield Appliance(server, root, match.group(1), passwords)
+        yield Appliance(server, root, fingerprint, passwords)
 
 
 def process_tree(pid: int) -> list[int]:

@@ -141,6 +141,7 @@ def update(phase: Phase, *, full: bool) -> Sent:
     work = setup.fresh(name)
     home = work / "home"
     shutil.copytree(phase.ledgers, home / LEDGERS)  # the far side holds v1, nothing more
+    assert appliance.fingerprint is not None  # started with TLS: the pin goes with it
     keys, pin = setup.keys, ["--tls-fingerprint", appliance.fingerprint]
     send = [*AIRGAP, "send", setup.tag, "--server", appliance.url("sender"), *pin]
     send += ["-R", str(keys / "receiver" / "recipient.txt"), *(["--full"] if full else [])]

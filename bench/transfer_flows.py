@@ -240,9 +240,12 @@ def _summary(text: str, step: str) -> dict[str, Any]:
 
 
 def airgap(setup: Setup, appliance: Appliance) -> Flow:
-    """airgap send (signed, encrypted, FTPS with a pinned certificate), then airgap fetch."""
-    work = setup.fresh("airgap")
-    keys, pin = setup.keys, ["--tls-fingerprint", appliance.fingerprint]
+    """airgap send (signed, encrypted; FTPS with a pinned certificate, or plain FTP when the
+    appliance has no TLS), then airgap fetch."""
+    plain = appliance.fingerprint is None
+    work = setup.fresh("airgap-ftp" if plain else "airgap")
+    keys = setup.keys
+    pin = [] if plain else ["--tls-fingerprint", str(appliance.fingerprint)]
     send = [*AIRGAP, "send", setup.tag, "--server", appliance.url("sender"), *pin]
     send += ["-R", str(keys / "receiver" / "recipient.txt")]
     send += ["--sign-key", str(keys / "sender" / "signing.key"), "--quiet", "--json"]
@@ -259,7 +262,7 @@ def airgap(setup: Setup, appliance: Appliance) -> Flow:
     got = _summary(out, "fetch")
     if [b["id"] for b in got["bundles"] if b["ok"]] != [summary["id"]]:
         raise FlowFailed(f"airgap fetch did not import bundle {summary['id']}: {got}")
-    check_loaded(setup, "airgap")
+    check_loaded(setup, work.name)
     up, down = summary.get("bytes_on_wire"), got.get("bytes_on_wire")
     payload = int(summary["payload_bytes"])
-    return Flow("airgap", (*steps, fetched), int(up or payload), int(down or payload))
+    return Flow(work.name, (*steps, fetched), int(up or payload), int(down or payload))
