@@ -163,32 +163,24 @@ def run_flows(
             flows["book"] = partial(measured, meter, key, partial(book, setup, ftpd))
             flows["expert"] = partial(measured, meter, key, partial(expert, setup, ftpd))
         signer = setup.keys / "sender" / "signing.pub"
-        try:
-            box = stack.enter_context(
-                airgap_appliance(setup.work / "appliance", trusted_signer=signer, max_rate=rate)
-            )
-        except ServerUnavailable as exc:
-            results["airgap"] = f"airgap serve: {exc}"
-        else:
-            key = f"airgap_{setup.work.name}"
-            meter.watch(key, box.server.port, box.server.passive)
-            flows["airgap"] = partial(measured, meter, key, partial(airgap, setup, box))
-        if "airgap-ftp" in names:
+        for name, tls in (("airgap", True), ("airgap-ftp", False)):
+            if name not in names:
+                continue
             try:
-                plain = stack.enter_context(
+                box = stack.enter_context(
                     airgap_appliance(
-                        setup.work / "appliance-ftp",
+                        setup.work / f"appliance-{name}",
                         trusted_signer=signer,
                         max_rate=rate,
-                        tls=False,
+                        tls=tls,
                     )
                 )
             except ServerUnavailable as exc:
-                results["airgap-ftp"] = f"airgap serve --tls off: {exc}"
+                results[name] = f"airgap serve{'' if tls else ' --tls off'}: {exc}"
             else:
-                key = f"airgap_ftp_{setup.work.name}"
-                meter.watch(key, plain.server.port, plain.server.passive)
-                flows["airgap-ftp"] = partial(measured, meter, key, partial(airgap, setup, plain))
+                key = f"{name.replace('-', '_')}_{setup.work.name}"
+                meter.watch(key, box.server.port, box.server.passive)
+                flows[name] = partial(measured, meter, key, partial(airgap, setup, box))
         runs: dict[str, list[Outcome]] = {name: [] for name in names if name in flows}
         for number in range(rounds):
             turn = number % len(names)  # each round starts with the next flow
