@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from airgap.shared.manifest import (
     MAX_UNVERIFIED_MANIFEST,
     Manifest,
     OmittedLayer,
+    is_digest,
 )
 from airgap.shared.refs import tag_of
 
@@ -64,8 +64,6 @@ if TYPE_CHECKING:
     from airgap.client.engine import Engine
 
 MAX_SIGNATURE_BYTES = 4096
-#: An image named by digest: what ``airgap ls`` shows for one sent without a tag.
-_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -740,7 +738,7 @@ def _carrier(
 def _carries(manifest: Manifest, wanted: str) -> bool:
     """Whether ``manifest`` carries the image ``wanted`` names: by a tag of it, or by the
     config digest that ``airgap ls`` shows for an image sent without one (or by its id)."""
-    if _IMAGE_DIGEST.fullmatch(wanted):
+    if is_digest(wanted):
         return any(wanted in (image.config, image.id) for image in manifest.images)
     tag = tag_of(wanted)
     return tag in {tag_of(ref) for image in manifest.images for ref in image.refs}

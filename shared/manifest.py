@@ -172,6 +172,11 @@ class Manifest:
         return _from_obj(obj)
 
 
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is a digest as the manifest writes image ids, configs and layers."""
+    return _DIGEST.fullmatch(text) is not None
+
+
 def is_plain_name(name: str) -> bool:
     """A file name with no directory part, nothing a path could be built from."""
     return name not in ("", ".", "..") and not any(ch in name for ch in "/\0\\\r\n")
