@@ -128,9 +128,10 @@ class ZstdCompress:
     call (4-5 % of the encoder's CPU time on two cores).
 
     Without ``pace``, one frame at ``level``. With it, ``pace`` is asked for the level at every
-    ``LEVEL_STEP`` bytes of plaintext; a new level ends the frame and begins another (``zstd
-    -d`` reads concatenated frames as one stream). The steps fall at fixed offsets, so the same
-    plaintext and the same answers give the same bytes however the plaintext is cut.
+    ``LEVEL_STEP`` bytes of plaintext; a new level ends the frame, and the next plaintext byte
+    begins another (``zstd -d`` reads concatenated frames as one stream). The steps fall at
+    fixed offsets, so the same plaintext and the same answers give the same bytes however the
+    plaintext is cut.
     """
 
     def __init__(
@@ -141,7 +142,9 @@ class ZstdCompress:
         self._pace = pace
         self._taken = 0  # plaintext bytes in
         self._produced = 0  # compressed bytes out
-        self._chunker = self._frame(level)
+        # None between a level change and the next plaintext byte: a frame is begun only for
+        # data, so a plaintext that ends on a step does not end in an empty frame.
+        self._chunker: _Chunker | None = self._frame(level)
 
     def _frame(self, level: int) -> _Chunker:
         params = zstandard.ZstdCompressionParameters.from_level(
@@ -153,27 +156,33 @@ class ZstdCompress:
 
     def update(self, data: bytes) -> bytes:
         if self._pace is None:
-            return b"".join(self._chunker.compress(data))
+            return b"".join(self._started().compress(data))
         pieces: list[bytes] = []
         view = memoryview(data)
         while view:
             room = LEVEL_STEP - self._taken % LEVEL_STEP
             part, view = view[:room], view[room:]
-            pieces.extend(self._chunker.compress(part))
+            pieces.extend(self._started().compress(part))
             self._taken += len(part)
             if self._taken % LEVEL_STEP == 0:
                 produced = self._produced + sum(map(len, pieces))
                 level = self._pace(self._taken // LEVEL_STEP, self.level, produced)
                 if level != self.level:
-                    pieces.extend(self._chunker.finish())
-                    self._chunker = self._frame(level)
-                    self.level, self.highest = level, max(self.highest, level)
+                    pieces.extend(self._started().finish())
+                    self._chunker, self.level = None, level
         out = b"".join(pieces)
         self._produced += len(out)
         return out
 
     def finish(self) -> bytes:
-        return b"".join(self._chunker.finish())
+        return b"".join(self._chunker.finish()) if self._chunker is not None else b""
+
+    def _started(self) -> _Chunker:
+        """The frame at the current level, begun now if the level has just changed."""
+        if self._chunker is None:
+            self._chunker = self._frame(self.level)
+            self.highest = max(self.highest, self.level)
+        return self._chunker
 
 
 def zstd_decompress(chunks: Iterator[bytes], *, piece: int = 1 << 20) -> Iterator[bytes]:

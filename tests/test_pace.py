@@ -162,6 +162,22 @@ def test_a_paced_stream_is_the_same_however_it_is_cut() -> None:
     assert by_hand.stdout == data
 
 
+def test_a_plaintext_that_ends_on_a_level_change_ends_with_its_last_frame() -> None:
+    """Found in review: a level chosen at the last step began a frame no byte went into, and
+    the stream ended in an empty frame that claimed that level."""
+    data = random.Random(3).randbytes(1 << 20) * (2 * LEVEL_STEP >> 20)
+
+    def encode(last: int) -> tuple[bytes, int]:
+        zstd = ZstdCompress(level=1, pace=lambda step, level, made: 3 if step == 1 else last)
+        out = zstd.update(data) + zstd.finish()
+        return out, zstd.highest
+
+    assert encode(7) == encode(3)
+    out, highest = encode(7)
+    assert highest == 3
+    assert b"".join(zstd_decompress(iter([out]))) == data
+
+
 def _climbed(spools: Path) -> bool:
     """Whether a send's record of levels in ``spools`` holds a level above 1."""
     for record in spools.glob("*/levels"):
