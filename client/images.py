@@ -39,6 +39,7 @@ from airgap.shared.refs import tag_of
 class SentImages:
     manifest: Manifest
     files: dict[str, LayerFile]  # how each layer's file looked in the save, for the ledger
+    unindexed: tuple[ImageEntry, ...] = ()  # see :func:`unindexed`
 
 
 def send_images(
@@ -58,7 +59,7 @@ def send_images(
     entries: list[ImageEntry] = []  # send_stream reads them once the archive has gone by
     omitted: list[OmittedLayer] = []
     files: dict[str, LayerFile] = {}
-    archive = SavedArchive({MANIFEST_JSON, *(blob_name(e.id) for e in described)})
+    archive = SavedArchive({MANIFEST_JSON, INDEX_JSON, *(blob_name(e.id) for e in described)})
     plan = thin_plan(described, far)
     dropped = Dropped()
 
@@ -101,7 +102,28 @@ def send_images(
         resuming=resuming,
         meters=replace(meters, encoded=UNSEEN),
     )
-    return SentImages(manifest, files)
+    return SentImages(manifest, files, tuple(unindexed(archive, entries)))
+
+
+def unindexed(archive: SavedArchive, images: Sequence[ImageEntry]) -> list[ImageEntry]:
+    """The untagged ``images`` an OCI archive's index.json may have left out (all of them, when
+    it lists fewer images without a name than there are: the index names no config).
+
+    Docker 26.1's save leaves an untagged image out of index.json at random when a tagged one
+    goes beside it (one save in two here), though manifest.json and the blobs hold it. An
+    engine with the containerd image store loads what index.json lists, so it would refuse
+    such a bundle (the image never loads); the other engines read manifest.json."""
+    untagged = [image for image in images if not image.refs]
+    try:
+        listed = json.loads(archive.members[INDEX_JSON])["manifests"]
+        bare = {
+            str(entry["digest"])
+            for entry in listed
+            if not (entry.get("annotations") or {}).get("io.containerd.image.name")
+        }
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return []  # no OCI index (a legacy archive), or one too large to keep: nothing to say
+    return untagged if len(bare) < len(untagged) else []
 
 
 def learn_layer_files(engine: Engine, refs: Sequence[str], far: FarSide) -> FarSide:

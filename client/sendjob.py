@@ -303,6 +303,15 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
                 engine.close()
             manifest = sent.manifest
             _record(ledger, manifest, files=sent.files, tell=by.tell)
+            if sent.unindexed:
+                ids = [image.id for image in sent.unindexed]
+                which = f"image {ids[0]}" if len(ids) == 1 else f"some of images {', '.join(ids)}"
+                by.tell(
+                    f"airgap: warning: Docker's save left {which} out of the archive's "
+                    "index.json (Docker 26.1 does so at random beside a tagged image): an engine "
+                    f"with the containerd image store will refuse bundle {manifest.id}. Send "
+                    "the untagged image again, on its own or tagged"
+                )
         else:
             paths = [Path(p) for p in recipe.files]
             try:
