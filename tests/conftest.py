@@ -63,6 +63,13 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(path)], check=True)
 
 
+def whole_lines(path: Path) -> list[str]:
+    """The complete lines of a log another process appends to: a record being written as it
+    is read (no newline yet) is left for the next look."""
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1].splitlines()
+
+
 def run_airgap(
     args: Sequence[str | os.PathLike[str]],
     *,

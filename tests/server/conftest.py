@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import whole_lines
+
 START_TIMEOUT = 30
 _SERVING = re.compile(r"airgap: serving ftp://127\.0\.0\.1:(\d+)/")
 _RUN_CLI = (
@@ -50,7 +52,8 @@ class Server:
         return client
 
     def audit(self) -> str:
-        return (self.root / "state" / "audit.jsonl").read_text()
+        """The audit log's whole lines: the server may be appending a record as it is read."""
+        return "".join(f"{line}\n" for line in whole_lines(self.root / "state" / "audit.jsonl"))
 
     @property
     def stderr(self) -> str:
