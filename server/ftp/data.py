@@ -18,6 +18,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from pyftpdlib.handlers.ftp.data import DTPHandler
+from pyftpdlib.handlers.ftp.producers import FileProducer
 
 from airgap.server.ftp.base import DataChannelAPI
 from airgap.server.ftp.reuse import resumed
@@ -112,6 +113,13 @@ class ResetAwareData(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
             total += len(data)
         return b"".join(chunks)
 
+    def push_with_producer(self, producer: Any) -> None:
+        # A download without sendfile(2) (TLS, or throttled) sends a read of its file a turn of
+        # the loop: pyftpdlib reads 64 KiB, a quarter of what the channel sends at once.
+        if isinstance(producer, FileProducer):
+            producer.buffer_size = self.ac_out_buffer_size
+        super().push_with_producer(producer)
+
     def close(self) -> None:
         # OpenSSL drops from its cache the session of a TLS connection freed without a TLS
         # shutdown (the error path, a refusal): it is the control connection's, and a client
@@ -144,7 +152,18 @@ def tls_data_class() -> type:
             # handle_ssl_established ever being asked: the loop's next event finishes it.
             if self._ssl_accepting:
                 return 0
-            return super().send(data)  # type: ignore[no-any-return]
+            sent: int = super().send(data)
+            # pyOpenSSL writes with partial writes allowed, and then one SSL_write writes one
+            # 16 KiB record: the rest goes here while the socket takes it, not one turn of
+            # the loop a record. A 545 MB download to curl measured here: 1.84 server CPU-s
+            # before, 1.23 with this, 1.01 with reads of 256 KiB (push_with_producer) too.
+            view = memoryview(data)
+            while 0 < sent < len(view):
+                try:
+                    sent += self.socket.send(view[sent:])
+                except (SSL.Error, OSError):
+                    break  # full, or failed: the next turn's send meets it, as pyftpdlib's
+            return sent
 
         def handle_ssl_established(self) -> None:
             """Before the first byte: a data connection that did not resume its control
