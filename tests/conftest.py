@@ -63,11 +63,11 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(path)], check=True)
 
 
-def whole_lines(path: Path) -> list[str]:
+def whole_text(path: Path) -> str:
     """The complete lines of a log another process appends to: a record being written as it
     is read (no newline yet) is left for the next look."""
     text = path.read_text()
-    return text[: text.rfind("\n") + 1].splitlines()
+    return text[: text.rfind("\n") + 1]
 
 
 def run_airgap(

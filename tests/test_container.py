@@ -38,7 +38,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.conftest import build_image, run_airgap, whole_lines
+from tests.conftest import build_image, run_airgap, whole_text
 from tests.server.conftest import start_server
 from tests.server.test_limits import ReusingTLS
 
@@ -255,7 +255,7 @@ def audited(running: Appliance, event: str, file: str, timeout: float = 15) -> s
     """
     deadline = time.monotonic() + timeout
     while True:
-        lines = whole_lines(running.volume / "state/audit.jsonl")
+        lines = whole_text(running.volume / "state/audit.jsonl").splitlines()
         for entry in map(json.loads, lines):
             if entry["event"] == event and entry.get("file") == file:
                 return str(entry.get("sha256", ""))

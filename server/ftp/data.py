@@ -115,8 +115,9 @@ class ResetAwareData(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
 
     def push_with_producer(self, producer: Any) -> None:
         # A download without sendfile(2) (TLS, or throttled) sends a read of its file a turn of
-        # the loop: pyftpdlib reads 64 KiB, a quarter of what the channel sends at once.
-        if isinstance(producer, FileProducer):
+        # the loop: pyftpdlib reads 64 KiB, a quarter of what the channel sends at once. Not in
+        # ASCII mode, whose line ending conversion costs the square of a read's size.
+        if isinstance(producer, FileProducer) and producer.type == "i":
             producer.buffer_size = self.ac_out_buffer_size
         super().push_with_producer(producer)
 
@@ -160,9 +161,11 @@ def tls_data_class() -> type:
             view = memoryview(data)
             while 0 < sent < len(view):
                 try:
-                    sent += self.socket.send(view[sent:])
+                    more: int = self.socket.send(view[sent:])
                 except (SSL.Error, OSError):
                     break  # full, or failed: the next turn's send meets it, as pyftpdlib's
+                self.tot_bytes_sent += more  # what pyftpdlib's send counts (STAT, stalls)
+                sent += more
             return sent
 
         def handle_ssl_established(self) -> None:
@@ -208,7 +211,8 @@ class Throttle(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
         return chunk
 
     def send(self, data: bytes) -> int:
-        sent: int = super().send(data)
+        # As recv: a quarter second's worth at most, not a whole 256 KiB read at once.
+        sent: int = super().send(data[: max(self.limit // 4, TLS_RECORD)])
         self._account(sent)
         return sent
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import whole_lines
+from tests.conftest import whole_text
 
 START_TIMEOUT = 30
 _SERVING = re.compile(r"airgap: serving ftp://127\.0\.0\.1:(\d+)/")
@@ -53,7 +53,7 @@ class Server:
 
     def audit(self) -> str:
         """The audit log's whole lines: the server may be appending a record as it is read."""
-        return "".join(f"{line}\n" for line in whole_lines(self.root / "state" / "audit.jsonl"))
+        return whole_text(self.root / "state" / "audit.jsonl")
 
     @property
     def stderr(self) -> str:

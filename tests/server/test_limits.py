@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import itertools
+import os
 import selectors
 import signal
 import socket
@@ -320,6 +321,55 @@ def test_max_rate_throttles_each_data_connection(serve):
     assert retr(server.ftp("receiver"), "slow.bin") == data
     downloaded = time.monotonic() - started
     assert downloaded >= 1.5, f"2 MB came down in {downloaded:.2f} s at 1 MB/s"
+
+
+def test_a_throttled_download_is_paced_from_its_first_byte(serve):
+    """Found in review: a download reads 256 KiB of its file a turn of the loop, and the throttle
+    let each read go at once, pausing only after it; a 256 KiB file at 64 KiB/s then came down
+    in one burst. A send is held to a quarter second's worth, as a recv is."""
+    server = serve("--tls", "off", "--max-rate", "65536")
+    data = bytes(range(256)) * 1024
+    (server.root / "pub/outgoing/paced.bin").write_bytes(data)
+    client = server.ftp("receiver")
+    client.voidcmd("TYPE I")
+    conn = client.transfercmd("RETR paced.bin")
+    got, arrivals = bytearray(), []
+    while chunk := conn.recv(65536):
+        got += chunk
+        arrivals.append((time.monotonic(), len(got)))
+    conn.close()
+    client.voidresp()
+    assert got == data
+    start = arrivals[0][0]
+    half = next(moment for moment, total in arrivals if total >= len(data) // 2)
+    assert half - start >= 1.2, f"half of 256 KiB came {half - start:.2f} s after the first byte"
+
+
+def test_a_tls_download_counts_every_byte_it_sends(serve):
+    """A TLS download sends the rest of each read past pyOpenSSL's one record a write; found in
+    review: those bytes went uncounted (STAT's total, the progress a stall timeout watches)."""
+    server = serve("--tls", "required", "--anonymous", "read-write")
+    data = os.urandom(8 << 20)
+    client = tls_client(server)
+    client.login()
+    client.prot_p()
+    client.cwd("pub/incoming")
+    stor(client, "count.bin", data)
+    conn = client.transfercmd("RETR count.bin")
+    got = bytearray()
+    while len(got) < 4 << 20:
+        got += conn.recv(1 << 20)
+    status = client.sendcmd("STAT")
+    sent = int(
+        next(line for line in status.splitlines() if "Total bytes sent:" in line).split()[-1]
+    )
+    assert sent >= len(got), status
+    while chunk := conn.recv(1 << 20):
+        got += chunk
+    conn.unwrap()
+    conn.close()
+    client.voidresp()
+    assert got == data
 
 
 def test_a_throttled_upload_moves_steadily(serve):
