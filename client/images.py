@@ -126,6 +126,16 @@ def unindexed(archive: SavedArchive, images: Sequence[ImageEntry]) -> list[Image
     return untagged if len(bare) < len(untagged) else []
 
 
+def left_out_size(engine: Engine, refs: Sequence[str], far: FarSide) -> int:
+    """The bytes a thin archive of ``refs`` leaves out, as far as the ledger knows them: the
+    size each layer's file had in the save that carried it (a layer whose size is unknown
+    counts nothing). File sizes include tar headers, so a check of room made with this may
+    pass where the archive, uncompressed, would not fit; the payload is compressed, and a disk
+    that fills up all the same stops the send with a clear error."""
+    plan = thin_plan(engine.describe(refs), far)
+    return sum(far.files[diff_id].size for diff_id in plan.omit if diff_id in far.files)
+
+
 def learn_layer_files(engine: Engine, refs: Sequence[str], far: FarSide) -> FarSide:
     """``far`` with hints about the layer files of ``refs`` it lacks, read from a save of them
     that goes nowhere: without them, compressed blobs (containerd store) cannot be told apart

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from airgap.client.engine import Engine
 from airgap.client.ftp import WrongPlace
-from airgap.client.images import learn_layer_files, send_images
+from airgap.client.images import learn_layer_files, left_out_size, send_images
 from airgap.client.pace import LEVELS, Pace
 from airgap.client.places import (
     Place,
@@ -285,7 +285,8 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
                     far = far.knowing(engine.describe(recipe.bases))
                     far = learn_layer_files(engine, recipe.bases, far)
                 size = engine.size(recipe.images)
-                check_space(room, size, held=_held(spool))
+                carried = max(0, size - left_out_size(engine, recipe.images, far))
+                check_space(room, carried, held=_held(spool))
                 with _meters(by, spool, size) as meters:
                     sent = send_images(
                         recipe.images,

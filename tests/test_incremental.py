@@ -344,6 +344,26 @@ def test_a_thin_bundle_loads_on_another_kind_of_engine(
             _remove(receiver.client, made.repo)
 
 
+@pytest.mark.docker
+def test_a_thin_send_needs_room_only_for_what_it_carries(
+    docker_client: Any, keydir: Path, tmp_path: Path
+) -> None:
+    """Found in review: the free-space check counted every layer of the images, left out or
+    not, and refused a small update of a large image on media with room for the update."""
+    with chain_on(docker_client, tmp_path, (8 << 20, 64 << 10)) as made:
+        side = Side(keydir, tmp_path, DockerEngine("default", docker_client))
+        side.send(made.ref(1))  # the ledger now holds its layers, and their file sizes
+        shutil.rmtree(side.drop)  # the stick, emptied at the far side, mounted here again
+        with small_disk(side.drop, "3m"):
+            args = ["send", made.ref(2), "--to", side.drop, "-R", keydir / "recipient.txt"]
+            args += ["--sign-key", keydir / "signing.key", "--json"]
+            full = run_airgap([*args, "--full"], env=side.env("sender"))
+            assert full.returncode == 1 and "not enough space" in full.stderr, full.stderr
+            thin = run_airgap(args, env=side.env("sender"))
+            assert thin.returncode == 0, thin.stderr
+            assert json.loads(thin.stdout)["omitted_layers"] == 2
+
+
 def test_a_full_tmpdir_in_a_thin_legacy_send_is_named_and_leaves_nothing_behind(
     docker_client: Any, keydir: Path, tmp_path: Path
 ) -> None:
