@@ -127,13 +127,16 @@ def unindexed(archive: SavedArchive, images: Sequence[ImageEntry]) -> list[Image
 
 
 def left_out_size(engine: Engine, refs: Sequence[str], far: FarSide) -> int:
-    """The bytes a thin archive of ``refs`` leaves out, as far as the ledger knows them: the
-    size each layer's file had in the save that carried it (a layer whose size is unknown
-    counts nothing). File sizes include tar headers, so a check of room made with this may
-    pass where the archive, uncompressed, would not fit; the payload is compressed, and a disk
-    that fills up all the same stops the send with a clear error."""
-    plan = thin_plan(engine.describe(refs), far)
-    return sum(far.files[diff_id].size for diff_id in plan.omit if diff_id in far.files)
+    """What a thin archive of ``refs`` leaves out of :meth:`Engine.size`, as far as the ledger
+    knows it: the size each omitted layer's file had in the save that carried it, once for
+    every image that holds it, as that size counts it (a layer whose size is unknown counts
+    nothing). File sizes include tar headers (a compressed blob's, less than the layer), so a
+    check of room made with this may pass where the archive, uncompressed, would not fit; the
+    payload is compressed, and a disk that fills up all the same stops the send clearly."""
+    described = engine.describe(refs)
+    omit = thin_plan(described, far).omit
+    held = [d for image in described for d in image.layers if d in omit and d in far.files]
+    return sum(far.files[diff_id].size for diff_id in held)
 
 
 def learn_layer_files(engine: Engine, refs: Sequence[str], far: FarSide) -> FarSide:
