@@ -119,21 +119,21 @@ def unindexed(archive: SavedArchive, images: Sequence[ImageEntry]) -> list[Image
         bare = {
             str(entry["digest"])
             for entry in listed
-            if not (entry.get("annotations") or {}).get("io.containerd.image.name")
+            if not (entry.get("annotations") or {}).get(IMAGE_NAME)
         }
     except (KeyError, ValueError, TypeError, AttributeError):
         return []  # no OCI index (a legacy archive), or one too large to keep: nothing to say
     return untagged if len(bare) < len(untagged) else []
 
 
-def left_out_size(engine: Engine, refs: Sequence[str], far: FarSide) -> int:
-    """What a thin archive of ``refs`` leaves out of :meth:`Engine.size`, as far as the ledger
+def left_out_size(described: Sequence[ImageEntry], far: FarSide) -> int:
+    """What a thin archive of the ``described`` images leaves out of :meth:`Engine.size`, as far
+    as the ledger
     knows it: the size each omitted layer's file had in the save that carried it, once for
     every image that holds it, as that size counts it (a layer whose size is unknown counts
     nothing). File sizes include tar headers (a compressed blob's, less than the layer), so a
     check of room made with this may pass where the archive, uncompressed, would not fit; the
     payload is compressed, and a disk that fills up all the same stops the send clearly."""
-    described = engine.describe(refs)
     omit = thin_plan(described, far).omit
     held = [d for image in described for d in image.layers if d in omit and d in far.files]
     return sum(far.files[diff_id].size for diff_id in held)
@@ -165,6 +165,7 @@ def withhold_last(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 INDEX_JSON = "index.json"
+IMAGE_NAME = "io.containerd.image.name"  # an OCI index entry's annotation: the image's name
 REPOSITORIES = "repositories"
 _NAMES = {MANIFEST_JSON, INDEX_JSON, REPOSITORIES}
 #: What :func:`archive_refs` gives for names it cannot read: no manifest names it.
@@ -213,7 +214,7 @@ def archive_refs(archive: SavedArchive) -> set[str]:
         if INDEX_JSON in members:
             for entry in json.loads(members[INDEX_JSON]).get("manifests") or []:
                 notes = entry.get("annotations") or {}
-                found.add(notes.get("io.containerd.image.name") or "")
+                found.add(notes.get(IMAGE_NAME) or "")
                 ref = notes.get("org.opencontainers.image.ref.name") or ""
                 if "/" in ref or ":" in ref:  # a whole reference, not a tag: a name too
                     found.add(ref)
