@@ -61,6 +61,7 @@ class ServeConfig:
     trusted_signers: tuple[Path, ...] = ()
     max_connections: int = 256
     max_connections_per_ip: int = 16
+    max_sessions_per_account: int = 16  # logged in at once, each holding a passive port at most
     max_login_failures: int = 5  # per IP, then a ban
     login_failure_delay: float = 2.0  # seconds before a failed login is answered
     ban_seconds: float = 600.0
@@ -159,6 +160,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "trusted_signers": _paths,
     "max_connections": _int,
     "max_connections_per_ip": _int,
+    "max_sessions_per_account": _int,
     "max_login_failures": _int,
     "login_failure_delay": _float,
     "ban_seconds": _float,
@@ -285,7 +287,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _check(config: ServeConfig) -> None:
-    if config.max_connections < 1 or config.max_connections_per_ip < 1:
+    limits = (
+        config.max_connections,
+        config.max_connections_per_ip,
+        config.max_sessions_per_account,
+    )
+    if min(limits) < 1:
         raise UsageError("connection limits must be at least 1")
     if config.max_login_failures < 1 or config.workers < 1:
         raise UsageError("max-login-failures and workers must be at least 1")

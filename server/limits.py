@@ -1,4 +1,5 @@
-"""Counters shared by every connection: login failures and bans per IP, files being written.
+"""Counters shared by every connection: login failures and bans per IP, sessions per account,
+files being written.
 
 Both are used from the IO loop and from worker threads, so each guards its state with a lock
 held only for a dictionary update; nothing here sleeps, blocks on IO or knows about FTP.
@@ -108,6 +109,32 @@ class LoginGuard:
                 return 0
             del self._bans[ip]
             return ban.unreported
+
+
+class Sessions:
+    """Logged-in sessions per account, at most ``limit`` each: one account, anonymous
+    included, cannot hold every passive port (a session holds one at a time) nor every
+    connection slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, name: str) -> bool:
+        """One more session of ``name``, unless it holds ``limit`` already."""
+        with self._lock:
+            held = self._held.get(name, 0)
+            if held >= self.limit:
+                return False
+            self._held[name] = held + 1
+            return True
+
+    def give_back(self, name: str) -> None:
+        with self._lock:
+            held = self._held.pop(name, 0) - 1
+            if held > 0:
+                self._held[name] = held
 
 
 class BusyFiles:

@@ -35,7 +35,7 @@ from airgap.server.config import GUARDED, AnonymousMode, ServeConfig, TlsMode, T
 from airgap.server.ftp.reuse import checkable as reuse_checkable
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout, resolved
-from airgap.server.limits import BusyFiles, LoginGuard
+from airgap.server.limits import BusyFiles, LoginGuard, Sessions
 from airgap.server.login import make_area
 from airgap.server.publish import Publisher
 from airgap.server.storage import free_bytes
@@ -251,6 +251,7 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         users=users,
         accounts=Accounts(users),
         guard=LoginGuard(max_failures=config.max_login_failures, ban_seconds=config.ban_seconds),
+        sessions=Sessions(config.max_sessions_per_account),
         busy=busy,
         publisher=Publisher(layout, trusted=trusted, busy=busy, audit=audit, hashes=hashes),
         hashes=hashes,

@@ -49,6 +49,7 @@ def test_serve_help_gives_the_defaults_the_server_uses() -> None:
         f"{c.anonymous} (default)",
         f"(default {c.max_connections})",
         f"(default {c.max_connections_per_ip})",
+        f"one account at once (default {c.max_sessions_per_account})",
         f"(default {c.max_login_failures})",
         f"(default {c.login_failure_delay:g})",
         f"(default {c.ban_seconds:g})",

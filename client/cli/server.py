@@ -72,6 +72,9 @@ def serve(
     max_connections_per_ip: Annotated[
         int | None, typer.Option(help="Connections per IP (default 16).")
     ] = None,
+    max_sessions_per_account: Annotated[
+        int | None, typer.Option(help="Sessions logged in to one account at once (default 16).")
+    ] = None,
     max_login_failures: Annotated[
         int | None, typer.Option(help="Failed logins from one IP before a ban (default 5).")
     ] = None,
@@ -130,6 +133,7 @@ def serve(
         "trusted_signers": [str(p) for p in trusted_signer or []],
         "max_connections": max_connections,
         "max_connections_per_ip": max_connections_per_ip,
+        "max_sessions_per_account": max_sessions_per_account,
         "max_login_failures": max_login_failures,
         "login_failure_delay": login_failure_delay,
         "ban_seconds": ban_seconds,

@@ -26,7 +26,7 @@ from airgap.server.config import ServeConfig
 from airgap.server.ftp.timers import keep_timers_in_order
 from airgap.server.hashing import HashCache
 from airgap.server.layout import Layout
-from airgap.server.limits import BusyFiles, LoginGuard
+from airgap.server.limits import BusyFiles, LoginGuard, Sessions
 from airgap.server.publish import Outcome, Publisher
 from airgap.server.users import UserDB
 
@@ -88,6 +88,7 @@ class Services:
     users: UserDB
     accounts: Accounts  # the same file, as sessions check it before each command
     guard: LoginGuard
+    sessions: Sessions
     busy: BusyFiles
     publisher: Publisher
     hashes: HashCache

@@ -59,6 +59,7 @@ class Session(SessionAPI):
     _login_by = 0.0  # the monotonic time by which the connection must have logged in
     _ending = False  # told 421 and closing: lines still in the buffer get nothing more
     _secured: object = None  # a new object each time AUTH TLS switches the connection
+    _counted: str | None = None  # the account whose session count this login holds
 
     # --- connection and command lines
 
@@ -297,6 +298,7 @@ class Session(SessionAPI):
 
     def flush_account(self) -> None:
         super().flush_account()
+        self._give_back_session()
         self.principal = None
         self._account = None
         # Logged out (REIN, or USER again): as if it had just connected.
@@ -358,6 +360,10 @@ class Session(SessionAPI):
             self.ioloop.call_later(delay, self._login_refused, _errback=self.handle_error)
             return
         self.services.guard.succeeded(ip, self.username)
+        if not self.services.sessions.take(login.principal.name):
+            self._too_many_sessions(login.principal.name)
+            return
+        self._counted = login.principal.name
         principal = self.principal = login.principal
         self._account = login.account
         home = self.services.layout.root.joinpath(*principal.home)
@@ -367,6 +373,23 @@ class Session(SessionAPI):
         said = f"Logged in as a {principal.label}." if principal.role else "Logged in."
         self.handle_auth_success(str(home), "", said)
         self._resume()
+
+    def _too_many_sessions(self, name: str) -> None:
+        """The password was right, but the account has every session it may: no login, and
+        no failure counted against the address. A client retries later."""
+        self.services.audit.record("refused", ip=self.remote_ip, user=name, reason="sessions")
+        limit = self.services.sessions.limit
+        self.respond(f"421 This account has {limit} sessions already; try again later.")
+        self.close_when_done()
+
+    def _give_back_session(self) -> None:
+        if (name := self._counted) is not None:
+            self._counted = None
+            self.services.sessions.give_back(name)
+
+    def close(self) -> None:
+        self._give_back_session()
+        super().close()
 
     def _banned(self, until: float) -> None:
         services, ip = self.services, self.remote_ip

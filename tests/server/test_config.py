@@ -62,6 +62,11 @@ def test_unknown_and_malformed_settings_are_refused(tmp_path: Path) -> None:
         load_config({"listen": "nowhere"}, environ={})
     with pytest.raises(UsageError, match=r"bad tls 'yes': choose required, optional, off$"):
         load_config({"tls": "yes"}, environ={})
+    for limit in ("max_connections", "max_connections_per_ip", "max_sessions_per_account"):
+        with pytest.raises(UsageError, match="connection limits must be at least 1"):
+            load_config({limit: 0}, environ={})
+    sessions = {"AIRGAP_SERVE_MAX_SESSIONS_PER_ACCOUNT": "3"}
+    assert load_config({}, environ=sessions).max_sessions_per_account == 3
 
 
 def test_settings_are_named_as_their_source_spells_them(tmp_path: Path) -> None:

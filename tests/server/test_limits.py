@@ -177,6 +177,41 @@ def test_per_ip_connection_limit(serve):
     assert wait_for(served, timeout=10)
 
 
+def test_one_account_cannot_hold_every_passive_port(serve):
+    """Its sessions are capped; a session holds one passive port at most; a session ended,
+    or logged out, gives its place back."""
+    server = serve(
+        "--tls", "off", "--passive-ports", "61000-61003", "--max-sessions-per-account", "2"
+    )
+    held = [server.ftp("sender") for _ in range(2)]
+    for client in held:
+        assert client.sendcmd("PASV").startswith("227")  # each holds a passive port
+    with pytest.raises(ftplib.error_temp, match="421 This account has 2 sessions already"):
+        server.ftp("sender")
+    assert wait_for(lambda: '"reason": "sessions"' in server.audit())
+    other = server.ftp("receiver")  # another account still gets a session, and a port
+    assert other.sendcmd("PASV").startswith("227")
+    held[0].quit()
+    late: list[ftplib.FTP] = []
+    assert wait_for(lambda: _logs_in(server, "sender", late), timeout=10)
+    assert late[0].sendcmd("PASV").startswith("227")
+    held[1].sendcmd("REIN")  # logged out: its place too is free
+    assert wait_for(lambda: _logs_in(server, "sender", late), timeout=10)
+    with pytest.raises(ftplib.error_temp, match="421"):  # two again: both late ones
+        server.ftp("sender")
+    # A refusal is no failed login: the address is not banned for it.
+    assert '"event": "login-failed"' not in server.audit()
+    assert server.ftp("receiver").voidcmd("NOOP").startswith("200")
+
+
+def _logs_in(server: Server, name: str, into: list[ftplib.FTP]) -> bool:
+    try:
+        into.append(server.ftp(name))
+    except ftplib.error_temp:
+        return False
+    return True
+
+
 def test_idle_control_connection_is_closed(serve):
     server = serve("--tls", "off", "--idle-timeout", "1")
     idle = server.ftp("sender")
