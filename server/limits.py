@@ -112,9 +112,8 @@ class LoginGuard:
 
 
 class Sessions:
-    """Logged-in sessions per account, at most ``limit`` each: one account, anonymous
-    included, cannot hold every passive port (a session holds one at a time) nor every
-    connection slot."""
+    """Logged-in sessions per account (anonymous: per address), at most ``limit`` each: one
+    account cannot hold every passive port, as a session holds one at a time."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -228,6 +228,8 @@ class Throttle(DTPHandler):  # type: ignore[misc]  # pyftpdlib is untyped
 
     def _resume(self) -> None:
         self._pause = None
+        if self._closed:  # closed past close() below: pyftpdlib's TLS error path
+            return
         self.add_channel(events=self.ioloop.READ if self.receive else self.ioloop.WRITE)
 
     def close(self) -> None:

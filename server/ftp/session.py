@@ -360,10 +360,12 @@ class Session(SessionAPI):
             self.ioloop.call_later(delay, self._login_refused, _errback=self.handle_error)
             return
         self.services.guard.succeeded(ip, self.username)
-        if not self.services.sessions.take(login.principal.name):
+        # Anonymous is anyone: counted per address, not one place for every client of it.
+        counted = login.principal.name if login.account else f"anonymous from {ip}"
+        if not self.services.sessions.take(counted):
             self._too_many_sessions(login.principal.name)
             return
-        self._counted = login.principal.name
+        self._counted = counted
         principal = self.principal = login.principal
         self._account = login.account
         home = self.services.layout.root.joinpath(*principal.home)
@@ -379,7 +381,8 @@ class Session(SessionAPI):
         no failure counted against the address. A client retries later."""
         self.services.audit.record("refused", ip=self.remote_ip, user=name, reason="sessions")
         limit = self.services.sessions.limit
-        self.respond(f"421 This account has {limit} sessions already; try again later.")
+        self.respond(f"421 This account has its {limit} sessions already; try again later.")
+        self._ending = True
         self.close_when_done()
 
     def _give_back_session(self) -> None:
@@ -390,6 +393,13 @@ class Session(SessionAPI):
     def close(self) -> None:
         self._give_back_session()
         super().close()
+
+    def handle_error(self) -> None:
+        super().handle_error()
+        # pyftpdlib's TLS handler closes on an error (a bad TLS record, say) from its own
+        # class, past every close() of ours: what they give back (a session's place, an
+        # upload's claim on its file) would stay taken until the server restarts.
+        self.close()
 
     def _banned(self, until: float) -> None:
         services, ip = self.services, self.remote_ip
