@@ -383,6 +383,7 @@ class Session(SessionAPI):
         limit = self.services.sessions.limit
         self.respond(f"421 This account has its {limit} sessions already; try again later.")
         self._ending = True
+        self._held = None  # lines sent ahead now go unanswered, not count as a failed login
         self.close_when_done()
 
     def _give_back_session(self) -> None:
