@@ -151,5 +151,7 @@ def check_space(directory: Path, plaintext: int, *, held: int = 0) -> None:
         raise StorageError(
             f"not enough space in {directory}: up to {needed >> 20} MiB needed, "
             f"{free >> 20} MiB free",
-            hint="free some space, or point XDG_CACHE_HOME (drop box) or --to at a larger disk",
+            hint="free some space, or point XDG_CACHE_HOME (drop box) or --to at a larger disk; "
+            "that is the uncompressed size: --skip-space-check starts anyway, and a disk that "
+            "fills stops the send",
         )

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from airgap.client.private import sync_dir
-from airgap.shared.errors import StorageError, TransferError
+from airgap.shared.errors import AirgapError, StorageError, TransferError
 from airgap.shared.ids import ID_LENGTH, is_bundle_id
 from airgap.shared.manifest import is_plain_name
 
@@ -168,7 +168,7 @@ class DirectoryTransport:
             os.ftruncate(fd, offset)
             handle = os.fdopen(fd, "wb")
             handle.seek(offset)
-            return _SyncOnClose(handle)
+            return _SyncOnClose(handle, self.root)
 
     def rename(self, src: str, dst: str) -> None:
         with self._errors(f"renaming {src}"):
@@ -200,31 +200,38 @@ class _MediaFile(io.FileIO):
 class _SyncOnClose:
     """A file that reaches the disk before close returns: media get pulled right after."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, where: Path) -> None:
         self._handle = handle
+        self._where = where
 
     def write(self, data: bytes) -> int:
         try:
             return self._handle.write(data)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageError("no space left on the destination") from exc
-            raise TransferError(f"write failed: {exc.strerror or exc}") from exc
+            raise self._failed(exc, TransferError) from exc
 
     def flush(self) -> None:
         try:
             self._handle.flush()
         except OSError as exc:
-            raise StorageError(f"write failed: {exc.strerror or exc}") from exc
+            raise self._failed(exc, StorageError) from exc
 
     def close(self) -> None:
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
         except OSError as exc:
-            raise StorageError(f"write failed: {exc.strerror or exc}") from exc
+            raise self._failed(exc, StorageError) from exc
         finally:
             self._handle.close()
+
+    def _failed(self, exc: OSError, kind: type[AirgapError]) -> AirgapError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageError(
+                f"no space left on {self._where}",
+                hint="the bundle does not fit there: free some space, or use a larger disk",
+            )
+        return kind(f"writing into {self._where}: {exc.strerror or exc}")
 
     def __enter__(self) -> _SyncOnClose:
         return self

@@ -934,3 +934,33 @@ def test_a_fetch_interrupted_mid_load_keeps_its_hint(tmp_path: Path, keydir: Pat
     )  # fmt: skip
     assert cut.returncode == 130, cut.stderr
     assert "airgap: hint: run the same command again" in cut.stderr, cut.stderr
+
+
+def test_skip_space_check_sends_what_compresses_onto_media_its_size_does_not_fit(
+    tmp_path: Path, keydir: Path
+) -> None:
+    """The check counts the uncompressed size: 8 MiB of text on a 3 MiB stick is refused
+    though its payload fits. --skip-space-check sends it; a payload that does not fit after all
+    stops on the full disk with a clear error, and the stick keeps no bundle."""
+    text = tmp_path / "log.txt"
+    text.write_bytes(b"".join(b"line %d of a build log\n" % n for n in range(400_000)))
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(os.urandom(8 << 20))
+    assert text.stat().st_size > 8 << 20
+    with small_disk(tmp_path / "stick", "3m") as stick:
+        args = ["send", "--to", stick, "-R", keydir / "recipient.txt"]
+        args += ["--sign-key", keydir / "signing.key"]
+        refused = run_airgap([*args, "--file", text])
+        assert refused.returncode == 1, refused.stderr
+        assert "not enough space" in refused.stderr and "--skip-space-check" in refused.stderr
+        too_big = run_airgap([*args, "--file", noise, "--skip-space-check"])
+        assert too_big.returncode == 1, too_big.stderr
+        assert f"no space left on {stick}" in too_big.stderr, too_big.stderr
+        assert "a larger disk" in too_big.stderr and "Traceback" not in too_big.stderr
+        assert sorted(p.name for p in stick.iterdir()) == []  # nothing half-written stays
+        sent = run_airgap([*args, "--file", text, "--skip-space-check", "--json"])
+        assert sent.returncode == 0, sent.stderr
+        out = tmp_path / "out"
+        fetched = _fetch(keydir, stick, out, "-i", str(keydir / "identity.txt"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert (out / "log.txt").read_bytes() == text.read_bytes()

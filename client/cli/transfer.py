@@ -94,6 +94,14 @@ def send(
             "--base", help="Images the far side holds (IMAGE[,IMAGE]): their layers stay here."
         ),
     ] = None,
+    skip_space_check: Annotated[
+        bool,
+        typer.Option(
+            "--skip-space-check",
+            help="Start even where the uncompressed size does not fit (the payload is "
+            "usually smaller); a disk that fills stops the send.",
+        ),
+    ] = False,
     state_dir: StateDirOption = None,
     quiet: QuietOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
@@ -215,7 +223,9 @@ def send(
             else:
                 _sent(manifest, transport, time.monotonic() - started, as_json)
                 return
-    by = sendjob.Sender(place, recipients, key, ledgers, quiet=quiet, tell=say)
+    by = sendjob.Sender(
+        place, recipients, key, ledgers, quiet=quiet, tell=say, space_check=not skip_space_check
+    )
     try:
         manifest, transport = sendjob.run(recipe, begun, by)
     except ContinueMismatch as exc:
