@@ -8,6 +8,7 @@ directory on removable media are two implementations. A bundle is *published* on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -223,7 +224,9 @@ class _SyncOnClose:
         except OSError as exc:
             raise self._failed(exc, StorageError) from exc
         finally:
-            self._handle.close()
+            # Its flush failed above, maybe, and would again here: what went wrong is said.
+            with contextlib.suppress(OSError):
+                self._handle.close()
 
     def _failed(self, exc: OSError, kind: type[AirgapError]) -> AirgapError:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -236,5 +239,9 @@ class _SyncOnClose:
     def __enter__(self) -> _SyncOnClose:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        with contextlib.suppress(AirgapError):  # the error under way says what went wrong
+            self.close()

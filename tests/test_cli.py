@@ -964,3 +964,21 @@ def test_skip_space_check_sends_what_compresses_onto_media_its_size_does_not_fit
         fetched = _fetch(keydir, stick, out, "-i", str(keydir / "identity.txt"))
         assert fetched.returncode == 0, fetched.stderr
         assert (out / "log.txt").read_bytes() == text.read_bytes()
+
+
+def test_a_medium_that_fills_under_a_files_last_bytes_is_named(tmp_path: Path) -> None:
+    """Found in review: bytes a short write left in the file's buffer failed again as the file
+    closed, and that bare OSError replaced the error naming the medium."""
+    from airgap.client.transport import DirectoryTransport
+    from airgap.shared.errors import StorageError
+
+    with small_disk(tmp_path / "stick", "64k") as stick:
+        drop = DirectoryTransport(stick)
+        with (
+            pytest.raises(StorageError, match=f"no space left on {stick}") as failed,
+            drop.writer("x.part") as out,
+        ):
+            out.write(bytes(60 << 10))
+            out.write(bytes(6 << 10))  # 4 KiB fit, the rest waits in the buffer
+            out.write(bytes(6 << 10))
+        assert "a larger disk" in (failed.value.hint or "")

@@ -114,6 +114,9 @@ class Session(SessionAPI):
     def found_terminator(self) -> None:
         if self._closed:  # dropped mid-read: the rest of what was read goes unanswered
             return
+        if self._ending:  # told 421: nothing more is answered, an overlong line neither
+            self._in_buffer, self._in_buffer_len, self._overlong = [], 0, False
+            return
         line: bytes | None = None if self._overlong else b"".join(self._in_buffer)
         self._overlong = False
         self._in_buffer = []
