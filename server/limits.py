@@ -1,7 +1,7 @@
 """Counters shared by every connection: login failures and bans per IP, sessions per account,
 files being written.
 
-Both are used from the IO loop and from worker threads, so each guards its state with a lock
+They are used from the IO loop and from worker threads, so each guards its state with a lock
 held only for a dictionary update; nothing here sleeps, blocks on IO or knows about FTP.
 """
 
