@@ -65,10 +65,11 @@ class Engine:
             entries[image.id] = ImageEntry(image.id, refs, tuple(image.attrs["RootFS"]["Layers"]))
         return list(entries.values())
 
-    def size(self, refs: Sequence[str]) -> int:
-        """An upper bound of what ``docker save`` of ``refs`` writes (shared layers count twice)."""
+    def size(self, described: Sequence[ImageEntry]) -> int:
+        """An upper bound of what ``docker save`` of the ``described`` images writes (shared
+        layers count twice)."""
         total = 0
-        for image_id in {entry.id for entry in self.describe(refs)}:
+        for image_id in {entry.id for entry in described}:
             with _errors(f"inspecting {image_id}"):
                 total += int(self._client.images.get(image_id).attrs.get("Size") or 0)
         return total

@@ -128,10 +128,9 @@ def unindexed(archive: SavedArchive, images: Sequence[ImageEntry]) -> list[Image
 
 def left_out_size(described: Sequence[ImageEntry], far: FarSide) -> int:
     """What a thin archive of the ``described`` images leaves out of :meth:`Engine.size`, as far
-    as the ledger
-    knows it: the size each omitted layer's file had in the save that carried it, once for
-    every image that holds it, as that size counts it (a layer whose size is unknown counts
-    nothing). File sizes include tar headers (a compressed blob's, less than the layer), so a
+    as the ledger knows it: the size each omitted layer's file had in the save that carried it,
+    once for every image that holds it, as that size counts it (a layer whose size is unknown
+    counts nothing). File sizes include tar headers (a compressed blob's, less than the layer), so a
     check of room made with this may pass where the archive, uncompressed, would not fit; the
     payload is compressed, and a disk that fills up all the same stops the send clearly."""
     omit = thin_plan(described, far).omit

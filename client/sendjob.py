@@ -285,9 +285,10 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
                 if recipe.bases:
                     far = far.knowing(engine.describe(recipe.bases))
                     far = learn_layer_files(engine, recipe.bases, far)
-                size = engine.size(recipe.images)
-                carried = max(0, size - left_out_size(engine.describe(recipe.images), far))
+                described = engine.describe(recipe.images)
+                size = engine.size(described)
                 if by.space_check:
+                    carried = max(0, size - left_out_size(described, far))
                     check_space(room, carried, held=_held(spool))
                 with _meters(by, spool, size) as meters:
                     sent = send_images(
