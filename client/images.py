@@ -191,6 +191,35 @@ def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
             f"docker save archive: it would also tag {', '.join(unnamed)}, "
             "which the signed manifest does not name"
         )
+    as_signed(archive, manifest.images)
+
+
+def as_signed(archive: SavedArchive, images: Sequence[ImageEntry]) -> None:
+    """Raise unless the archive's manifest.json holds every image a signed manifest names
+    (``images``) by the config digest it signs, and gives none of its tags to another image.
+    The engine would load another image whole before the check after the load could refuse
+    it, and that image would stay. An archive without manifest.json, or an image signed
+    without a config digest, is left to that check."""
+    if MANIFEST_JSON not in archive.members:
+        return
+    try:
+        held = archive.tags()
+    except EngineError as exc:
+        raise VerificationError("the bundle's archive has no readable manifest.json") from exc
+    signed = {tag_of(r): i.config for i in images if i.config for r in i.refs}
+    for config, tags in held.items():
+        for tag in tags:
+            if signed.get(tag_of(tag), config) != config:
+                raise VerificationError(
+                    f"docker save archive: it tags {tag} as image {config}, the signed manifest "
+                    f"says {signed[tag_of(tag)]}"
+                )
+    for image in images:
+        if image.config is not None and image.config not in held:
+            raise VerificationError(
+                f"docker save archive: it does not hold image {image.config}, which the signed "
+                "manifest names"
+            )
 
 
 def archive_refs(archive: SavedArchive) -> set[str]:

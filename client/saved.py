@@ -109,17 +109,29 @@ class SavedArchive:
                     found[diff_id] = LayerFile(self.sizes[path], blob_digest(path))
         return found
 
+    def tags(self) -> dict[str, list[str]]:
+        """config digest -> the tags manifest.json gives that image."""
+        return {config: tags for config, _, tags in self._listed()}
+
     def _entries(self) -> dict[str, list[str]]:
         """config digest -> its layer paths, from manifest.json."""
+        return {config: paths for config, paths, _ in self._listed()}
+
+    def _listed(self) -> list[tuple[str, list[str], list[str]]]:
+        """manifest.json's entries: config digest, layer paths, tags."""
         try:
             entries = json.loads(self.members[MANIFEST_JSON])
-            pairs = [(str(e["Config"]), [str(p) for p in e.get("Layers") or []]) for e in entries]
-        except (KeyError, ValueError, TypeError) as exc:
+            listed = [
+                (
+                    "sha256:" + str(e["Config"]).rsplit("/", 1)[-1].removesuffix(".json"),
+                    [str(p) for p in e.get("Layers") or []],
+                    [str(t) for t in e.get("RepoTags") or []],
+                )
+                for e in entries
+            ]
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise EngineError("docker save: the archive has no readable manifest.json") from exc
-        return {
-            "sha256:" + config.rsplit("/", 1)[-1].removesuffix(".json"): paths
-            for config, paths in pairs
-        }
+        return listed
 
     def _next_part(self) -> None:
         if not self._header:  # a member's data (and padding) is done

@@ -25,6 +25,7 @@ import pytest
 from airgap.client.engine import Engine
 from airgap.client.images import (
     archive_refs,
+    as_signed,
     load_images,
     send_images,
     unindexed,
@@ -36,7 +37,7 @@ from airgap.client.send import send_stream
 from airgap.client.transport import DirectoryTransport
 from airgap.shared import minisign
 from airgap.shared.bundle import EncodeOptions, sign_manifest
-from airgap.shared.errors import EngineError, PlaintextHashError
+from airgap.shared.errors import EngineError, PlaintextHashError, VerificationError
 from airgap.shared.manifest import ImageEntry, Manifest
 from tests.conftest import (
     DockerEngine,
@@ -135,6 +136,11 @@ def _absent(client: Any, *images: Any) -> None:
         for name in (image.id, *image.tags):
             with pytest.raises(docker.errors.ImageNotFound):
                 client.images.get(name)
+
+
+def _by_id(image: Any) -> Any:
+    """``image`` as :func:`_absent` looks for it by its id alone."""
+    return SimpleNamespace(id=image.id, tags=[])
 
 
 def _manifest(drop: Path, bundle_id: str) -> Manifest:
@@ -236,20 +242,28 @@ def test_a_lying_manifest_never_completes_a_load(
 def test_a_manifest_naming_another_image_is_refused(
     docker_engine: DockerEngine, two_images: list[Any], keydir: Path, tmp_path: Path
 ) -> None:
-    """The archive is the signed one, but the manifest claims another image for the ref: the
-    load happens, then the check finds the ref elsewhere and takes it back off."""
+    """The archive is the signed one, but the manifest claims another image for the ref, which
+    names another image here. The archive's manifest.json says otherwise, so the load never
+    completes: the ref stays where it was, and the archive's image is not left behind (it
+    used to be: loaded, then left untagged when the check after the load moved the ref back)."""
     client, env, drop = docker_engine.client, docker_engine.env, tmp_path / "drop"
-    ref = two_images[0].tags[0]
+    here, sent = two_images  # sent is a child of here
+    ref = sent.tags[0]
     bundle_id = _send(keydir, drop, ref, env=env)
-    _gone(client, *two_images)
+    here.tag(ref)
+    client.images.remove(sent.id)
+    _absent(client, _by_id(sent))
     manifest = _manifest(drop, bundle_id)
+    config = manifest.images[0].config
     other = replace(manifest.images[0], id="sha256:" + "1" * 64, config="sha256:" + "2" * 64)
     _resign(drop, replace(manifest, images=(other,)), keydir)
     fetched = _fetch(keydir, drop, tmp_path / "state", env=env)
     assert fetched.returncode == 3, fetched.stderr
-    assert f"{ref} is {two_images[0].id} after the load" in fetched.stderr
-    with pytest.raises(docker.errors.ImageNotFound):
-        client.images.get(ref)
+    assert f"it tags {ref} as image {config}, the signed manifest says sha256:2222" in (
+        fetched.stderr
+    )
+    _absent(client, _by_id(sent))
+    assert client.images.get(ref).id == here.id
 
 
 _PAIRS = list(itertools.permutations(engine_hosts(), 2))
@@ -907,6 +921,27 @@ def test_names_an_archive_gives_are_read_in_every_form() -> None:
     assert unread in archive_refs(archive(("manifest.json", tags), ("manifest.json", tags)))
 
 
+def test_an_archive_must_hold_each_image_by_its_signed_config() -> None:
+    """Checked before the engine gets the archive's end: a load that would complete with
+    another image than the one signed is refused (see the docker test above)."""
+    one, two, three = ("sha256:" + digit * 64 for digit in "123")
+    listed = [
+        {"Config": "1" * 64 + ".json", "RepoTags": ["app:1"]},
+        {"Config": "blobs/sha256/" + "2" * 64},
+    ]
+    held = archive(("manifest.json", json.dumps(listed).encode()))
+    as_signed(held, [ImageEntry(one, ("docker.io/library/app:1",), (), config=one)])
+    as_signed(held, [ImageEntry(one, ("app:1",), (), config=one), ImageEntry(two, (), ())])
+    as_signed(held, [ImageEntry(three, ("app:1",), ())])  # no config: the later check judges
+    as_signed(archive(("index.json", b"{}")), [ImageEntry(two, ("app:1",), (), config=two)])
+    with pytest.raises(VerificationError, match=f"it tags app:1 as image {one}, .* says {two}"):
+        as_signed(held, [ImageEntry(two, ("app:1",), (), config=two)])
+    with pytest.raises(VerificationError, match=f"does not hold image {three}"):
+        as_signed(held, [ImageEntry(three, (), (), config=three)])
+    with pytest.raises(VerificationError, match=r"no readable manifest\.json"):
+        as_signed(archive(("manifest.json", b"[{}]")), [])
+
+
 def test_a_gnu_long_name_chained_with_a_pax_path_is_not_read_either_way() -> None:
     """Found in review: GNU long name "manifest.json", then a pax header saying
     "harmless.json", then the member: Python's tarfile (and Go's, it seems) take the GNU
@@ -962,11 +997,11 @@ def test_an_archive_may_tag_only_what_the_manifest_names_as_docker_reads_names()
     def load(member: str, tags: list[str], *refs: str) -> None:
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
-            data = json.dumps([{"RepoTags": tags}]).encode()
+            data = json.dumps([{"Config": "1" * 64 + ".json", "RepoTags": tags}]).encode()
             info = tarfile.TarInfo(member)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        manifest = SimpleNamespace(images=[SimpleNamespace(refs=refs)])
+        manifest = SimpleNamespace(images=[SimpleNamespace(refs=refs, config=None)])
         for _ in named_only([out.getvalue()], manifest):  # type: ignore[arg-type]
             pass
 
