@@ -108,7 +108,7 @@ class DirectoryTransport:
             yield
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageError(f"{what}: no space left on {self.root}") from exc
+                raise _no_space(self.root, what) from exc
             raise TransferError(f"{what}: {exc.strerror or exc}") from exc
 
     def list(self) -> list[str]:
@@ -184,6 +184,13 @@ class DirectoryTransport:
         """Nothing to release: each operation opens and closes what it needs."""
 
 
+def _no_space(where: Path, what: str = "") -> StorageError:
+    return StorageError(
+        f"{what + ': ' if what else ''}no space left on {where}",
+        hint="the bundle does not fit there: free some space, or use a larger disk",
+    )
+
+
 class _MediaFile(io.FileIO):
     """A file on the media whose read errors are transfer errors, not tracebacks."""
 
@@ -230,10 +237,7 @@ class _SyncOnClose:
 
     def _failed(self, exc: OSError, kind: type[AirgapError]) -> AirgapError:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return StorageError(
-                f"no space left on {self._where}",
-                hint="the bundle does not fit there: free some space, or use a larger disk",
-            )
+            return _no_space(self._where)
         return kind(f"writing into {self._where}: {exc.strerror or exc}")
 
     def __enter__(self) -> _SyncOnClose:

@@ -50,13 +50,15 @@ def receiving(keydir: Path, state: Path) -> list[str | Path]:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` (as mount takes it: "64k") at ``path``; the test is skipped when
+def small_disk(path: Path, size: str, *, files: int = 0) -> Iterator[Path]:
+    """A tmpfs of ``size`` (as mount takes it: "64k") at ``path``, holding at most ``files``
+    files and directories, its own root one of them (0: no limit); the test is skipped when
     not root, as only root may mount."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    options = f"size={size}" + (f",nr_inodes={files}" if files else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:

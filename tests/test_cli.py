@@ -982,3 +982,20 @@ def test_a_medium_that_fills_under_a_files_last_bytes_is_named(tmp_path: Path) -
             out.write(bytes(6 << 10))  # 4 KiB fit, the rest waits in the buffer
             out.write(bytes(6 << 10))
         assert "a larger disk" in (failed.value.hint or "")
+
+
+def test_a_medium_with_no_room_for_another_file_is_named(tmp_path: Path) -> None:
+    """A medium out of room for a new file (FAT's root directory, a tmpfs's inodes) fails the
+    open, not a write: that is said as a full medium, with the same hint."""
+    from airgap.client.transport import DirectoryTransport
+    from airgap.shared.errors import StorageError
+
+    with small_disk(tmp_path / "stick", "1m", files=2) as stick:
+        drop = DirectoryTransport(stick)
+        with drop.writer("a.part") as out:
+            out.write(b"a")
+        full = f"writing b.part: no space left on {stick}"
+        with pytest.raises(StorageError, match=full) as failed:
+            drop.writer("b.part")
+        assert "a larger disk" in (failed.value.hint or "")
+        assert [p.name for p in stick.iterdir()] == ["a.part"]
