@@ -249,7 +249,7 @@ def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
         return _run(recipe, begun, by)
     except BaseException as exc:
         spool = send_spool(begun.bundle_id)
-        if by.place.server and not begun.continuing and not began_encoding(spool):
+        if by.place.server and not _kept(exc, begun, spool):
             forget_spool(spool)
             if isinstance(exc, AirgapError) and begun.bundle_id in (exc.hint or ""):
                 exc.hint = "nothing was encoded yet: run the same command again"
@@ -341,7 +341,7 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
         _abandon(transport, begun.bundle_id, payload)
         raise
     except TransferError as exc:
-        if spool is not None and (begun.continuing or began_encoding(spool)):
+        if spool is not None and _kept(exc, begun, spool):
             _hint_continue(exc, bundle_id=begun.bundle_id, place=by.place)
         elif spool is not None and exc.transient:  # a refusal that stands keeps its own hint
             exc.hint = "nothing was encoded yet: run the same command again"
@@ -353,6 +353,14 @@ def _run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]
     finally:
         transport.close()
     return manifest, transport
+
+
+def _kept(exc: BaseException, begun: Start, spool: Path) -> bool:
+    """Whether a failed send's spool stays: a continued send's always; a new one's once it has
+    encoded a byte, unless the drop box refused the account or the path itself. No send to that
+    URL can use what it encoded, and a send elsewhere is a new bundle: left, it would only be
+    continued into the same refusal by every rerun."""
+    return begun.continuing or (began_encoding(spool) and not isinstance(exc, WrongPlace))
 
 
 def _held(spool: Path | None) -> int:

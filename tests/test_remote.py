@@ -438,7 +438,10 @@ def test_a_refusal_that_stands_is_not_retried_and_says_what_to_put_right(
         assert "may not upload here" in receiver.stderr
         hint = receiver.stderr.split("hint:")[1]
         assert "this account is a receiver's" in hint and "--resume" not in hint, hint
-        assert "airgap spool drop" in hint
+        # Found in review: a refusal that came once encoding had begun kept a spool that every
+        # rerun continued into the same refusal (and README said nothing is kept).
+        assert "airgap spool drop" not in hint and "run the same command" not in hint, hint
+        assert not list((tmp_path / "cache" / "airgap" / "send").iterdir())
         assert "trying again" not in receiver.stderr
         url = f"ftp://sender@127.0.0.1:{server.port}/pub/incoming/"
         pathed = run_airgap([*send, "--server", url], env=_env(tmp_path, server.password("sender")))
