@@ -34,6 +34,19 @@ def test_version_and_help() -> None:
         assert command in helped.stdout
 
 
+def test_help_paragraphs_wrap_to_the_terminal_alone() -> None:
+    """Found in a README audit: typer kept the line breaks of a docstring's later paragraphs,
+    so a wide terminal broke sentences where the source did ("... (AIRGAP_SERVE_ROOT), else"
+    then "the --config file")."""
+    wide = {"COLUMNS": "250"}
+    for command, sentence in (
+        ("serve", "(AIRGAP_SERVE_ROOT), else the --config file, else its default."),
+        ("send", "layers an earlier bundle already took to the same place (see"),
+        ("verify", "a bundle for another receiver is intact all the same) or AIRGAP_PASSPHRASE"),
+    ):
+        assert sentence in run_airgap([command, "--help"], env=wide).stdout, command
+
+
 def test_serve_help_gives_the_defaults_the_server_uses() -> None:
     """The CLI names defaults without importing the server: they must not drift apart."""
     from airgap.server.config import ServeConfig

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import getpass
+import inspect
 import json
 import os
 import signal
@@ -41,6 +42,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+def reflow_help(commands: typer.Typer) -> None:
+    """Make each paragraph of every command's help one line, as typer makes the first: it
+    keeps the line breaks of the others, which the terminal then wraps again mid-sentence."""
+    for info in commands.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if doc:
+            paragraphs = inspect.cleandoc(doc).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for group in commands.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
 
 
 def guarded(command: Callable[P, None]) -> Callable[P, None]:

@@ -493,9 +493,10 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Check bundles without importing; with --identity (not the configured one: a bundle for
-    another receiver is intact all the same) or AIRGAP_PASSPHRASE, decrypt and check the
-    plaintext too."""
+    """Check bundles without importing them: signatures, sizes and every segment hash.
+
+    With --identity (not the configured one: a bundle for another receiver is intact all the
+    same) or AIRGAP_PASSPHRASE, decrypt and check the plaintext too."""
     cfg = config.load().fetch
     trusted = keyfiles.load_trusted(_trusted(trust or cfg.trust))
     identities = _identities(identity or [])
