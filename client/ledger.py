@@ -50,17 +50,10 @@ class Ledger:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the ledger for one run: two fetches at once would import a bundle twice.
-        A ledger someone else could have written is refused: its held file moves tags, and
-        its records decide what is skipped and what is a rollback."""
+        A ledger someone else could have written is refused (:meth:`_vouch`)."""
         try:
             private_dir(self.path.parent)
-            for path in (self.path.parent / ".", self.path, self._held):
-                if why := written_by_others(path):
-                    raise StorageError(
-                        f"ledger {path}: {why}",
-                        hint="keep the state folder (--state-dir) one only you may write to "
-                        "(chmod go-w)",
-                    )
+            self._vouch()
             fd = os.open(
                 self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
             )
@@ -77,10 +70,23 @@ class Ledger:
         finally:
             os.close(fd)
 
+    def _vouch(self) -> None:
+        """Refuse a ledger someone else could have written: its held file moves tags, and its
+        records decide what is skipped, what is a rollback, and what ``airgap ls`` calls
+        imported."""
+        for path in (self.path.parent / ".", self.path, self._held):
+            if why := written_by_others(path):
+                raise StorageError(
+                    f"ledger {path}: {why}",
+                    hint="keep the state folder (--state-dir) one only you may write to "
+                    "(chmod go-w)",
+                )
+
     def read(self) -> tuple[set[str], dict[str, str]]:
         """In one read: the bundle ids imported here, and for each image ref the newest of
         them that tagged it (ids sort by time; records written before refs were recorded name
         none)."""
+        self._vouch()
         ids: set[str] = set()
         newest: dict[str, str] = {}
         for bundle_id, record in self._records():

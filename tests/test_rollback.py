@@ -341,6 +341,9 @@ def test_a_ledger_others_could_have_written_is_refused(tmp_path: Path, what: str
     with pytest.raises(StorageError, match="others may write") as refused, ledger.locked():
         pass
     assert "--state-dir" in (refused.value.hint or "")
+    # Found in a README audit: airgap ls read it all the same, to call bundles imported.
+    with pytest.raises(StorageError, match="others may write"):
+        ledger.ids()
 
 
 def test_the_ledgers_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
