@@ -76,7 +76,7 @@ def send_images(
                     f"does not hold image {entry.id}",
                     hint="send again",
                 )
-        entries.extend(replace(e, config=archive.config_of(e.id)) for e in described)
+        entries.extend(replace(e, config=archive.config_of(e.id, e.refs)) for e in described)
         files.update(archive.layer_files(entries))
         for entry in entries:  # signed as carried, or recorded as sent: none may be missing
             if lacking := [layer for layer in entry.layers if layer not in files]:
@@ -148,7 +148,7 @@ def learn_layer_files(engine: Engine, refs: Sequence[str], far: FarSide) -> FarS
     archive = SavedArchive({MANIFEST_JSON, *(blob_name(e.id) for e in described)})
     for chunk in engine.save(refs):
         archive.update(chunk)
-    learnt = archive.layer_files([replace(e, config=archive.config_of(e.id)) for e in described])
+    learnt = archive.layer_files(described)
     return FarSide(far.layers, {**learnt, **far.files})
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from airgap.shared.errors import EngineError
 from airgap.shared.manifest import ImageEntry
+from airgap.shared.refs import tag_of
 
 MANIFEST_JSON = "manifest.json"
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
@@ -64,15 +65,17 @@ class SavedArchive:
             if self._need == 0:
                 self._next_part()
 
-    def config_of(self, image_id: str) -> str | None:
-        """The config digest of the image the engine calls ``image_id``, if the archive says.
-        A containerd store names an image by its manifest, or by an image index (what a pull
-        of a multi-platform image leaves): then by the manifest of the index that the archive
-        holds, whose config manifest.json lists."""
+    def config_of(self, image_id: str, refs: Collection[str] = ()) -> str | None:
+        """The config digest of the image the engine calls ``image_id`` (tagged ``refs``), if
+        the archive says. A containerd store names an image by its manifest, or by an image
+        index (what a pull of a multi-platform image leaves): then by a manifest of the index
+        that the archive holds, whose config manifest.json lists; the one it lists under the
+        image's tags, if any (the platform the engine prefers, which need not come first)."""
         blob = self.members.get(blob_name(image_id))
         listed = self.configs()
         if blob is None or image_id in listed:  # a graph driver names it by its config
             return image_id if image_id in listed else None
+        found: list[str] = []
         with suppress(ValueError, TypeError, KeyError, AttributeError):
             document = json.loads(blob)
             if "config" in document:  # a manifest names the config
@@ -83,8 +86,11 @@ class SavedArchive:
                 if inner is not None:
                     digest = json.loads(inner)["config"]["digest"]
                     if digest in listed:
-                        return str(digest)
-        return None
+                        found.append(str(digest))
+        wanted = {tag_of(ref) for ref in refs}
+        held = self.tags()
+        tagged = [c for c in found if wanted & {tag_of(t) for t in held.get(c, ())}]
+        return next(iter(tagged or found), None)
 
     def holds(self, image_id: str) -> bool:
         """Whether the archive holds the image the engine calls ``image_id``: its manifest (or
@@ -100,7 +106,7 @@ class SavedArchive:
         entries = self._entries()
         found: dict[str, LayerFile] = {}
         for image in images:
-            paths = entries.get(self.config_of(image.id) or "")
+            paths = entries.get(self.config_of(image.id, image.refs) or "")
             if paths is None or len(paths) != len(image.layers):
                 continue
             for diff_id, path in zip(image.layers, paths, strict=True):
@@ -110,8 +116,12 @@ class SavedArchive:
         return found
 
     def tags(self) -> dict[str, list[str]]:
-        """config digest -> the tags manifest.json gives that image."""
-        return {config: tags for config, _, tags in self._listed()}
+        """config digest -> the tags manifest.json gives that image (in every entry of it: a
+        containerd store lists one per manifest, and two manifests may share a config)."""
+        held: dict[str, list[str]] = {}
+        for config, _, tags in self._listed():
+            held.setdefault(config, []).extend(tags)
+        return held
 
     def _entries(self) -> dict[str, list[str]]:
         """config digest -> its layer paths, from manifest.json."""

@@ -243,8 +243,8 @@ class Sender:
 
 def run(recipe: Recipe, begun: Start, by: Sender) -> tuple[Manifest, Transport]:
     """Encode and upload (or write into the directory); the bundle is published on return.
-    A new send that fails before its first encoded byte (no password, an unknown image) leaves
-    no spool: there is nothing to continue, and the next run starts afresh."""
+    A new send that fails before its first encoded byte (no password, an unknown image), or
+    that the drop box refuses for its account or path, leaves no spool (see :func:`_kept`)."""
     try:
         return _run(recipe, begun, by)
     except BaseException as exc:

@@ -266,6 +266,27 @@ def test_a_manifest_naming_another_image_is_refused(
     assert client.images.get(ref).id == here.id
 
 
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_image_the_engine_loads_otherwise_than_signed_is_refused_after_the_load(
+    docker_engine: DockerEngine, two_images: list[Any], keydir: Path, tmp_path: Path
+) -> None:
+    """The check after the load, for what the archive cannot tell before it: an image signed
+    without a config digest, loaded as another id than the manifest says. The ref is taken
+    back off (its only tag: the image goes with it)."""
+    client, env, drop = docker_engine.client, docker_engine.env, tmp_path / "drop"
+    ref = two_images[0].tags[0]
+    bundle_id = _send(keydir, drop, ref, env=env)
+    _gone(client, *two_images)
+    manifest = _manifest(drop, bundle_id)
+    other = replace(manifest.images[0], id="sha256:" + "1" * 64, config=None)
+    _resign(drop, replace(manifest, images=(other,)), keydir)
+    fetched = _fetch(keydir, drop, tmp_path / "state", env=env)
+    assert fetched.returncode == 3, fetched.stderr
+    assert f"{ref} is {two_images[0].id} after the load" in fetched.stderr
+    _absent(client, *two_images)
+
+
 _PAIRS = list(itertools.permutations(engine_hosts(), 2))
 
 
@@ -610,6 +631,39 @@ def test_an_image_named_by_its_index_has_the_config_of_the_manifest_saved() -> N
     archive = SavedArchive({"manifest.json", "blobs/sha256/" + index})
     archive.update(oci)
     assert archive.config_of("sha256:" + index) == "sha256:" + CONFIG
+
+
+def test_an_index_saved_beside_one_of_its_platforms_has_the_config_its_tags_name() -> None:
+    """Found in review: an index listing arm64 before amd64, saved with the arm64 image tagged
+    on its own, took the arm64 config (the first whose manifest the archive holds), while
+    manifest.json gave the index's tag to the amd64 one, the engine's platform: the receiver
+    refused the bundle. Two manifests of one config each have their entry, tags in either."""
+    index, arm, amd = "9" * 64, "8" * 64, "7" * 64
+    arm_config, amd_config = "6" * 64, "5" * 64
+    manifests = [{"digest": "sha256:" + d} for d in (arm, amd)]
+    listed = [
+        {"Config": "blobs/sha256/" + arm_config, "RepoTags": ["app:arm"]},
+        {"Config": "blobs/sha256/" + amd_config, "RepoTags": ["docker.io/library/app:multi"]},
+        {"Config": "blobs/sha256/" + amd_config, "RepoTags": []},
+    ]
+    oci = _tar(
+        {
+            "blobs/sha256/" + index: json.dumps({"manifests": manifests}).encode(),
+            **{
+                "blobs/sha256/" + blob: json.dumps({"config": {"digest": "sha256:" + c}}).encode()
+                for blob, c in ((arm, arm_config), (amd, amd_config))
+            },
+            "manifest.json": json.dumps(listed).encode(),
+        }
+    )
+    archive = SavedArchive({"manifest.json", "blobs/sha256/" + index})
+    archive.update(oci)
+    assert archive.config_of("sha256:" + index, ["app:multi"]) == "sha256:" + amd_config
+    assert archive.config_of("sha256:" + index) == "sha256:" + arm_config  # no tag: the first
+    assert archive.tags()["sha256:" + amd_config] == ["docker.io/library/app:multi"]
+    signed = ImageEntry("sha256:" + index, ("app:multi",), (), config="sha256:" + arm_config)
+    with pytest.raises(VerificationError, match=r"it tags docker\.io/library/app:multi as image"):
+        as_signed(archive, [signed])
 
 
 def test_saved_archive_refuses_what_is_not_a_tar() -> None:
