@@ -4,6 +4,11 @@
 # (verified, decrypted, loaded) and run. Everything lives in a temporary folder.
 set -euo pipefail
 AIRGAP=${AIRGAP:-airgap}
+# The image is busybox alone, FROM scratch: it runs only if that busybox needs no libraries.
+if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
+    echo "make demo: needs a static /bin/busybox for its image (Debian: apt-get install busybox-static)" >&2
+    exit 1
+fi
 work=$(mktemp -d /tmp/airgap-demo.XXXXXX)
 export XDG_CACHE_HOME=$work/cache XDG_STATE_HOME=$work/state XDG_CONFIG_HOME=$work/config
 server_pid=

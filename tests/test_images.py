@@ -377,6 +377,8 @@ def test_an_image_sent_by_its_id_arrives_untagged_on_another_engine(
             (entry,) = [e for e in entries if not e.refs]
             assert entry.config == _config_digest(sender.client, images[1].id)
             assert summary["untagged"] == [entry.config]
+            listed = run_airgap(["ls", "--from", drop, "--json"], env=sender.env)
+            assert json.loads(listed.stdout)["bundles"][0]["untagged"] == [entry.config]
             assert [r for e in entries for r in e.refs] == names[:-1]
             _absent(receiver.client, *images)
             left_out = "out of the archive's index.json" in sent.stderr

@@ -573,6 +573,7 @@ def _row(item: fetching.Listing) -> dict[str, Any]:
         "payload_bytes": manifest.payload.size if manifest else None,
         "signer": manifest.signer if manifest else None,
         "content": content,
+        "untagged": _untagged(manifest) if manifest else [],
         "omitted_layers": len(manifest.omitted) if manifest else None,
         "detail": item.detail,
     }
