@@ -195,31 +195,67 @@ def named_only(chunks: Iterable[bytes], manifest: Manifest) -> Iterator[bytes]:
 
 
 def as_signed(archive: SavedArchive, images: Sequence[ImageEntry]) -> None:
-    """Raise unless the archive's manifest.json holds every image a signed manifest names
-    (``images``) by the config digest it signs, and gives none of its tags to another image.
-    The engine would load another image whole before the check after the load could refuse
-    it, and that image would stay. An archive without manifest.json, or an image signed
-    without a config digest, is left to that check."""
-    if MANIFEST_JSON not in archive.members:
-        return
-    try:
-        held = archive.tags()
-    except EngineError as exc:
-        raise VerificationError("the bundle's archive has no readable manifest.json") from exc
+    """Raise unless the archive holds every image a signed manifest names (``images``) by the
+    config digest it signs, and names none of its tags for another image: in manifest.json,
+    which a graph driver loads, and in index.json, which a containerd store loads. The engine
+    would load another image whole before the check after the load could refuse it, and that
+    image would stay. An image signed without a config digest, and a name whose manifest the
+    archive does not hold, are left to that check."""
     signed = {tag_of(r): i.config for i in images if i.config for r in i.refs}
-    for config, tags in held.items():
-        for tag in tags:
-            if signed.get(tag_of(tag), config) != config:
-                raise VerificationError(
-                    f"docker save archive: it tags {tag} as image {config}, the signed manifest "
-                    f"says {signed[tag_of(tag)]}"
-                )
+    held: dict[str, list[str]] | None = None  # manifest.json's: config -> tags
+    if MANIFEST_JSON in archive.members:
+        try:
+            held = archive.tags()
+        except EngineError as exc:
+            raise VerificationError("the bundle's archive has no readable manifest.json") from exc
+    named = [(tag, {config}) for config, tags in (held or {}).items() for tag in tags]
+    for name, configs in named + _indexed(archive):  # each name, the configs of what it names
+        wanted = signed.get(tag_of(name))
+        if wanted is not None and configs and wanted not in configs:
+            raise VerificationError(
+                f"docker save archive: it tags {name} as image {', '.join(sorted(configs))}, "
+                f"the signed manifest says {wanted}"
+            )
     for image in images:
-        if image.config is not None and image.config not in held:
+        if held is not None and image.config is not None and image.config not in held:
             raise VerificationError(
                 f"docker save archive: it does not hold image {image.config}, which the signed "
                 "manifest names"
             )
+
+
+def _indexed(archive: SavedArchive) -> list[tuple[str, set[str]]]:
+    """Each name index.json gives (as :func:`archive_refs` reads them), with the config digests
+    of what it names: a manifest's config, or an image index's manifests' (none, where the
+    archive does not hold them)."""
+    if INDEX_JSON not in archive.members:
+        return []
+    try:
+        found: list[tuple[str, set[str]]] = []
+        for entry in json.loads(archive.members[INDEX_JSON]).get("manifests") or []:
+            notes = entry.get("annotations") or {}
+            ref = str(notes.get("org.opencontainers.image.ref.name") or "")
+            names = {str(notes.get(IMAGE_NAME) or ""), ref if "/" in ref or ":" in ref else ""}
+            configs = _configs(archive, str(entry.get("digest")))
+            found += [(name, configs) for name in names if name]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise VerificationError("the bundle's archive has no readable index.json") from exc
+    return found
+
+
+def _configs(archive: SavedArchive, digest: str, *, nested: bool = False) -> set[str]:
+    """The config digest of manifest ``digest``, or of each manifest of image index
+    ``digest``, that the archive holds."""
+    try:
+        document = json.loads(archive.members[blob_name(digest)])
+        if "config" in document:
+            return {str(document["config"]["digest"])}
+        if nested:  # an index in an index: not what a save writes
+            return set()
+        children = [str(child["digest"]) for child in document["manifests"]]
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return set()  # not held, or not a manifest: the check after the load judges
+    return {config for child in children for config in _configs(archive, child, nested=True)}
 
 
 def archive_refs(archive: SavedArchive) -> set[str]:

@@ -24,6 +24,7 @@ import pytest
 
 from airgap.client.engine import Engine
 from airgap.client.images import (
+    IMAGE_NAME,
     archive_refs,
     as_signed,
     load_images,
@@ -996,6 +997,41 @@ def test_an_archive_must_hold_each_image_by_its_signed_config() -> None:
         as_signed(held, [ImageEntry(three, (), (), config=three)])
     with pytest.raises(VerificationError, match=r"no readable manifest\.json"):
         as_signed(archive(("manifest.json", b"[{}]")), [])
+
+
+def test_an_archive_must_name_in_index_json_only_the_signed_configs() -> None:
+    """Found in review: a containerd store loads what index.json names, which the check of
+    manifest.json did not read: a name there for another image loaded it, to stay."""
+    one, two, three = ("sha256:" + digit * 64 for digit in "123")
+    a, b, c, d = (letter * 64 for letter in "abcd")
+    signed = [ImageEntry(one, ("app:1",), (), config=one)]
+
+    def held(blobs: dict[str, Any], top: str) -> SavedArchive:
+        """An archive whose index.json names blob ``top`` (and gives a tag alone, no name)."""
+        entries = [
+            {"digest": "sha256:" + top, "annotations": {IMAGE_NAME: "docker.io/library/app:1"}},
+            {"digest": "sha256:" + top, "annotations": {"org.opencontainers.image.ref.name": "1"}},
+        ]
+        members = [("blobs/sha256/" + n, json.dumps(doc).encode()) for n, doc in blobs.items()]
+        return archive(("index.json", json.dumps({"manifests": entries}).encode()), *members)
+
+    def manifest(config: str) -> dict[str, Any]:
+        return {"config": {"digest": config}}
+
+    def index(*children: str) -> dict[str, Any]:
+        return {"manifests": [{"digest": "sha256:" + child} for child in children]}
+
+    as_signed(held({a: manifest(one)}, a), signed)
+    as_signed(held({}, a), signed)  # the manifest not held: left to the check after the load
+    with pytest.raises(VerificationError, match=f"tags docker.io/library/app:1 as image {two}"):
+        as_signed(held({a: manifest(two)}, a), signed)
+    # An image index: a manifest of it that the archive holds must be the signed image.
+    as_signed(held({c: index(b, d), b: manifest(one)}, c), signed)
+    with pytest.raises(VerificationError, match=f"as image {three}, the signed manifest"):
+        as_signed(held({c: index(b), b: manifest(three)}, c), signed)
+    as_signed(held({c: index(c)}, c), signed)  # an index listing itself: nothing to compare
+    with pytest.raises(VerificationError, match="no readable index"):
+        as_signed(archive(("index.json", b'{"manifests": [1]}')), signed)
 
 
 def test_a_gnu_long_name_chained_with_a_pax_path_is_not_read_either_way() -> None:
