@@ -16,7 +16,7 @@ import json
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import IO
+from typing import IO, Any
 
 from airgap.client.engine import Engine
 from airgap.client.incremental import omitted_layers, thin_plan
@@ -230,32 +230,44 @@ def _indexed(archive: SavedArchive) -> list[tuple[str, set[str]]]:
     archive does not hold them)."""
     if INDEX_JSON not in archive.members:
         return []
+    found: list[tuple[str, set[str]]] = []
+    known: dict[str, set[str]] = {}  # by digest: many entries may name one index
     try:
-        found: list[tuple[str, set[str]]] = []
         for entry in json.loads(archive.members[INDEX_JSON]).get("manifests") or []:
             notes = entry.get("annotations") or {}
             ref = str(notes.get("org.opencontainers.image.ref.name") or "")
             names = {str(notes.get(IMAGE_NAME) or ""), ref if "/" in ref or ":" in ref else ""}
-            configs = _configs(archive, str(entry.get("digest")))
-            found += [(name, configs) for name in names if name]
-    except (ValueError, TypeError, AttributeError) as exc:
+            if names := names - {""}:
+                digest = str(entry.get("digest"))
+                if digest not in known:
+                    known[digest] = _configs(archive, digest)
+                found += [(name, known[digest]) for name in names]
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise VerificationError("the bundle's archive has no readable index.json") from exc
     return found
 
 
-def _configs(archive: SavedArchive, digest: str, *, nested: bool = False) -> set[str]:
+def _configs(archive: SavedArchive, digest: str) -> set[str]:
     """The config digest of manifest ``digest``, or of each manifest of image index
     ``digest``, that the archive holds."""
+    document = _blob(archive, digest)
     try:
-        document = json.loads(archive.members[blob_name(digest)])
         if "config" in document:
             return {str(document["config"]["digest"])}
-        if nested:  # an index in an index: not what a save writes
-            return set()
-        children = [str(child["digest"]) for child in document["manifests"]]
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return set()  # not held, or not a manifest: the check after the load judges
-    return {config for child in children for config in _configs(archive, child, nested=True)}
+        children = [_blob(archive, str(c["digest"])) for c in document.get("manifests") or []]
+        return {str(inner["config"]["digest"]) for inner in children if "config" in inner}
+    except (KeyError, TypeError):  # not a manifest: the check after the load judges
+        return set()
+
+
+def _blob(archive: SavedArchive, digest: str) -> dict[str, Any]:
+    """The JSON object the archive holds as blob ``digest``; empty when it holds none (an index
+    in an index is not read: not what a save writes)."""
+    try:
+        document = json.loads(archive.members[blob_name(digest)])
+    except (KeyError, ValueError, RecursionError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def archive_refs(archive: SavedArchive) -> set[str]:
@@ -285,7 +297,7 @@ def archive_refs(archive: SavedArchive) -> set[str]:
         if REPOSITORIES in members:
             for repo, tags in json.loads(members[REPOSITORIES]).items():
                 found.update(f"{repo}:{tag}" for tag in tags)
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         found.add(UNREADABLE_NAMES)
     return {ref for ref in found if isinstance(ref, str) and ref}
 

@@ -76,16 +76,16 @@ class SavedArchive:
         if blob is None or image_id in listed:  # a graph driver names it by its config
             return image_id if image_id in listed else None
         found: list[str] = []
-        with suppress(ValueError, TypeError, KeyError, AttributeError):
+        with suppress(ValueError, TypeError, KeyError, AttributeError, RecursionError):
             document = json.loads(blob)
             if "config" in document:  # a manifest names the config
                 digest = document["config"]["digest"]
                 return digest if isinstance(digest, str) else None
             for child in document["manifests"]:
-                inner = self.members.get(blob_name(str(child["digest"])))
-                if inner is not None:
-                    digest = json.loads(inner)["config"]["digest"]
-                    if digest in listed:
+                with suppress(ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                    inner = self.members.get(blob_name(str(child["digest"])))
+                    digest = json.loads(inner or b"{}")["config"]["digest"]
+                    if digest in listed:  # another platform's, or an attestation: not listed
                         found.append(str(digest))
         wanted = {tag_of(ref) for ref in refs}
         held = self.tags()
@@ -139,7 +139,7 @@ class SavedArchive:
                 )
                 for e in entries
             ]
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             raise EngineError("docker save: the archive has no readable manifest.json") from exc
         return listed
 

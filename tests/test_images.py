@@ -1032,6 +1032,15 @@ def test_an_archive_must_name_in_index_json_only_the_signed_configs() -> None:
     as_signed(held({c: index(c)}, c), signed)  # an index listing itself: nothing to compare
     with pytest.raises(VerificationError, match="no readable index"):
         as_signed(archive(("index.json", b'{"manifests": [1]}')), signed)
+    # Found in review: JSON nested too deep for the parser escaped as an internal error.
+    deep = b'{"config": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+    named = held({}, a)
+    named.members["blobs/sha256/" + a] = deep
+    as_signed(named, signed)  # not a manifest to compare: the check after the load judges
+    for member in ("manifest.json", "index.json"):
+        with pytest.raises(VerificationError, match=f"no readable {member}"):
+            as_signed(archive((member, b"[" * 100000)), signed)
+        assert archive_refs(archive((member, b"[" * 100000))) == {"(names airgap cannot read)"}
 
 
 def test_a_gnu_long_name_chained_with_a_pax_path_is_not_read_either_way() -> None:
