@@ -234,10 +234,7 @@ def _indexed(archive: SavedArchive) -> list[tuple[str, set[str]]]:
     known: dict[str, set[str]] = {}  # by digest: many entries may name one index
     try:
         for entry in json.loads(archive.members[INDEX_JSON]).get("manifests") or []:
-            notes = entry.get("annotations") or {}
-            ref = str(notes.get("org.opencontainers.image.ref.name") or "")
-            names = {str(notes.get(IMAGE_NAME) or ""), ref if "/" in ref or ":" in ref else ""}
-            if names := names - {""}:
+            if names := _index_names(entry):
                 digest = str(entry.get("digest"))
                 if digest not in known:
                     known[digest] = _configs(archive, digest)
@@ -245,6 +242,15 @@ def _indexed(archive: SavedArchive) -> list[tuple[str, set[str]]]:
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise VerificationError("the bundle's archive has no readable index.json") from exc
     return found
+
+
+def _index_names(entry: dict[str, Any]) -> set[str]:
+    """The image names an index.json entry gives: its containerd name, and its OCI ref name
+    when that is a whole reference, not a tag alone."""
+    notes = entry.get("annotations") or {}
+    ref = notes.get("org.opencontainers.image.ref.name") or ""
+    names = {notes.get(IMAGE_NAME) or "", ref if "/" in ref or ":" in ref else ""}
+    return {name for name in names if isinstance(name, str) and name}
 
 
 def _configs(archive: SavedArchive, digest: str) -> set[str]:
@@ -289,11 +295,7 @@ def archive_refs(archive: SavedArchive) -> set[str]:
                 found.update(entry.get("RepoTags") or [])
         if INDEX_JSON in members:
             for entry in json.loads(members[INDEX_JSON]).get("manifests") or []:
-                notes = entry.get("annotations") or {}
-                found.add(notes.get(IMAGE_NAME) or "")
-                ref = notes.get("org.opencontainers.image.ref.name") or ""
-                if "/" in ref or ":" in ref:  # a whole reference, not a tag: a name too
-                    found.add(ref)
+                found.update(_index_names(entry))
         if REPOSITORIES in members:
             for repo, tags in json.loads(members[REPOSITORIES]).items():
                 found.update(f"{repo}:{tag}" for tag in tags)
