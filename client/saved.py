@@ -87,10 +87,10 @@ class SavedArchive:
                     digest = json.loads(inner or b"{}")["config"]["digest"]
                     if digest in listed:  # another platform's, or an attestation: not listed
                         found.append(str(digest))
-        wanted = {tag_of(ref) for ref in refs}
-        held = self.tags()
-        tagged = [c for c in found if wanted & {tag_of(t) for t in held.get(c, ())}]
-        return next(iter(tagged or found), None)
+        if len(found) > 1 and refs:  # which of them manifest.json lists under its tags
+            wanted, held = {tag_of(ref) for ref in refs}, self.tags()
+            found = [c for c in found if wanted & {tag_of(t) for t in held.get(c, ())}] or found
+        return next(iter(found), None)
 
     def holds(self, image_id: str) -> bool:
         """Whether the archive holds the image the engine calls ``image_id``: its manifest (or
