@@ -58,7 +58,7 @@ MAX_SIGNATURE_BYTES = 16 * 1024
 @dataclass(frozen=True)
 class Outcome:
     bundle_id: str
-    status: str  # "published", "pending", "quarantined"
+    status: str  # "published", "pending", "quarantined"; "failed" (an error: tried again)
     reason: str = ""
 
 
@@ -102,12 +102,30 @@ class Publisher:
         publishes a stop cut off are taken back."""
         self._take_back()
         self.clear_leftovers(at_start=True)
-        outcomes = []
+        return [outcome for _, outcome in self.check_signed()]
+
+    def check_signed(self) -> list[tuple[Path, Outcome]]:
+        """Check every bundle of an area whose signature is there, each with its area. The
+        check at an upload's end may have failed (a full disk while it moved the bundle, say):
+        the bundle waits in its area for this one, run at start and by the periodic upkeep.
+        A check that fails again is logged and reported ``failed``: its bundle stays."""
+        checked = []
         for area in self.areas():
-            for entry in sorted(os.scandir(area), key=lambda e: e.name):
-                if entry.name.endswith(SIGNATURE_SUFFIX) and (bid := bundle_id_of(entry.name)):
-                    outcomes.append(self.check(area, bid))
-        return outcomes
+            try:
+                with os.scandir(area) as entries:
+                    names = sorted(e.name for e in entries)
+            except FileNotFoundError:  # an area removed meanwhile
+                continue
+            for name in names:
+                if not name.endswith(SIGNATURE_SUFFIX) or not (bid := bundle_id_of(name)):
+                    continue
+                try:
+                    outcome = self.check(area, bid)
+                except OSError as exc:
+                    logger.error("bundle check %s failed: %s; tried again later", bid, exc)
+                    outcome = Outcome(bid, "failed", str(exc))
+                checked.append((area, outcome))
+        return checked
 
     def _take_back(self) -> None:
         """A publish cut off between its moves (the process killed) left the payload, and

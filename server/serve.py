@@ -267,19 +267,18 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
         say(f"airgap: tls {config.tls.value}; certificate {prints.certificate}")
         say(f"airgap: public key pin (curl --pinnedpubkey) {prints.public_key}")
     scanned = pool.submit(services.publisher.scan)
-    if config.partial_expiry:
-        expire = partial(
-            sweep.sweep_logged,
-            layout,
-            busy=busy,
-            audit=audit,
-            older_than=config.partial_expiry,
-            publisher=services.publisher,
-        )
-        # Only once bundles left whole across a restart are published: files with old times
-        # (a restored root, a clock that jumped) would look abandoned to the sweep.
-        scanned.add_done_callback(lambda _: _submit(pool, expire))
-        ioloop.call_every(sweep.interval(config.partial_expiry), pool.submit, expire)
+    upkeep = partial(
+        sweep.upkeep,
+        layout,
+        busy=busy,
+        audit=audit,
+        older_than=config.partial_expiry,
+        publisher=services.publisher,
+    )
+    # Only once bundles left whole across a restart are published: files with old times
+    # (a restored root, a clock that jumped) would look abandoned to the sweep.
+    scanned.add_done_callback(lambda _: _submit(pool, upkeep))
+    ioloop.call_every(sweep.interval(config.partial_expiry), pool.submit, upkeep)
     audit.record(
         "start", host=host, port=port, tls=config.tls.value, anonymous=config.anonymous.value
     )

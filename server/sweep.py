@@ -9,7 +9,10 @@ partial, finds none, and uploads from the start out of its own spool. A file tha
 holds open is claimed in :class:`~airgap.server.limits.BusyFiles` and is never touched, nor is
 anything but a regular file directly in an upload area, nor a finished anonymous upload in
 ``pub/incoming`` itself (there, the area is the exchange). Every deletion is an audit record.
-Each sweep also deletes what a cut ``--consume`` left in ``pub/outgoing`` (see
+A bundle whose signature is in its area is never expired while its check fails: the
+appliance's own failure (a full disk while it moved the bundle, say) must not cost a sender a
+bundle it was told had landed. :func:`upkeep` checks such bundles again every time, and sweeps
+after; it also deletes what a cut ``--consume`` left in ``pub/outgoing`` (see
 :meth:`~airgap.server.publish.Publisher.clear_leftovers`).
 """
 
@@ -19,7 +22,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from airgap.server.audit import AuditLog
@@ -32,11 +35,17 @@ from airgap.shared.ids import bundle_id_of, is_bundle_id
 logger = logging.getLogger("airgap.server")
 
 
-def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, os.stat_result]]:
+def stale(
+    layout: Layout,
+    *,
+    older_than: float,
+    now: float,
+    keep: Collection[tuple[str, str]] = (),
+) -> list[tuple[Path, os.stat_result]]:
     """``*.part`` files of ``pub/incoming``, and the regular files of the senders' areas, last
     written before ``now - older_than``; in a sender's area, only when no file of the same
     bundle was written since (a client resuming a send writes its manifest, say, beside a
-    payload whole for days)."""
+    payload whole for days), and none of a bundle in ``keep`` (area path, bundle id)."""
     files = []
     newest: dict[tuple[str, str], float] = {}  # (area, bundle id or name) -> latest write
     for entry, senders in _upload_entries(layout):
@@ -52,7 +61,11 @@ def stale(layout: Layout, *, older_than: float, now: float) -> list[tuple[Path, 
         newest[group] = max(newest.get(group, 0.0), info.st_mtime)
         files.append((entry, info, group))
     cutoff = now - older_than
-    return [(Path(e.path), info) for e, info, group in files if newest[group] < cutoff]
+    return [
+        (Path(e.path), info)
+        for e, info, group in files
+        if newest[group] < cutoff and group not in keep
+    ]
 
 
 def _notice(name: str, info: os.stat_result) -> bool:
@@ -85,11 +98,13 @@ def sweep(
     busy: BusyFiles,
     audit: AuditLog,
     older_than: float,
+    keep: Collection[tuple[str, str]] = (),
 ) -> list[Path]:
-    """Delete the stale uploads no upload holds; return what was deleted."""
+    """Delete the stale uploads no upload holds, but for the bundles in ``keep`` (area path,
+    bundle id); return what was deleted."""
     now = time.time()
     deleted = []
-    for path, info in stale(layout, older_than=older_than, now=now):
+    for path, info in stale(layout, older_than=older_than, now=now, keep=keep):
         if not busy.claim([path]):
             continue  # being written right now: not stale after all
         try:
@@ -112,25 +127,33 @@ def sweep(
     return deleted
 
 
-def sweep_logged(
+def upkeep(
     layout: Layout,
     *,
     busy: BusyFiles,
     audit: AuditLog,
     older_than: float,
-    publisher: Publisher | None = None,
+    publisher: Publisher,
 ) -> None:
-    """:func:`sweep` on a worker thread, then the leftovers of a cut ``--consume`` in
-    ``pub/outgoing`` (:meth:`~airgap.server.publish.Publisher.clear_leftovers`): a failure is
-    logged, and the next sweep tries again."""
+    """What the appliance does every :func:`interval`, on a worker thread: check again the
+    bundles left signed in their areas (:meth:`~airgap.server.publish.Publisher.check_signed`),
+    then, with an expiry, :func:`sweep` (which leaves a bundle whose check failed again), then
+    delete the leftovers of a cut ``--consume`` in ``pub/outgoing``
+    (:meth:`~airgap.server.publish.Publisher.clear_leftovers`). A failure is logged, and the
+    next turn tries again."""
     try:
-        sweep(layout, busy=busy, audit=audit, older_than=older_than)
-        if publisher is not None:
-            publisher.clear_leftovers()
+        checked = publisher.check_signed()
+        failed = {(str(area), out.bundle_id) for area, out in checked if out.status == "failed"}
+        if older_than:
+            sweep(layout, busy=busy, audit=audit, older_than=older_than, keep=failed)
+        publisher.clear_leftovers()
     except OSError as exc:
-        logger.error("sweeping partial uploads failed: %s", exc)
+        logger.error("upkeep of the drop box failed: %s", exc)
 
 
 def interval(older_than: float) -> float:
-    """How often to look: a tenth of the expiry, between a second and an hour."""
+    """How often to look: a tenth of the expiry, between a second and an hour; a minute with
+    none (``--partial-expiry 0``: only bundles to check again, and leftovers)."""
+    if not older_than:
+        return 60.0
     return min(3600.0, max(1.0, older_than / 10))

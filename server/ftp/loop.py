@@ -112,7 +112,10 @@ class Services:
     def check_bundle(self, area: Path, bundle_id: str) -> None:
         def report(future: Future[Outcome]) -> None:
             if future.exception() is not None:
-                logger.error("bundle check %s failed: %r", bundle_id, future.exception())
+                # Still in its area with its signature: the upkeep checks it again.
+                logger.error(
+                    "bundle check %s failed: %r; tried again later", bundle_id, future.exception()
+                )
             else:
                 logger.info("bundle %s: %s", bundle_id, future.result().status)
 

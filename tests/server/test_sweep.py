@@ -15,7 +15,7 @@ from airgap.server.audit import AuditLog
 from airgap.server.layout import Layout
 from airgap.server.limits import BusyFiles
 from airgap.server.sweep import sweep
-from tests.server.conftest import stor
+from tests.server.conftest import stor, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,3 +184,55 @@ def test_an_idle_appliance_sweeps_too(serve):
     while stale.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not stale.exists(), "no client came, and the sweep never ran"
+
+
+# The publisher's intent record meets a full disk, the first FAILS times (one os.write per
+# line, as in test_hashing).
+_FULL_DISK = """
+import errno, os
+from airgap.server import secretfile
+
+_replace = secretfile.replace
+_tries = []
+
+def _full(path, text):
+    if path.name.startswith("publishing-"):
+        _tries.append(path)
+    if path.name.startswith("publishing-") and len(_tries) <= FAILS:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return _replace(path, text)
+
+secretfile.replace = _full
+"""
+
+
+def test_a_bundle_whose_publish_failed_is_published_later_not_expired(serve, tmp_path, keyset):
+    """Found in review: a check that failed (a full disk as the bundle moved) was only
+    logged. The bundle sat signed in its area, never published, and the sweep deleted it as
+    abandoned, though its sender had been told it was sent."""
+    from tests.server.test_publish_and_clients import make_bundle, upload_bundle
+
+    server = serve("--tls", "off", "--partial-expiry", "2", prelude="FAILS = 1\n" + _FULL_DISK)
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    signature = server.root / f"pub/outgoing/{bundle_id}.manifest.json.minisig"
+    assert wait_for(signature.exists, timeout=20), server.stderr
+    assert f"bundle check {bundle_id} failed" in server.stderr
+    assert sorted(p.name for p in (server.root / "pub/outgoing").iterdir()) == sorted(files)
+    assert list((server.root / "pub/incoming/sender").iterdir()) == []
+    assert "expire" not in server.audit()
+
+
+def test_a_bundle_that_cannot_be_published_is_not_expired(serve, tmp_path, keyset):
+    """However long its check keeps failing: the operator is told, the bundle waits."""
+    from tests.server.test_publish_and_clients import make_bundle, upload_bundle
+
+    server = serve("--tls", "off", "--partial-expiry", "2", prelude="FAILS = 10**6\n" + _FULL_DISK)
+    bundle_id, files = make_bundle(tmp_path, keyset)
+    upload_bundle(server, files)
+    # Past the expiry, the upkeep running every second: each turn tries again.
+    assert wait_for(lambda: server.stderr.count(f"bundle check {bundle_id} failed") >= 4)
+    area = server.root / "pub/incoming/sender"
+    assert sorted(p.name for p in area.iterdir()) == sorted(files)
+    assert "expire" not in server.audit()
+    assert not (server.root / "pub/outgoing" / f"{bundle_id}.manifest.json.minisig").exists()
