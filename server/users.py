@@ -8,12 +8,16 @@ This module never logs, prints or returns a password it was given, and never kee
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
+import fcntl
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,24 +135,47 @@ class UserDB:
             raise UsageError(f"user {name!r} exists", hint="airgap user passwd, or user remove")
 
     def add(self, name: str, role: Role, password: str) -> User:
-        users = self.load()
-        self.check_new(name, users)
-        users[name] = User(name, role, PasswordHash.make(password))
-        self._save(users)
+        hashed = PasswordHash.make(password)  # slow: before the lock, not under it
+        with self.locked():
+            users = self.load()
+            self.check_new(name, users)
+            users[name] = User(name, role, hashed)
+            self._save(users)
         return users[name]
 
     def set_password(self, name: str, password: str) -> None:
-        users = self.load()
-        if name not in users:
-            raise UsageError(f"no user {name!r}")
-        users[name] = User(name, users[name].role, PasswordHash.make(password))
-        self._save(users)
+        hashed = PasswordHash.make(password)
+        with self.locked():
+            users = self.load()
+            if name not in users:
+                raise UsageError(f"no user {name!r}")
+            users[name] = User(name, users[name].role, hashed)
+            self._save(users)
 
     def remove(self, name: str) -> None:
-        users = self.load()
-        if users.pop(name, None) is None:
-            raise UsageError(f"no user {name!r}")
-        self._save(users)
+        with self.locked():
+            users = self.load()
+            if users.pop(name, None) is None:
+                raise UsageError(f"no user {name!r}")
+            self._save(users)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``users.json.lock`` beside the file: each change reads, changes and writes
+        the whole file, so two at once (two ``airgap user`` commands) would keep only one.
+        Found in review: a password change could be undone that way, its new password
+        refused and the old one let in again. Not reentrant."""
+        path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"locking {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _save(self, users: dict[str, User]) -> None:
         data = json.dumps(_dump(users), indent=2, sort_keys=True) + "\n"

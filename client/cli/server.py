@@ -174,8 +174,9 @@ def _forget_generated(layout: Layout, name: str) -> None:
     from airgap.server import credentials
 
     path = layout.credentials_file
-    if not credentials.forget(path, name):
-        return
+    with _user_db(layout).locked():  # another user command may rewrite the file meanwhile
+        if not credentials.forget(path, name):
+            return
     if path.exists():
         say(f"removed the stale password of {name} from {path}")
     else:

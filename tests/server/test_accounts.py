@@ -146,3 +146,25 @@ def test_first_passwords_stay_out_of_output_that_is_not_a_terminal(serve):
     ) in server.stderr
     for role in ("sender", "receiver"):
         assert server.password(role) not in server.stderr
+
+
+def test_user_commands_at_the_same_time_each_take_effect(serve):
+    """Found in review: each command read, changed and wrote users.json whole, with no lock,
+    so of six adds at once one or two stayed, and a password change could be undone by an
+    add beside it (the new password refused, the old one let in)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = serve("--tls", "off")
+    old = server.password("sender")
+    names = [f"user{i}" for i in range(6)]
+    commands = [["user", "add", n, "--role", "receiver", "--root", server.root] for n in names]
+    commands.append(["user", "passwd", "sender", "--root", server.root])
+    with ThreadPoolExecutor(len(commands)) as pool:
+        done = list(pool.map(run_airgap, commands))
+    assert [d.returncode for d in done] == [0] * len(commands), [d.stderr for d in done]
+    listed = run_airgap(["user", "list", "--root", server.root]).stdout.split()
+    assert set(names) <= set(listed)
+    new = done[-1].stdout.split("password: ")[1].strip()
+    server.ftp("sender", new).quit()
+    with pytest.raises(ftplib.error_perm):
+        server.ftp("sender", old)
