@@ -53,6 +53,9 @@ def prepare(config: ServeConfig, say: Callable[[str], None]) -> Layout:
     """Create what is missing under the root; print what a new operator must know, once."""
     layout = resolved(config.root)
     layout.create()
+    # Before anything else is made: a second serve started at the same time on a new root
+    # took the first one's new users.json for a lost one (found in review).
+    _hold(layout)  # the descriptor stays open, and the lock held, as long as the process
     addresses = [config.host] + ([config.masquerade_address] if config.masquerade_address else [])
     ensure_certificate(layout.tls_cert, layout.tls_key, addresses=addresses)
     if not layout.users_file.exists():
@@ -215,7 +218,6 @@ def serve(config: ServeConfig, say: Callable[[str], None]) -> None:
             hint="another process may listen there (ss -ltnp shows which); choose another --listen",
         ) from exc
     layout = prepare(config, say)
-    _hold(layout)  # the descriptor stays open, and the lock held, as long as the process
     _more_descriptors(config.max_connections, say)
     if (free := free_bytes(layout.root)) < config.min_free_bytes:
         say(

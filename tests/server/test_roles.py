@@ -439,3 +439,44 @@ def test_receiving_with_a_senders_account_is_said_not_taken_for_nothing_new(
     url = f"ftp://receiver@127.0.0.1:{server.port}/"
     listed = run_airgap(["ls", "--server", url, *trust], env=env)
     assert listed.returncode == 0 and "no published bundles" in listed.stderr, listed.stderr
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_appliances_started_at_once_on_a_new_root_one_is_refused(tmp_path, attempt):
+    """Found in review: the second took the first one's new users.json, not yet written,
+    for a lost one, and told the operator to remove credentials.txt, which held the first
+    one's live passwords."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    where = ["--root", str(root), "--listen", "127.0.0.1:0", "--tls", "off"]
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-m", "airgap.client", "serve", *where],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while all(p.poll() is None for p in both) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (refused,) = [p for p in both if p.poll() is not None]
+        (running,) = [p for p in both if p is not refused]
+        assert running.poll() is None  # the other serves on
+        assert refused.stderr is not None
+        message = refused.stderr.read()
+        assert refused.returncode == 1, message
+        assert f"another airgap serve is running on {root}" in message
+        assert "credentials.txt" not in message
+    finally:
+        for process in both:
+            process.terminate()
+            process.wait(timeout=30)
+            if process.stderr is not None:
+                process.stderr.close()
+    assert (root / "state/credentials.txt").exists()
