@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airgap.client.extract import extract_files
-from airgap.client.ftp import FtpTransport
+from airgap.client.ftp import FtpTransport, Refused
 from airgap.client.incremental import missing_layers
 from airgap.client.ledger import Held, Ledger
 from airgap.client.progress import UNSEEN, Meter, counted, counted_reads
@@ -204,7 +204,9 @@ def _payload(transport: Transport, manifest: Manifest) -> io.BufferedIOBase:
 def _verified_kept(transport: Transport, manifest: Manifest) -> Iterator[None]:
     """A segment that fails its hash leaves in the spool only the segments verified before it:
     the next run downloads that one again (the drop box's copy may have been put right since),
-    and none of those."""
+    and none of those. A payload the server refuses mid-download, its bundle no longer listed
+    (another receiver's ``--consume``), is gone, not failed: its spooled part goes too, as it
+    can never be finished from this source (found in review: a bare 550, and the part kept)."""
     try:
         yield
     except SegmentHashError as exc:
@@ -212,6 +214,13 @@ def _verified_kept(transport: Transport, manifest: Manifest) -> Iterator[None]:
             keep = exc.segment * manifest.payload.segment_size
             transport.forget(manifest.payload.name, keep=keep)
         raise
+    except Refused as exc:
+        error = _absent(transport, manifest.payload.name, exc)
+        if error is exc:
+            raise
+        if isinstance(transport, SpooledTransport):
+            transport.forget(manifest.payload.name)
+        raise error from exc
 
 
 def _listed(transport: Transport) -> list[str]:
@@ -299,12 +308,14 @@ class _Run:
 
     def finish_cut(self, names: Sequence[str]) -> set[str]:
         """What a run cut off (killed) after an import left undone: the spooled payloads of
-        bundles imported, the deletes of a ``--consume`` from this source, and tags a
-        carrier's load moved (the carrier loads again if its record is missing, then the tags
-        go back). Returns the bundles deleted."""
+        bundles imported (or no longer listed), the deletes of a ``--consume`` from this
+        source, and tags a carrier's load moved (the carrier loads again if its record is
+        missing, then the tags go back). Returns the bundles deleted."""
         if isinstance(self.transport, SpooledTransport):
             with suppress(StorageError):  # housekeeping: the next run tries again
                 self.transport.forget_bundles(self.done)
+                # Part of a bundle the source no longer lists can never be finished from it.
+                self.transport.forget_unlisted(set(published_ids(list(names))))
         deleted = set()
         for bundle_id in sorted(self.ledger.unconsumed(self.transport.describe())):
             left = [n for n in names if bundle_id_of(n) == bundle_id]

@@ -171,6 +171,15 @@ class SpooledTransport:
         for name in names:
             self.forget(name)
 
+    def forget_unlisted(self, listed: set[str]) -> None:
+        """Drop what the spool holds of bundles not in ``listed``, the source's published ones
+        now (another receiver's ``--consume`` took them, say): none can be finished from it."""
+        try:
+            ids = {bundle_id_of(p.name) for p in self.spool.iterdir()}
+        except OSError as exc:
+            raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
+        self.forget_bundles({i for i in ids if i is not None and i not in listed})
+
     def read_unspooled(self, name: str, *, limit: int, offset: int = 0) -> bytes:
         """At most ``limit`` bytes of ``name``, straight from the server, the whole read tried
         again after a failure. Never spooled: a manifest or signature not yet verified must not

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from airgap.client import transport as media
 from airgap.client.fetch import Destination, Outcome, fetch_bundles, open_bundle, plaintext_of
+from airgap.client.ftp import Refused
 from airgap.client.ledger import Ledger
 from airgap.client.send import send_files
 from airgap.client.spool import Backoff, SpooledTransport
@@ -304,6 +305,86 @@ def test_a_payload_gone_from_a_bundle_still_listed_fails_its_check(
     transport = _TakenMeanwhile(tmp_path / "drop", ".age", all_of_it=False)
     error = _fetch(tmp_path / "drop", tmp_path / "out", tmp_path / "state", transport)
     assert isinstance(error, PayloadSizeError) and "missing" in error.message
+
+
+class _RefusedMidDownload(DirectoryTransport):
+    """The payload's download refused (550) after its first read, as an FTP server does to
+    a reconnecting download once another receiver's --consume took the bundle (all of it,
+    or with ``all_of_it`` False, only the payload: the bundle stays listed)."""
+
+    def __init__(self, root: Path, *, all_of_it: bool = True) -> None:
+        super().__init__(root)
+        self.all_of_it, self.reads = all_of_it, 0
+
+    def reader(self, name: str, *, offset: int = 0) -> Any:
+        if name.endswith(".age"):
+            self.reads += 1
+            if self.reads > 1:
+                for gone in sorted(self.list(), key=lambda n: not n.endswith(".minisig")):
+                    if self.all_of_it or gone == name:
+                        self.delete(gone)
+                raise Refused(f"downloading {name}: refused by the server (550 No such file)")
+            return io.BufferedReader(_OneRead(super().reader(name, offset=offset)))
+        return super().reader(name, offset=offset)
+
+
+class _OneRead(io.RawIOBase):
+    """A reader that ends (a cut connection) after its first read."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.done = inner, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.done:
+            raise TransferError("connection reset")
+        self.done = True
+        got: int = self.inner.readinto(buffer)
+        return got
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+@pytest.mark.parametrize("all_of_it", [True, False])
+def test_a_payload_refused_mid_download_is_gone_when_its_bundle_is(
+    bundle_dir: Path, tmp_path: Path, all_of_it: bool
+) -> None:
+    """Found in review: a receiver whose download was cut, then refused (another receiver's
+    --consume took the bundle meanwhile), got a bare 550 with no hint, and its spool kept
+    the part for good."""
+    shutil.copytree(bundle_dir, tmp_path / "drop")
+    source = _RefusedMidDownload(tmp_path / "drop", all_of_it=all_of_it)
+    once = Backoff(attempts=2, first=0.01)
+    transport = SpooledTransport(source, tmp_path / "spool", big=1, backoff=once)
+    (outcome,) = _through(transport, tmp_path)
+    assert isinstance(outcome.error, TransferError) and outcome.error.exit_code == 4
+    assert source.reads == 2  # the part was spooled, then refused
+    if all_of_it:
+        assert "since it was listed" in outcome.error.message
+        assert list((tmp_path / "spool").iterdir()) == []
+    else:  # still listed: the refusal stands as it is, and the part stays for a rerun
+        assert "550" in outcome.error.message
+        assert list((tmp_path / "spool").iterdir()) != []
+
+
+def test_a_spooled_part_of_a_bundle_no_longer_listed_is_dropped(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Found in review: a fetch killed mid-download, the bundle then consumed by another
+    receiver: every later run said nothing to do, and the part stayed in the spool."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    gone = new_bundle_id()
+    (spool / f"{gone}.tar.zst.age").write_bytes(b"x" * 1000)
+    (spool / "unrelated").write_bytes(b"y")  # not a bundle's: not ours to judge
+    transport = SpooledTransport(DirectoryTransport(bundle_dir), spool, big=1)
+    (outcome,) = _through(transport, tmp_path)
+    assert outcome.error is None
+    assert sorted(p.name for p in spool.iterdir()) == ["unrelated"]
 
 
 def test_cli_exit_codes(bundle_dir: Path, tmp_path: Path, keydir: Path) -> None:
