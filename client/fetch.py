@@ -363,7 +363,14 @@ class _Run:
     def _fetch(self, bundle_id: str, waiting: tuple[str, ...]) -> None:
         transport, into = self.transport, self.into
         manifest, data = open_bundle(transport, bundle_id, self.trusted)
-        addressed(manifest, self.identities)
+        try:
+            addressed(manifest, self.identities)
+        except NoIdentityMatchError:
+            # What `airgap verify --server` spooled of another receiver's bundle: no use here.
+            if isinstance(transport, SpooledTransport):
+                with suppress(StorageError):
+                    transport.forget(manifest.payload.name)
+            raise
         newer = self._moving_back(manifest, self.newest.newer(manifest))
         if newer and not waiting:
             # Refused, unless a newer thin bundle of this run needs its layers after all.
@@ -645,7 +652,10 @@ def _keep(
     digest, size = hashlib.sha256(), 0
     try:
         try:
-            with transport.reader(name) as source, target.writer(name + PARTIAL_SUFFIX) as out:
+            # The signed size: a spool holding the verified payload is what is copied, whatever
+            # a second SIZE answers (found in review: a smaller one dropped the spool).
+            payload = _payload(transport, manifest)
+            with payload as source, target.writer(name + PARTIAL_SUFFIX) as out:
                 # Never more than the signed size and one byte to tell that there is more: a
                 # source that goes on and on would otherwise fill the disk before the check.
                 while chunk := source.read(min(1 << 20, limit + 1 - size)):

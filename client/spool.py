@@ -180,14 +180,24 @@ class SpooledTransport:
             raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
         self.forget_bundles({i for i in ids if i is not None and i not in listed})
 
-    def read_unspooled(self, name: str, *, limit: int, offset: int = 0) -> bytes:
+    def read_unspooled(
+        self, name: str, *, limit: int, offset: int = 0, whole: bool = False
+    ) -> bytes:
         """At most ``limit`` bytes of ``name``, straight from the server, the whole read tried
         again after a failure. Never spooled: a manifest or signature not yet verified must not
-        outlive this run (a spooled prefix would be trusted as is next time)."""
+        outlive this run (a spooled prefix would be trusted as is next time). ``whole``: the
+        file holds ``limit`` bytes from ``offset`` (a signed size), so a read that ends short
+        is a cut transfer, tried again (found in review: a failed check, exit 3)."""
 
         def read() -> bytes:
             with self.remote.reader(name, offset=offset) as handle:
-                return handle.read(limit)
+                data: bytes = handle.read(limit)
+            if whole and len(data) < limit:
+                raise TransferError(
+                    f"downloading {name}: the download ended at byte {offset + len(data)} of "
+                    f"{offset + limit}"
+                )
+            return data
 
         data: bytes = retrying(f"downloading {name}", self.backoff, read)
         return data
@@ -196,6 +206,7 @@ class SpooledTransport:
         """``size``: what the caller knows the file holds (a signed size, checked against the
         server's SIZE already): not asked again, so a second answer cannot spool more than
         that, and a larger spool be taken next time for a stale one and dropped whole."""
+        known = size is not None  # signed, not just what the server said
         if size is None:
             size = self.size(name)
         if size is None:
@@ -204,7 +215,9 @@ class SpooledTransport:
             )
             return handle
         if size < self._big:  # not worth a spool: read whole, and the whole read tried again
-            data = self.read_unspooled(name, limit=max(0, size - offset), offset=offset)
+            data = self.read_unspooled(
+                name, limit=max(0, size - offset), offset=offset, whole=known
+            )
             self.received += len(data)
             return io.BytesIO(data)
         raw = _SpooledDownload(self, name, size, self.spool / name)

@@ -688,6 +688,19 @@ def test_a_bundle_for_other_recipients_is_refused_before_its_payload_is_read(
     assert isinstance(outcome.error, NoIdentityMatchError)
     assert "nothing was downloaded" in outcome.error.message
     assert transport.received == 0 and list((tmp_path / "spool").iterdir()) == []
+    # What `airgap verify --server` spooled of it (found in review: kept for good) goes.
+    payload = next(bundle_dir.glob("*.age"))
+    (tmp_path / "spool" / payload.name).write_bytes(payload.read_bytes())
+    again = SpooledTransport(DirectoryTransport(bundle_dir), tmp_path / "spool", big=1)
+    (outcome,) = fetch_bundles(
+        again,
+        Destination(tmp_path / "out"),
+        identities=[age.X25519Identity.generate()],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state2" / "ledger.jsonl"),
+    )
+    assert isinstance(outcome.error, NoIdentityMatchError)
+    assert list((tmp_path / "spool").iterdir()) == []
 
 
 def test_a_consume_that_fails_leaves_the_import_whole_and_no_spooled_payload(
@@ -765,6 +778,55 @@ def test_a_small_payload_cut_mid_read_is_read_again(bundle_dir: Path, tmp_path: 
     transport = SpooledTransport(Flaky(bundle_dir), tmp_path / "spool", backoff=once)
     outcomes = _through(transport, tmp_path)
     assert [o.error for o in outcomes] == [None] and cuts == [payload]
+
+
+def test_a_small_payload_that_ends_short_is_read_again(bundle_dir: Path, tmp_path: Path) -> None:
+    """Found in review: a payload under 1 MiB whose download ended early (a server closing
+    the data connection with 226) was taken as it came, and failed its check (exit 3)."""
+    payload = next(bundle_dir.glob("*.age")).name
+    short: list[str] = []
+
+    class Short(DirectoryTransport):
+        def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+            if name == payload and not short:
+                short.append(name)
+                return io.BufferedReader(io.BytesIO((bundle_dir / name).read_bytes()[:500]))
+            return super().reader(name, offset=offset)
+
+    once = Backoff(attempts=2, first=0.01)
+    transport = SpooledTransport(Short(bundle_dir), tmp_path / "spool", backoff=once)
+    outcomes = _through(transport, tmp_path)
+    assert [o.error for o in outcomes] == [None] and short == [payload]
+
+
+def test_keep_copies_the_spooled_payload_whatever_a_second_size_says(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Found in review: --keep asked the payload's SIZE again; a smaller answer dropped the
+    verified spool, and the copy failed."""
+    payload = next(bundle_dir.glob("*.age")).name
+    asked: list[str] = []
+
+    class Lying(DirectoryTransport):
+        def size(self, name: str) -> int | None:
+            if name == payload:
+                asked.append(name)
+                if len(asked) > 1:
+                    return 100
+            return super().size(name)
+
+    transport = SpooledTransport(Lying(bundle_dir), tmp_path / "spool", big=1)
+    (tmp_path / "kept").mkdir()
+    (outcome,) = fetch_bundles(
+        transport,
+        Destination(tmp_path / "out", keep=tmp_path / "kept"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state" / "ledger.jsonl"),
+    )
+    assert outcome.error is None, outcome.error
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
+    assert kept == {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
 
 
 def test_a_bundle_error_naming_a_path_with_a_line_break_stays_one_line(
