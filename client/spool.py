@@ -306,7 +306,7 @@ class _SpooledDownload(io.RawIOBase):
     def _fetch(self, buffer: Any) -> int:
         try:
             if self._remote is None:
-                self._remote = self._owner.remote.reader(self._name, offset=self._pos)
+                self._remote = self._resumed()
             view = memoryview(buffer)[: self._size - self._pos]
             got = self._remote.readinto(view)
             if not got:
@@ -325,6 +325,41 @@ class _SpooledDownload(io.RawIOBase):
         self._spooled = max(self._spooled, self._pos + got)
         return got
 
+    def _resumed(self) -> io.BufferedIOBase:
+        """The server's bytes from ``_pos``. A resumed download asks for ``OVERLAP`` bytes
+        more, before ``_pos``, which must be the spool's: a server that ignores REST (it says
+        350, then sends from byte 0) would otherwise splice its start into the payload, and
+        every run fail the same segment's check (found in review). Such a server is read from
+        its start instead, into the spool again: nothing in the spool is trusted as it is,
+        each run checks every segment."""
+        back = min(self._pos, self._spooled, OVERLAP)
+        remote = self._owner.remote.reader(self._name, offset=self._pos - back)
+        self._owner.received += back
+        try:
+            if back and _read_exactly(remote, back, self._name) != os.pread(
+                self._file.fileno(), back, self._pos - back
+            ):
+                remote.close()
+                remote = self._owner.remote.reader(self._name, offset=0)
+                self._refill(remote)
+            return remote
+        except BaseException:
+            with contextlib.suppress(TransferError):
+                remote.close()
+            raise
+
+    def _refill(self, remote: io.BufferedIOBase) -> None:
+        """The server's first ``_pos`` bytes into the spool, over what it held."""
+        done = 0
+        while done < self._pos:
+            chunk = _read_exactly(remote, min(CHUNK, self._pos - done), self._name)
+            self._owner.received += len(chunk)
+            try:
+                os.pwrite(self._file.fileno(), chunk, done)
+            except OSError as exc:
+                raise StorageError(f"spool: {exc.strerror or exc}") from exc
+            done += len(chunk)
+
     def _drop_remote(self) -> None:
         if self._remote is not None:
             with contextlib.suppress(TransferError):  # broken: the next read reconnects
@@ -336,6 +371,18 @@ class _SpooledDownload(io.RawIOBase):
             self._drop_remote()
             self._file.close()
         super().close()
+
+
+#: What a resumed download reads again, before where it stopped, to tell that the server
+#: resumed there.
+OVERLAP = 4096
+
+
+def _read_exactly(remote: io.BufferedIOBase, count: int, name: str) -> bytes:
+    data = remote.read(count)
+    if len(data) < count:
+        raise TransferError(f"downloading {name}: the download ended early")
+    return data
 
 
 class _Aborted(Exception):

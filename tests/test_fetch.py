@@ -829,6 +829,38 @@ def test_keep_copies_the_spooled_payload_whatever_a_second_size_says(
     assert kept == {p.name: p.read_bytes() for p in bundle_dir.iterdir()}
 
 
+@pytest.mark.parametrize("spooled", [1, MIN_SEGMENT + 5000])
+def test_a_server_that_ignores_rest_is_read_from_its_start(
+    bundle_dir: Path, tmp_path: Path, spooled: int
+) -> None:
+    """Found in review: a server that answers REST with 350 and then sends from byte 0 made
+    every later run fail the same segment's check (exit 3), as its start was spliced in."""
+    payload = next(bundle_dir.glob("*.age"))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / payload.name).write_bytes(payload.read_bytes()[:spooled])  # a cut run's part
+
+    class NoRest(DirectoryTransport):
+        def reader(self, name: str, *, offset: int = 0) -> io.BufferedIOBase:
+            return super().reader(name)  # REST "accepted", and ignored
+
+    transport = SpooledTransport(NoRest(bundle_dir), spool, big=1)
+    (outcome,) = _through(transport, tmp_path)
+    assert outcome.error is None, outcome.error
+    assert (tmp_path / "out" / "source.bin").exists()
+    # An honest server resumes: only the overlap is read again.
+    honest = SpooledTransport(DirectoryTransport(bundle_dir), tmp_path / "spool2", big=1)
+    (tmp_path / "spool2" / payload.name).write_bytes(payload.read_bytes()[:spooled])
+    fetch_bundles(
+        honest,
+        Destination(tmp_path / "out2"),
+        identities=[IDENTITY],
+        trusted=[SIGNER.public_key],
+        ledger=Ledger(tmp_path / "state2" / "ledger.jsonl"),
+    )
+    assert honest.received == payload.stat().st_size - spooled + min(spooled, 4096)
+
+
 def test_a_bundle_error_naming_a_path_with_a_line_break_stays_one_line(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
