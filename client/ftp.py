@@ -554,7 +554,12 @@ class FtpTransport:
                 try:
                     conn = ftp.transfercmd(f"STOR {name}", rest=offset)
                 except ftplib.error_perm:
-                    if ftp.size(name) != offset:
+                    held = self._held(ftp, name)
+                    if held is None:  # expired by the appliance since its SIZE (review)
+                        raise TransferError(
+                            f"uploading {name}: the server no longer holds it; starting again"
+                        ) from None  # transient: the next attempt asks its size again
+                    if held != offset:
                         raise
                     conn = ftp.transfercmd(f"APPE {name}")
         return io.BufferedWriter(_DataWriter(self, conn, name), buffer_size=1 << 20)
@@ -574,6 +579,16 @@ class FtpTransport:
             except ftplib.error_perm as exc:
                 if not str(exc).startswith("550") or self._there(name):
                     raise
+
+    @staticmethod
+    def _held(ftp: ftplib.FTP, name: str) -> int | None:
+        """``name``'s size, None when the server says it has no such file (550)."""
+        try:
+            return ftp.size(name)
+        except ftplib.error_perm as exc:
+            if _said(exc).startswith("550"):
+                return None
+            raise
 
     def _there(self, name: str) -> bool:
         """Whether ``name`` is still there, for a refused DELE: yes when SIZE cannot tell."""

@@ -236,3 +236,34 @@ def test_a_bundle_that_cannot_be_published_is_not_expired(serve, tmp_path, keyse
     assert sorted(p.name for p in area.iterdir()) == sorted(files)
     assert "expire" not in server.audit()
     assert not (server.root / "pub/outgoing" / f"{bundle_id}.manifest.json.minisig").exists()
+
+
+def test_a_resume_whose_partial_expired_meanwhile_starts_again(serve, tmp_path):
+    """Found in review: the sweep deleting a partial between a resuming sender's SIZE and
+    its REST + STOR got a 550 that stood, and the send ended (exit 4)."""
+    from airgap.client.ftp import FtpTarget, FtpTransport
+    from airgap.client.spool import Backoff, SpooledTransport
+    from airgap.shared.ids import new_bundle_id
+
+    server = serve("--tls", "off")
+    area = server.root / "pub/incoming/sender"
+    name = f"{new_bundle_id()}.tar.zst.age"
+    data = os.urandom(300_000)
+    local = tmp_path / "payload"
+    local.write_bytes(data)
+    target = FtpTarget.parse(f"ftp://sender@127.0.0.1:{server.port}/")
+
+    class Expiring(FtpTransport):
+        def size(self, asked: str) -> int | None:
+            held = super().size(asked)
+            if asked.endswith(".part") and held:
+                (area / asked).unlink()  # the sweep, just after the answer
+            return held
+
+    remote = Expiring(target, server.password("sender"), timeout=20)
+    with remote.writer(name + ".part") as out:  # what an earlier run got there
+        out.write(data[:100_000])
+    spooled = SpooledTransport(remote, tmp_path / "spool", backoff=Backoff(attempts=3, first=0.01))
+    spooled.upload_file(name, local)
+    remote.close()
+    assert (area / name).read_bytes() == data
