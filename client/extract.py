@@ -18,6 +18,7 @@ hidden name, created with O_EXCL and O_NOFOLLOW, and linked from there.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import hmac
 import os
@@ -25,6 +26,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -51,7 +53,7 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
                 f"{out_dir} already has {', '.join(clashes)}",
                 hint="move those files away or choose another --output-dir",
             )
-        staging = _staging(out_dir)
+        staging, lock = _staging(out_dir)
     except OSError as exc:
         raise StorageError(f"{out_dir}: {exc.strerror or exc}") from exc
     try:
@@ -63,6 +65,7 @@ def extract_files(plaintext: Iterator[bytes], manifest: Manifest, out_dir: Path)
         return [out_dir / name for name in sorted(expected)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
 
 
 def _placed_before(path: Path, entry: FileEntry) -> bool:
@@ -130,19 +133,56 @@ def _create(target: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _staging(out_dir: Path) -> Path:
+def _staging(out_dir: Path) -> tuple[Path, int]:
     """A private folder beside the output directory (so nothing unverified is ever inside
-    it, even after a crash); inside it only where its parent is not ours to write."""
+    it, even after a crash); inside it only where its parent is not ours to write. With the
+    descriptor that holds its lock until the unpacking is over: another fetch into the same
+    directory (with a ledger of its own, so no lock between them) removes only the folders
+    a crash left (found in review: it removed this run's, mid-way)."""
     prefix = f"{STAGING_PREFIX}{out_dir.resolve().name}-"
     parent = out_dir.resolve().parent
-    for stale in parent.glob(prefix + "*"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)  # left by a crash; we hold the ledger lock
+    _remove_stale(parent.glob(prefix + "*"))
     try:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     except PermissionError:
-        _remove_stale_staging(out_dir)
-        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+        _remove_stale(out_dir.iterdir(), named=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    try:
+        lock = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return staging, lock
+
+
+#: A staging folder younger than this is never removed as stale: one just made is not
+#: locked yet.
+STAGING_GRACE = 60.0
+
+
+def _remove_stale(candidates: Iterator[Path], *, named: bool = False) -> None:
+    """Remove the staging folders among ``candidates`` that no fetch holds (a crash left
+    them); ``named``: only those whose name says they are staging folders."""
+    for stale in candidates:
+        if named and not stale.name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            info = stale.lstat()
+            if not stat.S_ISDIR(info.st_mode) or time.time() - info.st_mtime < STAGING_GRACE:
+                continue
+            fd = os.open(stale, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another fetch is unpacking there
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _publish(staging: Path, names: list[str], out_dir: Path) -> list[Path]:
@@ -201,9 +241,3 @@ def _new_hidden_file(directory: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free name for a temporary copy", str(directory))
-
-
-def _remove_stale_staging(out_dir: Path) -> None:
-    for entry in out_dir.iterdir():
-        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)

@@ -124,3 +124,42 @@ def test_a_link_planted_at_the_final_name_during_the_run_is_refused(
     assert len(outcomes) == 1 and isinstance(outcomes[0].error, StorageError)
     assert sorted(p.name for p in shared_out.iterdir()) == sorted(["hello.txt", *planted])
     assert (shared_out / "hello.txt").readlink() == victim
+
+
+def test_a_staging_folder_another_fetch_holds_is_left_alone(tmp_path: Path) -> None:
+    """Found in review: two fetches into one directory, each with a ledger of its own (so no
+    lock between them): the second removed the first one's staging folder mid-way, as if a
+    crash had left it, and the first failed."""
+    import fcntl
+    import time
+
+    out = tmp_path / "inbox"
+    out.mkdir()
+    prefix = f"{extract.STAGING_PREFIX}inbox-"
+    old = time.time() - 3600
+    held, crashed, fresh = (tmp_path / (prefix + n) for n in ("held", "crashed", "fresh"))
+    for folder in (held, crashed, fresh):
+        folder.mkdir()
+        (folder / "part").write_bytes(b"x")
+    for folder in (held, crashed):
+        os.utime(folder, (old, old))
+    other = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another fetch, unpacking there
+    try:
+        staging, lock = extract._staging(out)
+        try:
+            assert held.is_dir() and (held / "part").exists()
+            assert fresh.is_dir()  # just made: not locked yet, maybe
+            assert not crashed.exists()
+            assert staging.parent == tmp_path and staging.name.startswith(prefix)
+            # This run's folder is held too: another run leaves it be.
+            os.utime(staging, (old, old))
+            second, second_lock = extract._staging(out)
+            assert staging.is_dir()
+            os.close(second_lock)
+            second.rmdir()
+        finally:
+            os.close(lock)
+            staging.rmdir()
+    finally:
+        os.close(other)
