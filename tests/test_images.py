@@ -968,6 +968,11 @@ def test_names_an_archive_gives_are_read_in_every_form() -> None:
     assert archive_refs(archive(("index.json", full.encode()))) == {"x/y:3"}
     bare = json.dumps({"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "3"}}]})
     assert archive_refs(archive(("index.json", bare.encode()))) == set()
+    # A whole reference has a tag or a path, not always both (mutation testing: dropping
+    # either half of the test went unseen).
+    for ref in ("victim:latest", "org/victim"):
+        named = {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": ref}}]}
+        assert archive_refs(archive(("index.json", json.dumps(named).encode()))) == {ref}
     # Found in review: a later copy too large to keep was not read, and it is the one that
     # lands (the earlier kept copy named only what the manifest gives).
     victim = json.dumps([{"RepoTags": ["app:1.0", "victim/prod:latest"]}]).encode()
@@ -976,6 +981,36 @@ def test_names_an_archive_gives_are_read_in_every_form() -> None:
     assert unread in archive_refs(archive(("manifest.json", tags), ("manifest.json", padded)))
     assert unread in archive_refs(archive(("manifest.json", tags), ("./manifest.json", victim)))
     assert unread in archive_refs(archive(("manifest.json", tags), ("manifest.json", tags)))
+    # A link that an untar leaves as manifest.json: docker load follows it (mutation testing:
+    # leaving links out of the check went unseen).
+    for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            other = tarfile.TarInfo("other.json")
+            other.size = len(victim)
+            tar.addfile(other, io.BytesIO(victim))
+            link = tarfile.TarInfo("./manifest.json")
+            link.type, link.linkname = kind, "other.json"
+            tar.addfile(link)
+        linked = SavedArchive({"manifest.json", "index.json", "repositories"})
+        linked.update(out.getvalue())
+        assert archive_refs(linked) == {unread}, kind
+
+
+def test_a_pax_header_too_large_to_read_makes_the_names_unreadable() -> None:
+    """The next member's name is not known: it may be manifest.json under another one
+    (mutation testing: disabling the limit went unseen)."""
+    tags = json.dumps([{"RepoTags": ["victim:latest"]}]).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("elsewhere.json")
+        info.size = len(tags)
+        info.pax_headers = {"comment": "x" * (2 << 20), "path": "manifest.json"}
+        tar.addfile(info, io.BytesIO(tags))
+    saved = SavedArchive({"manifest.json", "index.json", "repositories"})
+    saved.update(out.getvalue())
+    assert saved.unreadable
+    assert archive_refs(saved) == {"(names airgap cannot read)"}
 
 
 def test_an_archive_must_hold_each_image_by_its_signed_config() -> None:
@@ -993,6 +1028,9 @@ def test_an_archive_must_hold_each_image_by_its_signed_config() -> None:
     as_signed(archive(("index.json", b"{}")), [ImageEntry(two, ("app:1",), (), config=two)])
     with pytest.raises(VerificationError, match=f"it tags app:1 as image {one}, .* says {two}"):
         as_signed(held, [ImageEntry(two, ("app:1",), (), config=two)])
+    # The signed ref in another spelling names the same tag (mutation testing).
+    with pytest.raises(VerificationError, match=f"it tags app:1 as image {one}, .* says {two}"):
+        as_signed(held, [ImageEntry(two, ("docker.io/library/app:1",), (), config=two)])
     with pytest.raises(VerificationError, match=f"does not hold image {three}"):
         as_signed(held, [ImageEntry(three, (), (), config=three)])
     with pytest.raises(VerificationError, match=r"no readable manifest\.json"):
@@ -1029,6 +1067,9 @@ def test_an_archive_must_name_in_index_json_only_the_signed_configs() -> None:
     as_signed(held({c: index(b, d), b: manifest(one)}, c), signed)
     with pytest.raises(VerificationError, match=f"as image {three}, the signed manifest"):
         as_signed(held({c: index(b), b: manifest(three)}, c), signed)
+    # A child the archive does not hold, listed first, hides nothing (mutation testing).
+    with pytest.raises(VerificationError, match=f"as image {three}, the signed manifest"):
+        as_signed(held({c: index(d, b), b: manifest(three)}, c), signed)
     as_signed(held({c: index(c)}, c), signed)  # an index listing itself: nothing to compare
     with pytest.raises(VerificationError, match="no readable index"):
         as_signed(archive(("index.json", b'{"manifests": [1]}')), signed)
