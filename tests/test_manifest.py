@@ -81,6 +81,16 @@ def _edit(mutate: object, *, images: bool = False) -> bytes:
         # found in review: each of these was taken
         (lambda o: o["compression"].update(level=True), "integer level"),
         (lambda o: o.update(created="9999-99-99T99:99:99Z"), "no such time"),
+        # mutation testing: no test held these
+        (lambda o: o["payload"].update(segment_size=1 << 40), "segment size"),
+        (lambda o: o["compression"].update(algorithm="gzip"), "must be zstd"),
+        (lambda o: o["encryption"].update(passphrase=1), "age-v1 or none"),
+        (lambda o: o.update(signer="not hex"), "signer"),
+        (lambda o: o["plaintext"].update(sha256="A" * 64), "plaintext sha256"),
+        (lambda o: o["content"]["files"][0].update(sha256="g" * 64), "sha256"),
+        (lambda o: o["content"]["files"][0].update(name=".."), "name"),
+        (lambda o: o["content"]["files"][0].update(name="a\\b"), "name"),
+        (lambda o: o["content"]["files"][0].update(name="a\nb"), "name"),
     ],
 )
 def test_inconsistent_manifests_are_refused(mutate: object, message: str) -> None:

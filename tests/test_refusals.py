@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airgap.client.ftp import Refused, WrongPlace
+from airgap.client.ftp import Refused, UnknownHost, Unreachable, WrongPlace
 from airgap.client.refusals import MAX_NOTICES, Notice, take_refusals
 from airgap.client.sendledger import SendLedger
 from airgap.shared.errors import CertificateMismatch, LoginError, TransferError
@@ -78,6 +78,9 @@ def test_a_server_that_will_not_list_has_left_no_notice(
         LoginError("ftp://u@h/: login refused (530 Login incorrect.)"),
         CertificateMismatch("connecting: not the pinned certificate"),
         WrongPlace("connecting: refused by the server (550 a sender may not enter here.)"),
+        # Nothing answers: the send would encode everything for a server that is not there.
+        UnknownHost("h: no such host"),
+        Unreachable("connecting to h:21: connection refused"),
     ],
 )
 def test_a_refusal_of_the_login_or_the_url_ends_the_send_at_the_listing(

@@ -105,3 +105,28 @@ def test_failures_that_count_no_more_are_swept_out():
     for _ in range(4):  # a failure still within the window counts after any sweep
         guard.failed("192.0.2.8", "receiver")
     assert guard.banned("192.0.2.8")
+
+
+def test_failures_older_than_the_ban_count_no_more():
+    """Typos made far apart never add up to a ban (mutation testing: an ageless window went
+    unseen)."""
+    now = [0.0]
+    guard = LoginGuard(max_failures=3, ban_seconds=10, clock=lambda: now[0])
+    for _ in range(5):
+        assert guard.failed("192.0.2.1", "receiver") is None
+        now[0] += 6  # each failure older than the ban's length by the third one after it
+    assert not guard.banned("192.0.2.1")
+
+
+def test_the_end_of_an_earlier_ban_does_not_end_a_later_one():
+    """A ban's timer reports it over only if it is still that ban (mutation testing)."""
+    now = [0.0]
+    guard = LoginGuard(max_failures=1, ban_seconds=10, clock=lambda: now[0])
+    first = guard.failed("192.0.2.1", "receiver")
+    now[0] = 11.0  # the first ban is over; its timer has not run yet
+    second = guard.failed("192.0.2.1", "receiver")
+    assert first is not None and second is not None and second > first
+    assert guard.ban_over("192.0.2.1", first) == 0
+    assert guard.banned("192.0.2.1")
+    assert guard.ban_over("192.0.2.1", second) == 0
+    assert not guard.banned("192.0.2.1")
