@@ -107,3 +107,46 @@ def test_the_largest_record_tar_writes_is_read_and_more_zeros_are_refused(tmp_pa
     with pytest.raises(UnsafeArchiveError, match="more zeros"):
         for _ in read_tar(endless):
             pass
+
+
+def _block(name: str, kind: bytes, size: int, *, raw_size: bytes | None = None) -> bytes:
+    """One ustar header block, ``raw_size`` in place of its size field if given."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    if raw_size is not None:
+        block[124:136] = raw_size
+        block[148:156] = b" " * 8
+        block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _pax_member(data: bytes) -> bytes:
+    return _block("pax", tarfile.XHDTYPE, len(data)) + data + bytes(-len(data) % 512)
+
+
+_MEMBER = _block("x", tarfile.REGTYPE, 1) + b"a" + bytes(511)
+_END = bytes(1024)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_pax_member(b"12 path=abc\n") * 2 + _MEMBER + _END, "repeated pax"),
+        (_pax_member(b"12 path=abc\n" + b"x" * (64 * 1024)) + _MEMBER + _END, "oversized"),
+        (_pax_member(b"12 path=abc\n12 path=abd\n") + _MEMBER + _END, "malformed pax"),
+        (_pax_member(b"11 path=abc") + _MEMBER + _END, "malformed pax"),
+        (_block("x", tarfile.REGTYPE, 0, raw_size=b"\xff" * 12) + _END, "negative"),
+        (_block("x", tarfile.GNUTYPE_SPARSE, 0) + _END, "not supported"),
+        (_block("x", tarfile.GNUTYPE_LONGLINK, 0) + _END, "not supported"),
+        (_MEMBER + bytes((1 << 20) + 1024), "more zeros"),
+    ],
+)
+def test_what_the_reader_promises_to_refuse_is_refused(data: bytes, message: str) -> None:
+    """Mutation testing found each of these refusals held by no test."""
+    with pytest.raises(UnsafeArchiveError, match=message):
+        _read(data)
+
+
+def test_an_end_padded_to_a_whole_large_record_is_read() -> None:
+    assert _read(_MEMBER + bytes((1 << 20) + 512)) == [("x", b"a")]
