@@ -332,7 +332,7 @@ class _SpooledDownload(io.RawIOBase):
         every run fail the same segment's check (found in review). Such a server is read from
         its start instead, into the spool again: nothing in the spool is trusted as it is,
         each run checks every segment."""
-        back = min(self._pos, self._spooled, OVERLAP)
+        back = min(self._pos, OVERLAP) if self._spooled >= self._pos else 0
         remote = self._owner.remote.reader(self._name, offset=self._pos - back)
         self._owner.received += back
         try:
