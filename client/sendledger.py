@@ -13,10 +13,8 @@ error with a hint, never silently a different plan. Writes are atomic and locked
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +24,7 @@ from typing import Any
 
 from airgap.client.private import private_dir, write_whole
 from airgap.client.saved import LayerFile
-from airgap.shared import age
+from airgap.shared import age, locks
 from airgap.shared.errors import StorageError
 from airgap.shared.layers import chain_ids
 from airgap.shared.manifest import Encryption, ImageEntry, Manifest
@@ -150,14 +148,10 @@ class SendLedger:
     def _locked(self) -> Iterator[None]:
         try:
             private_dir(self.path.parent)
-            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StorageError(f"ledger {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locks.held(self.path.with_suffix(".lock"), f"ledger {self.path}"):
             yield
-        finally:
-            os.close(fd)
 
 
 def drop_bundles(directory: Path, destination: str, bundle_ids: Collection[str]) -> set[str]:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from airgap.server import secretfile
+from airgap.shared import locks
 from airgap.shared.errors import StorageError, UsageError
 
 # 2**15 x 8 x 1: 32 MiB and ~0.1 s per check; slow enough to hurt guessing, fast for a login.
@@ -168,14 +167,10 @@ class UserDB:
         path = self.path.with_name(self.path.name + ".lock")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"locking {path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locks.held(path, f"locking {path}"):
             yield
-        finally:
-            os.close(fd)
 
     def _save(self, users: dict[str, User]) -> None:
         data = json.dumps(_dump(users), indent=2, sort_keys=True) + "\n"
