@@ -313,9 +313,7 @@ class _Run:
         missing, then the tags go back). Returns the bundles deleted."""
         if isinstance(self.transport, SpooledTransport):
             with suppress(StorageError):  # housekeeping: the next run tries again
-                self.transport.forget_bundles(self.done)
-                # Part of a bundle the source no longer lists can never be finished from it.
-                self.transport.forget_unlisted(set(published_ids(list(names))))
+                self.transport.keep_only(set(published_ids(list(names))) - self.done)
         deleted = set()
         for bundle_id in sorted(self.ledger.unconsumed(self.transport.describe())):
             left = [n for n in names if bundle_id_of(n) == bundle_id]

@@ -161,24 +161,19 @@ class SpooledTransport:
         except OSError as exc:
             raise StorageError(f"spool {path}: {exc.strerror or exc}") from exc
 
-    def forget_bundles(self, bundle_ids: set[str]) -> None:
-        """Drop what the spool holds of ``bundle_ids``, imported already: a run cut off between
-        its ledger record and dropping its spool left it there, and no run reads it again."""
+    def keep_only(self, bundle_ids: set[str]) -> None:
+        """Drop what the spool holds of every bundle but ``bundle_ids``: one imported already
+        (a run cut off between its ledger record and dropping its spool left it there, and
+        no run reads it again), or one the source no longer lists (another receiver's
+        ``--consume`` took it, say: none can be finished from it)."""
         try:
-            names = [p.name for p in self.spool.iterdir() if bundle_id_of(p.name) in bundle_ids]
+            names = [p.name for p in self.spool.iterdir()]
         except OSError as exc:
             raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
         for name in names:
-            self.forget(name)
-
-    def forget_unlisted(self, listed: set[str]) -> None:
-        """Drop what the spool holds of bundles not in ``listed``, the source's published ones
-        now (another receiver's ``--consume`` took them, say): none can be finished from it."""
-        try:
-            ids = {bundle_id_of(p.name) for p in self.spool.iterdir()}
-        except OSError as exc:
-            raise StorageError(f"spool {self.spool}: {exc.strerror or exc}") from exc
-        self.forget_bundles({i for i in ids if i is not None and i not in listed})
+            bundle_id = bundle_id_of(name)
+            if bundle_id is not None and bundle_id not in bundle_ids:
+                self.forget(name)
 
     def read_unspooled(
         self, name: str, *, limit: int, offset: int = 0, whole: bool = False
