@@ -117,15 +117,19 @@ class Publisher:
             except FileNotFoundError:  # an area removed meanwhile
                 continue
             for name in names:
-                if not name.endswith(SIGNATURE_SUFFIX) or not (bid := bundle_id_of(name)):
-                    continue
-                try:
-                    outcome = self.check(area, bid)
-                except OSError as exc:
-                    logger.error("bundle check %s failed: %s; tried again later", bid, exc)
-                    outcome = Outcome(bid, "failed", str(exc))
-                checked.append((area, outcome))
+                if name.endswith(SIGNATURE_SUFFIX) and (bid := bundle_id_of(name)):
+                    checked.append((area, self.check_logged(area, bid)))
         return checked
+
+    def check_logged(self, area: Path, bundle_id: str) -> Outcome:
+        """:meth:`check`; an ``OSError`` (a full disk as the bundle moved, say) is logged and
+        is outcome ``failed``: the bundle stays in its area, signed, for :meth:`check_signed`
+        to try again."""
+        try:
+            return self.check(area, bundle_id)
+        except OSError as exc:
+            logger.error("bundle check %s failed: %s; tried again later", bundle_id, exc)
+            return Outcome(bundle_id, "failed", str(exc))
 
     def _take_back(self) -> None:
         """A publish cut off between its moves (the process killed) left the payload, and
